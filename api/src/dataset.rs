@@ -1,0 +1,215 @@
+//! The `Dataset` resource: raw data becomes versioned commits, and sets of commits become
+//! immutable, hash-named training snapshots.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ObjectSource, RetainPolicy, Tags, conditions_schema, tags_schema};
+
+/// The most commits one Dataset holds. Commit ids are bits of the snapshot version hash, and the
+/// CEL append-only rule compares every old commit, so the list is bounded.
+pub const MAX_COMMITS: u64 = 256;
+/// The most snapshots a Dataset's status lists (most recent first out of the window; the
+/// snapshots themselves stay in object storage).
+pub const MAX_STATUS_SNAPSHOTS: u64 = 32;
+
+/// A versioned data set: an append-only list of commits, each ingested once into object storage.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "miniautoml.io",
+    version = "v1alpha1",
+    kind = "Dataset",
+    namespaced,
+    status = "DatasetStatus",
+    shortname = "dset",
+    category = "miniautoml",
+    cel,
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(
+        name = "Commits",
+        type_ = "integer",
+        json_path = ".status.commitCount",
+        description = "Commits ingested"
+    ),
+    printcolumn(
+        name = "Examples",
+        type_ = "integer",
+        json_path = ".status.totalExamples",
+        description = "Examples over all commits"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'Generic' || self.commits.all(c, !has(c.source.prefix))").message("a TextIntent commit reads one CSV file: give source.key or source.url, not source.prefix"))]
+pub struct DatasetSpec {
+    /// Kind of data. TextIntent: CSV rows of text and `;`-separated labels. Generic: opaque files.
+    /// Cannot be changed after creation.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("type is immutable"))]
+    pub r#type: DatasetType,
+
+    /// Free-text description of the data set.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub description: String,
+
+    /// Commits in order; commit ids are positions from 1. Append-only: entries may be added at the
+    /// end, never edited, reordered or removed.
+    #[serde(default)]
+    #[schemars(length(max = MAX_COMMITS))]
+    #[x_kube(validation = Rule::new(
+        "size(self) >= size(oldSelf) && oldSelf.all(i, c, self[i] == c)"
+    ).message("commits are append-only: existing entries cannot be edited, reordered or removed"))]
+    pub commits: Vec<DatasetCommitSpec>,
+
+    /// What happens to the objects in storage when the Dataset is deleted: Delete removes them,
+    /// Retain keeps them.
+    #[serde(default)]
+    pub retain_policy: RetainPolicy,
+}
+
+/// Kind of data a Dataset holds: `TextIntent` (CSV without header, column 0 the text, column 1
+/// labels split on `;`) or `Generic` (any files, stored as parts without parsing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum DatasetType {
+    // Intent classification: CSV without header, column 0 the text, column 1 labels split on `;`.
+    #[default]
+    TextIntent,
+    // Any files, stored as parts without parsing.
+    Generic,
+}
+
+/// One commit requested by the user: where the data is and how to describe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetCommitSpec {
+    /// Commit message.
+    #[serde(default)]
+    #[schemars(length(max = 512))]
+    pub message: String,
+    /// Where the data of this commit is read from.
+    pub source: ObjectSource,
+    /// Tags used to select commits for a training snapshot (all requested tags must match).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "tags_schema")]
+    pub tags: Tags,
+}
+
+/// Observed state of a Dataset.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: `Ready` (all commits ingested) and `Ingesting`, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Commits ingested, in id order. A commit appears only when all its objects are written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COMMITS))]
+    pub commits: Vec<DatasetCommitStatus>,
+    /// Number of commits ingested (the id of the latest commit).
+    #[serde(default)]
+    pub commit_count: u32,
+    /// Examples over all ingested commits.
+    #[serde(default)]
+    pub total_examples: u64,
+    /// Training snapshots built from this Dataset, most recent last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_STATUS_SNAPSHOTS))]
+    pub snapshots: Vec<SnapshotStatus>,
+    /// When a commit or snapshot last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_at: Option<Time>,
+}
+
+/// One ingested commit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetCommitStatus {
+    /// Commit id: its position in `spec.commits`, from 1.
+    pub id: u32,
+    /// When the commit finished ingesting.
+    pub created_at: Time,
+    /// Commit message, copied from the spec.
+    #[serde(default)]
+    pub message: String,
+    /// Tags, copied from the spec.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "tags_schema")]
+    pub tags: Tags,
+    /// Object-storage prefix holding the commit's files.
+    pub path: String,
+    /// Statistics computed while ingesting.
+    #[serde(default)]
+    pub statistics: DatasetStatistics,
+}
+
+/// Statistics of a commit or snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetStatistics {
+    /// Rows (TextIntent) or files (Generic) accepted.
+    #[serde(default)]
+    pub num_examples: u64,
+    /// Distinct labels (TextIntent).
+    #[serde(default)]
+    pub num_labels: u32,
+    /// Examples per label, for at most 64 labels (the full table is stored beside the data).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub per_label: BTreeMap<String, u64>,
+    /// Rows rejected as malformed.
+    #[serde(default)]
+    pub rejected_rows: u64,
+}
+
+/// One training snapshot: a selection of commits merged into one immutable data set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    /// Version hash naming the selection, as in the original system (`hash` + Base64 of the
+    /// commit-id bit set), e.g. `hashBg==` for commits 1 and 2.
+    pub version_hash: String,
+    /// Commit ids merged into the snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COMMITS))]
+    pub commits: Vec<u32>,
+    /// Build state.
+    pub state: SnapshotState,
+    /// Object-storage prefix of the snapshot (the trainer's `TRAINING_DATA_PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// Files of the snapshot, relative to `root`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub parts: Vec<String>,
+    /// Statistics of the merged data.
+    #[serde(default)]
+    pub statistics: DatasetStatistics,
+    /// Why the snapshot failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Build state of a training snapshot: `Running` (being written), `Ready` (complete and
+/// readable) or `Failed` (asking for it again retries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum SnapshotState {
+    // Being written.
+    #[default]
+    Running,
+    // Complete and readable.
+    Ready,
+    // Failed; asking for it again retries.
+    Failed,
+}

@@ -1,0 +1,131 @@
+//! The `ModelDeployment` resource: predictor replicas serving a trained model over gRPC and HTTP.
+
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::conditions_schema;
+
+/// The most predictor replicas one ModelDeployment may run.
+pub const MAX_REPLICAS: i32 = 32;
+
+/// Predictor replicas serving the model of a succeeded TrainingJob.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "miniautoml.io",
+    version = "v1alpha1",
+    kind = "ModelDeployment",
+    namespaced,
+    status = "ModelDeploymentStatus",
+    shortname = "mdep",
+    category = "miniautoml",
+    cel,
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
+    printcolumn(
+        name = "Model",
+        type_ = "string",
+        json_path = ".status.servedRun",
+        description = "Run being served"
+    ),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint.grpc",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentSpec {
+    /// The trained model to serve. Changing it rolls the predictors over to the new model
+    /// without dropping requests.
+    pub model: ModelReference,
+
+    /// Number of predictor replicas.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = MAX_REPLICAS))]
+    pub replicas: i32,
+
+    /// Compute each predictor replica requests.
+    #[serde(default)]
+    pub resources: PredictorResources,
+
+    /// Predictor image; unset uses the operator's configured predictor image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Which trained model to serve: a TrainingJob, or a run id from the gRPC API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.trainingJob) != has(self.runId)").message("set exactly one of trainingJob and runId"))]
+pub struct ModelReference {
+    /// Name of a TrainingJob in the same namespace; it must have Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub training_job: Option<String>,
+    /// Numeric run id as returned by the gRPC `Train` call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[0-9]+$"))]
+    pub run_id: Option<String>,
+}
+
+/// Compute requested by each predictor replica.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictorResources {
+    /// CPU request and limit, e.g. `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory request and limit, e.g. `256Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// Observed state of a ModelDeployment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (`ModelReady`, `Available`, `Progressing`), with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Run id whose model the ready replicas serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_run: Option<String>,
+    /// Artifact version being served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    /// Predictor replicas that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Predictor replicas ready to serve.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Where to send predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+}
+
+/// In-cluster addresses of a ModelDeployment's Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// `host:port` of the gRPC `prediction.Predictor` service.
+    pub grpc: String,
+    /// Base URL of the HTTP (Open Inference Protocol v2) API.
+    pub http: String,
+}

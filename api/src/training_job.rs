@@ -1,0 +1,308 @@
+//! The `TrainingJob` resource: one training run of an algorithm image on a dataset snapshot.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::Toleration,
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{Condition, Time},
+    },
+};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{RetainPolicy, Tags, conditions_schema, tags_schema};
+
+/// Environment variables of the training-image contract that the operator sets; a
+/// hyperparameter cannot override them (nor `AWS_*` or `MINIAUTOML_*`).
+pub const CONTRACT_VARIABLES: [&str; 16] = [
+    "JOB_ID",
+    "ALGORITHM_NAME",
+    "METADATA_STORE_SERVER",
+    "TRAINING_DATASET_ID",
+    "TRAINING_DATASET_VERSION_HASH",
+    "TRAINING_DATA_BUCKET",
+    "TRAINING_DATA_PATH",
+    "MODEL_BUCKET",
+    "MODEL_NAME",
+    "MINIO_SERVER",
+    "MINIO_SERVER_ACCESS_KEY",
+    "MINIO_SERVER_SECRET_KEY",
+    "WORLD_SIZE",
+    "RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+];
+
+/// The most epochs a TrainingJob's status lists; the full history is in object storage.
+pub const MAX_STATUS_EPOCHS: u64 = 32;
+/// The most workers (ranks) one TrainingJob may run.
+pub const MAX_WORKERS: i32 = 64;
+/// The most GPUs one worker may request.
+pub const MAX_GPUS: i32 = 8;
+
+/// A training run: the algorithm's image runs as Kubernetes Jobs on a dataset snapshot with
+/// hyperparameters; metrics, code version and the model artifact are recorded in status.
+/// The spec is immutable: to train again, create another TrainingJob.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "miniautoml.io",
+    version = "v1alpha1",
+    kind = "TrainingJob",
+    namespaced,
+    status = "TrainingJobStatus",
+    shortname = "tj",
+    category = "miniautoml",
+    cel,
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "Epochs done out of EPOCHS"
+    ),
+    printcolumn(
+        name = "Accuracy",
+        type_ = "number",
+        json_path = ".status.metrics.accuracy",
+        description = "Final test accuracy"
+    ),
+    printcolumn(name = "Dataset", type_ = "string", json_path = ".spec.dataset.name"),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.datasetVersionHash",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.algorithm) != has(self.image)").message("set exactly one of algorithm and image"),
+    validation = Rule::new("self == oldSelf").message("a TrainingJob's spec is immutable; create a new TrainingJob to train again"),
+)]
+pub struct TrainingJobSpec {
+    /// Algorithm name, resolved to a container image through the operator's configuration
+    /// (e.g. `intent-classification`). Exactly one of `algorithm` and `image` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub algorithm: Option<String>,
+
+    /// Container image implementing the training-image contract, used as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// The dataset to train on, resolved to a training snapshot.
+    pub dataset: DatasetReference,
+
+    /// Hyperparameters, passed to the trainer as environment variables verbatim
+    /// (`LR`, `EPOCHS`, `BATCH_SIZE`, `FC_SIZE`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))").message("parameter names must be environment variable names (letters, digits and _, not starting with a digit)"),
+        validation = Rule::new("self.all(k, !(k in ['JOB_ID', 'ALGORITHM_NAME', 'METADATA_STORE_SERVER', 'TRAINING_DATASET_ID', 'TRAINING_DATASET_VERSION_HASH', 'TRAINING_DATA_BUCKET', 'TRAINING_DATA_PATH', 'MODEL_BUCKET', 'MODEL_NAME', 'MINIO_SERVER', 'MINIO_SERVER_ACCESS_KEY', 'MINIO_SERVER_SECRET_KEY', 'WORLD_SIZE', 'RANK', 'MASTER_ADDR', 'MASTER_PORT']) && !k.startsWith('AWS_') && !k.startsWith('MINIAUTOML_'))").message("parameter names must not be ones the operator sets: the training-image contract's variables (JOB_ID, TRAINING_*, MODEL_*, MINIO_*, WORLD_SIZE, RANK, MASTER_*, ...), AWS_* or MINIAUTOML_*"),
+        validation = Rule::new("self.all(k, size(self[k]) <= 1024)").message("parameter values must be at most 1024 characters"),
+        validation = Rule::new("!('EPOCHS' in self) || (self['EPOCHS'].matches('^[0-9]{1,6}$') && int(self['EPOCHS']) >= 1 && int(self['EPOCHS']) <= 10000)").message("EPOCHS must be a whole number from 1 to 10000"),
+    )]
+    pub parameters: BTreeMap<String, String>,
+
+    /// Name of the model this run produces.
+    #[schemars(length(min = 1, max = 253))]
+    pub output_model_name: String,
+
+    /// Compute each worker requests.
+    #[serde(default)]
+    pub resources: TrainingResources,
+
+    /// Node labels a worker's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the workers tolerate. A toleration for `nvidia.com/gpu` is added when `gpus > 0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Number of workers (ranks). More than one runs an Indexed Job with `WORLD_SIZE`, `RANK`,
+    /// `MASTER_ADDR` and `MASTER_PORT` set.
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = MAX_WORKERS))]
+    pub workers: i32,
+
+    /// Retries of a failed worker pod before the run fails.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+
+    /// Seconds the run may take before it is stopped and marked failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+
+    /// Kueue queue to submit to; the Job is created suspended with the
+    /// `kueue.x-k8s.io/queue-name` label so an installed Kueue admits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub queue_name: Option<String>,
+
+    /// What happens to the model artifact when the TrainingJob is deleted.
+    #[serde(default)]
+    pub artifact_retain_policy: RetainPolicy,
+}
+
+fn default_workers() -> i32 {
+    1
+}
+
+/// A dataset and which of its commits to train on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetReference {
+    /// Name of a Dataset in the TrainingJob's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Use commits 1 up to this id; unset means up to the latest commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub commit: Option<u32>,
+    /// Use only commits carrying all these tags (exact match).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "tags_schema")]
+    pub tags: Tags,
+}
+
+/// Compute requested by each worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingResources {
+    /// CPU request and limit, e.g. `2` or `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory request and limit, e.g. `4Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// GPUs per worker, requested as `nvidia.com/gpu`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_GPUS))]
+    pub gpus: i32,
+}
+
+/// Observed state of a TrainingJob.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingJobStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions, the source of truth (`Admitted`, `Running`, `Succeeded`, `Failed`), with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Summary of the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<TrainingPhase>,
+    /// Queued runs ahead of this one (0 when it is next or running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_in_queue: Option<u32>,
+    /// Numeric run id used by the gRPC API and the trainer's `JOB_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Version hash of the training snapshot in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_version_hash: Option<String>,
+    /// Name of the batch/v1 Job running the workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// When the workers started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Version of the training code (image digest when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_version: Option<String>,
+    /// Epochs done out of the requested number, e.g. `3/15`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// The most recent epochs with their metrics; the full history is in object storage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_STATUS_EPOCHS))]
+    pub epochs: Vec<EpochStatus>,
+    /// Final metrics of the run (e.g. `accuracy` on the test split).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub metrics: BTreeMap<String, f64>,
+    /// Human-readable outcome, e.g. `test accuracy 0.712`, or why the run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The model artifact, once all its files are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactStatus>,
+}
+
+/// Summary phase of a TrainingJob: `Queued` (waiting for its snapshot or a free slot),
+/// `Launching` (Job created, pods not running yet), `Running`, `Succeeded` (artifact recorded)
+/// or `Failed` (`message` and the conditions say why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum TrainingPhase {
+    // Waiting for its dataset snapshot or for a free slot.
+    Queued,
+    // Job created, pods not running yet.
+    Launching,
+    // Workers running.
+    Running,
+    // Finished and the artifact recorded.
+    Succeeded,
+    // Failed; `message` and the conditions say why.
+    Failed,
+}
+
+/// One epoch of one worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochStatus {
+    /// `<rank>-<epoch>`, as reported by the trainer.
+    pub id: String,
+    /// When the epoch started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the epoch ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+    /// Metrics of the epoch, e.g. `accuracy` and `loss` on the validation split.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A model artifact in object storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactStatus {
+    /// `s3://bucket/prefix/` of the run's folder.
+    pub uri: String,
+    /// Artifact version (the run id; artifacts are never overwritten).
+    pub version: String,
+    /// sha256 of `manifest.json`, which lists the sha256 of every file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// File names in the folder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub files: Vec<String>,
+}
+
+impl TrainingJobSpec {
+    /// Requested epochs, when `EPOCHS` is set and well-formed.
+    pub fn epochs(&self) -> Option<u32> {
+        self.parameters.get("EPOCHS")?.parse().ok()
+    }
+}
