@@ -1,0 +1,114 @@
+//! Operator configuration: command-line flags, each also settable through an environment variable.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use clap::Parser;
+
+/// Default port of the gRPC API, as in the original system.
+pub const DEFAULT_GRPC_PORT: u16 = 51001;
+
+/// MiniAutoML operator: reconciles Datasets, TrainingJobs and ModelDeployments and serves the
+/// original system's gRPC API.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "miniautoml-operator", version)]
+pub struct Config {
+    /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "MINIAUTOML_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Address of the gRPC API server (with reflection and health).
+    #[arg(long, env = "MINIAUTOML_GRPC_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_GRPC_PORT)))]
+    pub grpc_addr: SocketAddr,
+
+    /// Algorithm name to training image, `NAME=IMAGE`; repeat the flag or separate with commas.
+    /// A TrainingJob naming an algorithm not listed here is rejected with a condition.
+    #[arg(
+        long = "algorithm",
+        env = "MINIAUTOML_ALGORITHMS",
+        value_delimiter = ',',
+        value_parser = parse_algorithm,
+        default_value = "intent-classification=miniautoml/intent-classification:0.1.0"
+    )]
+    pub algorithms: Vec<(String, String)>,
+
+    /// Log format.
+    #[arg(long, env = "MINIAUTOML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl Config {
+    /// The algorithm-to-image table; a name given twice keeps its last image.
+    pub fn algorithm_images(&self) -> BTreeMap<String, String> {
+        self.algorithms.iter().cloned().collect()
+    }
+}
+
+fn parse_algorithm(text: &str) -> Result<(String, String), String> {
+    let (name, image) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=IMAGE"))?;
+    let (name, image) = (name.trim(), image.trim());
+    if name.is_empty() || image.is_empty() {
+        return Err(format!(
+            "{text:?} is not NAME=IMAGE: both parts must be non-empty"
+        ));
+    }
+    Ok((name.to_string(), image.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_grpc_on_51001() {
+        let config = Config::try_parse_from(["miniautoml-operator"]).unwrap();
+        assert_eq!(config.grpc_addr.port(), 51001);
+        assert_eq!(config.admin_addr.port(), 8080);
+        assert_eq!(
+            config
+                .algorithm_images()
+                .get("intent-classification")
+                .map(String::as_str),
+            Some("miniautoml/intent-classification:0.1.0")
+        );
+    }
+
+    #[test]
+    fn ports_and_algorithms_are_configurable() {
+        let config = Config::try_parse_from([
+            "miniautoml-operator",
+            "--grpc-addr=127.0.0.1:6000",
+            "--admin-addr=127.0.0.1:6001",
+            "--algorithm=a=img/a:1,b=img/b:2",
+            "--algorithm",
+            "a=img/a:3",
+        ])
+        .unwrap();
+        assert_eq!(config.grpc_addr, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(config.admin_addr, "127.0.0.1:6001".parse().unwrap());
+        let images = config.algorithm_images();
+        assert_eq!(images.len(), 2);
+        assert_eq!(images["a"], "img/a:3");
+        assert_eq!(images["b"], "img/b:2");
+    }
+
+    #[test]
+    fn malformed_flags_are_rejected_with_a_reason() {
+        let error = Config::try_parse_from(["miniautoml-operator", "--algorithm=just-a-name"]).unwrap_err();
+        assert!(error.to_string().contains("is not NAME=IMAGE"), "{error}");
+        let error = Config::try_parse_from(["miniautoml-operator", "--algorithm==img"]).unwrap_err();
+        assert!(error.to_string().contains("non-empty"), "{error}");
+        let error = Config::try_parse_from(["miniautoml-operator", "--grpc-addr=51001"]).unwrap_err();
+        assert!(error.to_string().contains("--grpc-addr"), "{error}");
+    }
+}

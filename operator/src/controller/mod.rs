@@ -1,0 +1,352 @@
+//! Controllers of the three resources.
+//!
+//! Each reconcile is a pipeline: dereference → validate (pure) → build desired objects (pure) →
+//! server-side apply → status. This module holds what the three share: the context, the
+//! `Accepted` condition every controller reports, and the controller runner.
+
+pub mod dataset;
+pub mod model_deployment;
+pub mod training_job;
+
+use std::{collections::BTreeMap, fmt::Debug, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    Error, Result,
+    conditions::{self, ACCEPTED},
+    metrics::Metrics,
+    readiness::Readiness,
+};
+
+/// Field manager of everything the operator writes with server-side apply.
+pub const MANAGER: &str = "miniautoml-operator";
+
+/// What every reconcile can use.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes events users see in `kubectl describe`.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Algorithm name → training image (operator configuration).
+    pub algorithm_images: BTreeMap<String, String>,
+}
+
+impl Context {
+    /// A context publishing events as `reporter_instance` (the pod name, when known).
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        algorithm_images: BTreeMap<String, String>,
+        reporter_instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: reporter_instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            algorithm_images,
+        }
+    }
+}
+
+/// A custom resource with the status fields every controller reports.
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// Controller name used in logs and metrics.
+    const CONTROLLER: &'static str;
+    /// Current status conditions.
+    fn conditions(&self) -> &[Condition];
+    /// `status.observedGeneration`.
+    fn observed_generation(&self) -> Option<i64>;
+}
+
+/// Outcome of validating a spec beyond what the CRD schema and CEL rules check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The spec can be acted on.
+    Valid,
+    /// The spec cannot be acted on until the user changes it.
+    Invalid {
+        /// CamelCase reason for the condition and event.
+        reason: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The status patch that records `verdict` for `object`, or `None` when the status already
+/// says so for the current generation.
+pub fn accepted_status_patch<K: Reconciled>(object: &K, verdict: &Verdict, now: Time) -> Option<Value> {
+    let generation = object.meta().generation;
+    let desired = match verdict {
+        Verdict::Valid => {
+            conditions::condition(ACCEPTED, true, "Valid", "The spec is valid", generation, now)
+        }
+        Verdict::Invalid { reason, message } => {
+            conditions::condition(ACCEPTED, false, reason, message.clone(), generation, now)
+        }
+    };
+    let mut current = object.conditions().to_vec();
+    let changed = conditions::upsert(&mut current, desired);
+    if !changed && object.observed_generation() == generation {
+        return None;
+    }
+    let accepted = conditions::find(&current, ACCEPTED).cloned();
+    Some(json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": {
+            "observedGeneration": generation,
+            "conditions": [accepted],
+        },
+    }))
+}
+
+/// Writes the `Accepted` condition for `verdict` and, when the spec became invalid, a warning
+/// event. Invalid specs wait for the user's next change.
+pub async fn report_verdict<K: Reconciled>(object: &K, verdict: Verdict, ctx: &Context) -> Result<Action> {
+    let namespace = object.namespace().ok_or_else(|| Error::MissingField {
+        kind: K::CONTROLLER,
+        name: object.name_any(),
+        field: "metadata.namespace",
+    })?;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let Some(patch) = accepted_status_patch(object, &verdict, now) else {
+        return Ok(Action::await_change());
+    };
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    if let Verdict::Invalid { reason, message } = verdict {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(message),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        ctx.recorder.publish(&event, &object.object_ref(&())).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Reports an object the operator cannot read (its stored form does not match the types, e.g.
+/// written under an older CRD), without stopping the controller for the others.
+pub async fn report_unreadable<K: Reconciled>(
+    guard: &DeserializeGuard<K>,
+    error: &kube::core::error_boundary::InvalidObject,
+    ctx: &Context,
+) -> Result<Action> {
+    warn!(controller = K::CONTROLLER, name = ?error.metadata.name, %error, "cannot read object");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Unreadable".into(),
+        note: Some(format!("The operator cannot read this object: {error}")),
+        action: "Read".into(),
+        secondary: None,
+    };
+    ctx.recorder.publish(&event, &guard.object_ref(&())).await?;
+    Ok(Action::await_change())
+}
+
+/// The reconcile the controllers share until their own pipelines land: reads the object, skips
+/// objects being deleted, and records `validate`'s verdict in the `Accepted` condition.
+pub async fn reconcile_validated<K: Reconciled>(
+    guard: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    validate: fn(&K, &Context) -> Verdict,
+) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(K::CONTROLLER);
+    match &guard.0 {
+        Err(error) => report_unreadable(&guard, error, &ctx).await,
+        Ok(object) if object.meta().deletion_timestamp.is_some() => Ok(Action::await_change()),
+        Ok(object) => report_verdict(object, validate(object, &ctx), &ctx).await,
+    }
+}
+
+/// How long to wait before retrying a reconcile that failed.
+fn backoff<K: Reconciled>(object: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(controller = K::CONTROLLER, object = %ObjectRef::from_obj(object.as_ref()), %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(K::CONTROLLER, error.metric_label());
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Runs one controller until `shutdown` fires, marking `readiness` once its cache is synced.
+async fn run_controller<K, F, Fut>(
+    ctx: Arc<Context>,
+    reconcile: F,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) where
+    K: Reconciled,
+    F: FnMut(Arc<DeserializeGuard<K>>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    let api = Api::<DeserializeGuard<K>>::all(ctx.client.clone());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let synced = readiness.component(K::CONTROLLER);
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            synced.set_ready();
+        }
+    });
+    info!(controller = K::CONTROLLER, "controller started");
+    controller
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, backoff::<K>, ctx)
+        .for_each(|_| future::ready(()))
+        .await;
+    info!(controller = K::CONTROLLER, "controller stopped");
+}
+
+/// Runs the three controllers until `shutdown` fires.
+pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: CancellationToken) {
+    tokio::join!(
+        run_controller(
+            ctx.clone(),
+            dataset::reconcile,
+            readiness.clone(),
+            shutdown.clone()
+        ),
+        run_controller(
+            ctx.clone(),
+            training_job::reconcile,
+            readiness.clone(),
+            shutdown.clone()
+        ),
+        run_controller(ctx, model_deployment::reconcile, readiness, shutdown),
+    );
+}
+
+/// Implements [`Reconciled`] for a resource whose status has `conditions` and
+/// `observed_generation`.
+macro_rules! reconciled {
+    ($kind:ty, $controller:literal) => {
+        impl $crate::controller::Reconciled for $kind {
+            const CONTROLLER: &'static str = $controller;
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                self.status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default()
+            }
+            fn observed_generation(&self) -> Option<i64> {
+                self.status.as_ref().and_then(|s| s.observed_generation)
+            }
+        }
+    };
+}
+pub(crate) use reconciled;
+
+#[cfg(test)]
+mod tests {
+    use miniautoml_api::Dataset;
+
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn fixture(generation: i64) -> Dataset {
+        let text = include_str!("../../../examples/dataset.yaml");
+        let mut dataset: Dataset = serde_yaml::from_str(text).unwrap();
+        dataset.metadata.namespace = Some("team-a".into());
+        dataset.metadata.generation = Some(generation);
+        dataset
+    }
+
+    /// `object` with the status a server-side apply of `patch` would leave.
+    fn applied(mut object: Dataset, patch: &Value) -> Dataset {
+        let status = object.status.get_or_insert_with(Default::default);
+        status.observed_generation = patch["status"]["observedGeneration"].as_i64();
+        let applied: Vec<Condition> = serde_json::from_value(patch["status"]["conditions"].clone()).unwrap();
+        for condition in applied {
+            conditions::upsert(&mut status.conditions, condition);
+        }
+        object
+    }
+
+    #[test]
+    fn a_new_object_gets_observed_generation_and_accepted() {
+        let patch = accepted_status_patch(&fixture(1), &Verdict::Valid, at(100)).unwrap();
+        assert_eq!(patch["apiVersion"], "miniautoml.io/v1alpha1");
+        assert_eq!(patch["kind"], "Dataset");
+        assert_eq!(patch["status"]["observedGeneration"], 1);
+        let condition = &patch["status"]["conditions"][0];
+        assert_eq!(condition["type"], "Accepted");
+        assert_eq!(condition["status"], "True");
+        assert_eq!(condition["reason"], "Valid");
+        assert_eq!(condition["observedGeneration"], 1);
+    }
+
+    #[test]
+    fn an_up_to_date_status_is_not_written_again() {
+        let first = accepted_status_patch(&fixture(1), &Verdict::Valid, at(100)).unwrap();
+        let reconciled = applied(fixture(1), &first);
+        assert_eq!(accepted_status_patch(&reconciled, &Verdict::Valid, at(200)), None);
+    }
+
+    #[test]
+    fn a_new_generation_is_recorded_and_keeps_the_transition_time() {
+        let first = accepted_status_patch(&fixture(1), &Verdict::Valid, at(100)).unwrap();
+        let mut edited = applied(fixture(1), &first);
+        edited.metadata.generation = Some(2);
+        let patch = accepted_status_patch(&edited, &Verdict::Valid, at(200)).unwrap();
+        assert_eq!(patch["status"]["observedGeneration"], 2);
+        assert_eq!(
+            patch["status"]["conditions"][0]["lastTransitionTime"],
+            "1970-01-01T00:01:40Z"
+        );
+    }
+
+    #[test]
+    fn an_invalid_spec_sets_accepted_false_with_reason_and_message() {
+        let first = accepted_status_patch(&fixture(1), &Verdict::Valid, at(100)).unwrap();
+        let mut edited = applied(fixture(1), &first);
+        edited.metadata.generation = Some(2);
+        let verdict = Verdict::Invalid {
+            reason: "UnknownAlgorithm",
+            message: "no such algorithm".into(),
+        };
+        let patch = accepted_status_patch(&edited, &verdict, at(200)).unwrap();
+        let condition = &patch["status"]["conditions"][0];
+        assert_eq!(condition["status"], "False");
+        assert_eq!(condition["reason"], "UnknownAlgorithm");
+        assert_eq!(condition["message"], "no such algorithm");
+        assert_eq!(condition["lastTransitionTime"], "1970-01-01T00:03:20Z");
+    }
+}

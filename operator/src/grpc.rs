@@ -1,0 +1,49 @@
+//! The gRPC API server on port 51001: the original system's services (added as they are
+//! implemented), standard gRPC health checking and server reflection for grpcurl.
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{Error, Result, readiness::Readiness};
+
+/// Serves gRPC on `listener` until `shutdown` fires. Health turns NOT_SERVING first, so clients
+/// and load balancers stop sending before the listener closes.
+pub async fn serve(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) -> Result<()> {
+    let part = readiness.component("grpc");
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr().map_err(|source| Error::Serve {
+        server: "gRPC",
+        source,
+    })?;
+    tracing::info!(%addr, "gRPC server listening");
+    health_reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    part.set_ready();
+
+    let stopping = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health_reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        }
+    };
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
+        .await?;
+    Ok(())
+}

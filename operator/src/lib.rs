@@ -1,0 +1,89 @@
+//! The MiniAutoML operator: controllers for Dataset, TrainingJob and ModelDeployment, the admin
+//! HTTP server and the gRPC API server, in one process.
+
+pub mod admin;
+pub mod conditions;
+pub mod config;
+pub mod controller;
+mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod preflight;
+pub mod readiness;
+
+use std::sync::Arc;
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use crate::error::{Error, Result};
+use crate::{config::Config, controller::Context, metrics::Metrics, readiness::Readiness};
+
+/// Runs the operator until `shutdown` fires or a server fails: claims its ports, checks the CRDs
+/// are installed, then serves admin and gRPC and runs the controllers. Every part stops gracefully on shutdown.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let admin_listener = bind("admin", config.admin_addr).await?;
+    let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::KubeConfig(e.to_string()))?;
+    let api_url = kube_config.cluster_url.to_string();
+    let client = Client::try_from(kube_config).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    preflight::check_crds(&client)
+        .await
+        .map_err(|error| match error {
+            Error::Kube(source @ (kube::Error::Service(_) | kube::Error::HyperError(_))) => {
+                Error::Unreachable { url: api_url, source }
+            }
+            other => other,
+        })?;
+    info!("CRDs installed");
+
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::default();
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics.clone(),
+        config.algorithm_images(),
+        std::env::var("POD_NAME").ok(),
+    ));
+
+    // A server that cannot start stops everything, so the process exits with its error.
+    let stop_on_error = |result: Result<()>| {
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result
+    };
+    let admin = async {
+        stop_on_error(admin::serve(admin_listener, metrics, readiness.clone(), shutdown.clone()).await)
+    };
+    let grpc = async { stop_on_error(grpc::serve(grpc_listener, readiness.clone(), shutdown.clone()).await) };
+    let controllers = controller::run(ctx, readiness.clone(), shutdown.clone());
+    let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
+    admin.and(grpc)
+}
+
+async fn bind(server: &'static str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { server, addr, source })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received, shutting down"),
+                _ = int.recv() => info!("SIGINT received, shutting down"),
+            }
+        }
+        _ => {
+            // Without signal handlers the default action (exit) still stops the process.
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics of the operator, served on the admin port's `/metrics`.
+
+use std::time::Instant;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `dataset`, `trainingjob` or `modeldeployment`.
+    pub controller: &'static str,
+}
+
+/// Labels naming a controller and the kind of error a reconcile ended with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `dataset`, `trainingjob` or `modeldeployment`.
+    pub controller: &'static str,
+    /// Error kind (see `Error::metric_label`).
+    pub error: &'static str,
+}
+
+/// All metrics, registered once.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ControllerLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    durations: Family<ControllerLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("miniautoml_operator");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0])
+        });
+        registry.register("reconciles", "Reconciles started", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that ended in an error",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            durations.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            durations,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile of `controller` and times it until the guard is dropped.
+    pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer<'_> {
+        let labels = ControllerLabels { controller };
+        self.reconciles.get_or_create(&labels).inc();
+        ReconcileTimer {
+            metrics: self,
+            labels,
+            start: Instant::now(),
+        }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn reconcile_failed(&self, controller: &'static str, error: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels { controller, error })
+            .inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Records a reconcile's duration when dropped.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    labels: ControllerLabels,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.metrics
+            .durations
+            .get_or_create(&self.labels)
+            .observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciles_failures_and_durations_are_exported() {
+        let metrics = Metrics::default();
+        drop(metrics.reconcile_started("dataset"));
+        drop(metrics.reconcile_started("dataset"));
+        metrics.reconcile_failed("dataset", "kube");
+        let text = metrics.encode();
+        assert!(
+            text.contains("miniautoml_operator_reconciles_total{controller=\"dataset\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "miniautoml_operator_reconcile_failures_total{controller=\"dataset\",error=\"kube\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("miniautoml_operator_reconcile_duration_seconds_count{controller=\"dataset\"} 2"),
+            "{text}"
+        );
+    }
+}
