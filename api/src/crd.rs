@@ -35,6 +35,14 @@ pub fn manifests() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .collect()
 }
 
+/// Path of the generated API reference, relative to the repository root.
+pub const REFERENCE_PATH: &str = "docs/api.md";
+
+/// The API reference in Markdown (see [`crate::reference`]).
+pub fn reference() -> String {
+    crate::reference::markdown(&crds())
+}
+
 /// JSON paths of schema properties that have no description (so `kubectl explain` would show
 /// nothing for them).
 pub fn undocumented_fields(crd: &CustomResourceDefinition) -> Vec<String> {

@@ -8,6 +8,7 @@ pub mod common;
 pub mod crd;
 pub mod dataset;
 pub mod model_deployment;
+pub mod reference;
 pub mod training_job;
 
 pub use dataset::{Dataset, DatasetSpec, DatasetStatus};

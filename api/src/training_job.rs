@@ -201,7 +201,8 @@ pub struct TrainingJobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions, the source of truth (`Admitted`, `Running`, `Succeeded`, `Failed`), with reasons.
+    /// Conditions, one per type, each with a reason and message. `Accepted`: whether the operator
+    /// validated the current generation of the spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -35,6 +35,17 @@ fn committed_crds_match_the_types() {
 }
 
 #[test]
+fn committed_api_reference_matches_the_types() {
+    let path = repo_root().join(miniautoml_api::crd::REFERENCE_PATH);
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        committed == miniautoml_api::crd::reference(),
+        "{} differs from what the types generate; run `make generate`",
+        path.display()
+    );
+}
+
+#[test]
 fn every_field_has_a_description() {
     let all = crds();
     assert_eq!(all.len(), 3);

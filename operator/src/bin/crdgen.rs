@@ -1,5 +1,6 @@
-//! Writes the CustomResourceDefinition YAML generated from the API types into each directory
-//! given (by default `crds/` and the Helm chart's `crds/`). Run through `make generate`.
+//! Writes what is generated from the API types: the CustomResourceDefinition YAML into each
+//! directory given (by default `crds/` and the Helm chart's `crds/`), and `docs/api.md`.
+//! Run from the repository root through `make generate`.
 
 use std::{fs, path::PathBuf};
 
@@ -19,5 +20,8 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}", path.display());
         }
     }
+    let reference = miniautoml_api::crd::REFERENCE_PATH;
+    fs::write(reference, miniautoml_api::crd::reference()).with_context(|| format!("writing {reference}"))?;
+    println!("wrote {reference}");
     Ok(())
 }
