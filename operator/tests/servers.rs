@@ -7,6 +7,7 @@ use miniautoml_operator::{admin, grpc, metrics::Metrics, readiness::Readiness};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{
@@ -19,6 +20,17 @@ use tonic_reflection::pb::v1::{
 
 /// Guards against a hang; not a performance bound.
 const HANG_GUARD: Duration = Duration::from_secs(20);
+
+/// Fires `shutdown` and waits for `server` to return without an error.
+async fn stop(shutdown: CancellationToken, server: JoinHandle<miniautoml_operator::Result<()>>) {
+    shutdown.cancel();
+    let finished = tokio::time::timeout(HANG_GUARD, server)
+        .await
+        .expect("server stops on shutdown");
+    finished
+        .expect("server task does not panic")
+        .expect("server returns without an error");
+}
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -79,12 +91,7 @@ async fn grpc_serves_health_and_reflection_and_shuts_down_gracefully() {
         "{services:?}"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(HANG_GUARD, server)
-        .await
-        .expect("server stops on shutdown")
-        .unwrap()
-        .unwrap();
+    stop(shutdown, server).await;
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "the listener is closed after shutdown"
@@ -121,10 +128,5 @@ async fn admin_serves_health_readiness_and_metrics_until_shutdown() {
         )
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(HANG_GUARD, server)
-        .await
-        .expect("server stops on shutdown")
-        .unwrap()
-        .unwrap();
+    stop(shutdown, server).await;
 }
