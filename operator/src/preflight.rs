@@ -23,7 +23,8 @@ pub async fn check_crds(client: &Client) -> Result<()> {
         .await
     {
         Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
+        // A group nothing serves answers a plain-text 404, not a Status with reason NotFound.
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
         Err(other) => return Err(other.into()),
     };
     let missing = missing_crds(&served);

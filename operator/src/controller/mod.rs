@@ -219,8 +219,14 @@ async fn run_controller<K, F, Fut>(
     let store = controller.store();
     let synced = readiness.component(K::CONTROLLER);
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            synced.set_ready();
+        // The store's ready signal wakes only its most recent waiter (the controller itself), so
+        // this second waiter polls again every so often instead of waiting for a wake-up.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+                Ok(Ok(())) => break synced.set_ready(),
+                Ok(Err(_writer_dropped)) => break,
+                Err(_still_waiting) => continue,
+            }
         }
     });
     info!(controller = K::CONTROLLER, "controller started");
