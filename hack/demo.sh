@@ -56,7 +56,7 @@ if ! command -v kubectl >/dev/null 2>&1 || ! kubectl version --request-timeout=5
 fi
 
 step "Install the CRDs"
-kubectl apply --server-side -f crds/
+kubectl apply --server-side --force-conflicts -f crds/
 kubectl wait --for=condition=Established --timeout=60s \
   crd/datasets.miniautoml.io crd/trainingjobs.miniautoml.io crd/modeldeployments.miniautoml.io
 
@@ -76,7 +76,11 @@ curl -fsS "http://$ADMIN_ADDR/readyz"
 
 step "Apply the examples in namespace $NAMESPACE"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
-kubectl apply -n "$NAMESPACE" -f examples/dataset.yaml -f examples/trainingjob.yaml -f examples/modeldeployment.yaml
+EXAMPLES=(-f examples/dataset.yaml -f examples/trainingjob.yaml -f examples/modeldeployment.yaml)
+# Start from the examples as written (an earlier run may have appended commits, which the
+# append-only rule would rightly refuse to take back).
+kubectl delete -n "$NAMESPACE" --ignore-not-found --wait "${EXAMPLES[@]}"
+kubectl apply -n "$NAMESPACE" "${EXAMPLES[@]}"
 kubectl wait -n "$NAMESPACE" --for=condition=Accepted --timeout=60s \
   dataset/tweet-emotion trainingjob/twitter-model modeldeployment/twitter-model
 kubectl get -n "$NAMESPACE" datasets,trainingjobs,modeldeployments

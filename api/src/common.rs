@@ -23,7 +23,7 @@ pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// Schema of a string-to-string map with bounded size, whose keys are valid label-like words.
+/// Schema of a tag map: at most 32 entries, keys of 1 to 63 characters, values of at most 256.
 pub fn tags_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",

@@ -94,6 +94,7 @@ fn finish(crd: CustomResourceDefinition) -> CustomResourceDefinition {
                 continue;
             };
             describe_root(root);
+            unwrap_descriptions(root);
             if let Some(spec) = root.pointer_mut("/properties/spec") {
                 bound_strings(spec);
             }
@@ -132,6 +133,30 @@ fn describe_root(root: &mut Value) {
             field.entry("description").or_insert_with(|| Value::from(text));
         }
     }
+}
+
+/// Joins the lines of each paragraph of every description: doc comments wrap at the source's
+/// width, and `kubectl explain` would print those breaks mid-sentence.
+fn unwrap_descriptions(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::String(text) if key == "description" => *text = unwrap_paragraphs(text),
+                    _ => unwrap_descriptions(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+fn unwrap_paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 fn bound_strings(schema: &mut Value) {

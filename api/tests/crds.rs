@@ -60,6 +60,31 @@ fn every_field_has_a_description() {
 }
 
 #[test]
+fn descriptions_break_lines_only_between_paragraphs() {
+    // `kubectl explain` prints a description's line breaks as they are.
+    fn walk(value: &Value, path: &str) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if let (true, Value::String(text)) = (key == "description", child) {
+                        assert!(!text.replace("\n\n", "").contains('\n'), "{path}: {text:?}");
+                    }
+                    walk(child, &format!("{path}.{key}"));
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| walk(item, path)),
+            _ => {}
+        }
+    }
+    for crd in crds() {
+        walk(
+            &serde_json::to_value(&crd).unwrap(),
+            crd.metadata.name.as_deref().unwrap(),
+        );
+    }
+}
+
+#[test]
 fn undocumented_fields_are_found() {
     // The counter itself must notice a missing description, or the test above proves nothing.
     let mut crd = crds().remove(0);
