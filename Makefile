@@ -11,7 +11,8 @@ help: ## List the targets
 generate: ## Regenerate crds/*.yaml, the chart's CRDs and docs/api.md from the Rust types
 	$(CARGO) run --quiet --locked -p miniautoml-operator --bin crdgen
 
-test: ## Run every test (unit, CRD drift, CEL rules, servers, binary)
+test: ## Run every test; integration tests start the local cluster on demand and reuse it
+	@hack/tools.sh cluster >/dev/null
 	$(CARGO) test --workspace --locked
 
 lint: ## rustfmt and clippy, warnings as errors
@@ -25,14 +26,15 @@ run: ## Run the operator as a local process against the current kubeconfig
 	$(CARGO) run --locked -p miniautoml-operator --bin miniautoml-operator -- \
 		--admin-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:51001
 
-tools: ## Build the pinned Kubernetes tools into ~/.cache/miniautoml/tools
-	@hack/not-built-yet.sh tools "the pinned builds of kube-apiserver, etcd, kwok, helm, grpcurl and s3s-fs (issue #3)"
+tools: ## Build the pinned Kubernetes tools (hack/versions.env) into ~/.cache/miniautoml/tools
+	@hack/tools.sh >/dev/null
 
-cluster-up: ## Start the local cluster (etcd, kube-apiserver, kwok nodes, S3)
-	@hack/not-built-yet.sh cluster-up "the local control plane, kwok nodes and S3 server (issue #3)"
+cluster-up: ## Start the local cluster (etcd, apiserver, controller-manager, scheduler, kwok nodes, S3)
+	@hack/tools.sh cluster >/dev/null
+	@hack/cluster.sh up
 
-cluster-down: ## Stop the local cluster
-	@hack/not-built-yet.sh cluster-down "the local control plane (issue #3)"
+cluster-down: ## Stop the local cluster and delete its state
+	@hack/cluster.sh down
 
 kind-e2e: ## Run the e2e suite on a kind cluster (needs Docker)
-	@hack/not-built-yet.sh kind-e2e "the e2e suite and the container images it runs (issues #3 and later)"
+	@hack/not-built-yet.sh kind-e2e "the e2e suite and the container images it runs (issue #3 and later)"

@@ -2,15 +2,14 @@
 # make demo: the dataset -> training -> serving -> prediction flow, run as far as it is built.
 # Exits 0 only when every step that exists succeeds. Steps not built yet are listed at the end.
 #
-# Cluster: the local one from `make cluster-up` (its env file, once it exists), else the current
-# KUBECONFIG. Without a reachable cluster only the offline steps run.
+# Cluster: the local one (built and started on demand, as `make cluster-up` does), unless
+# KUBECONFIG names another cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NAMESPACE=${DEMO_NAMESPACE:-miniautoml-demo}
 ADMIN_ADDR=${DEMO_ADMIN_ADDR:-127.0.0.1:18080}
 GRPC_ADDR=${DEMO_GRPC_ADDR:-127.0.0.1:15001}
-LOCAL_ENV=${MINIAUTOML_ENV:-$HOME/.cache/miniautoml/cluster/env}
 WORK=$(mktemp -d)
 OPERATOR_PID=
 
@@ -42,18 +41,16 @@ OPERATOR=target/debug/miniautoml-operator
 step "Check the example manifests against the API types and their CEL rules"
 cargo test --quiet --locked -p miniautoml-api --test cel examples_deserialize_and_pass_the_rules
 
-if [ -f "$LOCAL_ENV" ]; then
+if [ -z "${KUBECONFIG:-}" ]; then
+  step "Start the local cluster (first run builds the pinned tools: minutes)"
+  hack/tools.sh cluster >/dev/null
+  LOCAL_ENV=$(hack/cluster.sh up)
   # shellcheck disable=SC1090
   . "$LOCAL_ENV"
+else
+  step "Use the cluster of KUBECONFIG=$KUBECONFIG"
 fi
-if ! command -v kubectl >/dev/null 2>&1 || ! kubectl version --request-timeout=5s >/dev/null 2>&1; then
-  step "No reachable Kubernetes cluster"
-  echo "The local cluster (make cluster-up) is not built yet (issue #3), and KUBECONFIG names no"
-  echo "reachable cluster, so the cluster steps were skipped: install the CRDs, run the operator,"
-  echo "apply the examples and see them accepted. Point KUBECONFIG at a cluster to run them."
-  not_built
-  exit 0
-fi
+kubectl version --request-timeout=10s
 
 step "Install the CRDs"
 kubectl apply --server-side --force-conflicts -f crds/

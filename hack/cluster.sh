@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# The local cluster, from real components and no Docker: etcd, kube-apiserver (TLS, RBAC,
+# service-account signing), kube-controller-manager, kube-scheduler, kwok simulating the nodes of
+# hack/cluster/nodes.yaml (GPU nodes included), and an S3 server (s3s-fs) with generated
+# credentials and a bucket.
+#
+#   hack/cluster.sh up      start what is not running (idempotent); prints the env file's path
+#   hack/cluster.sh down    stop everything and delete the cluster's state
+#   hack/cluster.sh status  say what runs
+#
+# The env file exports KUBECONFIG, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_REGION and S3_BUCKET. Ports and paths can be overridden with the variables below.
+set -euo pipefail
+# shellcheck disable=SC1091
+. "$(dirname "$0")/lib.sh"
+
+STATE=${CLUSTER_STATE:-$MINIAUTOML_CACHE/cluster}
+ETCD_PORT=${ETCD_PORT:-32379}
+ETCD_PEER_PORT=${ETCD_PEER_PORT:-32380}
+APISERVER_PORT=${APISERVER_PORT:-36443}
+KWOK_PORT=${KWOK_PORT:-30247}
+S3_PORT=${S3_PORT:-39000}
+S3_BUCKET=${S3_BUCKET:-miniautoml}
+NODES=${CLUSTER_NODES:-$HACK_DIR/cluster/nodes.yaml}
+PKI=$STATE/pki
+LOGS=$STATE/logs
+RUN=$STATE/run
+ENV_FILE=$STATE/env
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+# start NAME COMMAND...: runs a component in the background, logging to $LOGS/NAME.log.
+start() {
+  local name=$1
+  shift
+  if running "$name"; then return 0; fi
+  log "starting $name"
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+# wait_for NAME COMMAND...: polls COMMAND until it succeeds (60 s), else shows NAME's log.
+wait_for() {
+  local name=$1
+  shift
+  for _ in $(seq 1 120); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if ! running "$name"; then break; fi
+    sleep 0.5
+  done
+  log "$name did not come up; last lines of $LOGS/$name.log:"
+  tail -n 20 "$LOGS/$name.log" >&2
+  return 1
+}
+
+certificate() { # name CN O [SAN]
+  local name=$1 cn=$2 org=$3 san=${4:-}
+  [ -f "$PKI/$name.crt" ] && return 0
+  openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+  local subject="/CN=$cn"
+  [ -n "$org" ] && subject="/O=$org/CN=$cn"
+  openssl req -new -key "$PKI/$name.key" -subj "$subject" -out "$PKI/$name.csr" 2>/dev/null
+  local ext="$PKI/$name.ext"
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n' >"$ext"
+  if [ -n "$san" ]; then
+    printf 'extendedKeyUsage=serverAuth\nsubjectAltName=%s\n' "$san" >>"$ext"
+  else
+    printf 'extendedKeyUsage=clientAuth\n' >>"$ext"
+  fi
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
+}
+
+kubeconfig() { # name user-cert
+  local file=$STATE/$1.kubeconfig cert=$2
+  [ -f "$file" ] && return 0
+  local k=("$TOOLS_BIN/kubectl" --kubeconfig="$file")
+  "${k[@]}" config set-cluster local --server="https://127.0.0.1:$APISERVER_PORT" \
+    --certificate-authority="$PKI/ca.crt" --embed-certs=true >/dev/null
+  "${k[@]}" config set-credentials "$1" --client-certificate="$PKI/$cert.crt" \
+    --client-key="$PKI/$cert.key" --embed-certs=true >/dev/null
+  "${k[@]}" config set-context local --cluster=local --user="$1" >/dev/null
+  "${k[@]}" config use-context local >/dev/null
+}
+
+pki() {
+  mkdir -p "$PKI"
+  if [ ! -f "$PKI/ca.crt" ]; then
+    openssl genrsa -out "$PKI/ca.key" 2048 2>/dev/null
+    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=miniautoml-local-ca" -days 3650 \
+      -out "$PKI/ca.crt" 2>/dev/null
+  fi
+  certificate apiserver kube-apiserver "" \
+    "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  certificate admin admin system:masters
+  certificate controller-manager system:kube-controller-manager ""
+  certificate scheduler system:kube-scheduler ""
+  certificate kwok kwok system:masters
+  if [ ! -f "$PKI/sa.key" ]; then
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  fi
+  kubeconfig admin admin
+  kubeconfig controller-manager controller-manager
+  kubeconfig scheduler scheduler
+  kubeconfig kwok kwok
+}
+
+s3_credentials() {
+  if [ ! -f "$STATE/s3.credentials" ]; then
+    printf '%s %s\n' "$(openssl rand -hex 10)" "$(openssl rand -hex 20)" >"$STATE/s3.credentials"
+    chmod 600 "$STATE/s3.credentials"
+  fi
+  read -r S3_ACCESS_KEY S3_SECRET_KEY <"$STATE/s3.credentials"
+}
+
+up() {
+  require_tools
+  mkdir -p "$STATE" "$LOGS" "$RUN"
+  chmod 700 "$STATE"
+  pki
+  s3_credentials
+  local admin=$STATE/admin.kubeconfig
+  local kubectl=("$TOOLS_BIN/kubectl" --kubeconfig="$admin" --request-timeout=10s)
+
+  start etcd "$TOOLS_BIN/etcd" --name local --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --listen-metrics-urls "" --log-level warn
+  wait_for etcd curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+  start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --cert-dir "$PKI/generated"
+  wait_for kube-apiserver "${kubectl[@]}" get --raw /readyz
+
+  start kube-controller-manager "$TOOLS_BIN/kube-controller-manager" \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --use-service-account-credentials=true --controllers '*'
+  start kube-scheduler "$TOOLS_BIN/kube-scheduler" \
+    --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
+  local stages
+  stages=$(printf '%s,' "$KWOK_STAGES"/*.yaml)
+  start kwok "$TOOLS_BIN/kwok" --kubeconfig "$STATE/kwok.kubeconfig" --config "${stages%,}" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --server-address "127.0.0.1:$KWOK_PORT" --node-ip 127.0.0.1 --node-lease-duration-seconds 40
+
+  mkdir -p "$STATE/s3/$S3_BUCKET"
+  start s3s-fs "$TOOLS_BIN/s3s-fs" --host 127.0.0.1 --port "$S3_PORT" \
+    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$STATE/s3"
+  wait_for s3s-fs bash -c "exec 3<>/dev/tcp/127.0.0.1/$S3_PORT"
+
+  "${kubectl[@]}" apply --server-side -f "$NODES" >/dev/null
+  wait_for kwok "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node -l type=kwok
+  wait_for kube-controller-manager "${kubectl[@]}" get serviceaccount default -n default
+  for component in kube-scheduler kwok; do
+    running "$component" || { log "$component exited:"; tail -n 20 "$LOGS/$component.log" >&2; return 1; }
+  done
+
+  cat >"$ENV_FILE" <<EOT
+# Written by hack/cluster.sh up; source it to use the local cluster.
+export KUBECONFIG=$admin
+export S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY
+export AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
+export AWS_REGION=us-east-1
+export S3_BUCKET=$S3_BUCKET
+export MINIAUTOML_TOOLS_BIN=$TOOLS_BIN
+export PATH=$TOOLS_BIN:\$PATH
+EOT
+  chmod 600 "$ENV_FILE"
+  log "ready: $("${kubectl[@]}" get nodes --no-headers | wc -l) nodes, S3 bucket $S3_BUCKET on 127.0.0.1:$S3_PORT"
+  echo "$ENV_FILE"
+}
+
+down() {
+  for component in s3s-fs kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    if running "$component"; then
+      log "stopping $component"
+      kill -TERM "$(cat "$RUN/$component.pid")" 2>/dev/null || true
+      for _ in $(seq 1 20); do running "$component" || break; sleep 0.25; done
+      running "$component" && kill -KILL "$(cat "$RUN/$component.pid")" 2>/dev/null || true
+    fi
+  done
+  rm -rf "$STATE"
+  log "stopped; state removed"
+}
+
+status() {
+  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok s3s-fs; do
+    if running "$component"; then echo "$component: running"; else echo "$component: stopped"; fi
+  done
+  [ -f "$ENV_FILE" ] && echo "env: $ENV_FILE"
+  return 0
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,29 @@
+# Shared by the hack/ scripts: where the pinned tools live.
+# shellcheck shell=bash
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(dirname "$HACK_DIR")
+# shellcheck disable=SC1091
+. "$HACK_DIR/versions.env"
+MINIAUTOML_CACHE=${MINIAUTOML_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/miniautoml}
+TOOLS_ID=$(grep -v '^#' "$HACK_DIR/versions.env" | sha256sum | cut -c1-12)
+TOOLS_DIR=$MINIAUTOML_CACHE/tools/$TOOLS_ID
+TOOLS_BIN=$TOOLS_DIR/bin
+KWOK_STAGES=$TOOLS_DIR/kwok-stages
+# What the local cluster and the tests need; `make tools` also builds the rest.
+CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok s3s-fs)
+OTHER_TOOLS=(kwokctl helm grpcurl)
+
+# require_tools [NAME...]: fails with "run make tools" unless the named tools (default: the
+# cluster's) are built.
+require_tools() {
+  local missing=() wanted=("$@")
+  [ ${#wanted[@]} -gt 0 ] || wanted=("${CLUSTER_TOOLS[@]}")
+  for tool in "${wanted[@]}"; do
+    [ -x "$TOOLS_BIN/$tool" ] || missing+=("$tool")
+  done
+  [ -f "$KWOK_STAGES/pod-delete.yaml" ] || missing+=(kwok-stages)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "missing tools in $TOOLS_BIN: ${missing[*]}; run make tools" >&2
+    return 1
+  fi
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# make tools: builds the pinned Kubernetes tools (hack/versions.env) from the Go module proxy and
+# crates.io into ~/.cache/miniautoml/tools/<id>/bin. Tools already built are skipped, so a second
+# run takes seconds. Prints the bin directory last.
+#
+#   hack/tools.sh           every tool
+#   hack/tools.sh cluster   only what the local cluster and the tests need (no kwokctl, helm, grpcurl)
+set -euo pipefail
+# shellcheck disable=SC1091
+. "$(dirname "$0")/lib.sh"
+
+BUILD=$MINIAUTOML_CACHE/build
+mkdir -p "$TOOLS_BIN" "$BUILD"
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+log() { printf '[tools] %s\n' "$*" >&2; }
+have() { [ -x "$TOOLS_BIN/$1" ]; }
+
+# A module whose go.mod has replace directives cannot be `go install`ed at a version; build it
+# from a wrapper module that requires it and pins each replaced module to the same release.
+# $1: wrapper dir, $2: module, $3: version, $4: replace lines, then the packages to build.
+build_wrapped() {
+  local dir=$1 module=$2 version=$3 replaces=$4 ldflags=$5
+  shift 5
+  mkdir -p "$dir"
+  {
+    printf 'module miniautoml.local/tools\n\ngo 1.24.0\n\nrequire %s %s\n\nreplace (\n%s\n)\n' \
+      "$module" "$version" "$replaces"
+    printf '\n'
+  } >"$dir/go.mod"
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for package in "$@"; do printf '\t_ "%s"\n' "$package"; done
+    printf ')\n'
+  } >"$dir/tools.go"
+  (cd "$dir" && go mod tidy && go build -trimpath -ldflags "$ldflags" -o "$TOOLS_BIN/" "$@")
+}
+
+# The replace lines of a module's own go.mod whose target is a local path, rewritten to the
+# module itself at $3 (e.g. k8s.io/api => ./staging/src/k8s.io/api becomes => k8s.io/api v0.34.4).
+replaces_of() {
+  local module=$1 version=$2 target_version=$3 gomod
+  gomod=$(go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  awk -v v="$target_version" '$2 == "=>" && $3 ~ /^\.\.?\// { printf "\t%s => %s %s\n", $1, $1, v }' "$gomod"
+}
+
+if ! have kube-apiserver || ! have kube-controller-manager || ! have kube-scheduler || ! have kubectl; then
+  log "Kubernetes $KUBERNETES_VERSION: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl"
+  minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
+  staging=v0.${KUBERNETES_VERSION#v1.}
+  version_pkg=k8s.io/component-base/version
+  ldflags="-s -w -X $version_pkg.gitVersion=$KUBERNETES_VERSION -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor"
+  ldflags+=" -X $version_pkg.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
+  build_wrapped "$BUILD/kubernetes-$KUBERNETES_VERSION" k8s.io/kubernetes "$KUBERNETES_VERSION" \
+    "$(replaces_of k8s.io/kubernetes "$KUBERNETES_VERSION" "$staging")" "$ldflags" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+fi
+
+if ! have etcd; then
+  log "etcd $ETCD_VERSION"
+  build_wrapped "$BUILD/etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" \
+    "$(replaces_of go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" | grep -v FORBIDDEN)" \
+    "-s -w" go.etcd.io/etcd/server/v3
+  # go names the binary of a /v3 package after the element before the version suffix.
+  for built in server v3; do
+    if [ -f "$TOOLS_BIN/$built" ]; then mv "$TOOLS_BIN/$built" "$TOOLS_BIN/etcd"; fi
+  done
+fi
+
+SCOPE=${1:-all}
+case "$SCOPE" in all | cluster) ;; *) echo "usage: $0 [all|cluster]" >&2; exit 2 ;; esac
+
+go_install() {
+  local name=$1 package=$2
+  have "$name" && return 0
+  log "$package"
+  GOBIN=$TOOLS_BIN go install -trimpath -ldflags "-s -w" "$package"
+}
+go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+# kwok simulates nothing without stages; use the ones its release ships (nodes become Ready and
+# renew leases; pods on its nodes run, complete and are deleted at once).
+if [ ! -f "$KWOK_STAGES/pod-delete.yaml" ]; then
+  stages=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
+  [ -d "$stages" ] || go mod download "sigs.k8s.io/kwok@$KWOK_VERSION"
+  mkdir -p "$KWOK_STAGES"
+  cp "$stages/node/fast/node-initialize.yaml" "$stages/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+    "$stages/pod/fast/pod-ready.yaml" "$stages/pod/fast/pod-complete.yaml" "$stages/pod/fast/pod-delete.yaml" \
+    "$KWOK_STAGES/"
+  chmod 644 "$KWOK_STAGES"/*.yaml
+fi
+if [ "$SCOPE" = all ]; then
+  go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+  go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  go_install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+fi
+
+if ! have s3s-fs; then
+  log "s3s-fs $S3S_FS_VERSION"
+  cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary --root "$TOOLS_DIR"
+fi
+
+if [ "$SCOPE" = all ]; then require_tools "${CLUSTER_TOOLS[@]}" "${OTHER_TOOLS[@]}"; else require_tools; fi
+"$TOOLS_BIN/kube-apiserver" --version >&2
+"$TOOLS_BIN/etcd" --version | head -1 >&2
+echo "$TOOLS_BIN"

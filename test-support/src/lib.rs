@@ -1,0 +1,264 @@
+//! Test support for integration tests against real components: the local cluster (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes) and its S3 server, started
+//! on demand by `hack/cluster.sh up` once per test run and reused, and a fresh namespace per test.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use k8s_openapi::{
+    api::core::v1::{Namespace, ServiceAccount},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::wait::{await_condition, conditions},
+};
+
+/// What can go wrong setting up a test environment.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `hack/cluster.sh up` failed (its output says why, e.g. "run make tools").
+    #[error("starting the local cluster failed: {0}")]
+    ClusterUp(String),
+    /// The env file lacks a variable.
+    #[error("{file}: no {variable}")]
+    EnvFile {
+        /// The file read.
+        file: PathBuf,
+        /// The variable missing.
+        variable: &'static str,
+    },
+    /// Reading a file failed.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The kubeconfig could not be loaded.
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    /// The cluster did not reach a state in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// A Kubernetes call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The repository root.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support/ sits in the repository root")
+}
+
+/// Connection details of the running local cluster, from its env file.
+#[derive(Clone, Debug)]
+pub struct LocalCluster {
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// S3 endpoint URL.
+    pub s3_endpoint: String,
+    /// S3 access key.
+    pub s3_access_key: String,
+    /// S3 secret key.
+    pub s3_secret_key: String,
+    /// The bucket created at start.
+    pub s3_bucket: String,
+    /// Directory of the pinned tools (kubectl, ...).
+    pub tools_bin: PathBuf,
+}
+
+impl LocalCluster {
+    /// The local cluster, started on first use in this process (`hack/cluster.sh up` is
+    /// idempotent, so a cluster already running is reused) and shared by every test.
+    pub fn shared() -> &'static LocalCluster {
+        static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| LocalCluster::up().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn up() -> Result<LocalCluster> {
+        let output = Command::new(repo_root().join("hack/cluster.sh"))
+            .arg("up")
+            .output()
+            .map_err(|e| Error::ClusterUp(e.to_string()))?;
+        if !output.status.success() {
+            return Err(Error::ClusterUp(
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
+        }
+        let env_file = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        LocalCluster::from_env_file(&env_file)
+    }
+
+    /// Reads the `export NAME=value` lines of `hack/cluster.sh`'s env file.
+    pub fn from_env_file(path: &Path) -> Result<LocalCluster> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+        let vars: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("export "))
+            .filter_map(|line| line.split_once('='))
+            .collect();
+        let get = |variable: &'static str| {
+            vars.get(variable)
+                .map(|v| v.to_string())
+                .ok_or_else(|| Error::EnvFile {
+                    file: path.to_path_buf(),
+                    variable,
+                })
+        };
+        Ok(LocalCluster {
+            kubeconfig: get("KUBECONFIG")?.into(),
+            s3_endpoint: get("S3_ENDPOINT")?,
+            s3_access_key: get("AWS_ACCESS_KEY_ID")?,
+            s3_secret_key: get("AWS_SECRET_ACCESS_KEY")?,
+            s3_bucket: get("S3_BUCKET")?,
+            tools_bin: get("MINIAUTOML_TOOLS_BIN")?.into(),
+        })
+    }
+
+    /// A client with the admin kubeconfig.
+    pub async fn client(&self) -> Result<Client> {
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// An S3 client for the local S3 server with the given credentials.
+    pub fn s3_with(&self, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.s3_endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                access_key,
+                secret_key,
+                None,
+                None,
+                "local-cluster",
+            ))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// An S3 client with the cluster's generated credentials.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        self.s3_with(&self.s3_access_key, &self.s3_secret_key)
+    }
+
+    /// `kubectl` with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(self.tools_bin.join("kubectl"));
+        command.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        command
+    }
+}
+
+/// Applies every CRD in `crds/` (server-side, taking ownership) and waits until each is
+/// established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let dir = repo_root().join("crds");
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::Io(dir.clone(), e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::Io(dir.clone(), e))?.path();
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io(path.clone(), e))?;
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).map_err(|e| Error::Io(path.clone(), std::io::Error::other(e)))?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let params = PatchParams::apply("miniautoml-tests").force();
+        api.patch(&name, &params, &Patch::Apply(&crd)).await?;
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(WAIT, established)
+            .await
+            .map_err(|_| Error::Timeout(format!("CRD {name} to be established")))?
+            .map_err(|e| Error::Timeout(format!("CRD {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// How long a test waits for the cluster to reach a state before failing.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A namespace of its own for one test, deleted when dropped.
+pub struct TestNamespace {
+    /// The namespace's name.
+    pub name: String,
+    cluster: LocalCluster,
+}
+
+impl TestNamespace {
+    /// Creates a namespace named `<prefix>-<random>` in `cluster`, once its default
+    /// ServiceAccount exists (pods are admitted only then).
+    pub async fn new(cluster: &LocalCluster, client: &Client, prefix: &str) -> Result<TestNamespace> {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await?;
+        let created = TestNamespace {
+            name,
+            cluster: cluster.clone(),
+        };
+        let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &created.name);
+        let exists = await_condition(accounts, "default", |account: Option<&ServiceAccount>| {
+            account.is_some()
+        });
+        tokio::time::timeout(WAIT, exists)
+            .await
+            .map_err(|_| Error::Timeout(format!("ServiceAccount default in {}", created.name)))?
+            .map_err(|e| Error::Timeout(e.to_string()))?;
+        Ok(created)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and a kube Client cannot be driven from here (its connection task
+        // lives on the test's runtime, which this call blocks), so ask kubectl.
+        let deleted = self
+            .cluster
+            .kubectl()
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .output();
+        match deleted {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => eprintln!(
+                "cleanup: deleting namespace {}: {}",
+                self.name,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(error) => eprintln!("cleanup: deleting namespace {}: {error}", self.name),
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish() as u32
+}
