@@ -27,6 +27,7 @@ not_built() {
   cat <<'EOT'
 
 Not built yet (the demo grows with each piece):
+  - the local process node, which runs pods as local processes          (issue #3)
   - S3 ingestion of the dataset into versioned commits and snapshots  (issue #4)
   - the intent-classification trainer                                   (issue #5)
   - TrainingJobs running as Kubernetes Jobs, live metrics in status    (issue #6)

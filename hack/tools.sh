@@ -101,5 +101,6 @@ fi
 
 if [ "$SCOPE" = all ]; then require_tools "${CLUSTER_TOOLS[@]}" "${OTHER_TOOLS[@]}"; else require_tools; fi
 "$TOOLS_BIN/kube-apiserver" --version >&2
-"$TOOLS_BIN/etcd" --version | head -1 >&2
+etcd_version=$("$TOOLS_BIN/etcd" --version) # not piped into head: SIGPIPE would fail pipefail
+echo "${etcd_version%%$'\n'*}" >&2
 echo "$TOOLS_BIN"
