@@ -70,11 +70,11 @@ fi
 SCOPE=${1:-all}
 case "$SCOPE" in all | cluster) ;; *) echo "usage: $0 [all|cluster]" >&2; exit 2 ;; esac
 
-go_install() {
-  local name=$1 package=$2
+go_install() { # name package [ldflags]: ldflags set the version a plain go install leaves empty
+  local name=$1 package=$2 ldflags="-s -w ${3:-}"
   have "$name" && return 0
   log "$package"
-  GOBIN=$TOOLS_BIN go install -trimpath -ldflags "-s -w" "$package"
+  GOBIN=$TOOLS_BIN go install -trimpath -ldflags "$ldflags" "$package"
 }
 go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 # kwok simulates nothing without stages; use the ones its release ships (nodes become Ready and
@@ -90,8 +90,8 @@ if [ ! -f "$KWOK_STAGES/pod-delete.yaml" ]; then
 fi
 if [ "$SCOPE" = all ]; then
   go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
-  go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  go_install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  go_install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" "-X main.version=$GRPCURL_VERSION"
 fi
 
 if ! have s3s-fs; then
