@@ -15,7 +15,7 @@ use kube::{
     runtime::wait::await_condition,
 };
 use miniautoml_api::TrainingJob;
-use miniautoml_test_support::{LocalCluster, TestNamespace, WAIT, install_crds, repo_root};
+use miniautoml_test_support::{LocalCluster, TestNamespace, WAIT, example, install_crds, repo_root};
 
 fn run(command: &mut Command) -> String {
     let output = command.output().expect("the command runs");
@@ -108,10 +108,7 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
         .spawn()
         .unwrap();
 
-    let mut job: TrainingJob = serde_yaml::from_str(
-        &std::fs::read_to_string(repo_root().join("examples/trainingjob.yaml")).unwrap(),
-    )
-    .unwrap();
+    let mut job: TrainingJob = example("trainingjob.yaml");
     job.spec.algorithm = Some("random-forest".into());
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
     jobs.create(&PostParams::default(), &job).await.unwrap();

@@ -60,6 +60,13 @@ pub fn repo_root() -> &'static Path {
         .expect("test-support/ sits in the repository root")
 }
 
+/// An example manifest from `examples/`, deserialized.
+pub fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = repo_root().join("examples").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Connection details of the running local cluster, from its env file.
 #[derive(Clone, Debug)]
 pub struct LocalCluster {

@@ -8,13 +8,7 @@ use kube::{
     runtime::wait::await_condition,
 };
 use miniautoml_api::{Dataset, ModelDeployment, TrainingJob};
-use miniautoml_test_support::{LocalCluster, TestNamespace, WAIT, install_crds, repo_root};
-use serde::de::DeserializeOwned;
-
-fn example<T: DeserializeOwned>(file: &str) -> T {
-    let text = std::fs::read_to_string(repo_root().join("examples").join(file)).unwrap();
-    serde_yaml::from_str(&text).unwrap()
-}
+use miniautoml_test_support::{LocalCluster, TestNamespace, WAIT, example, install_crds};
 
 /// The API server's message for a rejected write.
 fn rejection<T: std::fmt::Debug>(result: kube::Result<T>) -> String {
