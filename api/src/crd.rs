@@ -170,10 +170,8 @@ fn bound_strings(schema: &mut Value) {
     if is_string && !object.contains_key("maxLength") && !object.contains_key("enum") {
         object.insert("maxLength".into(), DEFAULT_SPEC_STRING_MAX_LENGTH.into());
     }
-    for key in ["properties"] {
-        if let Some(children) = object.get_mut(key).and_then(Value::as_object_mut) {
-            children.values_mut().for_each(bound_strings);
-        }
+    if let Some(children) = object.get_mut("properties").and_then(Value::as_object_mut) {
+        children.values_mut().for_each(bound_strings);
     }
     for key in ["items", "additionalProperties"] {
         if let Some(child) = object.get_mut(key) {
