@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local cluster, from real components and no Docker: etcd, kube-apiserver (TLS, RBAC,
 # service-account signing), kube-controller-manager, kube-scheduler, kwok simulating the nodes of
-# hack/cluster/nodes.yaml (GPU nodes included), and an S3 server (s3s-fs) with generated
-# credentials and a bucket.
+# hack/cluster/nodes.yaml (GPU nodes included), the local process node (e2e/process-node: a
+# real Node whose pods run as local processes, images mapped by hack/cluster/images.yaml), and
+# an S3 server (s3s-fs) with generated credentials and a bucket.
 #
 #   hack/cluster.sh up      start what is not running (idempotent); prints the env file's path
 #   hack/cluster.sh down    stop everything and delete the cluster's state
@@ -22,6 +23,9 @@ KWOK_PORT=${KWOK_PORT:-30247}
 S3_PORT=${S3_PORT:-39000}
 S3_BUCKET=${S3_BUCKET:-miniautoml}
 NODES=${CLUSTER_NODES:-$HACK_DIR/cluster/nodes.yaml}
+PROCESS_NODE_IMAGES=${PROCESS_NODE_IMAGES:-$HACK_DIR/cluster/images.yaml}
+MINIAUTOML_TARGET_DIR=${MINIAUTOML_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug}
+PROCESS_NODE_BIN=${PROCESS_NODE_BIN:-$MINIAUTOML_TARGET_DIR/process-node}
 PKI=$STATE/pki
 LOGS=$STATE/logs
 RUN=$STATE/run
@@ -97,6 +101,7 @@ pki() {
   certificate controller-manager system:kube-controller-manager ""
   certificate scheduler system:kube-scheduler ""
   certificate kwok kwok system:masters
+  certificate process-node system:node:process-node system:nodes
   if [ ! -f "$PKI/sa.key" ]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -105,6 +110,19 @@ pki() {
   kubeconfig controller-manager controller-manager
   kubeconfig scheduler scheduler
   kubeconfig kwok kwok
+  kubeconfig process-node process-node
+}
+
+# The process node's binary, built by cargo when missing (but not from inside a cargo test run,
+# which holds cargo's build lock: there `cargo test` has built it already, or says how).
+process_node_binary() {
+  [ -x "$PROCESS_NODE_BIN" ] && return 0
+  if [ -n "${CARGO_MANIFEST_DIR:-}" ]; then
+    log "$PROCESS_NODE_BIN is missing; build it first: cargo build -p miniautoml-process-node"
+    return 1
+  fi
+  log "building the process node"
+  (cd "$REPO_ROOT" && cargo build --locked -q -p miniautoml-process-node --bin process-node)
 }
 
 s3_credentials() {
@@ -169,8 +187,16 @@ up() {
 
   "${kubectl[@]}" apply --server-side -f "$NODES" >/dev/null
   wait_for kwok "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node -l type=kwok
+
+  process_node_binary
+  mkdir -p "$STATE/pods/logs" "$STATE/pods/work"
+  export MINIAUTOML_TARGET_DIR
+  start process-node "$PROCESS_NODE_BIN" \
+    --kubeconfig "$STATE/process-node.kubeconfig" --node-name process-node \
+    --images "$PROCESS_NODE_IMAGES" --log-dir "$STATE/pods/logs" --work-dir "$STATE/pods/work"
+  wait_for process-node "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node/process-node
   wait_for kube-controller-manager "${kubectl[@]}" get serviceaccount default -n default
-  for component in kube-scheduler kwok; do
+  for component in kube-scheduler kwok process-node; do
     running "$component" || { log "$component exited:"; tail -n 20 "$LOGS/$component.log" >&2; return 1; }
   done
 
@@ -184,6 +210,7 @@ export AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 export AWS_REGION=us-east-1
 export S3_BUCKET=$S3_BUCKET
 export MINIAUTOML_TOOLS_BIN=$TOOLS_BIN
+export MINIAUTOML_POD_LOGS=$STATE/pods/logs
 export PATH=$TOOLS_BIN:\$PATH
 EOT
   chmod 600 "$ENV_FILE"
@@ -192,7 +219,7 @@ EOT
 }
 
 down() {
-  for component in s3s-fs kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  for component in process-node s3s-fs kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     if running "$component"; then
       log "stopping $component"
       kill -TERM "$(cat "$RUN/$component.pid")" 2>/dev/null || true
@@ -205,7 +232,7 @@ down() {
 }
 
 status() {
-  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok s3s-fs; do
+  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok process-node s3s-fs; do
     if running "$component"; then echo "$component: running"; else echo "$component: stopped"; fi
   done
   [ -f "$ENV_FILE" ] && echo "env: $ENV_FILE"

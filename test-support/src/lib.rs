@@ -82,6 +82,9 @@ pub struct LocalCluster {
     pub s3_bucket: String,
     /// Directory of the pinned tools (kubectl, ...).
     pub tools_bin: PathBuf,
+    /// Where the process node writes container logs
+    /// (`<namespace>_<pod>_<uid>/<container>/<restart>.log`).
+    pub pod_logs: PathBuf,
 }
 
 impl LocalCluster {
@@ -129,6 +132,7 @@ impl LocalCluster {
             s3_secret_key: get("AWS_SECRET_ACCESS_KEY")?,
             s3_bucket: get("S3_BUCKET")?,
             tools_bin: get("MINIAUTOML_TOOLS_BIN")?.into(),
+            pod_logs: get("MINIAUTOML_POD_LOGS")?.into(),
         })
     }
 
