@@ -84,7 +84,10 @@ fn gpu_pod(name: &str, gpus: u32) -> Pod {
         "metadata": {"name": name},
         "spec": {
             "nodeSelector": {"type": "kwok"},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "tolerations": [
+                {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            ],
             "containers": [{
                 "name": "train",
                 "image": "miniautoml/intent-classification:0.1.0",

@@ -13,9 +13,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Preconditions},
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{
-        WatchStreamExt, watcher,
-    },
+    runtime::{WatchStreamExt, watcher},
 };
 
 use crate::{
@@ -29,7 +27,8 @@ use crate::{
 /// Runs the node until `shutdown` resolves; then stops every process (the pods stay, as when a
 /// kubelet stops).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let kubeconfig = Kubeconfig::read_from(&config.kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let kubeconfig =
+        Kubeconfig::read_from(&config.kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
     let kube_config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| Error::Kubeconfig(e.to_string()))?;
@@ -49,8 +48,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
 
     let selector = format!("spec.nodeName={}", config.node_name);
-    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().fields(&selector))
-        .default_backoff();
+    let pods = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&selector),
+    )
+    .default_backoff();
     futures::pin_mut!(pods);
     futures::pin_mut!(shutdown);
     let mut workers: HashMap<String, Worker> = HashMap::new();
@@ -91,12 +93,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     tracing::info!("stopping every pod's processes");
     heartbeat.abort();
-    let groups: Vec<u32> = shared.groups.lock().map(|g| g.iter().copied().collect()).unwrap_or_default();
+    let groups: Vec<u32> = shared
+        .groups
+        .lock()
+        .map(|g| g.iter().copied().collect())
+        .unwrap_or_default();
     for group in &groups {
         crate::pod::signal_group(*group, libc::SIGTERM);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while shared.groups.lock().map(|g| !g.is_empty()).unwrap_or(false) && tokio::time::Instant::now() < deadline {
+    while shared.groups.lock().map(|g| !g.is_empty()).unwrap_or(false)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for group in &groups {
@@ -110,7 +118,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// Starts a worker for a new pod, tells a worker its pod is being deleted, or removes a
 /// deleted pod that has no processes.
-fn handle(shared: &Arc<Shared>, workers: &mut HashMap<String, Worker>, removing: &mut BTreeSet<String>, pod: Pod) {
+fn handle(
+    shared: &Arc<Shared>,
+    workers: &mut HashMap<String, Worker>,
+    removing: &mut BTreeSet<String>,
+    pod: Pod,
+) {
     let uid = pod.uid().unwrap_or_default();
     let grace = Duration::from_secs(
         u64::try_from(pod.metadata.deletion_grace_period_seconds.unwrap_or(0)).unwrap_or(0),
@@ -122,7 +135,11 @@ fn handle(shared: &Arc<Shared>, workers: &mut HashMap<String, Worker>, removing:
         }
         return;
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
     let terminal = phase == "Succeeded" || phase == "Failed";
     if deleting {
         if removing.insert(uid.clone()) {

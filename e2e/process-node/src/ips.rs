@@ -42,12 +42,20 @@ mod tests {
         let mut pool = IpPool::default();
         assert_eq!(pool.allocate("a"), Some(Ipv4Addr::new(127, 0, 0, 2)));
         assert_eq!(pool.allocate("b"), Some(Ipv4Addr::new(127, 0, 0, 3)));
-        assert_eq!(pool.allocate("a"), Some(Ipv4Addr::new(127, 0, 0, 2)), "stable per pod");
+        assert_eq!(
+            pool.allocate("a"),
+            Some(Ipv4Addr::new(127, 0, 0, 2)),
+            "stable per pod"
+        );
         pool.release("a");
         assert_eq!(pool.allocate("c"), Some(Ipv4Addr::new(127, 0, 0, 2)));
         for i in 0..251 {
             pool.allocate(&format!("p{i}"));
         }
-        assert_eq!(pool.allocate("next"), Some(Ipv4Addr::new(127, 0, 1, 2)), "skips .255, .0, .1");
+        assert_eq!(
+            pool.allocate("next"),
+            Some(Ipv4Addr::new(127, 0, 1, 2)),
+            "skips .255, .0, .1"
+        );
     }
 }

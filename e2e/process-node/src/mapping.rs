@@ -66,10 +66,7 @@ impl ImageMapping {
     }
 
     /// Parses a mapping, expanding variables in `binary` with `lookup`.
-    pub fn parse(
-        text: &str,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<ImageMapping, String> {
+    pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<ImageMapping, String> {
         let mut mapping: ImageMapping = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         for entry in &mut mapping.images {
             match (&entry.binary, entry.host_commands) {
@@ -160,8 +157,14 @@ mod tests {
 
     #[test]
     fn wildcards_match_whole_image_references() {
-        assert!(glob_match("miniautoml/intent-classification:*", "miniautoml/intent-classification:0.1.0"));
-        assert!(!glob_match("miniautoml/intent-classification:*", "miniautoml/predictor:0.1.0"));
+        assert!(glob_match(
+            "miniautoml/intent-classification:*",
+            "miniautoml/intent-classification:0.1.0"
+        ));
+        assert!(!glob_match(
+            "miniautoml/intent-classification:*",
+            "miniautoml/predictor:0.1.0"
+        ));
         assert!(glob_match("*busybox*", "docker.io/library/busybox:1.36"));
         assert!(glob_match("busybox", "busybox"));
         assert!(!glob_match("busybox", "busybox:1.36"));

@@ -87,10 +87,30 @@ pub fn build_status(config: &Config, now: Timestamp) -> NodeStatus {
             address: HOST_IP.into(),
         }]),
         conditions: Some(vec![
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "no memory pressure"),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "no disk pressure"),
-            condition("PIDPressure", "False", "KubeletHasSufficientPID", "sufficient PIDs"),
-            condition("Ready", "True", "KubeletReady", "process node is posting ready status"),
+            condition(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "no memory pressure",
+            ),
+            condition(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "no disk pressure",
+            ),
+            condition(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "sufficient PIDs",
+            ),
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "process node is posting ready status",
+            ),
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints::default()),
         node_info: Some(NodeSystemInfo {
@@ -136,7 +156,11 @@ pub async fn register(client: &Client, config: &Config) -> Result<()> {
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let labels = serde_json::json!({"metadata": {"labels": labels(config)}});
             nodes
-                .patch(&config.node_name, &PatchParams::default(), &Patch::Strategic(labels))
+                .patch(
+                    &config.node_name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(labels),
+                )
                 .await?;
             tracing::info!(node = config.node_name, "node exists; taking it over");
         }
@@ -149,7 +173,11 @@ pub async fn register(client: &Client, config: &Config) -> Result<()> {
 async fn post_status(client: &Client, config: &Config) -> Result<()> {
     let status = serde_json::json!({"status": build_status(config, Timestamp::now())});
     Api::<Node>::all(client.clone())
-        .patch_status(&config.node_name, &PatchParams::default(), &Patch::Strategic(status))
+        .patch_status(
+            &config.node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(status),
+        )
         .await?;
     Ok(())
 }
@@ -210,9 +238,17 @@ mod tests {
         assert_eq!(labels["team"], "a");
         let status = build_status(&config, Timestamp::now());
         assert_eq!(status.allocatable.unwrap()["cpu"], Quantity("16".into()));
-        let ready = status.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+        let ready = status
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
         assert_eq!(ready.status, "True");
         let lease = build_lease("process-node", Timestamp::now());
-        assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("process-node"));
+        assert_eq!(
+            lease.spec.unwrap().holder_identity.as_deref(),
+            Some("process-node")
+        );
     }
 }

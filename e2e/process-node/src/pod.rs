@@ -139,7 +139,12 @@ async fn run_pod(shared: Arc<Shared>, pod: Pod, mut deleted: watch::Receiver<Opt
         reference: pod.object_ref(&()),
     };
     let spec = pod.spec.clone().unwrap_or_default();
-    let pod_ip = shared.ips.lock().map(|mut ips| ips.allocate(&identity.uid)).ok().flatten();
+    let pod_ip = shared
+        .ips
+        .lock()
+        .map(|mut ips| ips.allocate(&identity.uid))
+        .ok()
+        .flatten();
     let mut view = PodView {
         failure: None,
         pod_ip: pod_ip.map(|ip| ip.to_string()),
@@ -154,7 +159,9 @@ async fn run_pod(shared: Arc<Shared>, pod: Pod, mut deleted: watch::Receiver<Opt
             .init_containers
             .iter()
             .flatten()
-            .map(|c| status::Container::waiting(&c.name, c.image.as_deref().unwrap_or_default(), "PodInitializing"))
+            .map(|c| {
+                status::Container::waiting(&c.name, c.image.as_deref().unwrap_or_default(), "PodInitializing")
+            })
             .collect(),
         containers: spec
             .containers
@@ -170,11 +177,18 @@ async fn run_pod(shared: Arc<Shared>, pod: Pod, mut deleted: watch::Receiver<Opt
             .collect(),
     };
     let mut reporter = Reporter {
-        conditions: pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default(),
+        conditions: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default(),
     };
 
     if view.pod_ip.is_none() {
-        view.failure = Some(("OutOfAddresses".into(), "the process node has no free pod IP".into()));
+        view.failure = Some((
+            "OutOfAddresses".into(),
+            "the process node has no free pod IP".into(),
+        ));
     } else if let Err((slot, reason, message)) = check_images(&shared.config.images, &pod) {
         set_waiting(&mut view, slot, "ErrImagePull", Some(message.clone()));
         view.failure = Some((reason.into(), message.clone()));
@@ -277,7 +291,8 @@ async fn run_pod(shared: Arc<Shared>, pod: Pod, mut deleted: watch::Receiver<Opt
 /// Every container's image resolves in the mapping, or the first that does not with the reason.
 fn check_images(path: &Path, pod: &Pod) -> Result<(), (Slot, &'static str, String)> {
     let spec = pod.spec.clone().unwrap_or_default();
-    let mapping = ImageMapping::load(path).map_err(|e| (Slot::Main(0), "ImageMappingError", e.to_string()))?;
+    let mapping =
+        ImageMapping::load(path).map_err(|e| (Slot::Main(0), "ImageMappingError", e.to_string()))?;
     for (slot, container) in containers(&spec) {
         let image = container.image.clone().unwrap_or_default();
         if mapping.resolve(&image).is_none() {
@@ -324,7 +339,14 @@ async fn prepare_until_ready(
                 if reported.as_ref() != Some(&message) {
                     set_waiting(view, slot, "CreateContainerConfigError", Some(message.clone()));
                     reporter.report(identity, view).await;
-                    event(shared, identity, EventType::Warning, "Failed", format!("Error: {message}")).await;
+                    event(
+                        shared,
+                        identity,
+                        EventType::Warning,
+                        "Failed",
+                        format!("Error: {message}"),
+                    )
+                    .await;
                     reported = Some(message);
                 }
             }
@@ -339,7 +361,8 @@ async fn prepare_until_ready(
 async fn prepare(shared: &Shared, pod: &Pod, view: &PodView) -> Result<Vec<Prepared>, (Slot, ConfigError)> {
     let spec = pod.spec.clone().unwrap_or_default();
     let namespace = pod.namespace().unwrap_or_default();
-    let mapping = ImageMapping::load(&shared.config.images).map_err(|e| (Slot::Main(0), ConfigError(e.to_string())))?;
+    let mapping =
+        ImageMapping::load(&shared.config.images).map_err(|e| (Slot::Main(0), ConfigError(e.to_string())))?;
     let placement = Placement {
         pod_ip: view.pod_ip.clone().unwrap_or_default(),
         host_ip: HOST_IP.into(),
@@ -397,12 +420,18 @@ async fn fetch_sources(client: &Client, namespace: &str, container: &Container) 
     let mut sources = Sources::default();
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     for name in references.config_maps {
-        let data = config_maps.get_opt(&name).await?.map(|c| c.data.unwrap_or_default());
+        let data = config_maps
+            .get_opt(&name)
+            .await?
+            .map(|c| c.data.unwrap_or_default());
         sources.config_maps.insert(name, data);
     }
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     for name in references.secrets {
-        let data = secrets.get_opt(&name).await?.map(|s| decode(s.data.unwrap_or_default()));
+        let data = secrets
+            .get_opt(&name)
+            .await?
+            .map(|s| decode(s.data.unwrap_or_default()));
         sources.secrets.insert(name, data);
     }
     Ok(sources)
@@ -432,7 +461,14 @@ fn set_waiting(view: &mut PodView, slot: Slot, reason: &str, message: Option<Str
 
 fn apply(view: &mut PodView, update: Update) {
     match update {
-        Update::Waiting(slot, reason, message) => set_waiting(view, slot, &reason, message),
+        Update::Waiting(slot, reason, message) => {
+            if let Some(c) = container_mut(view, slot)
+                && matches!(c.state, State::Terminated { .. })
+            {
+                c.last_state = Some(c.state.clone());
+            }
+            set_waiting(view, slot, &reason, message);
+        }
         Update::Started {
             slot,
             container_id,
@@ -442,6 +478,8 @@ fn apply(view: &mut PodView, update: Update) {
             if let Some(c) = container_mut(view, slot) {
                 if c.container_id.is_some() {
                     c.restart_count += 1;
+                }
+                if matches!(c.state, State::Terminated { .. }) {
                     c.last_state = Some(c.state.clone());
                 }
                 c.container_id = Some(container_id);
@@ -449,7 +487,11 @@ fn apply(view: &mut PodView, update: Update) {
                 c.state = State::Running { started_at };
             }
         }
-        Update::Ended { slot, state, finished } => {
+        Update::Ended {
+            slot,
+            state,
+            finished,
+        } => {
             if let Some(c) = container_mut(view, slot) {
                 c.state = state;
                 c.ready = false;
@@ -487,17 +529,32 @@ async fn supervise(
     updates: mpsc::Sender<Update>,
     kill: watch::Receiver<Option<Duration>>,
 ) {
-    let (init, main): (Vec<_>, Vec<_>) = prepared.into_iter().partition(|p| matches!(p.slot, Slot::Init(_)));
+    let (init, main): (Vec<_>, Vec<_>) = prepared
+        .into_iter()
+        .partition(|p| matches!(p.slot, Slot::Init(_)));
     // Init containers restart on failure unless the policy is Never.
-    let init_policy = if restart_policy == "Never" { "Never" } else { "OnFailure" };
+    let init_policy = if restart_policy == "Never" {
+        "Never"
+    } else {
+        "OnFailure"
+    };
     for container in init {
-        let succeeded = run_container(&shared, &reference, container, init_policy, &updates, kill.clone()).await;
+        let succeeded = run_container(
+            &shared,
+            &reference,
+            container,
+            init_policy,
+            &updates,
+            kill.clone(),
+        )
+        .await;
         if !succeeded {
             return;
         }
     }
     let runs = main.into_iter().map(|container| {
-        let (shared, reference, updates, kill) = (shared.clone(), reference.clone(), updates.clone(), kill.clone());
+        let (shared, reference, updates, kill) =
+            (shared.clone(), reference.clone(), updates.clone(), kill.clone());
         let policy = restart_policy.clone();
         async move { run_container(&shared, &reference, container, &policy, &updates, kill).await }
     });
@@ -531,7 +588,14 @@ async fn run_container(
                     started_at: None,
                     finished_at: Timestamp::now(),
                 };
-                publish(shared, reference, EventType::Warning, "Failed", format!("Error: {message}")).await;
+                publish(
+                    shared,
+                    reference,
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {message}"),
+                )
+                .await;
                 (state, false)
             }
             Ok(mut child) => {
@@ -597,7 +661,13 @@ async fn run_container(
                 "OnFailure" => succeeded,
                 _ => false,
             };
-        let _ = updates.send(Update::Ended { slot, state, finished }).await;
+        let _ = updates
+            .send(Update::Ended {
+                slot,
+                state,
+                finished,
+            })
+            .await;
         if finished {
             return succeeded;
         }
@@ -609,7 +679,10 @@ async fn run_container(
             .send(Update::Waiting(
                 slot,
                 "CrashLoopBackOff".into(),
-                Some(format!("back-off {}s restarting failed container", backoff.as_secs())),
+                Some(format!(
+                    "back-off {}s restarting failed container",
+                    backoff.as_secs()
+                )),
             ))
             .await;
         tokio::select! {
@@ -643,7 +716,9 @@ fn spawn(container: &Prepared, restart: u32) -> Result<tokio::process::Child, St
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let stderr = log.try_clone().map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let stderr = log
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let mut command = tokio::process::Command::new(program);
     command
         .arg0(&container.argv[0])
@@ -684,7 +759,11 @@ pub fn signal_group(pid: u32, signal: i32) {
 }
 
 /// SIGTERM to the container's process group, SIGKILL after `grace`.
-async fn terminate(child: &mut tokio::process::Child, pid: u32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: u32,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
     signal_group(pid, libc::SIGTERM);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,

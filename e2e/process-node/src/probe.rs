@@ -71,7 +71,11 @@ async fn run_once(
     env: &[(String, String)],
 ) -> Result<(), String> {
     if let Some(http) = &probe.http_get {
-        if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+        if http
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+        {
             return Err("HTTPS probes are not supported by the process node".into());
         }
         let host = http.host.clone().unwrap_or_else(|| pod_ip.to_string());
@@ -150,7 +154,7 @@ async fn http_get(host: &str, port: u16, path: &str, headers: &str) -> Result<()
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("http://{host}:{port}{path}: {e}"))?;
-    let mut head = vec![0u8; 64];
+    let mut head = [0u8; 64];
     let mut read = 0;
     while read < head.len() && !head[..read].contains(&b'\n') {
         let n = stream

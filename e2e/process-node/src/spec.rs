@@ -149,8 +149,16 @@ pub fn environment(
     }
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     set(&mut env, "HOSTNAME".into(), pod_name);
-    set(&mut env, "KUBERNETES_SERVICE_HOST".into(), placement.api_host.clone());
-    set(&mut env, "KUBERNETES_SERVICE_PORT".into(), placement.api_port.to_string());
+    set(
+        &mut env,
+        "KUBERNETES_SERVICE_HOST".into(),
+        placement.api_host.clone(),
+    );
+    set(
+        &mut env,
+        "KUBERNETES_SERVICE_PORT".into(),
+        placement.api_port.to_string(),
+    );
 
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
@@ -174,8 +182,7 @@ pub fn environment(
                 } else if let Some(resource) = &from.resource_field_ref {
                     Some(resource_value(container, resource)?)
                 } else if let Some(key) = &from.config_map_key_ref {
-                    let data =
-                        lookup_source("configmap", &key.name, key.optional, &sources.config_maps)?;
+                    let data = lookup_source("configmap", &key.name, key.optional, &sources.config_maps)?;
                     key_value("configmap", &key.name, &key.key, key.optional, data)?
                 } else if let Some(key) = &from.secret_key_ref {
                     let data = lookup_source("secret", &key.name, key.optional, &sources.secrets)?;
@@ -217,7 +224,9 @@ fn key_value(
     match data.and_then(|data| data.get(key).cloned()) {
         Some(value) => Ok(Some(value)),
         None if optional == Some(true) => Ok(None),
-        None => Err(ConfigError(format!("couldn't find key {key} in {kind} \"{name}\""))),
+        None => Err(ConfigError(format!(
+            "couldn't find key {key} in {kind} \"{name}\""
+        ))),
     }
 }
 
@@ -255,7 +264,12 @@ fn resource_value(container: &Container, field: &ResourceFieldSelector) -> Resul
     let (map, name) = match field.resource.split_once('.') {
         Some(("limits", name)) => (resources.and_then(|r| r.limits.as_ref()), name),
         Some(("requests", name)) => (resources.and_then(|r| r.requests.as_ref()), name),
-        _ => return Err(ConfigError(format!("unsupported resourceFieldRef {}", field.resource))),
+        _ => {
+            return Err(ConfigError(format!(
+                "unsupported resourceFieldRef {}",
+                field.resource
+            )));
+        }
     };
     // Like the kubelet, an unset limit reads as the node's capacity; this node reports "0"
     // because it enforces no limits.
@@ -338,7 +352,11 @@ spec:
             image: "miniautoml/*".into(),
             binary: Some("/bin/trainer".into()),
             args: vec!["train".into()],
-            env: [("LR".to_string(), "1".to_string()), ("MODE".to_string(), "x".to_string())].into(),
+            env: [
+                ("LR".to_string(), "1".to_string()),
+                ("MODE".to_string(), "x".to_string()),
+            ]
+            .into(),
             host_commands: false,
         }
     }
@@ -355,9 +373,16 @@ spec:
 
     fn sources() -> Sources {
         Sources {
-            config_maps: [("settings".to_string(), Some([("A".to_string(), "1".to_string())].into()))].into(),
+            config_maps: [(
+                "settings".to_string(),
+                Some([("A".to_string(), "1".to_string())].into()),
+            )]
+            .into(),
             secrets: [
-                ("s3".to_string(), Some([("secret".to_string(), "hunter2".to_string())].into())),
+                (
+                    "s3".to_string(),
+                    Some([("secret".to_string(), "hunter2".to_string())].into()),
+                ),
                 ("absent".to_string(), None),
             ]
             .into(),
@@ -382,7 +407,11 @@ spec:
         assert_eq!(get("MISSING_OK"), None);
         assert_eq!(get("CFG_A"), Some("1"));
         assert_eq!(get("ADDR"), Some("127.0.0.7:8080 $(POD_IP) $(UNKNOWN)"));
-        assert_eq!(get("LR"), Some("0.1"), "the container's env overrides the image's");
+        assert_eq!(
+            get("LR"),
+            Some("0.1"),
+            "the container's env overrides the image's"
+        );
         assert_eq!(get("MODE"), Some("x"));
         assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("36443"));
     }
@@ -418,7 +447,10 @@ spec:
         };
         assert_eq!(argv(&c, &entry(), &env).unwrap(), ["/bin/trainer", "train"]);
         c.args = Some(vec!["eval".into(), "--n=$(N)".into()]);
-        assert_eq!(argv(&c, &entry(), &env).unwrap(), ["/bin/trainer", "eval", "--n=5"]);
+        assert_eq!(
+            argv(&c, &entry(), &env).unwrap(),
+            ["/bin/trainer", "eval", "--n=5"]
+        );
         c.command = Some(vec!["/app/trainer".into(), "serve".into()]);
         assert_eq!(
             argv(&c, &entry(), &env).unwrap(),

@@ -3,8 +3,8 @@
 
 use k8s_openapi::{
     api::core::v1::{
-        ContainerState as KubeState, ContainerStateRunning, ContainerStateTerminated,
-        ContainerStateWaiting, ContainerStatus, HostIP, PodCondition, PodIP, PodStatus,
+        ContainerState as KubeState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+        ContainerStatus, HostIP, PodCondition, PodIP, PodStatus,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -73,7 +73,12 @@ pub enum State {
 
 impl State {
     /// The state of a process that ended with `exit_code` (or by `signal`).
-    pub fn ended(exit_code: Option<i32>, signal: Option<i32>, started_at: Timestamp, now: Timestamp) -> State {
+    pub fn ended(
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        started_at: Timestamp,
+        now: Timestamp,
+    ) -> State {
         let exit_code = exit_code.unwrap_or_else(|| 128 + signal.unwrap_or(0));
         State::Terminated {
             exit_code,
@@ -270,7 +275,11 @@ impl PodView {
             _ => None,
         };
         let mut conditions = vec![
-            condition("PodReadyToStartContainers", self.pod_ip.is_some() && !phase.is_terminal(), None),
+            condition(
+                "PodReadyToStartContainers",
+                self.pod_ip.is_some() && !phase.is_terminal(),
+                None,
+            ),
             condition(
                 "Initialized",
                 self.initialized(),
@@ -362,7 +371,10 @@ mod tests {
 
     #[test]
     fn phases_follow_the_containers() {
-        assert_eq!(view(vec![Container::waiting("c", "i", "ContainerCreating")]).phase(), Phase::Pending);
+        assert_eq!(
+            view(vec![Container::waiting("c", "i", "ContainerCreating")]).phase(),
+            Phase::Pending
+        );
         let running = Container {
             state: State::Running { started_at: now() },
             container_id: Some("process://n/1".into()),
@@ -408,7 +420,10 @@ mod tests {
             .unwrap()
             .terminated
             .unwrap();
-        assert_eq!((terminated.exit_code, terminated.reason.as_deref()), (3, Some("Error")));
+        assert_eq!(
+            (terminated.exit_code, terminated.reason.as_deref()),
+            (3, Some("Error"))
+        );
         let conditions = status.conditions.unwrap();
         let find = |t: &str| conditions.iter().find(|c| c.type_ == t).unwrap().clone();
         assert_eq!(find("PodScheduled").last_transition_time, Some(Time(earlier)));
