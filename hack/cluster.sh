@@ -21,6 +21,7 @@ ETCD_PEER_PORT=${ETCD_PEER_PORT:-32380}
 APISERVER_PORT=${APISERVER_PORT:-36443}
 KWOK_PORT=${KWOK_PORT:-30247}
 S3_PORT=${S3_PORT:-39000}
+PROCESS_NODE_PORT=${PROCESS_NODE_PORT:-30250}
 S3_BUCKET=${S3_BUCKET:-miniautoml}
 NODES=${CLUSTER_NODES:-$HACK_DIR/cluster/nodes.yaml}
 PROCESS_NODE_IMAGES=${PROCESS_NODE_IMAGES:-$HACK_DIR/cluster/images.yaml}
@@ -102,6 +103,8 @@ pki() {
   certificate scheduler system:kube-scheduler ""
   certificate kwok kwok system:masters
   certificate process-node system:node:process-node system:nodes
+  certificate process-node-serving process-node "" "IP:127.0.0.1"
+  certificate apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
   if [ ! -f "$PKI/sa.key" ]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -158,6 +161,8 @@ up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
     --cert-dir "$PKI/generated"
   wait_for kube-apiserver "${kubectl[@]}" get --raw /readyz
 
@@ -193,7 +198,9 @@ up() {
   export MINIAUTOML_TARGET_DIR
   start process-node "$PROCESS_NODE_BIN" \
     --kubeconfig "$STATE/process-node.kubeconfig" --node-name process-node \
-    --images "$PROCESS_NODE_IMAGES" --log-dir "$STATE/pods/logs" --work-dir "$STATE/pods/work"
+    --images "$PROCESS_NODE_IMAGES" --log-dir "$STATE/pods/logs" --work-dir "$STATE/pods/work" \
+    --kubelet-port "$PROCESS_NODE_PORT" --tls-cert-file "$PKI/process-node-serving.crt" \
+    --tls-key-file "$PKI/process-node-serving.key" --client-ca-file "$PKI/ca.crt"
   wait_for process-node "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node/process-node
   wait_for kube-controller-manager "${kubectl[@]}" get serviceaccount default -n default
   for component in kube-scheduler kwok process-node; do

@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     future::Future,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -20,6 +21,7 @@ use crate::{
     Error, Result,
     config::Config,
     ips::IpPool,
+    logs::{self, Live, Tls},
     node,
     pod::{Shared, Worker},
 };
@@ -36,8 +38,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let api_port = kube_config.cluster_url.port_u16().unwrap_or(443);
     let client = Client::try_from(kube_config)?;
 
-    node::register(&client, &config).await?;
-    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), config.clone()));
+    let live = Live::default();
+    let kubelet_port = match (
+        &config.tls_cert_file,
+        &config.tls_key_file,
+        &config.client_ca_file,
+    ) {
+        (Some(cert), Some(key), Some(client_ca)) => {
+            let tls = Tls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            };
+            let address = SocketAddr::from(([127, 0, 0, 1], config.kubelet_port));
+            let bound = logs::serve(address, &tls, config.log_dir.clone(), live.clone()).await?;
+            tracing::info!(%bound, "serving container logs");
+            bound.port()
+        }
+        _ => 0,
+    };
+    node::register(&client, &config, kubelet_port).await?;
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), config.clone(), kubelet_port));
     let shared = Arc::new(Shared {
         client: client.clone(),
         config: config.clone(),
@@ -45,6 +66,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         api_port,
         ips: Mutex::new(IpPool::default()),
         groups: Mutex::new(BTreeSet::new()),
+        live,
     });
 
     let selector = format!("spec.nodeName={}", config.node_name);

@@ -38,6 +38,19 @@ pub struct Config {
     /// Extra node labels, `key=value`, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Port of the kubelet endpoint that serves container logs to the API server (`kubectl
+    /// logs`) on 127.0.0.1; 0 picks a free port. Needs the three TLS files below.
+    #[arg(long, default_value_t = 0)]
+    pub kubelet_port: u16,
+    /// Serving certificate of the kubelet endpoint (PEM); without it there is no endpoint.
+    #[arg(long, requires_all = ["tls_key_file", "client_ca_file"])]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Key of the serving certificate (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA of the client certificates the kubelet endpoint accepts (the API server's).
+    #[arg(long, requires = "tls_cert_file")]
+    pub client_ca_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

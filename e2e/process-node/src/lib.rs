@@ -9,12 +9,14 @@
 //! - [`status`]: the pod status the node writes (pure);
 //! - [`node`]: the Node object, its status and lease heartbeat;
 //! - [`pod`]: one pod's processes, probes and status;
+//! - [`logs`]: container log files and the `kubectl logs` endpoint;
 //! - [`agent`]: the watch over the pods bound to the node.
 
 pub mod agent;
 pub mod config;
 mod error;
 pub mod ips;
+pub mod logs;
 pub mod mapping;
 pub mod node;
 pub mod pod;

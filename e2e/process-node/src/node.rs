@@ -7,7 +7,9 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{
     api::{
         coordination::v1::{Lease, LeaseSpec},
-        core::v1::{Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo},
+        core::v1::{
+            DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+        },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -60,8 +62,8 @@ pub fn build_node(config: &Config) -> Node {
     }
 }
 
-/// The node's status: capacity, addresses, Ready and no pressure.
-pub fn build_status(config: &Config, now: Timestamp) -> NodeStatus {
+/// The node's status: capacity, addresses, the log endpoint's port, Ready and no pressure.
+pub fn build_status(config: &Config, kubelet_port: u16, now: Timestamp) -> NodeStatus {
     let resources: BTreeMap<String, Quantity> = [
         ("cpu", config.cpu.clone()),
         ("memory", config.memory.clone()),
@@ -112,7 +114,11 @@ pub fn build_status(config: &Config, now: Timestamp) -> NodeStatus {
                 "process node is posting ready status",
             ),
         ]),
-        daemon_endpoints: Some(NodeDaemonEndpoints::default()),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(kubelet_port),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: std::env::consts::ARCH.into(),
             operating_system: "linux".into(),
@@ -148,7 +154,7 @@ pub fn build_lease(node_name: &str, now: Timestamp) -> Lease {
 }
 
 /// Creates the Node (or takes over one left by an earlier run) and posts its status.
-pub async fn register(client: &Client, config: &Config) -> Result<()> {
+pub async fn register(client: &Client, config: &Config, kubelet_port: u16) -> Result<()> {
     let nodes = Api::<Node>::all(client.clone());
     let node = build_node(config);
     match nodes.create(&PostParams::default(), &node).await {
@@ -166,12 +172,12 @@ pub async fn register(client: &Client, config: &Config) -> Result<()> {
         }
         Err(error) => return Err(error.into()),
     }
-    post_status(client, config).await?;
+    post_status(client, config, kubelet_port).await?;
     renew_lease(client, &config.node_name).await
 }
 
-async fn post_status(client: &Client, config: &Config) -> Result<()> {
-    let status = serde_json::json!({"status": build_status(config, Timestamp::now())});
+async fn post_status(client: &Client, config: &Config, kubelet_port: u16) -> Result<()> {
+    let status = serde_json::json!({"status": build_status(config, kubelet_port, Timestamp::now())});
     Api::<Node>::all(client.clone())
         .patch_status(
             &config.node_name,
@@ -198,7 +204,7 @@ async fn renew_lease(client: &Client, node_name: &str) -> Result<()> {
 }
 
 /// Renews the lease and re-posts the status forever; failures are logged and retried.
-pub async fn heartbeat(client: Client, config: Config) {
+pub async fn heartbeat(client: Client, config: Config, kubelet_port: u16) {
     let mut lease = tokio::time::interval(LEASE_RENEW);
     let mut status = tokio::time::interval(STATUS_REPORT);
     loop {
@@ -209,7 +215,7 @@ pub async fn heartbeat(client: Client, config: Config) {
                 }
             }
             _ = status.tick() => {
-                if let Err(error) = post_status(&client, &config).await {
+                if let Err(error) = post_status(&client, &config, kubelet_port).await {
                     tracing::warn!(%error, "posting the node status failed");
                 }
             }
@@ -236,8 +242,12 @@ mod tests {
         let labels = node.metadata.labels.unwrap();
         assert_eq!(labels["miniautoml.io/pool"], "process");
         assert_eq!(labels["team"], "a");
-        let status = build_status(&config, Timestamp::now());
+        let status = build_status(&config, 10250, Timestamp::now());
         assert_eq!(status.allocatable.unwrap()["cpu"], Quantity("16".into()));
+        assert_eq!(
+            status.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port,
+            10250
+        );
         let ready = status
             .conditions
             .unwrap()

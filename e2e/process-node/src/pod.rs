@@ -55,6 +55,8 @@ pub struct Shared {
     pub ips: Mutex<IpPool>,
     /// Process groups of the running containers, so a stopping node can end them all.
     pub groups: Mutex<BTreeSet<u32>>,
+    /// Log files of the running containers.
+    pub live: crate::logs::Live,
 }
 
 /// A running pod worker.
@@ -370,7 +372,7 @@ async fn prepare(shared: &Shared, pod: &Pod, view: &PodView) -> Result<Vec<Prepa
         api_host: shared.api_host.clone(),
         api_port: shared.api_port,
     };
-    let pod_dir = format!("{namespace}_{}_{}", pod.name_any(), pod.uid().unwrap_or_default());
+    let pod_dir = crate::logs::pod_dir(&namespace, &pod.name_any(), &pod.uid().unwrap_or_default());
     let mut prepared = Vec::new();
     for (slot, container) in containers(&spec) {
         let fail = |message: String| (slot, ConfigError(message));
@@ -578,7 +580,8 @@ async fn run_container(
             return false;
         }
         let started_at = Timestamp::now();
-        let (state, killed) = match spawn(&container, restarts) {
+        let log_path = container.log_dir.join(format!("{restarts}.log"));
+        let (state, killed) = match spawn(&container, &log_path) {
             Err(message) => {
                 let state = State::Terminated {
                     exit_code: 128,
@@ -602,6 +605,9 @@ async fn run_container(
                 let pid = child.id().unwrap_or_default();
                 if let Ok(mut groups) = shared.groups.lock() {
                     groups.insert(pid);
+                }
+                if let Ok(mut live) = shared.live.lock() {
+                    live.insert(log_path.clone());
                 }
                 let _ = updates
                     .send(Update::Started {
@@ -639,6 +645,9 @@ async fn run_container(
                 signal_group(pid, libc::SIGKILL);
                 if let Ok(mut groups) = shared.groups.lock() {
                     groups.remove(&pid);
+                }
+                if let Ok(mut live) = shared.live.lock() {
+                    live.remove(&log_path);
                 }
                 let state = match exit {
                     Ok(status) => State::ended(status.code(), status.signal(), started_at, Timestamp::now()),
@@ -699,7 +708,7 @@ async fn run_container(
     }
 }
 
-fn spawn(container: &Prepared, restart: u32) -> Result<tokio::process::Child, String> {
+fn spawn(container: &Prepared, log_path: &Path) -> Result<tokio::process::Child, String> {
     let Some(program) = &container.program else {
         return Err(match container.argv.first() {
             Some(first) if container.argv.len() == 1 && first.contains(' ') => first.clone(),
@@ -710,11 +719,10 @@ fn spawn(container: &Prepared, restart: u32) -> Result<tokio::process::Child, St
     for dir in [&container.work_dir, &container.log_dir] {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let log_path = container.log_dir.join(format!("{restart}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
+        .open(log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let stderr = log
         .try_clone()

@@ -138,6 +138,21 @@ async fn an_indexed_job_runs_a_local_binary_to_completion() {
         ] {
             assert!(env.lines().any(|l| l == line), "{line} missing from\n{env}");
         }
+        let via_api = cluster
+            .kubectl()
+            .args(["logs", "-n", &ns.name, name])
+            .output()
+            .unwrap();
+        assert!(
+            via_api.status.success(),
+            "{}",
+            String::from_utf8_lossy(&via_api.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&via_api.stdout),
+            env,
+            "kubectl logs reads the same log"
+        );
         let index = env
             .lines()
             .find_map(|l| l.strip_prefix("JOB_COMPLETION_INDEX="))
@@ -148,6 +163,31 @@ async fn an_indexed_job_runs_a_local_binary_to_completion() {
     indexes.sort();
     assert_eq!(indexes, ["0", "1"]);
     assert_ne!(ips[0], ips[1], "every pod has its own IP");
+}
+
+#[tokio::test]
+async fn the_log_endpoint_refuses_clients_without_a_cluster_certificate() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    let node = Api::<k8s_openapi::api::core::v1::Node>::all(client)
+        .get("process-node")
+        .await
+        .unwrap();
+    let port = node
+        .status
+        .unwrap()
+        .daemon_endpoints
+        .unwrap()
+        .kubelet_endpoint
+        .unwrap()
+        .port;
+    assert!(port > 0, "the node advertises its log endpoint");
+    let url = format!("https://127.0.0.1:{port}/healthz");
+    let anonymous = std::process::Command::new("curl")
+        .args(["-sk", &url])
+        .output()
+        .unwrap();
+    assert!(!anonymous.status.success(), "served without a client certificate");
 }
 
 #[tokio::test]
