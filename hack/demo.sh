@@ -27,7 +27,6 @@ not_built() {
   cat <<'EOT'
 
 Not built yet (the demo grows with each piece):
-  - the local process node, which runs pods as local processes          (issue #3)
   - S3 ingestion of the dataset into versioned commits and snapshots  (issue #4)
   - the intent-classification trainer                                   (issue #5)
   - TrainingJobs running as Kubernetes Jobs, live metrics in status    (issue #6)
@@ -53,6 +52,15 @@ else
 fi
 kubectl version --request-timeout=10s
 
+step "Run a Job (locally it runs as a process on the process node)"
+kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
+kubectl delete job -n "$NAMESPACE" hello --ignore-not-found --wait
+kubectl create job -n "$NAMESPACE" hello --image=busybox:1.36 -- \
+  sh -c 'echo "hello from pod $HOSTNAME on $(uname -n)"'
+kubectl wait -n "$NAMESPACE" --for=condition=Complete --timeout=60s job/hello
+kubectl get pods -n "$NAMESPACE" -l job-name=hello -o wide
+kubectl logs -n "$NAMESPACE" job/hello
+
 step "Install the CRDs"
 kubectl apply --server-side --force-conflicts -f crds/
 kubectl wait --for=condition=Established --timeout=60s \
@@ -73,7 +81,6 @@ done
 curl -fsS "http://$ADMIN_ADDR/readyz"
 
 step "Apply the examples in namespace $NAMESPACE"
-kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 EXAMPLES=(-f examples/dataset.yaml -f examples/trainingjob.yaml -f examples/modeldeployment.yaml)
 # Start from the examples as written (an earlier run may have appended commits, which the
 # append-only rule would rightly refuse to take back).
