@@ -8,8 +8,9 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-generate: ## Regenerate crds/*.yaml, the chart's CRDs and docs/api.md from the Rust types
+generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md and the gRPC code in proto/src/generated
 	$(CARGO) run --quiet --locked -p miniautoml-operator --bin crdgen
+	$(CARGO) run --quiet --locked -p miniautoml-proto --features codegen --bin protogen
 
 test: ## Run every test; integration tests start the local cluster on demand and reuse it
 	@hack/tools.sh cluster >/dev/null
