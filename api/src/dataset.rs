@@ -128,17 +128,39 @@ pub struct DatasetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_STATUS_SNAPSHOTS))]
     pub snapshots: Vec<SnapshotStatus>,
+    /// `spec.commits` entries that were rejected (malformed data, empty or missing file); they
+    /// took no commit id. Append a corrected entry to ingest the data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COMMITS))]
+    pub rejected: Vec<RejectedCommit>,
     /// When a commit or snapshot last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated_at: Option<Time>,
+}
+
+/// A `spec.commits` entry whose data was rejected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedCommit {
+    /// Index of the entry in `spec.commits` (from 0).
+    pub entry: u32,
+    /// Why, naming the file and the line (e.g. `line 17: expected 2 columns, found 1`).
+    #[schemars(length(max = 2048))]
+    pub message: String,
+    /// When it was rejected.
+    pub rejected_at: Time,
 }
 
 /// One ingested commit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetCommitStatus {
-    /// Commit id: its position in `spec.commits`, from 1.
+    /// Commit id: 1, 2, ... in ingestion order. Entries rejected for bad data take no id, so ids
+    /// have no gaps.
     pub id: u32,
+    /// Index of the `spec.commits` entry this commit was ingested from (from 0).
+    #[serde(default)]
+    pub entry: u32,
     /// When the commit finished ingesting.
     pub created_at: Time,
     /// Commit message, copied from the spec.

@@ -11,7 +11,11 @@ pub mod model_deployment;
 pub mod reference;
 pub mod training_job;
 
-pub use dataset::{Dataset, DatasetSpec, DatasetStatus};
+pub use common::{ObjectSource, RetainPolicy, Tags};
+pub use dataset::{
+    Dataset, DatasetCommitStatus, DatasetSpec, DatasetStatistics, DatasetStatus, DatasetType, RejectedCommit,
+    SnapshotState, SnapshotStatus,
+};
 pub use model_deployment::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
 pub use training_job::{TrainingJob, TrainingJobSpec, TrainingJobStatus};
 

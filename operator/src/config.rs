@@ -31,6 +31,24 @@ pub struct Config {
     )]
     pub algorithms: Vec<(String, String)>,
 
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "MINIAUTOML_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// S3 endpoint URL (MinIO, the local cluster's s3s-fs, ...); unset: AWS S3. Credentials come
+    /// only from the environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in a cluster, from
+    /// a Secret). Without them, Datasets wait with a condition saying storage is not configured.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// Bucket holding datasets, snapshots and models.
+    #[arg(long, env = "MINIAUTOML_BUCKET", default_value = "miniautoml")]
+    pub bucket: String,
+
     /// Log format.
     #[arg(long, env = "MINIAUTOML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

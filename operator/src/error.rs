@@ -58,6 +58,14 @@ pub enum Error {
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 
+    /// Adding, running or removing a finalizer failed.
+    #[error("{0}")]
+    Finalizer(String),
+
+    /// Object storage failed in a way worth retrying.
+    #[error("object storage: {0}")]
+    Storage(String),
+
     /// An object from the API server lacks a field every such object has.
     #[error("{kind} {name} has no {field}")]
     MissingField {
@@ -86,6 +94,8 @@ impl Error {
             Error::Grpc(_) => "grpc",
             Error::Reflection(_) => "reflection",
             Error::MissingField { .. } => "missing_field",
+            Error::Finalizer(_) => "finalizer",
+            Error::Storage(_) => "storage",
         }
     }
 }

@@ -42,12 +42,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let ctx = Arc::new(Context::new(
+    let store = storage(&config);
+    let mut ctx = Context::new(
         client,
         metrics.clone(),
         config.algorithm_images(),
+        store,
         std::env::var("POD_NAME").ok(),
-    ));
+    );
+    ctx.watch_namespace = config.watch_namespace.clone();
+    let ctx = Arc::new(ctx);
 
     // A server that cannot start stops everything, so the process exits with its error.
     let stop_on_error = |result: Result<()>| {
@@ -63,6 +67,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let controllers = controller::run(ctx, readiness.clone(), shutdown.clone());
     let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
     admin.and(grpc)
+}
+
+/// The bucket, when credentials are in the environment (AWS_ACCESS_KEY_ID and
+/// AWS_SECRET_ACCESS_KEY; never flags, which `ps` would show).
+fn storage(config: &Config) -> Option<miniautoml_data::Store> {
+    let (Ok(access_key), Ok(secret_key)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) else {
+        tracing::warn!("no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: object storage is not configured");
+        return None;
+    };
+    let credentials = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "environment");
+    let mut s3 = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(config.s3_region.clone()))
+        .credentials_provider(credentials)
+        .force_path_style(true);
+    if let Some(endpoint) = &config.s3_endpoint {
+        s3 = s3.endpoint_url(endpoint);
+    }
+    info!(endpoint = ?config.s3_endpoint, bucket = config.bucket, "object storage configured");
+    Some(miniautoml_data::Store::new(
+        aws_sdk_s3::Client::from_conf(s3.build()),
+        &config.bucket,
+    ))
 }
 
 async fn bind(server: &'static str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {

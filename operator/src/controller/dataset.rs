@@ -1,26 +1,367 @@
-//! Dataset controller.
+//! Dataset controller: ingests each `spec.commits` entry exactly once, in order, and removes a
+//! deleted Dataset's objects.
 //!
-//! Every Dataset invariant known so far (append-only commits, one location per commit source,
-//! bounded sizes) is enforced by the CRD schema and its CEL rules at admission, so the
-//! controller accepts what the apiserver stored. Ingestion and snapshots are its next stages.
+//! Pipeline per reconcile: read → decide the next entry (pure) → ingest it into
+//! `datasets/<ns>/<name>/commits/<id>/` (streaming; objects first) → record the outcome in status
+//! (a commit with the next id, or a rejection that takes no id) with an event → requeue for the
+//! next entry. A crash between writing the objects and the status re-ingests the entry into the
+//! same prefix, so a commit appears exactly once and only complete. Storage that refuses the
+//! credentials or is down is retried; data that cannot be used is rejected for good (append a
+//! corrected entry).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use kube::{core::DeserializeGuard, runtime::controller::Action};
-use miniautoml_api::Dataset;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use miniautoml_api::{Dataset, DatasetCommitStatus, DatasetStatus, RejectedCommit, RetainPolicy};
+use miniautoml_data::{IngestError, ingest_commit, layout};
 
-use super::{Context, Verdict, reconcile_validated, reconciled};
-use crate::Result;
+use super::{Context, modify_status, publish, reconciled, report_unreadable};
+use crate::{
+    Error, Result,
+    conditions::{self, ACCEPTED},
+};
 
 reconciled!(Dataset, "dataset");
 
-/// Validation beyond the schema: none is needed yet (see the module documentation).
-pub fn validate(_dataset: &Dataset, _ctx: &Context) -> Verdict {
-    Verdict::Valid
+/// Finalizer that removes a Dataset's objects before the Dataset goes.
+pub const FINALIZER: &str = "miniautoml.io/dataset-storage";
+/// Condition: every entry of `spec.commits` is processed and storage works.
+pub const READY: &str = "Ready";
+/// Condition: the outcome of the latest ingestion.
+pub const INGESTED: &str = "Ingested";
+
+/// The first `spec.commits` entry neither ingested nor rejected.
+pub fn next_entry(dataset: &Dataset) -> Option<usize> {
+    let status = dataset.status.clone().unwrap_or_default();
+    (0..dataset.spec.commits.len()).find(|&index| {
+        let index = index as u32;
+        !status.commits.iter().any(|c| c.entry == index) && !status.rejected.iter().any(|r| r.entry == index)
+    })
+}
+
+/// Describes where an entry's data comes from.
+fn source_text(dataset: &Dataset, entry: usize) -> String {
+    let source = &dataset.spec.commits[entry].source;
+    match (&source.url, &source.bucket, &source.key, &source.prefix) {
+        (Some(url), ..) => url.clone(),
+        (None, Some(bucket), Some(key), _) => format!("s3://{bucket}/{key}"),
+        (None, Some(bucket), None, Some(prefix)) => format!("s3://{bucket}/{prefix}"),
+        _ => "an incomplete source".into(),
+    }
+}
+
+/// Sets a condition in `status` for `generation`; true when it changed.
+fn set(
+    status: &mut DatasetStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> bool {
+    let now = Time(Timestamp::now());
+    conditions::upsert(
+        &mut status.conditions,
+        conditions::condition(type_, ok, reason, message, generation, now),
+    )
+}
+
+/// Marks the current generation accepted (the CRD's schema and CEL rules did the validation).
+fn accept(status: &mut DatasetStatus, generation: Option<i64>) -> bool {
+    let mut changed = set(
+        status,
+        ACCEPTED,
+        true,
+        "Valid",
+        "The spec is valid".into(),
+        generation,
+    );
+    if status.observed_generation != generation {
+        status.observed_generation = generation;
+        changed = true;
+    }
+    changed
+}
+
+/// Records an ingested commit; false when the entry was recorded meanwhile.
+pub fn record_commit(
+    status: &mut DatasetStatus,
+    dataset: &Dataset,
+    entry: usize,
+    commit: DatasetCommitStatus,
+) -> bool {
+    let index = entry as u32;
+    if status.commits.iter().any(|c| c.entry == index) || commit.id != status.commit_count + 1 {
+        return false;
+    }
+    status.total_examples += commit.statistics.num_examples;
+    status.commit_count = commit.id;
+    let message = format!(
+        "commit {} from {}: {} examples, {} labels",
+        commit.id,
+        source_text(dataset, entry),
+        commit.statistics.num_examples,
+        commit.statistics.num_labels
+    );
+    status.last_updated_at = Some(commit.created_at.clone());
+    status.commits.push(commit);
+    let generation = dataset.metadata.generation;
+    set(status, INGESTED, true, "Ingested", message, generation);
+    true
+}
+
+/// Records a rejected entry; false when it was recorded meanwhile.
+pub fn record_rejection(status: &mut DatasetStatus, dataset: &Dataset, entry: usize, message: &str) -> bool {
+    let index = entry as u32;
+    if status.rejected.iter().any(|r| r.entry == index) {
+        return false;
+    }
+    let text = format!("spec.commits[{entry}] rejected: {message}");
+    status.rejected.push(RejectedCommit {
+        entry: index,
+        message: message.chars().take(2000).collect(),
+        rejected_at: Time(Timestamp::now()),
+    });
+    set(
+        status,
+        INGESTED,
+        false,
+        "Rejected",
+        text,
+        dataset.metadata.generation,
+    );
+    true
 }
 
 /// Reconciles one Dataset.
 #[tracing::instrument(skip_all, fields(dataset = %kube::runtime::reflector::ObjectRef::from_obj(guard.as_ref())))]
 pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>) -> Result<Action> {
-    reconcile_validated(guard, ctx, validate).await
+    let _timer = ctx.metrics.reconcile_started("dataset");
+    let dataset = match &guard.0 {
+        Err(error) => return report_unreadable(&guard, error, &ctx).await,
+        Ok(dataset) => Arc::new(dataset.clone()),
+    };
+    let namespace = dataset.namespace().ok_or_else(|| Error::MissingField {
+        kind: "Dataset",
+        name: dataset.name_any(),
+        field: "metadata.namespace",
+    })?;
+    let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, dataset, |event| async {
+        match event {
+            Finalizer::Apply(dataset) => apply(&api, &dataset, &ctx).await,
+            Finalizer::Cleanup(dataset) => cleanup(&dataset, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        kube::runtime::finalizer::Error::ApplyFailed(error)
+        | kube::runtime::finalizer::Error::CleanupFailed(error) => error,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<Action> {
+    let name = dataset.name_any();
+    let namespace = dataset.namespace().unwrap_or_default();
+    let generation = dataset.metadata.generation;
+    let Some(entry) = next_entry(dataset) else {
+        let status = dataset.status.clone().unwrap_or_default();
+        let message = format!(
+            "{} commits ingested ({} examples); {} entries rejected",
+            status.commit_count,
+            status.total_examples,
+            status.rejected.len()
+        );
+        modify_status(api, &name, |d: &mut Dataset| {
+            let status = d.status.get_or_insert_with(Default::default);
+            accept(status, generation) | set(status, READY, true, "Ingested", message.clone(), generation)
+        })
+        .await?;
+        return Ok(Action::await_change());
+    };
+    let source = source_text(dataset, entry);
+    let Some(store) = &ctx.store else {
+        let message = "object storage is not configured: start the operator with AWS_ACCESS_KEY_ID, \
+                       AWS_SECRET_ACCESS_KEY (and --s3-endpoint for MinIO)"
+            .to_string();
+        modify_status(api, &name, |d: &mut Dataset| {
+            let status = d.status.get_or_insert_with(Default::default);
+            accept(status, generation)
+                | set(
+                    status,
+                    READY,
+                    false,
+                    "StorageNotConfigured",
+                    message.clone(),
+                    generation,
+                )
+        })
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    };
+
+    let id = dataset.status.as_ref().map(|s| s.commit_count).unwrap_or(0) + 1;
+    let ingesting = format!("ingesting spec.commits[{entry}] from {source} as commit {id}");
+    modify_status(api, &name, |d: &mut Dataset| {
+        let status = d.status.get_or_insert_with(Default::default);
+        accept(status, generation) | set(status, READY, false, "Ingesting", ingesting.clone(), generation)
+    })
+    .await?;
+
+    let prefix = layout::commit_prefix(&namespace, &name, id);
+    let spec = &dataset.spec.commits[entry];
+    let started = std::time::Instant::now();
+    match ingest_commit(store, dataset.spec.r#type, &spec.source, &prefix).await {
+        Ok(written) => {
+            let commit = DatasetCommitStatus {
+                id,
+                entry: entry as u32,
+                created_at: Time(Timestamp::now()),
+                message: spec.message.clone(),
+                tags: spec.tags.clone(),
+                path: prefix.clone(),
+                statistics: written.statistics.clone(),
+            };
+            modify_status(api, &name, |d: &mut Dataset| {
+                let current = d.clone();
+                let status = d.status.get_or_insert_with(Default::default);
+                record_commit(status, &current, entry, commit.clone())
+            })
+            .await?;
+            tracing::info!(
+                id,
+                entry,
+                bytes = written.bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "commit ingested"
+            );
+            let note = format!(
+                "Commit {id} from {source}: {} examples, {} labels",
+                written.statistics.num_examples, written.statistics.num_labels
+            );
+            publish(ctx, dataset, EventType::Normal, "Ingested", note).await;
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        Err(IngestError::Rejected(message)) => {
+            // Nothing complete was written; clear any leftovers of an earlier attempt.
+            if let Err(error) = store.delete_prefix(&prefix).await {
+                tracing::warn!(%error, "clearing a rejected commit's prefix");
+            }
+            modify_status(api, &name, |d: &mut Dataset| {
+                let current = d.clone();
+                let status = d.status.get_or_insert_with(Default::default);
+                record_rejection(status, &current, entry, &message)
+            })
+            .await?;
+            let note = format!("spec.commits[{entry}] rejected: {message}");
+            publish(ctx, dataset, EventType::Warning, "Rejected", note).await;
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        Err(error @ (IngestError::Denied(_) | IngestError::Unavailable(_))) => {
+            let reason = match error {
+                IngestError::Denied(_) => "StorageDenied",
+                _ => "StorageUnavailable",
+            };
+            let message = format!("spec.commits[{entry}] waits: {error}");
+            modify_status(api, &name, |d: &mut Dataset| {
+                let status = d.status.get_or_insert_with(Default::default);
+                set(status, READY, false, reason, message.clone(), generation)
+            })
+            .await?;
+            publish(ctx, dataset, EventType::Warning, reason, message).await;
+            Ok(Action::requeue(Duration::from_secs(30)))
+        }
+    }
+}
+
+async fn cleanup(dataset: &Dataset, ctx: &Context) -> Result<Action> {
+    if dataset.spec.retain_policy == RetainPolicy::Retain {
+        return Ok(Action::await_change());
+    }
+    let Some(store) = &ctx.store else {
+        // Without storage nothing was ever written.
+        return Ok(Action::await_change());
+    };
+    let prefix = layout::dataset_prefix(&dataset.namespace().unwrap_or_default(), &dataset.name_any());
+    let deleted = store
+        .delete_prefix(&prefix)
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    tracing::info!(deleted, prefix, "dataset objects deleted");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(entries: usize) -> Dataset {
+        let text = include_str!("../../../examples/dataset.yaml");
+        let mut dataset: Dataset = serde_yaml::from_str(text).unwrap();
+        let first = dataset.spec.commits[0].clone();
+        dataset.spec.commits = vec![first; entries];
+        dataset.metadata.generation = Some(1);
+        dataset
+    }
+
+    fn commit(id: u32, entry: u32) -> DatasetCommitStatus {
+        DatasetCommitStatus {
+            id,
+            entry,
+            created_at: Time(Timestamp::UNIX_EPOCH),
+            message: String::new(),
+            tags: Default::default(),
+            path: String::new(),
+            statistics: Default::default(),
+        }
+    }
+
+    #[test]
+    fn entries_are_taken_in_order_skipping_processed_ones() {
+        let mut d = dataset(3);
+        assert_eq!(next_entry(&d), Some(0));
+        let mut status = DatasetStatus::default();
+        assert!(record_commit(&mut status, &d, 0, commit(1, 0)));
+        d.status = Some(status.clone());
+        assert_eq!(next_entry(&d), Some(1));
+        assert!(record_rejection(&mut status, &d, 1, "line 3: empty text"));
+        d.status = Some(status.clone());
+        assert_eq!(next_entry(&d), Some(2), "a rejected entry is done");
+        assert!(
+            record_commit(&mut status, &d, 2, commit(2, 2)),
+            "the rejection took no id"
+        );
+        d.status = Some(status.clone());
+        assert_eq!(next_entry(&d), None);
+        assert_eq!(status.commit_count, 2);
+        let ingested = conditions::find(&status.conditions, INGESTED).unwrap();
+        assert_eq!(ingested.status, "True");
+    }
+
+    #[test]
+    fn an_entry_is_recorded_once_and_ids_have_no_gaps() {
+        let d = dataset(2);
+        let mut status = DatasetStatus::default();
+        assert!(record_commit(&mut status, &d, 0, commit(1, 0)));
+        assert!(!record_commit(&mut status, &d, 0, commit(2, 0)), "entry 0 again");
+        assert!(
+            !record_commit(&mut status, &d, 1, commit(3, 1)),
+            "id 3 would leave a gap"
+        );
+        assert!(!record_rejection(&mut status, &d, 1, "x") || status.rejected.len() == 1);
+        assert!(!record_rejection(&mut status, &d, 1, "x"), "rejected once");
+        let ingested = conditions::find(&status.conditions, INGESTED).unwrap();
+        assert_eq!(ingested.reason, "Rejected");
+        assert!(ingested.message.contains("spec.commits[1] rejected: x"));
+    }
 }

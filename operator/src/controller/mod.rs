@@ -49,6 +49,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Algorithm name → training image (operator configuration).
     pub algorithm_images: BTreeMap<String, String>,
+    /// The bucket of datasets and models; `None` when no credentials are configured.
+    pub store: Option<miniautoml_data::Store>,
+    /// The namespace the controllers watch; `None`: every namespace.
+    pub watch_namespace: Option<String>,
+    /// Snapshots being built by this process (`namespace/dataset/hash`).
+    pub snapshot_builds: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Context {
@@ -57,6 +63,7 @@ impl Context {
         client: Client,
         metrics: Arc<Metrics>,
         algorithm_images: BTreeMap<String, String>,
+        store: Option<miniautoml_data::Store>,
         reporter_instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -68,6 +75,9 @@ impl Context {
             client,
             metrics,
             algorithm_images,
+            store,
+            watch_namespace: None,
+            snapshot_builds: Default::default(),
         }
     }
 }
@@ -196,6 +206,51 @@ pub async fn reconcile_validated<K: Reconciled>(
     }
 }
 
+/// Reads `name`, lets `change` edit it (returning whether it changed anything) and writes its
+/// status back with the read's resourceVersion, retrying on conflicts: writers in this process
+/// (the controller, snapshot builds) never overwrite each other's status fields. Returns the
+/// object as written (or as read when unchanged).
+pub async fn modify_status<K>(api: &Api<K>, name: &str, mut change: impl FnMut(&mut K) -> bool) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let mut attempts = 0;
+    loop {
+        let mut object = api.get_status(name).await?;
+        if !change(&mut object) {
+            return Ok(object);
+        }
+        match api
+            .replace_status(name, &kube::api::PostParams::default(), &object)
+            .await
+        {
+            Ok(written) => return Ok(written),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 10 => attempts += 1,
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Publishes an event about `object`.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        warn!(%error, "publishing an event failed");
+    }
+}
+
 /// How long to wait before retrying a reconcile that failed.
 fn backoff<K: Reconciled>(object: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(controller = K::CONTROLLER, object = %ObjectRef::from_obj(object.as_ref()), %error, "reconcile failed");
@@ -214,7 +269,10 @@ async fn run_controller<K, F, Fut>(
     F: FnMut(Arc<DeserializeGuard<K>>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {
-    let api = Api::<DeserializeGuard<K>>::all(ctx.client.clone());
+    let api = match &ctx.watch_namespace {
+        Some(namespace) => Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), namespace),
+        None => Api::<DeserializeGuard<K>>::all(ctx.client.clone()),
+    };
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
     let synced = readiness.component(K::CONTROLLER);

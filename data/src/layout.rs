@@ -1,0 +1,41 @@
+//! Where things live in the bucket (ARCHITECTURE.md §4).
+
+/// Everything of one Dataset.
+pub fn dataset_prefix(namespace: &str, name: &str) -> String {
+    format!("datasets/{namespace}/{name}/")
+}
+
+/// One commit's files.
+pub fn commit_prefix(namespace: &str, name: &str, id: u32) -> String {
+    format!("datasets/{namespace}/{name}/commits/{id}/")
+}
+
+/// One training snapshot's files (the trainer's `TRAINING_DATA_PATH`).
+pub fn snapshot_prefix(namespace: &str, name: &str, version_hash: &str) -> String {
+    format!("datasets/{namespace}/{name}/snapshots/{version_hash}/")
+}
+
+/// Files of a TextIntent commit or snapshot.
+pub const EXAMPLES: &str = "examples.csv";
+/// Label ids and names.
+pub const LABELS: &str = "labels.csv";
+/// Full statistics (every label's count).
+pub const STATISTICS: &str = "statistics.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_the_layout() {
+        assert_eq!(
+            commit_prefix("team", "tweets", 2),
+            "datasets/team/tweets/commits/2/"
+        );
+        assert_eq!(
+            snapshot_prefix("team", "tweets", "hashBg=="),
+            "datasets/team/tweets/snapshots/hashBg==/"
+        );
+        assert!(commit_prefix("team", "tweets", 2).starts_with(&dataset_prefix("team", "tweets")));
+    }
+}

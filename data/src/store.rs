@@ -1,0 +1,349 @@
+//! Object storage: the bucket the datasets live in, streaming reads and multipart writes.
+
+use aws_sdk_s3::{
+    error::{ProvideErrorMetadata, SdkError},
+    primitives::ByteStream,
+    types::{CompletedMultipartUpload, CompletedPart, ObjectIdentifier},
+};
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+/// Why a storage call failed, sorted by what the caller should do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The object or bucket does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The credentials are refused (wrong keys, or no access to the bucket).
+    #[error("{0}")]
+    Denied(String),
+    /// Anything else (network, server error): retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl StorageError {
+    /// Sorts an SDK error for the object `what`.
+    pub fn from_sdk<E, R>(what: &str, error: SdkError<E, R>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let code = error.code().map(str::to_string);
+        let message = error.message().map(str::to_string);
+        let detail = match (&code, &message) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.clone(),
+            _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&error)),
+        };
+        match code.as_deref() {
+            Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => {
+                StorageError::NotFound(format!("{what}: not found ({detail})"))
+            }
+            Some(
+                "AccessDenied"
+                | "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "Forbidden"
+                | "InvalidSecurity",
+            ) => StorageError::Denied(format!("{what}: access denied ({detail})")),
+            _ => StorageError::Unavailable(format!("{what}: {detail}")),
+        }
+    }
+}
+
+/// The bucket datasets and models are stored in.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// S3 client.
+    pub client: aws_sdk_s3::Client,
+    /// The bucket.
+    pub bucket: String,
+}
+
+/// The smallest multipart part S3 accepts (all but the last).
+pub const PART_SIZE: usize = 8 << 20;
+
+impl Store {
+    /// A store over `bucket`.
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Store {
+        Store {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    /// Streams an object of any bucket.
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<ByteStream, StorageError> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{key}"), e))?;
+        Ok(object.body)
+    }
+
+    /// Reads a small object of this bucket whole.
+    pub async fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        let body = self.get(&self.bucket.clone(), key).await?;
+        let data = body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("s3://{}/{key}: {e}", self.bucket)))?;
+        Ok(data.into_bytes().to_vec())
+    }
+
+    /// Writes a small object whole.
+    pub async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(&format!("s3://{}/{key}", self.bucket), e))?;
+        Ok(())
+    }
+
+    /// Keys under `prefix` in `bucket` (every page).
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{prefix}"), e))?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Copies an object of any bucket into this one.
+    pub async fn copy(&self, bucket: &str, key: &str, to: &str) -> Result<(), StorageError> {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(format!("{bucket}/{key}"))
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{key}"), e))?;
+        Ok(())
+    }
+
+    /// Deletes every object under `prefix` of this bucket; returns how many.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let keys = self.list(&self.bucket.clone(), prefix).await?;
+        for batch in keys.chunks(1000) {
+            let objects: Vec<ObjectIdentifier> = batch
+                .iter()
+                .filter_map(|key| ObjectIdentifier::builder().key(key).build().ok())
+                .collect();
+            let delete = aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| StorageError::from_sdk(&format!("s3://{}/{prefix}", self.bucket), e))?;
+        }
+        Ok(keys.len())
+    }
+
+    /// A writer for a new object `key` of this bucket.
+    pub fn writer(&self, key: &str, content_type: &str) -> ObjectWriter {
+        ObjectWriter {
+            store: self.clone(),
+            key: key.into(),
+            content_type: content_type.into(),
+            upload_id: None,
+            buffer: Vec::new(),
+            in_flight: Vec::new(),
+            parts: Vec::new(),
+            written: 0,
+        }
+    }
+}
+
+type PartUpload = JoinHandle<Result<CompletedPart, StorageError>>;
+
+/// Writes one object in parts as data arrives: at most [`PART_SIZE`] buffered plus two parts
+/// uploading, whatever the object's size. Small objects go up in one `PutObject`. The object
+/// exists only after [`ObjectWriter::finish`]; [`ObjectWriter::abort`] (or an error) leaves
+/// nothing behind.
+pub struct ObjectWriter {
+    store: Store,
+    key: String,
+    content_type: String,
+    upload_id: Option<String>,
+    buffer: Vec<u8>,
+    in_flight: Vec<PartUpload>,
+    parts: Vec<CompletedPart>,
+    written: u64,
+}
+
+impl ObjectWriter {
+    fn what(&self) -> String {
+        format!("s3://{}/{}", self.store.bucket, self.key)
+    }
+
+    /// Appends `data`.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.written += data.len() as u64;
+        self.buffer.extend_from_slice(data);
+        while self.buffer.len() >= PART_SIZE {
+            let rest = self.buffer.split_off(PART_SIZE);
+            let part = std::mem::replace(&mut self.buffer, rest);
+            self.upload_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn upload_part(&mut self, data: Vec<u8>) -> Result<(), StorageError> {
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let created = self
+                    .store
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.store.bucket)
+                    .key(&self.key)
+                    .content_type(&self.content_type)
+                    .send()
+                    .await
+                    .map_err(|e| StorageError::from_sdk(&self.what(), e))?;
+                let id = created
+                    .upload_id()
+                    .ok_or_else(|| StorageError::Unavailable(format!("{}: no upload id", self.what())))?
+                    .to_string();
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        // Two parts in flight: the next one is being filled meanwhile.
+        while self.in_flight.len() >= 2 {
+            let oldest = self.in_flight.remove(0);
+            self.parts.push(join(oldest).await?);
+        }
+        let number = (self.parts.len() + self.in_flight.len() + 1) as i32;
+        let (client, bucket, key, what) = (
+            self.store.client.clone(),
+            self.store.bucket.clone(),
+            self.key.clone(),
+            self.what(),
+        );
+        self.in_flight.push(tokio::spawn(async move {
+            let uploaded = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(Bytes::from(data)))
+                .send()
+                .await
+                .map_err(|e| StorageError::from_sdk(&what, e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag().map(str::to_string))
+                .build())
+        }));
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Completes the object.
+    pub async fn finish(mut self) -> Result<u64, StorageError> {
+        let result = self.complete().await;
+        if result.is_err() {
+            self.abort_upload().await;
+        }
+        result
+    }
+
+    async fn complete(&mut self) -> Result<u64, StorageError> {
+        if self.upload_id.is_none() {
+            let data = std::mem::take(&mut self.buffer);
+            self.store.put(&self.key, data, &self.content_type).await?;
+            return Ok(self.written);
+        }
+        if !self.buffer.is_empty() {
+            let last = std::mem::take(&mut self.buffer);
+            self.upload_part(last).await?;
+        }
+        for upload in std::mem::take(&mut self.in_flight) {
+            self.parts.push(join(upload).await?);
+        }
+        let upload = CompletedMultipartUpload::builder()
+            .set_parts(Some(std::mem::take(&mut self.parts)))
+            .build();
+        self.store
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(upload)
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(&self.what(), e))?;
+        self.upload_id = None;
+        Ok(self.written)
+    }
+
+    /// Drops what was written.
+    pub async fn abort(mut self) {
+        self.abort_upload().await;
+    }
+
+    async fn abort_upload(&mut self) {
+        for upload in self.in_flight.drain(..) {
+            upload.abort();
+        }
+        if let Some(upload_id) = self.upload_id.take() {
+            let aborted = self
+                .store
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.store.bucket)
+                .key(&self.key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+            if let Err(error) = aborted {
+                tracing::warn!(key = self.key, error = %StorageError::from_sdk(&self.what(), error), "aborting an upload");
+            }
+        }
+    }
+}
+
+async fn join(upload: PartUpload) -> Result<CompletedPart, StorageError> {
+    upload
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("part upload: {e}")))?
+}
