@@ -31,6 +31,11 @@ pub struct Config {
     )]
     pub algorithms: Vec<(String, String)>,
 
+    /// Namespace of the resources the gRPC API creates and serves (the original API has no
+    /// namespaces).
+    #[arg(long, env = "MINIAUTOML_GRPC_NAMESPACE", default_value = "default")]
+    pub grpc_namespace: String,
+
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "MINIAUTOML_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,

@@ -1,6 +1,8 @@
 //! The gRPC API server on port 51001: the original system's services (added as they are
 //! implemented), standard gRPC health checking and server reflection for grpcurl.
 
+pub mod data_management;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -10,14 +12,23 @@ use crate::{Error, Result, readiness::Readiness};
 
 /// Serves gRPC on `listener` until `shutdown` fires. Health turns NOT_SERVING first, so clients
 /// and load balancers stop sending before the listener closes.
-pub async fn serve(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) -> Result<()> {
+/// `data`: the DataManagementService, when the operator runs one (tests of the bare server
+/// leave it out).
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    data: Option<data_management::DataManagement>,
+) -> Result<()> {
     let part = readiness.component("grpc");
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(miniautoml_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(miniautoml_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let addr = listener.local_addr().map_err(|source| Error::Serve {
@@ -43,6 +54,9 @@ pub async fn serve(listener: TcpListener, readiness: Readiness, shutdown: Cancel
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
+        .add_optional_service(data.map(
+            miniautoml_proto::data_management::data_management_service_server::DataManagementServiceServer::new,
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
         .await?;
     Ok(())

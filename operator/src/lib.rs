@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod preflight;
 pub mod readiness;
+pub mod snapshots;
 
 use std::sync::Arc;
 
@@ -63,7 +64,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let admin = async {
         stop_on_error(admin::serve(admin_listener, metrics, readiness.clone(), shutdown.clone()).await)
     };
-    let grpc = async { stop_on_error(grpc::serve(grpc_listener, readiness.clone(), shutdown.clone()).await) };
+    let data = grpc::data_management::DataManagement::new(ctx.clone(), config.grpc_namespace.clone());
+    let grpc = async {
+        stop_on_error(grpc::serve(grpc_listener, readiness.clone(), shutdown.clone(), Some(data)).await)
+    };
     let controllers = controller::run(ctx, readiness.clone(), shutdown.clone());
     let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
     admin.and(grpc)

@@ -1,0 +1,525 @@
+//! `data_management.DataManagementService`, backed by Dataset resources in the gRPC namespace.
+//!
+//! Numeric `dataset_id`s (as the original's clients use) are the label
+//! `miniautoml.io/dataset-id` on each Dataset, allocated from a counter in the ConfigMap
+//! `miniautoml-dataset-ids` (compare-and-swap on its resourceVersion), so they survive restarts;
+//! a Dataset made with kubectl gets its id the first time the API lists it.
+
+use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::wait::await_condition,
+};
+use miniautoml_api::{
+    Dataset, DatasetCommitStatus, DatasetSpec, DatasetStatistics, DatasetType, ObjectSource, SnapshotState,
+    Tags, dataset::DatasetCommitSpec,
+};
+use miniautoml_data::SnapshotSelector;
+use miniautoml_proto::data_management::{self as pb, data_management_service_server::DataManagementService};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    controller::Context,
+    snapshots::{self, SnapshotError},
+};
+
+/// Label holding a Dataset's numeric id.
+pub const DATASET_ID_LABEL: &str = "miniautoml.io/dataset-id";
+/// ConfigMap holding the next id.
+pub const ID_COUNTER: &str = "miniautoml-dataset-ids";
+/// How long CreateDataset and UpdateDataset wait for the commit to be ingested.
+const INGEST_WAIT: Duration = Duration::from_secs(300);
+
+/// The service.
+pub struct DataManagement {
+    ctx: Arc<Context>,
+    namespace: String,
+}
+
+impl DataManagement {
+    /// Serves Datasets of `namespace`.
+    pub fn new(ctx: Arc<Context>, namespace: String) -> Self {
+        DataManagement { ctx, namespace }
+    }
+
+    fn api(&self) -> Api<Dataset> {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+
+    /// Allocates the next dataset id.
+    async fn allocate_id(&self) -> Result<u64, Status> {
+        let maps: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        for _ in 0..20 {
+            let current = maps.get_opt(ID_COUNTER).await.map_err(internal)?;
+            match current {
+                None => {
+                    let map = ConfigMap {
+                        metadata: ObjectMeta {
+                            name: Some(ID_COUNTER.into()),
+                            ..Default::default()
+                        },
+                        data: Some([("next".to_string(), "2".to_string())].into()),
+                        ..Default::default()
+                    };
+                    match maps.create(&PostParams::default(), &map).await {
+                        Ok(_) => return Ok(1),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(error) => return Err(internal(error)),
+                    }
+                }
+                Some(mut map) => {
+                    let next: u64 = map
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get("next"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1);
+                    map.data
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert("next".into(), (next + 1).to_string());
+                    match maps.replace(ID_COUNTER, &PostParams::default(), &map).await {
+                        Ok(_) => return Ok(next),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(error) => return Err(internal(error)),
+                    }
+                }
+            }
+        }
+        Err(Status::aborted(
+            "allocating a dataset id kept conflicting; try again",
+        ))
+    }
+
+    /// Every Dataset of the namespace by id, giving ids to those without one.
+    async fn datasets(&self) -> Result<BTreeMap<u64, Dataset>, Status> {
+        let api = self.api();
+        let list = api.list(&ListParams::default()).await.map_err(internal)?;
+        let mut by_id = BTreeMap::new();
+        for mut dataset in list.items {
+            let id = match dataset
+                .labels()
+                .get(DATASET_ID_LABEL)
+                .and_then(|id| id.parse().ok())
+            {
+                Some(id) => id,
+                None => {
+                    let id = self.allocate_id().await?;
+                    let patch =
+                        serde_json::json!({"metadata": {"labels": {DATASET_ID_LABEL: id.to_string()}}});
+                    dataset = api
+                        .patch(
+                            &dataset.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await
+                        .map_err(internal)?;
+                    id
+                }
+            };
+            by_id.insert(id, dataset);
+        }
+        Ok(by_id)
+    }
+
+    async fn find(&self, id: &str) -> Result<(u64, Dataset), Status> {
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("dataset_id {id:?} is not a number")))?;
+        let list = self
+            .api()
+            .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={id}")))
+            .await
+            .map_err(internal)?;
+        list.items
+            .into_iter()
+            .next()
+            .map(|d| (id, d))
+            .ok_or_else(|| Status::not_found(format!("dataset {id} not found")))
+    }
+
+    /// Waits until `spec.commits[entry]` of `name` is ingested or rejected.
+    async fn ingested(&self, name: &str, entry: u32) -> Result<Dataset, Status> {
+        let done = await_condition(self.api(), name, move |d: Option<&Dataset>| {
+            d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                s.commits.iter().any(|c| c.entry == entry) || s.rejected.iter().any(|r| r.entry == entry)
+            }) || d.is_none()
+        });
+        let dataset = match tokio::time::timeout(INGEST_WAIT, done).await {
+            Ok(result) => result.map_err(internal)?,
+            Err(_) => {
+                let waiting = self
+                    .api()
+                    .get_status(name)
+                    .await
+                    .ok()
+                    .and_then(|d| d.status)
+                    .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+                    .map(|c| c.message)
+                    .unwrap_or_default();
+                return Err(Status::unavailable(format!(
+                    "the commit was not ingested within {}s: {waiting}",
+                    INGEST_WAIT.as_secs()
+                )));
+            }
+        };
+        let dataset = dataset.ok_or_else(|| Status::not_found(format!("dataset {name} was deleted")))?;
+        let status = dataset.status.clone().unwrap_or_default();
+        if let Some(rejected) = status.rejected.iter().find(|r| r.entry == entry) {
+            return Err(Status::failed_precondition(rejected.message.clone()));
+        }
+        Ok(dataset)
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Status {
+    Status::internal(error.to_string())
+}
+
+fn tags(tags: &[pb::Tag]) -> Tags {
+    tags.iter()
+        .map(|t| (t.tag_key.clone(), t.tag_value.clone()))
+        .collect()
+}
+
+fn pb_tags(tags: &Tags) -> Vec<pb::Tag> {
+    tags.iter()
+        .map(|(k, v)| pb::Tag {
+            tag_key: k.clone(),
+            tag_value: v.clone(),
+        })
+        .collect()
+}
+
+fn statistics(stats: &DatasetStatistics) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = [
+        ("numExamples".to_string(), stats.num_examples.to_string()),
+        ("numLabels".to_string(), stats.num_labels.to_string()),
+    ]
+    .into();
+    for (label, count) in &stats.per_label {
+        map.insert(format!("label.{label}"), count.to_string());
+    }
+    map
+}
+
+fn commit_info(id: u64, commit: &DatasetCommitStatus) -> pb::CommitInfo {
+    pb::CommitInfo {
+        dataset_id: id.to_string(),
+        commit_id: commit.id.to_string(),
+        created_at: commit.created_at.0.to_string(),
+        commit_message: commit.message.clone(),
+        tags: pb_tags(&commit.tags),
+        path: commit.path.clone(),
+        statistics: statistics(&commit.statistics),
+    }
+}
+
+fn dataset_type(dataset: &Dataset) -> i32 {
+    match dataset.spec.r#type {
+        DatasetType::Generic => pb::DatasetType::Generic as i32,
+        DatasetType::TextIntent => pb::DatasetType::TextIntent as i32,
+    }
+}
+
+fn summary(id: u64, dataset: &Dataset) -> pb::DatasetSummary {
+    let status = dataset.status.clone().unwrap_or_default();
+    pb::DatasetSummary {
+        dataset_id: id.to_string(),
+        name: dataset.name_any(),
+        description: dataset.spec.description.clone(),
+        dataset_type: dataset_type(dataset),
+        last_updated_at: status
+            .last_updated_at
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        commits: status.commits.iter().map(|c| commit_info(id, c)).collect(),
+    }
+}
+
+fn entry(message: &str, bucket: &str, path: &str, tags: Tags) -> Result<DatasetCommitSpec, Status> {
+    if bucket.is_empty() {
+        return Err(Status::invalid_argument("\"bucket\" is required."));
+    }
+    if path.is_empty() {
+        return Err(Status::invalid_argument("\"path\" is required."));
+    }
+    Ok(DatasetCommitSpec {
+        message: message.into(),
+        source: ObjectSource {
+            bucket: Some(bucket.into()),
+            key: Some(path.into()),
+            ..Default::default()
+        },
+        tags,
+    })
+}
+
+/// A Kubernetes-valid Dataset name (RFC 1123 label).
+fn check_name(name: &str) -> Result<(), Status> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "name {name:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        )))
+    }
+}
+
+type PointerStream = Pin<Box<dyn Stream<Item = Result<pb::DatasetPointer, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DataManagementService for DataManagement {
+    async fn get_dataset_summary(
+        &self,
+        request: Request<pb::DatasetPointer>,
+    ) -> Result<Response<pb::DatasetSummary>, Status> {
+        self.datasets().await?;
+        let (id, dataset) = self.find(&request.into_inner().dataset_id).await?;
+        Ok(Response::new(summary(id, &dataset)))
+    }
+
+    type ListDatasetsStream = PointerStream;
+
+    async fn list_datasets(
+        &self,
+        request: Request<pb::ListQueryOptions>,
+    ) -> Result<Response<PointerStream>, Status> {
+        let options = request.into_inner();
+        if options.limit < 0 || options.index < 0 {
+            return Err(Status::invalid_argument("limit and index must not be negative"));
+        }
+        let limit = if options.limit == 0 {
+            usize::MAX
+        } else {
+            options.limit as usize
+        };
+        let ids: Vec<Result<pb::DatasetPointer, Status>> = self
+            .datasets()
+            .await?
+            .into_keys()
+            .skip(options.index as usize)
+            .take(limit)
+            .map(|id| {
+                Ok(pb::DatasetPointer {
+                    dataset_id: id.to_string(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(ids))))
+    }
+
+    async fn create_dataset(
+        &self,
+        request: Request<pb::CreateDatasetRequest>,
+    ) -> Result<Response<pb::DatasetSummary>, Status> {
+        let request = request.into_inner();
+        check_name(&request.name)?;
+        let r#type = match pb::DatasetType::try_from(request.dataset_type) {
+            Ok(pb::DatasetType::Generic) => DatasetType::Generic,
+            Ok(pb::DatasetType::TextIntent) => DatasetType::TextIntent,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown dataset_type {}",
+                    request.dataset_type
+                )));
+            }
+        };
+        let first = entry(
+            "Initial commit",
+            &request.bucket,
+            &request.path,
+            tags(&request.tags),
+        )?;
+        let api = self.api();
+        if api.get_opt(&request.name).await.map_err(internal)?.is_some() {
+            return Err(Status::already_exists(format!(
+                "dataset {:?} already exists",
+                request.name
+            )));
+        }
+        let id = self.allocate_id().await?;
+        let mut dataset = Dataset::new(
+            &request.name,
+            DatasetSpec {
+                r#type,
+                description: request.description.clone(),
+                commits: vec![first],
+                retain_policy: Default::default(),
+            },
+        );
+        dataset.metadata.labels = Some([(DATASET_ID_LABEL.to_string(), id.to_string())].into());
+        match api.create(&PostParams::default(), &dataset).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                return Err(Status::already_exists(format!(
+                    "dataset {:?} already exists",
+                    request.name
+                )));
+            }
+            Err(kube::Error::Api(s)) if s.code == 422 => return Err(Status::invalid_argument(s.message)),
+            Err(error) => return Err(internal(error)),
+        }
+        match self.ingested(&request.name, 0).await {
+            Ok(dataset) => Ok(Response::new(summary(id, &dataset))),
+            Err(status) => {
+                if status.code() == tonic::Code::FailedPrecondition {
+                    // A dataset whose first commit was rejected holds nothing: do not keep it.
+                    let _ = api.delete(&request.name, &DeleteParams::default()).await;
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn update_dataset(
+        &self,
+        request: Request<pb::CreateCommitRequest>,
+    ) -> Result<Response<pb::DatasetSummary>, Status> {
+        let request = request.into_inner();
+        let (id, _) = self.find(&request.dataset_id).await?;
+        let new = entry(
+            &request.commit_message,
+            &request.bucket,
+            &request.path,
+            tags(&request.tags),
+        )?;
+        let api = self.api();
+        let mut attempts = 0;
+        let (name, entry) = loop {
+            let (_, mut dataset) = self.find(&request.dataset_id).await?;
+            let index = dataset.spec.commits.len() as u32;
+            dataset.spec.commits.push(new.clone());
+            match api
+                .replace(&dataset.name_any(), &PostParams::default(), &dataset)
+                .await
+            {
+                Ok(written) => break (written.name_any(), index),
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 10 => attempts += 1,
+                Err(kube::Error::Api(s)) if s.code == 422 => return Err(Status::invalid_argument(s.message)),
+                Err(error) => return Err(internal(error)),
+            }
+        };
+        let dataset = self.ingested(&name, entry).await?;
+        Ok(Response::new(summary(id, &dataset)))
+    }
+
+    async fn prepare_training_dataset(
+        &self,
+        request: Request<pb::DatasetQuery>,
+    ) -> Result<Response<pb::SnapshotVersion>, Status> {
+        let request = request.into_inner();
+        let (id, dataset) = self.find(&request.dataset_id).await?;
+        let up_to = match request.commit_id.trim() {
+            "" => None,
+            text => Some(
+                text.parse()
+                    .map_err(|_| Status::invalid_argument(format!("commit_id {text:?} is not a number")))?,
+            ),
+        };
+        let selector = SnapshotSelector {
+            up_to,
+            tags: tags(&request.tags),
+        };
+        let snapshot =
+            snapshots::prepare(&self.ctx, &dataset, &selector)
+                .await
+                .map_err(|error| match error {
+                    SnapshotError::Selection(e) => Status::not_found(e.to_string()),
+                    SnapshotError::NoStorage => Status::failed_precondition(error.to_string()),
+                    SnapshotError::Operator(e) => internal(e),
+                })?;
+        let base = summary(id, &dataset);
+        let status = dataset.status.clone().unwrap_or_default();
+        Ok(Response::new(pb::SnapshotVersion {
+            dataset_id: base.dataset_id,
+            name: base.name,
+            description: base.description,
+            dataset_type: base.dataset_type,
+            last_updated_at: base.last_updated_at,
+            version_hash: snapshot.version_hash,
+            commits: status
+                .commits
+                .iter()
+                .filter(|c| snapshot.commits.contains(&c.id))
+                .map(|c| commit_info(id, c))
+                .collect(),
+        }))
+    }
+
+    async fn fetch_training_dataset(
+        &self,
+        request: Request<pb::VersionQuery>,
+    ) -> Result<Response<pb::VersionedSnapshot>, Status> {
+        let request = request.into_inner();
+        let (id, dataset) = self.find(&request.dataset_id).await?;
+        let status = dataset.status.clone().unwrap_or_default();
+        let snapshot = status
+            .snapshots
+            .iter()
+            .find(|s| s.version_hash == request.version_hash)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "dataset {id} has no snapshot {:?}; ask PrepareTrainingDataset for it",
+                    request.version_hash
+                ))
+            })?;
+        let bucket = self
+            .ctx
+            .store
+            .as_ref()
+            .map(|s| s.bucket.clone())
+            .unwrap_or_default();
+        let root = snapshot.root.clone().unwrap_or_default();
+        let state = match snapshot.state {
+            SnapshotState::Running => pb::SnapshotState::Running,
+            SnapshotState::Ready => pb::SnapshotState::Ready,
+            SnapshotState::Failed => pb::SnapshotState::Failed,
+        };
+        let mut stats = statistics(&snapshot.statistics);
+        if let Some(message) = &snapshot.message {
+            stats.insert("message".into(), message.clone());
+        }
+        Ok(Response::new(pb::VersionedSnapshot {
+            dataset_id: id.to_string(),
+            version_hash: snapshot.version_hash.clone(),
+            state: state as i32,
+            parts: snapshot
+                .parts
+                .iter()
+                .map(|part| pb::FileInfo {
+                    name: part.clone(),
+                    bucket: bucket.clone(),
+                    path: format!("{root}{part}"),
+                })
+                .collect(),
+            root: Some(pb::FileInfo {
+                name: snapshot.version_hash.clone(),
+                bucket,
+                path: root,
+            }),
+            statistics: stats,
+        }))
+    }
+
+    async fn delete_dataset(&self, request: Request<pb::DatasetPointer>) -> Result<Response<()>, Status> {
+        let (_, dataset) = self.find(&request.into_inner().dataset_id).await?;
+        self.api()
+            .delete(&dataset.name_any(), &DeleteParams::default())
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(()))
+    }
+}
