@@ -175,7 +175,7 @@ async fn the_original_dataset_workflow_over_grpc() {
     let names: Vec<&str> = both.parts.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["examples.csv", "labels.csv"]);
     let examples = store.read(&both.parts[0].path).await.unwrap();
-    assert_eq!(examples.iter().filter(|&&b| b == b'\n').count() >= 3257, true);
+    assert!(examples.iter().filter(|&&b| b == b'\n').count() >= 3257);
     // Asking again for a Ready hash returns it as it is.
     let (_, again) = snapshot(&mut grpc, &id, "", vec![]).await;
     assert_eq!(again, both);
