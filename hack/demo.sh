@@ -27,7 +27,6 @@ not_built() {
   cat <<'EOT'
 
 Not built yet (the demo grows with each piece):
-  - S3 ingestion of the dataset into versioned commits and snapshots  (issue #4)
   - the intent-classification trainer                                   (issue #5)
   - TrainingJobs running as Kubernetes Jobs, live metrics in status    (issue #6)
   - the predictor, ModelDeployments and Predict                         (issue #7)
@@ -43,7 +42,7 @@ cargo test --quiet --locked -p miniautoml-api --test cel examples_deserialize_an
 
 if [ -z "${KUBECONFIG:-}" ]; then
   step "Start the local cluster (first run builds the pinned tools: minutes)"
-  hack/tools.sh cluster >/dev/null
+  hack/tools.sh >/dev/null
   LOCAL_ENV=$(hack/cluster.sh up)
   # shellcheck disable=SC1090
   . "$LOCAL_ENV"
@@ -67,7 +66,9 @@ kubectl wait --for=condition=Established --timeout=60s \
   crd/datasets.miniautoml.io crd/trainingjobs.miniautoml.io crd/modeldeployments.miniautoml.io
 
 step "Start the operator (admin $ADMIN_ADDR, gRPC $GRPC_ADDR)"
-"$OPERATOR" --admin-addr "$ADMIN_ADDR" --grpc-addr "$GRPC_ADDR" >"$WORK/operator.log" 2>&1 &
+# S3 settings and credentials come from the environment (the local cluster's env file).
+"$OPERATOR" --admin-addr "$ADMIN_ADDR" --grpc-addr "$GRPC_ADDR" --grpc-namespace "$NAMESPACE" \
+  >"$WORK/operator.log" 2>&1 &
 OPERATOR_PID=$!
 for _ in $(seq 1 60); do
   if curl -fsS "http://$ADMIN_ADDR/readyz" >/dev/null 2>&1; then break; fi
@@ -80,6 +81,13 @@ for _ in $(seq 1 60); do
 done
 curl -fsS "http://$ADMIN_ADDR/readyz"
 
+if [ -n "${S3_ENDPOINT:-}" ]; then
+  step "Upload the reference data (tweet_emotion part 1) to s3://$S3_BUCKET/raw/tweet_emotion/"
+  # shellcheck disable=SC1091
+  . hack/lib.sh
+  s3_put testdata/tweet_emotion/tweet_emotion_part1.csv raw/tweet_emotion/tweet_emotion_part1.csv
+fi
+
 step "Apply the examples in namespace $NAMESPACE"
 EXAMPLES=(-f examples/dataset.yaml -f examples/trainingjob.yaml -f examples/modeldeployment.yaml)
 # Start from the examples as written (an earlier run may have appended commits, which the
@@ -88,12 +96,23 @@ kubectl delete -n "$NAMESPACE" --ignore-not-found --wait "${EXAMPLES[@]}"
 kubectl apply -n "$NAMESPACE" "${EXAMPLES[@]}"
 kubectl wait -n "$NAMESPACE" --for=condition=Accepted --timeout=60s \
   dataset/tweet-emotion trainingjob/twitter-model modeldeployment/twitter-model
+if [ -n "${S3_ENDPOINT:-}" ]; then
+  step "The Dataset ingests its commit into S3"
+  kubectl wait -n "$NAMESPACE" --for=jsonpath='{.status.commitCount}'=1 --timeout=120s dataset/tweet-emotion
+  kubectl get -n "$NAMESPACE" dataset tweet-emotion \
+    -o jsonpath='{range .status.commits[*]}commit {.id}: {.statistics.numExamples} examples, {.statistics.numLabels} labels at {.path}{"\n"}{end}'
+fi
 kubectl get -n "$NAMESPACE" datasets,trainingjobs,modeldeployments
 
 if command -v grpcurl >/dev/null 2>&1; then
   step "gRPC health and reflection"
   grpcurl -plaintext "$GRPC_ADDR" grpc.health.v1.Health/Check
   grpcurl -plaintext "$GRPC_ADDR" list
+  if [ -n "${S3_ENDPOINT:-}" ]; then
+    step "The original dataset workflow over gRPC (hack/grpc-datasets.sh)"
+    kubectl delete dataset -n "$NAMESPACE" tweets-grpc --ignore-not-found --wait
+    GRPC_ADDR=$GRPC_ADDR hack/grpc-datasets.sh tweets-grpc
+  fi
 fi
 
 step "Stop the operator gracefully (SIGTERM)"

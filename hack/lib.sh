@@ -27,3 +27,13 @@ require_tools() {
     return 1
   fi
 }
+
+# s3_put FILE KEY: uploads FILE to s3://$S3_BUCKET/KEY on $S3_ENDPOINT with SigV4 (curl), using
+# the env file's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_REGION.
+s3_put() {
+  local file=$1 key=$2
+  curl -fsS --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" \
+    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H "x-amz-content-sha256: $(sha256sum "$file" | cut -d' ' -f1)" \
+    -T "$file" "$S3_ENDPOINT/$S3_BUCKET/$key"
+}
