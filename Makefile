@@ -3,7 +3,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e
+.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ demo: ## Run the dataset -> training -> serving flow as far as it is built
 run: ## Run the operator as a local process against the current kubeconfig
 	$(CARGO) run --locked -p miniautoml-operator --bin miniautoml-operator -- \
 		--admin-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:51001
+
+bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
+	hack/bench-ingest.sh
 
 tools: ## Build the pinned Kubernetes tools (hack/versions.env) into ~/.cache/miniautoml/tools
 	@hack/tools.sh >/dev/null
