@@ -39,7 +39,7 @@ impl From<StorageError> for IngestError {
 }
 
 /// Chunks handed from the parser to the uploader.
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 256 << 10;
 
 /// What an ingestion or snapshot wrote.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,8 +87,7 @@ async fn ingest_text_intent(
     prefix: &str,
 ) -> Result<Written, IngestError> {
     let what = format!("s3://{bucket}/{key}");
-    let body = store.get(bucket, key).await?;
-    let reader = body.into_async_read();
+    let reader = tokio_util::io::StreamReader::new(Box::pin(store.get_ranges(bucket, key).await?));
     let (chunks, mut received) = mpsc::channel::<Vec<u8>>(4);
     let parser = tokio::task::spawn_blocking(move || {
         let mut counted = 0u64;

@@ -71,33 +71,44 @@ impl<R: Read> Read for RecordGuard<R> {
             return Ok(0);
         }
         self.total += n as u64;
-        for &byte in &buf[..n] {
-            self.record_bytes += 1;
-            match byte {
-                b'"' => self.in_quotes = !self.in_quotes,
-                b'\n' => {
-                    self.line += 1;
-                    if !self.in_quotes {
-                        self.record_bytes = 0;
-                        self.record_line = self.line;
-                    }
+        // Only quotes and newlines matter: jump between them.
+        let data = &buf[..n];
+        let mut last = 0;
+        for at in memchr::memchr2_iter(b'"', b'\n', data) {
+            self.record_bytes += at + 1 - last;
+            last = at + 1;
+            if data[at] == b'"' {
+                self.in_quotes = !self.in_quotes;
+            } else {
+                self.line += 1;
+                if !self.in_quotes {
+                    self.check_length()?;
+                    self.record_bytes = 0;
+                    self.record_line = self.line;
                 }
-                _ => {}
-            }
-            if self.record_bytes > MAX_RECORD_BYTES {
-                return Err(rejected(format!(
-                    "line {}: record longer than {} bytes{}",
-                    self.record_line,
-                    MAX_RECORD_BYTES,
-                    if self.in_quotes {
-                        " (a quote left open?)"
-                    } else {
-                        ""
-                    }
-                )));
             }
         }
+        self.record_bytes += n - last;
+        self.check_length()?;
         Ok(n)
+    }
+}
+
+impl<R> RecordGuard<R> {
+    fn check_length(&self) -> io::Result<()> {
+        if self.record_bytes > MAX_RECORD_BYTES {
+            return Err(rejected(format!(
+                "line {}: record longer than {} bytes{}",
+                self.record_line,
+                MAX_RECORD_BYTES,
+                if self.in_quotes {
+                    " (a quote left open?)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -108,16 +119,42 @@ pub struct IntentEncoder {
     ids: HashMap<String, u32>,
     per_label: Vec<u64>,
     examples: u64,
+    /// The current row's ids, reused to spare an allocation per row.
+    row_ids: Vec<u32>,
 }
 
 /// Appends `text` as a quoted CSV field.
 fn quoted(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
-    for &byte in text {
-        if byte == b'"' {
-            out.push(b'"');
+    let mut rest = text;
+    while let Some(at) = memchr::memchr(b'"', rest) {
+        out.extend_from_slice(&rest[..=at]);
+        out.push(b'"');
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+/// Appends `"1;2"`: ids as a quoted, `;`-separated field.
+fn quoted_ids(out: &mut Vec<u8>, ids: &[u32]) {
+    out.push(b'"');
+    for (index, id) in ids.iter().enumerate() {
+        if index > 0 {
+            out.push(b';');
         }
-        out.push(byte);
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut value = *id;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
     }
     out.push(b'"');
 }
@@ -141,13 +178,19 @@ impl IntentEncoder {
         if labels.trim().is_empty() {
             return Err(Rejection(format!("line {line}: no labels")));
         }
-        let mut row_ids: Vec<u32> = Vec::with_capacity(2);
+        self.row_ids.clear();
         for label in labels.split(';') {
             if label.is_empty() {
                 return Err(Rejection(format!("line {line}: empty label in {labels:?}")));
             }
-            let id = match self.ids.get(label) {
-                Some(&id) => id,
+            // Label sets are small: a scan beats hashing until they are not.
+            let known = if self.labels.len() <= 16 {
+                self.labels.iter().position(|l| l == label).map(|i| i as u32 + 1)
+            } else {
+                self.ids.get(label).copied()
+            };
+            let id = match known {
+                Some(id) => id,
                 None => {
                     self.labels.push(label.to_string());
                     self.per_label.push(0);
@@ -156,15 +199,14 @@ impl IntentEncoder {
                     id
                 }
             };
-            if !row_ids.contains(&id) {
-                row_ids.push(id);
+            if !self.row_ids.contains(&id) {
+                self.row_ids.push(id);
                 self.per_label[id as usize - 1] += 1;
             }
         }
         quoted(out, text.as_bytes());
         out.push(b',');
-        let ids: Vec<String> = row_ids.iter().map(u32::to_string).collect();
-        quoted(out, ids.join(";").as_bytes());
+        quoted_ids(out, &self.row_ids);
         out.push(b'\n');
         self.examples += 1;
         Ok(())
@@ -256,7 +298,7 @@ pub fn encode<R: Read>(
     let mut reader = reader(source);
     let mut encoder = IntentEncoder::default();
     let mut record = csv::ByteRecord::new();
-    let mut out = Vec::with_capacity(chunk + MAX_RECORD_BYTES);
+    let mut out = Vec::with_capacity(chunk + 64 * 1024);
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
@@ -367,7 +409,8 @@ impl SnapshotMerger {
             .buffer_capacity(64 * 1024)
             .from_reader(examples);
         let mut record = csv::ByteRecord::new();
-        let mut out = Vec::with_capacity(chunk + MAX_RECORD_BYTES);
+        let mut out = Vec::with_capacity(chunk + 64 * 1024);
+        let mut global: Vec<u32> = Vec::new();
         loop {
             match reader.read_byte_record(&mut record) {
                 Ok(false) => break,
@@ -379,14 +422,14 @@ impl SnapshotMerger {
                     quoted(&mut out, &record[0]);
                     out.push(b',');
                     let ids = std::str::from_utf8(&record[1]).map_err(|_| bad())?;
-                    let mut global = Vec::new();
+                    global.clear();
                     for local in ids.split(';') {
                         let local: usize = local.parse().map_err(|_| bad())?;
                         let id = *map.get(local.wrapping_sub(1)).ok_or_else(bad)?;
                         self.per_label[id as usize - 1] += 1;
-                        global.push(id.to_string());
+                        global.push(id);
                     }
-                    quoted(&mut out, global.join(";").as_bytes());
+                    quoted_ids(&mut out, &global);
                     out.push(b'\n');
                     self.examples += 1;
                     if out.len() >= chunk {
