@@ -56,7 +56,7 @@ with open(path, "w", encoding="utf-8") as out:
 PY
 }
 
-printf '%-8s %10s %10s %10s %12s %14s\n' size_MB rows seconds MB_per_s peak_RSS_MiB goal
+printf '%-8s %10s %10s %10s %12s %14s %8s\n' size_MB rows seconds MB_per_s peak_RSS_MiB operator_CPU_s goal
 for size in "${SIZES[@]}"; do
   file=$WORK/intent-$size.csv
   generate "$file" "$size"
@@ -85,14 +85,16 @@ EOT
   examples=$(kubectl get -n "$NAMESPACE" "dataset/bench-$size" -o jsonpath='{.status.commits[0].statistics.numExamples}')
   [ "$examples" = "$rows" ] || { echo "ingested $examples rows of $rows" >&2; exit 1; }
   peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$OPERATOR_PID/status")
+  cpu_ticks=$(awk '{print $14 + $15}' "/proc/$OPERATOR_PID/stat")
   # Free the space before the next size: the commit's objects (the operator's finalizer) and
   # the source.
   kubectl delete dataset -n "$NAMESPACE" "bench-$size" --wait=true --timeout=300s >/dev/null
   kill "$OPERATOR_PID"; wait "$OPERATOR_PID" 2>/dev/null || true; OPERATOR_PID=
-  awk -v s="$size" -v r="$rows" -v b="$bytes" -v t0="$start" -v t1="$end" -v p="$peak_kib" 'BEGIN {
+  awk -v s="$size" -v r="$rows" -v b="$bytes" -v t0="$start" -v t1="$end" -v p="$peak_kib" \
+    -v c="$cpu_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {
     t = t1 - t0; mbs = b / 1e6 / t; rss = p / 1024;
     goal = (mbs >= 100 && rss < 64) ? "met" : "missed";
-    printf "%-8s %10d %10.2f %10.1f %12.1f %14s\n", s, r, t, mbs, rss, goal }'
+    printf "%-8s %10d %10.2f %10.1f %12.1f %14.2f %8s\n", s, r, t, mbs, rss, c / hz, goal }'
   curl -fsS -X DELETE --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" \
     --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
     -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
