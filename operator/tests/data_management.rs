@@ -324,3 +324,55 @@ async fn the_original_dataset_workflow_over_grpc() {
     assert!(gone, "deleted");
     store.delete_prefix(&raw).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_snapshot_is_built_again_when_asked_again() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "grpc-retry").await.unwrap();
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let raw = format!("raw/{}/", ns.name);
+    store
+        .put(
+            &format!("{raw}small.csv"),
+            b"hello,greeting\nbye,farewell\n".to_vec(),
+            "text/csv",
+        )
+        .await
+        .unwrap();
+    let (_operator, mut grpc) = start(cluster, &ns.name).await;
+    let created = grpc
+        .create_dataset(pb::CreateDatasetRequest {
+            name: "small".into(),
+            description: String::new(),
+            dataset_type: pb::DatasetType::TextIntent as i32,
+            bucket: cluster.s3_bucket.clone(),
+            path: format!("{raw}small.csv"),
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = created.dataset_id;
+    let labels_key = format!("{}labels.csv", created.commits[0].path);
+    let labels = store.read(&labels_key).await.unwrap();
+
+    // With a commit's file gone the build fails, and says why.
+    store.delete_prefix(&labels_key).await.unwrap();
+    let (hash, failed) = snapshot(&mut grpc, &id, "", vec![]).await;
+    assert_eq!(hash, "hashAg==");
+    assert_eq!(failed.state, pb::SnapshotState::Failed as i32);
+    assert!(
+        failed.statistics["message"].contains("not found"),
+        "{:?}",
+        failed.statistics
+    );
+
+    // Asked again once the file is back, it is built again and ends Ready.
+    store.put(&labels_key, labels, "text/csv").await.unwrap();
+    let (_, ready) = snapshot(&mut grpc, &id, "", vec![]).await;
+    assert_eq!(ready.state, pb::SnapshotState::Ready as i32);
+    assert_eq!(ready.statistics["numExamples"], "2");
+    store.delete_prefix(&raw).await.unwrap();
+}
