@@ -90,9 +90,7 @@ async fn ingest_text_intent(
     let reader = tokio_util::io::StreamReader::new(Box::pin(store.get_ranges(bucket, key).await?));
     let (chunks, mut received) = mpsc::channel::<Vec<u8>>(4);
     let parser = tokio::task::spawn_blocking(move || {
-        let mut counted = 0u64;
         let encoder = text_intent::encode(SyncIoBridge::new(reader), CHUNK, |chunk| {
-            counted += chunk.len() as u64;
             chunks
                 .blocking_send(chunk)
                 .map_err(|_| io::Error::other("the upload stopped"))

@@ -2,55 +2,26 @@
 //! binary on the local cluster: the original's workflow, snapshot hashes and tag filters, error
 //! codes, and numeric ids that survive a restart.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use miniautoml_data::Store;
 use miniautoml_proto::data_management::{
     self as pb, data_management_service_client::DataManagementServiceClient,
 };
-use miniautoml_test_support::{LocalCluster, TestNamespace, install_crds, repo_root};
+use miniautoml_test_support::{LocalCluster, OperatorProcess, TestNamespace, install_crds, repo_root};
 use tonic::{Code, transport::Channel};
 
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(cluster: &LocalCluster, namespace: &str) -> (Operator, DataManagementServiceClient<Channel>) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_miniautoml-operator"))
-        .args([
-            "--admin-addr=127.0.0.1:0",
-            &format!("--grpc-addr=127.0.0.1:{port}"),
-            &format!("--watch-namespace={namespace}"),
-            &format!("--grpc-namespace={namespace}"),
-            &format!("--s3-endpoint={}", cluster.s3_endpoint),
-            &format!("--bucket={}", cluster.s3_bucket),
-        ])
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("AWS_ACCESS_KEY_ID", &cluster.s3_access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &cluster.s3_secret_key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let operator = Operator(child);
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+async fn start(
+    cluster: &LocalCluster,
+    namespace: &str,
+) -> (OperatorProcess, DataManagementServiceClient<Channel>) {
+    let operator = OperatorProcess::start(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        namespace,
+        &cluster.s3_secret_key,
+    );
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", operator.grpc_addr)).unwrap();
     for _ in 0..200 {
         if let Ok(channel) = endpoint.connect().await {
             return (operator, DataManagementServiceClient::new(channel));

@@ -3,10 +3,7 @@
 //! refused credentials waited out, a killed operator leaving no partial commit, deletion
 //! removing the objects.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use kube::{
     Api,
@@ -15,42 +12,15 @@ use kube::{
 };
 use miniautoml_api::{Dataset, DatasetStatus};
 use miniautoml_data::{Store, layout};
-use miniautoml_test_support::{LocalCluster, TestNamespace, WAIT, install_crds, repo_root};
+use miniautoml_test_support::{LocalCluster, OperatorProcess, TestNamespace, WAIT, install_crds, repo_root};
 
-/// The operator binary watching one namespace, with the cluster's S3 server.
-struct Operator(Child);
-
-impl Operator {
-    fn start(cluster: &LocalCluster, namespace: &str, secret_key: &str) -> Operator {
-        let child = Command::new(env!("CARGO_BIN_EXE_miniautoml-operator"))
-            .args([
-                "--admin-addr=127.0.0.1:0",
-                "--grpc-addr=127.0.0.1:0",
-                &format!("--watch-namespace={namespace}"),
-                &format!("--s3-endpoint={}", cluster.s3_endpoint),
-                &format!("--bucket={}", cluster.s3_bucket),
-            ])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("AWS_ACCESS_KEY_ID", &cluster.s3_access_key)
-            .env("AWS_SECRET_ACCESS_KEY", secret_key)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Operator(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn start_operator(cluster: &LocalCluster, namespace: &str, secret_key: &str) -> OperatorProcess {
+    OperatorProcess::start(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        namespace,
+        secret_key,
+    )
 }
 
 async fn put(store: &Store, key: &str, data: impl Into<Vec<u8>>) {
@@ -122,7 +92,7 @@ async fn commits_are_ingested_once_and_bad_input_is_rejected_with_its_reason() {
     let raw = format!("raw/{}/", ns.name);
     put(&store, &format!("{raw}part1.csv"), tweets(1)).await;
     put(&store, &format!("{raw}part2.csv"), tweets(2)).await;
-    let _operator = Operator::start(cluster, &ns.name, &cluster.s3_secret_key);
+    let _operator = start_operator(cluster, &ns.name, &cluster.s3_secret_key);
 
     let api = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     let part1 = entry(&bucket, &format!("{raw}part1.csv"), "part 1");
@@ -289,7 +259,7 @@ async fn refused_credentials_wait_and_a_killed_operator_leaves_no_partial_commit
     put(&store, &format!("{raw}big.csv"), row.repeat(rows)).await;
 
     let api = Api::<Dataset>::namespaced(client.clone(), &ns.name);
-    let mut wrong = Operator::start(cluster, &ns.name, "not-the-secret");
+    let mut wrong = start_operator(cluster, &ns.name, "not-the-secret");
     let mut big = dataset("big", vec![entry(&bucket, &format!("{raw}big.csv"), "big")]);
     big.spec.retain_policy = miniautoml_api::RetainPolicy::Retain;
     api.create(&PostParams::default(), &big).await.unwrap();
@@ -311,7 +281,7 @@ async fn refused_credentials_wait_and_a_killed_operator_leaves_no_partial_commit
     );
     wrong.kill();
 
-    let mut operator = Operator::start(cluster, &ns.name, &cluster.s3_secret_key);
+    let mut operator = start_operator(cluster, &ns.name, &cluster.s3_secret_key);
     wait_status(&api, "big", "Ingesting", |s| {
         condition(s, "Ready").is_some_and(|c| c.reason == "Ingesting")
     })
@@ -331,7 +301,7 @@ async fn refused_credentials_wait_and_a_killed_operator_leaves_no_partial_commit
         "no partial commit"
     );
 
-    let _restarted = Operator::start(cluster, &ns.name, &cluster.s3_secret_key);
+    let _restarted = start_operator(cluster, &ns.name, &cluster.s3_secret_key);
     let done = wait_status(&api, "big", "commit 1 after the restart", |s| s.commit_count == 1).await;
     let status = done.status.unwrap();
     assert_eq!(status.commits[0].statistics.num_examples, rows as u64);

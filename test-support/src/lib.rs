@@ -177,6 +177,53 @@ impl LocalCluster {
     }
 }
 
+/// An operator binary running against the local cluster and its S3 server, scoped to one
+/// namespace (`--watch-namespace` and `--grpc-namespace`); killed when dropped.
+pub struct OperatorProcess {
+    child: std::process::Child,
+    /// Where its gRPC API listens.
+    pub grpc_addr: std::net::SocketAddr,
+}
+
+impl OperatorProcess {
+    /// Starts `binary` (the test's `env!("CARGO_BIN_EXE_miniautoml-operator")`) for `namespace`,
+    /// with the cluster's S3 credentials but `secret_key` as the secret (to test refused ones).
+    pub fn start(binary: &str, cluster: &LocalCluster, namespace: &str, secret_key: &str) -> OperatorProcess {
+        let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let child = Command::new(binary)
+            .args([
+                "--admin-addr=127.0.0.1:0".to_string(),
+                format!("--grpc-addr={grpc_addr}"),
+                format!("--watch-namespace={namespace}"),
+                format!("--grpc-namespace={namespace}"),
+                format!("--s3-endpoint={}", cluster.s3_endpoint),
+                format!("--bucket={}", cluster.s3_bucket),
+            ])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("AWS_ACCESS_KEY_ID", &cluster.s3_access_key)
+            .env("AWS_SECRET_ACCESS_KEY", secret_key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary}: {e}"));
+        OperatorProcess { child, grpc_addr }
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Applies every CRD in `crds/` (server-side, taking ownership) and waits until each is
 /// established.
 pub async fn install_crds(client: &Client) -> Result<()> {
