@@ -10,8 +10,8 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::{
     layout::{EXAMPLES, LABELS, STATISTICS},
-    store::{StorageError, Store},
-    text_intent::{self, EncodeError, SnapshotMerger},
+    store::{ObjectWriter, StorageError, Store},
+    text_intent::{self, EncodeError, LabelTable, SnapshotMerger},
 };
 
 /// Why an ingestion or snapshot failed, sorted by what should happen next.
@@ -88,16 +88,40 @@ async fn ingest_text_intent(
 ) -> Result<Written, IngestError> {
     let what = format!("s3://{bucket}/{key}");
     let reader = tokio_util::io::StreamReader::new(Box::pin(store.get_ranges(bucket, key).await?));
+    let mut writer = store.writer(&format!("{prefix}{EXAMPLES}"), "text/csv");
+    let parsed = pump(&mut writer, &what, move |emit| {
+        text_intent::encode(SyncIoBridge::new(reader), CHUNK, emit)
+    })
+    .await;
+    let encoder = match parsed {
+        Ok(Ok(encoder)) => encoder,
+        Ok(Err(error)) => {
+            writer.abort().await;
+            return Err(encode_error(&what, error));
+        }
+        Err(error) => {
+            writer.abort().await;
+            return Err(error);
+        }
+    };
+    finish_text_intent(store, writer, prefix, encoder.table()).await
+}
+
+/// Runs `produce` on a blocking thread, uploading every chunk it emits to `writer` as it comes;
+/// returns what `produce` returned, or the upload's error.
+async fn pump<T: Send + 'static>(
+    writer: &mut ObjectWriter,
+    what: &str,
+    produce: impl FnOnce(&mut dyn FnMut(Vec<u8>) -> io::Result<()>) -> T + Send + 'static,
+) -> Result<T, IngestError> {
     let (chunks, mut received) = mpsc::channel::<Vec<u8>>(4);
-    let parser = tokio::task::spawn_blocking(move || {
-        let encoder = text_intent::encode(SyncIoBridge::new(reader), CHUNK, |chunk| {
+    let producer = tokio::task::spawn_blocking(move || {
+        produce(&mut |chunk| {
             chunks
                 .blocking_send(chunk)
                 .map_err(|_| io::Error::other("the upload stopped"))
-        })?;
-        Ok::<_, EncodeError>(encoder)
+        })
     });
-    let mut writer = store.writer(&format!("{prefix}{EXAMPLES}"), "text/csv");
     let mut upload_error = None;
     while let Some(chunk) = received.recv().await {
         if let Err(error) = writer.write(&chunk).await {
@@ -105,35 +129,41 @@ async fn ingest_text_intent(
             break;
         }
     }
+    // Closing the channel stops a producer still sending after an upload error.
     drop(received);
-    let parsed = parser
+    let produced = producer
         .await
         .map_err(|e| IngestError::Unavailable(format!("{what}: the parser stopped: {e}")))?;
-    if let Some(error) = upload_error {
-        writer.abort().await;
-        return Err(error.into());
+    match upload_error {
+        Some(error) => Err(error.into()),
+        None => Ok(produced),
     }
-    let encoder = match parsed {
-        Ok(encoder) => encoder,
-        Err(EncodeError::Rejected(rejection)) => {
-            writer.abort().await;
-            return Err(IngestError::Rejected(format!("{what}: {rejection}")));
-        }
-        Err(EncodeError::Io(error)) => {
-            writer.abort().await;
-            return Err(IngestError::Unavailable(format!("{what}: {error}")));
-        }
-    };
+}
+
+fn encode_error(what: &str, error: EncodeError) -> IngestError {
+    match error {
+        EncodeError::Rejected(rejection) => IngestError::Rejected(format!("{what}: {rejection}")),
+        EncodeError::Io(error) => IngestError::Unavailable(format!("{what}: {error}")),
+    }
+}
+
+/// Completes `examples.csv` and writes `labels.csv` and `statistics.json` beside it.
+async fn finish_text_intent(
+    store: &Store,
+    writer: ObjectWriter,
+    prefix: &str,
+    table: &LabelTable,
+) -> Result<Written, IngestError> {
     let bytes = writer.written();
     writer.finish().await?;
     store
-        .put(&format!("{prefix}{LABELS}"), encoder.labels_csv(), "text/csv")
+        .put(&format!("{prefix}{LABELS}"), table.labels_csv(), "text/csv")
         .await?;
-    let statistics = encoder.statistics();
+    let statistics = table.statistics();
     let full = serde_json::json!({
         "numExamples": statistics.num_examples,
         "numLabels": statistics.num_labels,
-        "perLabel": encoder.per_label(),
+        "perLabel": table.per_label(),
     });
     store
         .put(
@@ -245,29 +275,7 @@ async fn build_text_intent_snapshot(
             }
         }
     }
-    let bytes = writer.written();
-    writer.finish().await?;
-    store
-        .put(&format!("{prefix}{LABELS}"), merger.labels_csv(), "text/csv")
-        .await?;
-    let statistics = merger.statistics();
-    let full = serde_json::json!({
-        "numExamples": statistics.num_examples,
-        "numLabels": statistics.num_labels,
-        "perLabel": merger.per_label(),
-    });
-    store
-        .put(
-            &format!("{prefix}{STATISTICS}"),
-            full.to_string().into_bytes(),
-            "application/json",
-        )
-        .await?;
-    Ok(Written {
-        statistics,
-        parts: vec![EXAMPLES.into(), LABELS.into()],
-        bytes,
-    })
+    finish_text_intent(store, writer, prefix, merger.table()).await
 }
 
 /// Appends one commit's rows to `writer`, its labels merged into `merger`.
@@ -275,41 +283,21 @@ async fn merge_commit(
     store: &Store,
     commit: &str,
     mut merger: SnapshotMerger,
-    writer: &mut crate::store::ObjectWriter,
+    writer: &mut ObjectWriter,
 ) -> Result<SnapshotMerger, IngestError> {
     let labels = store.read(&format!("{commit}{LABELS}")).await?;
     let labels =
         text_intent::read_labels(&labels).map_err(|e| IngestError::Rejected(format!("{commit}{e}")))?;
     let map = merger.add_labels(&labels);
     let bucket = store.bucket.clone();
-    let body = store.get(&bucket, &format!("{commit}{EXAMPLES}")).await?;
-    let reader = body.into_async_read();
-    let (chunks, mut received) = mpsc::channel::<Vec<u8>>(4);
-    let merging = tokio::task::spawn_blocking(move || {
-        let result = merger.merge(SyncIoBridge::new(reader), &map, CHUNK, |chunk| {
-            chunks
-                .blocking_send(chunk)
-                .map_err(|_| io::Error::other("the upload stopped"))
-        });
+    let examples = format!("{commit}{EXAMPLES}");
+    let reader = store.get(&bucket, &examples).await?.into_async_read();
+    let (merger, result) = pump(writer, &examples, move |emit| {
+        let result = merger.merge(SyncIoBridge::new(reader), &map, CHUNK, emit);
         (merger, result)
-    });
-    let mut upload_error = None;
-    while let Some(chunk) = received.recv().await {
-        if let Err(error) = writer.write(&chunk).await {
-            upload_error = Some(error);
-            break;
-        }
-    }
-    drop(received);
-    let (merger, result) = merging
-        .await
-        .map_err(|e| IngestError::Unavailable(format!("{commit}: the merge stopped: {e}")))?;
-    if let Some(error) = upload_error {
-        return Err(error.into());
-    }
-    match result {
-        Ok(()) => Ok(merger),
-        Err(EncodeError::Rejected(rejection)) => Err(IngestError::Rejected(format!("{commit}{rejection}"))),
-        Err(EncodeError::Io(error)) => Err(IngestError::Unavailable(format!("{commit}: {error}"))),
-    }
+    })
+    .await?;
+    result
+        .map(|()| merger)
+        .map_err(|error| encode_error(&examples, error))
 }

@@ -115,12 +115,70 @@ impl<R> RecordGuard<R> {
 /// Turns source rows into a commit's rows, numbering labels and counting.
 #[derive(Debug, Default)]
 pub struct IntentEncoder {
+    table: LabelTable,
+    /// The current row's ids, reused to spare an allocation per row.
+    row_ids: Vec<u32>,
+}
+
+/// Labels numbered from 1 in order of first appearance, with example counts: what a commit's
+/// encoder and a snapshot's merger both keep.
+#[derive(Debug, Default)]
+pub struct LabelTable {
     labels: Vec<String>,
     ids: HashMap<String, u32>,
     per_label: Vec<u64>,
     examples: u64,
-    /// The current row's ids, reused to spare an allocation per row.
-    row_ids: Vec<u32>,
+}
+
+impl LabelTable {
+    /// The id of `label`, numbering it next when new.
+    pub fn id(&mut self, label: &str) -> u32 {
+        // Label sets are small: a scan beats hashing until they are not.
+        let known = if self.labels.len() <= 16 {
+            self.labels.iter().position(|l| l == label).map(|i| i as u32 + 1)
+        } else {
+            self.ids.get(label).copied()
+        };
+        known.unwrap_or_else(|| {
+            self.labels.push(label.to_string());
+            self.per_label.push(0);
+            let id = self.labels.len() as u32;
+            self.ids.insert(label.to_string(), id);
+            id
+        })
+    }
+
+    /// Counts one example of each of `ids`.
+    fn count(&mut self, ids: &[u32]) {
+        for &id in ids {
+            self.per_label[id as usize - 1] += 1;
+        }
+        self.examples += 1;
+    }
+
+    /// Labels in id order (id = index + 1).
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// `labels.csv`.
+    pub fn labels_csv(&self) -> Vec<u8> {
+        labels_csv(&self.labels)
+    }
+
+    /// Examples per label, every label.
+    pub fn per_label(&self) -> BTreeMap<String, u64> {
+        self.labels
+            .iter()
+            .cloned()
+            .zip(self.per_label.iter().copied())
+            .collect()
+    }
+
+    /// The statistics a status shows.
+    pub fn statistics(&self) -> DatasetStatistics {
+        statistics(self.examples, &self.labels, &self.per_label)
+    }
 }
 
 /// Appends `text` as a quoted CSV field.
@@ -183,57 +241,22 @@ impl IntentEncoder {
             if label.is_empty() {
                 return Err(Rejection(format!("line {line}: empty label in {labels:?}")));
             }
-            // Label sets are small: a scan beats hashing until they are not.
-            let known = if self.labels.len() <= 16 {
-                self.labels.iter().position(|l| l == label).map(|i| i as u32 + 1)
-            } else {
-                self.ids.get(label).copied()
-            };
-            let id = match known {
-                Some(id) => id,
-                None => {
-                    self.labels.push(label.to_string());
-                    self.per_label.push(0);
-                    let id = self.labels.len() as u32;
-                    self.ids.insert(label.to_string(), id);
-                    id
-                }
-            };
+            let id = self.table.id(label);
             if !self.row_ids.contains(&id) {
                 self.row_ids.push(id);
-                self.per_label[id as usize - 1] += 1;
             }
         }
+        self.table.count(&self.row_ids);
         quoted(out, text.as_bytes());
         out.push(b',');
         quoted_ids(out, &self.row_ids);
         out.push(b'\n');
-        self.examples += 1;
         Ok(())
     }
 
-    /// The commit's `labels.csv`.
-    pub fn labels_csv(&self) -> Vec<u8> {
-        labels_csv(&self.labels)
-    }
-
-    /// Labels in id order (id = index + 1).
-    pub fn labels(&self) -> &[String] {
-        &self.labels
-    }
-
-    /// Examples per label, every label.
-    pub fn per_label(&self) -> BTreeMap<String, u64> {
-        self.labels
-            .iter()
-            .cloned()
-            .zip(self.per_label.iter().copied())
-            .collect()
-    }
-
-    /// The statistics a status shows.
-    pub fn statistics(&self) -> DatasetStatistics {
-        statistics(self.examples, &self.labels, &self.per_label)
+    /// The labels and counts so far.
+    pub fn table(&self) -> &LabelTable {
+        &self.table
     }
 }
 
@@ -323,7 +346,7 @@ pub fn encode<R: Read>(
             }
         }
     }
-    if encoder.examples == 0 {
+    if encoder.table.examples == 0 {
         let empty = if reader.get_ref().bytes_read() == 0 {
             "the file is empty"
         } else {
@@ -372,28 +395,13 @@ pub fn read_labels(bytes: &[u8]) -> Result<Vec<String>, Rejection> {
 /// Rewrites the label ids of commit rows while merging commits into a snapshot.
 #[derive(Debug, Default)]
 pub struct SnapshotMerger {
-    labels: Vec<String>,
-    ids: HashMap<String, u32>,
-    per_label: Vec<u64>,
-    examples: u64,
+    table: LabelTable,
 }
 
 impl SnapshotMerger {
     /// The global ids of one commit's labels (index = local id - 1), new names numbered next.
     pub fn add_labels(&mut self, commit_labels: &[String]) -> Vec<u32> {
-        commit_labels
-            .iter()
-            .map(|label| match self.ids.get(label) {
-                Some(&id) => id,
-                None => {
-                    self.labels.push(label.clone());
-                    self.per_label.push(0);
-                    let id = self.labels.len() as u32;
-                    self.ids.insert(label.clone(), id);
-                    id
-                }
-            })
-            .collect()
+        commit_labels.iter().map(|label| self.table.id(label)).collect()
     }
 
     /// Copies the rows of one commit's `examples.csv` to `emit`, ids remapped through `map`.
@@ -415,7 +423,7 @@ impl SnapshotMerger {
             match reader.read_byte_record(&mut record) {
                 Ok(false) => break,
                 Ok(true) => {
-                    let bad = || EncodeError::Rejected(Rejection("examples.csv: malformed row".into()));
+                    let bad = || EncodeError::Rejected(Rejection("malformed row".into()));
                     if record.len() != 2 {
                         return Err(bad());
                     }
@@ -426,12 +434,11 @@ impl SnapshotMerger {
                     for local in ids.split(';') {
                         let local: usize = local.parse().map_err(|_| bad())?;
                         let id = *map.get(local.wrapping_sub(1)).ok_or_else(bad)?;
-                        self.per_label[id as usize - 1] += 1;
                         global.push(id);
                     }
+                    self.table.count(&global);
                     quoted_ids(&mut out, &global);
                     out.push(b'\n');
-                    self.examples += 1;
                     if out.len() >= chunk {
                         emit(std::mem::replace(
                             &mut out,
@@ -449,23 +456,9 @@ impl SnapshotMerger {
         Ok(())
     }
 
-    /// The snapshot's `labels.csv`.
-    pub fn labels_csv(&self) -> Vec<u8> {
-        labels_csv(&self.labels)
-    }
-
-    /// Examples per label, every label.
-    pub fn per_label(&self) -> BTreeMap<String, u64> {
-        self.labels
-            .iter()
-            .cloned()
-            .zip(self.per_label.iter().copied())
-            .collect()
-    }
-
-    /// The snapshot's statistics.
-    pub fn statistics(&self) -> DatasetStatistics {
-        statistics(self.examples, &self.labels, &self.per_label)
+    /// The labels and counts so far.
+    pub fn table(&self) -> &LabelTable {
+        &self.table
     }
 }
 
@@ -482,8 +475,8 @@ mod tests {
         .map_err(|e| e.to_string())?;
         Ok((
             String::from_utf8(out).unwrap(),
-            String::from_utf8(encoder.labels_csv()).unwrap(),
-            encoder.statistics(),
+            String::from_utf8(encoder.table().labels_csv()).unwrap(),
+            encoder.table().statistics(),
         ))
     }
 
@@ -553,11 +546,11 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "\"a\",\"1\"\n\"b\",\"2;1\"\n\"c\",\"3;1\"\n"
         );
-        let stats = merger.statistics();
+        let stats = merger.table().statistics();
         assert_eq!((stats.num_examples, stats.num_labels), (3, 3));
         assert_eq!(stats.per_label["joy"], 3);
         assert_eq!(
-            read_labels(&merger.labels_csv()).unwrap(),
+            read_labels(&merger.table().labels_csv()).unwrap(),
             ["joy", "anger", "sad"]
         );
     }
@@ -570,7 +563,7 @@ mod tests {
         );
         let file = std::fs::File::open(path).unwrap();
         let encoder = encode(file, 1 << 20, |_| Ok(())).unwrap();
-        let stats = encoder.statistics();
+        let stats = encoder.table().statistics();
         assert_eq!((stats.num_examples, stats.num_labels), (2963, 3));
     }
 }
