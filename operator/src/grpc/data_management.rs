@@ -286,7 +286,7 @@ impl DataManagementService for DataManagement {
         &self,
         request: Request<pb::DatasetPointer>,
     ) -> Result<Response<pb::DatasetSummary>, Status> {
-        self.datasets().await?;
+        // An id is known only once assigned (at creation or by ListDatasets), so no listing here.
         let (id, dataset) = self.find(&request.into_inner().dataset_id).await?;
         Ok(Response::new(summary(id, &dataset)))
     }
