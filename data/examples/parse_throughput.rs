@@ -31,7 +31,10 @@ fn main() {
     let encoder = encode(data.as_slice(), 256 << 10, |_| Ok(())).expect("encode");
     let encode_rate = megabytes / start.elapsed().as_secs_f64();
 
-    println!("{megabytes:.0} MB, {} rows", encoder.table().statistics().num_examples);
+    println!(
+        "{megabytes:.0} MB, {} rows",
+        encoder.table().statistics().num_examples
+    );
     println!("record guard      {guard_rate:8.1} MB/s");
     println!("csv crate only    {csv_rate:8.1} MB/s");
     println!("parse + encode    {encode_rate:8.1} MB/s");
