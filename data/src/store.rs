@@ -84,6 +84,27 @@ impl Store {
         }
     }
 
+    /// A store over `bucket` with static credentials, path-style addressing (MinIO and other
+    /// S3-compatible servers) and, unless `endpoint` is `None`, a custom endpoint URL.
+    pub fn with_credentials(
+        endpoint: Option<&str>,
+        region: &str,
+        access_key: &str,
+        secret_key: &str,
+        bucket: impl Into<String>,
+    ) -> Store {
+        let credentials = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "static");
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(region.to_string()))
+            .credentials_provider(credentials)
+            .force_path_style(true);
+        if let Some(endpoint) = endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Store::new(aws_sdk_s3::Client::from_conf(config.build()), bucket)
+    }
+
     /// Streams an object of any bucket.
     pub async fn get(&self, bucket: &str, key: &str) -> Result<ByteStream, StorageError> {
         let object = self

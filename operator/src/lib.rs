@@ -83,18 +83,12 @@ fn storage(config: &Config) -> Option<miniautoml_data::Store> {
         tracing::warn!("no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: object storage is not configured");
         return None;
     };
-    let credentials = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "environment");
-    let mut s3 = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(config.s3_region.clone()))
-        .credentials_provider(credentials)
-        .force_path_style(true);
-    if let Some(endpoint) = &config.s3_endpoint {
-        s3 = s3.endpoint_url(endpoint);
-    }
     info!(endpoint = ?config.s3_endpoint, bucket = config.bucket, "object storage configured");
-    Some(miniautoml_data::Store::new(
-        aws_sdk_s3::Client::from_conf(s3.build()),
+    Some(miniautoml_data::Store::with_credentials(
+        config.s3_endpoint.as_deref(),
+        &config.s3_region,
+        &access_key,
+        &secret_key,
         &config.bucket,
     ))
 }

@@ -1,0 +1,119 @@
+//! The binary's commands, printing progress for a person (or a pod log).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use miniautoml_intent_model::Classifier;
+
+use crate::data::{Examples, Split};
+use crate::hyperparameters::Hyperparameters;
+use crate::package::{Provenance, evaluate_file, package};
+use crate::train::{EpochReport, train as train_model};
+use crate::{Error, Result};
+
+/// The device to train on: the first CUDA GPU when built with the `cuda` feature and one is
+/// present, else the CPU.
+pub fn training_device() -> Result<Device> {
+    Ok(Device::cuda_if_available(0)?)
+}
+
+/// One line per epoch.
+pub fn describe_epoch(report: &EpochReport) -> String {
+    let mut line = format!("epoch {:>3}  train loss {:.4}", report.epoch, report.train_loss);
+    if let Some((scores, loss)) = report.validation {
+        line.push_str(&format!(
+            "  validation loss {loss:.4} accuracy {:.3} macro-F1 {:.3}",
+            scores.accuracy, scores.macro_f1
+        ));
+    }
+    line.push_str(&format!("  {:.0} examples/s", report.examples_per_second));
+    line
+}
+
+/// `train --data … --out DIR --param NAME=VALUE…`.
+pub fn train(data: &[PathBuf], out: &Path, params: &[String]) -> Result<()> {
+    let mut values = BTreeMap::new();
+    for param in params {
+        let (name, value) = param
+            .split_once('=')
+            .ok_or_else(|| Error::Contract(format!("--param {param:?}: expected NAME=VALUE")))?;
+        values.insert(name.trim().to_string(), value.to_string());
+    }
+    let hyperparameters = Hyperparameters::from_lookup(|name| values.get(name).cloned())?;
+    let examples = Examples::read(data)?;
+    let split = Split::new(
+        examples.len(),
+        hyperparameters.seed,
+        hyperparameters.validation_fraction,
+        hyperparameters.test_fraction,
+    )?;
+    let device = training_device()?;
+    println!(
+        "training {} on {} examples ({} train, {} validation, {} test), {} labels, on {device:?}",
+        hyperparameters.architecture.name(),
+        examples.len(),
+        split.train.len(),
+        split.validation.len(),
+        split.test.len(),
+        examples.labels.len()
+    );
+    let clock = Instant::now();
+    let trained = train_model(&examples, &split, &hyperparameters, &device, |report| {
+        println!("{}", describe_epoch(report));
+        Ok(())
+    })?;
+    let seconds = clock.elapsed().as_secs_f64();
+    let provenance = Provenance {
+        algorithm: "intent-classification".into(),
+        data: BTreeMap::from([(
+            "source".to_string(),
+            data.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )]),
+    };
+    let packaged = package(&trained, &examples, &split, &hyperparameters, &provenance)?;
+    packaged.files.write_dir(out)?;
+    println!(
+        "trained in {seconds:.3} s ({:.0} examples/s), {} features",
+        (split.train.len() * hyperparameters.epochs) as f64 / seconds,
+        trained.vocabulary.len()
+    );
+    if let Some(test) = packaged.test {
+        println!("test accuracy {:.3} macro-F1 {:.3}", test.accuracy, test.macro_f1);
+    }
+    println!("model written to {}", out.display());
+    Ok(())
+}
+
+/// `eval --model DIR --data FILE`.
+pub fn eval(model: &Path, data: &Path) -> Result<()> {
+    let classifier =
+        Classifier::load_dir(model).map_err(|e| Error::Data(format!("model {}: {e}", model.display())))?;
+    let (scores, rows) = evaluate_file(&classifier, data)?;
+    println!("examples {rows}");
+    println!("accuracy {:.4}", scores.accuracy);
+    println!("macro-F1 {:.4}", scores.macro_f1);
+    Ok(())
+}
+
+/// Runs one training job from the environment.
+pub fn job_from_env() -> Result<()> {
+    let config = match crate::contract::JobConfig::from_lookup(|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(error) => {
+            if let (Ok(job_id), Ok(server)) =
+                (std::env::var("JOB_ID"), std::env::var("METADATA_STORE_SERVER"))
+            {
+                crate::job::report_early_failure(&job_id, &server, &error.to_string());
+            }
+            return Err(error);
+        }
+    };
+    let outcome = crate::job::run(&config)?;
+    println!("run {} done: {}", config.job_id, outcome.message);
+    Ok(())
+}

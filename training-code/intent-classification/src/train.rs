@@ -1,0 +1,442 @@
+//! The training loops. Both architectures train on a seeded shuffle of the training split,
+//! score the validation split after every epoch, and hand back a CPU [`Network`] that the
+//! artifacts are written from.
+
+use std::time::{Instant, SystemTime};
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
+use miniautoml_intent_model::{
+    Architecture, FitOptions, Network, SparseBatch, Tokenizer, Vocabulary, Weighting, artifacts::argmax,
+};
+
+use crate::Result;
+use crate::data::{Examples, Rng, Split};
+use crate::hyperparameters::Hyperparameters;
+use crate::metrics::{Scores, scores};
+
+/// What one epoch did.
+#[derive(Clone, Debug)]
+pub struct EpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    /// Wall-clock start.
+    pub started: SystemTime,
+    /// Wall-clock end.
+    pub finished: SystemTime,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Validation scores and mean loss, when there is a validation split.
+    pub validation: Option<(Scores, f64)>,
+    /// Training examples per second in this epoch.
+    pub examples_per_second: f64,
+}
+
+/// A trained model.
+#[derive(Clone, Debug)]
+pub struct Trained {
+    /// The weights, on the CPU.
+    pub network: Network,
+    /// The fitted vocabulary.
+    pub vocabulary: Vocabulary,
+    /// Every epoch.
+    pub epochs: Vec<EpochReport>,
+}
+
+/// The tokenizer and weighting each architecture trains with.
+pub fn fit_options(hyperparameters: &Hyperparameters) -> FitOptions {
+    match hyperparameters.architecture {
+        Architecture::NgramNb => FitOptions {
+            tokenizer: Tokenizer {
+                word_ngrams: Some([1, 2]),
+                char_ngrams: Some([2, 5]),
+            },
+            weighting: Weighting::SublinearTfIdf,
+            min_df: hyperparameters.min_df,
+        },
+        Architecture::EmbeddingBag => FitOptions {
+            tokenizer: Tokenizer {
+                word_ngrams: Some([1, 1]),
+                char_ngrams: None,
+            },
+            weighting: Weighting::Mean,
+            min_df: hyperparameters.min_df,
+        },
+    }
+}
+
+/// Every example's features, computed once; batches are cut from it.
+struct Featurized {
+    all: SparseBatch,
+    /// Entries of example `i`: `offsets[i]..offsets[i + 1]`.
+    offsets: Vec<usize>,
+}
+
+impl Featurized {
+    fn new(all: SparseBatch) -> Featurized {
+        let mut offsets = vec![0; all.len + 1];
+        for &row in &all.rows {
+            offsets[row as usize + 1] += 1;
+        }
+        for i in 0..all.len {
+            offsets[i + 1] += offsets[i];
+        }
+        Featurized { all, offsets }
+    }
+
+    fn select(&self, examples: &[usize]) -> SparseBatch {
+        let mut batch = SparseBatch {
+            len: examples.len(),
+            ..SparseBatch::default()
+        };
+        for (row, &example) in examples.iter().enumerate() {
+            let range = self.offsets[example]..self.offsets[example + 1];
+            batch.rows.extend(std::iter::repeat_n(row as u32, range.len()));
+            batch
+                .features
+                .extend_from_slice(&self.all.features[range.clone()]);
+            batch.values.extend_from_slice(&self.all.values[range]);
+        }
+        batch
+    }
+}
+
+/// Trains on `split.train`, calling `on_epoch` after every epoch (an error stops training).
+pub fn train(
+    examples: &Examples,
+    split: &Split,
+    hyperparameters: &Hyperparameters,
+    device: &Device,
+    mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
+) -> Result<Trained> {
+    let train_texts: Vec<&str> = split.train.iter().map(|&i| examples.texts[i].as_str()).collect();
+    let vocabulary = Vocabulary::fit(&train_texts, &fit_options(hyperparameters))?;
+    let features = Featurized::new(vocabulary.transform(&examples.texts));
+    let classes = examples.labels.len();
+    let mut rng = Rng::new(hyperparameters.seed ^ 0x5eed);
+    let class_weights = class_weights(examples, split, hyperparameters.balanced);
+    let mut model = Model::new(
+        hyperparameters,
+        &vocabulary,
+        &features,
+        examples,
+        split,
+        classes,
+        device,
+        &mut rng,
+    )?;
+    let mut epochs = Vec::with_capacity(hyperparameters.epochs);
+    let mut order = split.train.clone();
+    let mut best_accuracy: Option<f64> = None;
+    for epoch in 1..=hyperparameters.epochs {
+        let (started, clock) = (SystemTime::now(), Instant::now());
+        rng.shuffle(&mut order);
+        let (mut loss_sum, mut steps) = (0.0, 0usize);
+        for chunk in order.chunks(hyperparameters.batch_size) {
+            let batch = features.select(chunk);
+            let targets: Vec<u32> = chunk.iter().map(|&i| examples.classes[i] as u32).collect();
+            let weights: Vec<f32> = chunk
+                .iter()
+                .map(|&i| class_weights[examples.classes[i]])
+                .collect();
+            let logits = model.network()?.logits(&batch)?;
+            let loss = weighted_cross_entropy(&logits, &targets, &weights)?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            steps += 1;
+            model.step(&loss)?;
+        }
+        let elapsed = clock.elapsed().as_secs_f64();
+        let validation = if split.validation.is_empty() {
+            None
+        } else {
+            Some(evaluate(
+                &model.network()?,
+                &features,
+                examples,
+                &split.validation,
+            )?)
+        };
+        // The original's schedule: a tenth of the rate whenever validation accuracy drops.
+        if let (Model::EmbeddingBag { optimizer, .. }, Some((scores, _))) = (&mut model, &validation) {
+            match best_accuracy {
+                Some(best) if best > scores.accuracy => {
+                    let lr = optimizer.learning_rate() * 0.1;
+                    optimizer.set_learning_rate(lr);
+                }
+                _ => best_accuracy = Some(scores.accuracy),
+            }
+        }
+        let report = EpochReport {
+            epoch,
+            started,
+            finished: SystemTime::now(),
+            train_loss: loss_sum / steps.max(1) as f64,
+            validation,
+            examples_per_second: split.train.len() as f64 / elapsed.max(1e-9),
+        };
+        on_epoch(&report)?;
+        epochs.push(report);
+    }
+    let network = to_cpu(&model.network()?)?;
+    Ok(Trained {
+        network,
+        vocabulary,
+        epochs,
+    })
+}
+
+/// Scores `indices` with `network`: scores and mean (unweighted) loss.
+fn evaluate(
+    network: &Network,
+    features: &Featurized,
+    examples: &Examples,
+    indices: &[usize],
+) -> Result<(Scores, f64)> {
+    let mut predicted = Vec::with_capacity(indices.len());
+    let mut loss_sum = 0.0;
+    for chunk in indices.chunks(512) {
+        let logits = network.logits(&features.select(chunk))?;
+        let targets: Vec<u32> = chunk.iter().map(|&i| examples.classes[i] as u32).collect();
+        let ones = vec![1.0f32; chunk.len()];
+        loss_sum += f64::from(weighted_cross_entropy(&logits, &targets, &ones)?.to_scalar::<f32>()?)
+            * chunk.len() as f64;
+        predicted.extend(logits.to_vec2::<f32>()?.iter().map(|row| argmax(row)));
+    }
+    let truth: Vec<usize> = indices.iter().map(|&i| examples.classes[i]).collect();
+    Ok((scores(&truth, &predicted), loss_sum / indices.len() as f64))
+}
+
+/// `n / (classes · n_c)` per class over the training split (scikit-learn's "balanced"), or 1.
+fn class_weights(examples: &Examples, split: &Split, balanced: bool) -> Vec<f32> {
+    let classes = examples.labels.len();
+    if !balanced {
+        return vec![1.0; classes];
+    }
+    let mut counts = vec![0usize; classes];
+    for &i in &split.train {
+        counts[examples.classes[i]] += 1;
+    }
+    let present = counts.iter().filter(|&&c| c > 0).count().max(1);
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                split.train.len() as f32 / (present * c) as f32
+            }
+        })
+        .collect()
+}
+
+/// `-Σ w_i log p(y_i) / Σ w_i`.
+fn weighted_cross_entropy(logits: &Tensor, targets: &[u32], weights: &[f32]) -> Result<Tensor> {
+    let device = logits.device();
+    let n = targets.len();
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let targets = Tensor::from_slice(targets, (n, 1), device)?;
+    let picked = log_probs.gather(&targets, 1)?.squeeze(1)?;
+    let total: f32 = weights.iter().sum();
+    let weights = Tensor::from_slice(weights, n, device)?;
+    Ok((picked.mul(&weights)?.sum_all()? / f64::from(-total.max(f32::MIN_POSITIVE)))?)
+}
+
+fn to_cpu(network: &Network) -> Result<Network> {
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu).and_then(|t| t.detach().copy());
+    Ok(match network {
+        Network::NgramNb { weight, bias } => Network::NgramNb {
+            weight: cpu(weight)?,
+            bias: cpu(bias)?,
+        },
+        Network::EmbeddingBag { embedding, layers } => Network::EmbeddingBag {
+            embedding: cpu(embedding)?,
+            layers: [
+                (cpu(&layers[0].0)?, cpu(&layers[0].1)?),
+                (cpu(&layers[1].0)?, cpu(&layers[1].1)?),
+                (cpu(&layers[2].0)?, cpu(&layers[2].1)?),
+            ],
+        },
+    })
+}
+
+/// Uniform in `[-range, range)` from our seeded generator (candle's own random tensors are not
+/// reproducible from a seed).
+fn uniform(rng: &mut Rng, shape: (usize, usize), range: f64, device: &Device) -> Result<Var> {
+    let values: Vec<f32> = (0..shape.0 * shape.1)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * range) as f32)
+        .collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?)
+}
+
+/// Trainable state by architecture.
+enum Model {
+    NgramNb {
+        /// Per-feature, per-class weights, multiplied by the fixed ratios.
+        weight: Var,
+        bias: Var,
+        ratios: Tensor,
+        optimizer: AdamW,
+    },
+    EmbeddingBag {
+        embedding: Var,
+        layers: Vec<(Var, Var)>,
+        optimizer: SGD,
+    },
+}
+
+impl Model {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        hyperparameters: &Hyperparameters,
+        vocabulary: &Vocabulary,
+        features: &Featurized,
+        examples: &Examples,
+        split: &Split,
+        classes: usize,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<Model> {
+        let width = vocabulary.len();
+        Ok(match hyperparameters.architecture {
+            Architecture::NgramNb => {
+                let ratios = nb_ratios(
+                    features,
+                    examples,
+                    split,
+                    width,
+                    classes,
+                    hyperparameters.nb_alpha,
+                );
+                let ratios = Tensor::from_vec(ratios, (width, classes), device)?;
+                // From zero, with strong decay: starting from the naive-Bayes classifier itself (all
+                // ones) overfits the training split (validation macro-F1 0.62 against 0.67).
+                let weight = Var::zeros((width, classes), DType::F32, device)?;
+                let bias = Var::zeros(classes, DType::F32, device)?;
+                let optimizer = AdamW::new(
+                    vec![weight.clone(), bias.clone()],
+                    ParamsAdamW {
+                        lr: hyperparameters.lr,
+                        weight_decay: hyperparameters.weight_decay,
+                        ..ParamsAdamW::default()
+                    },
+                )?;
+                Model::NgramNb {
+                    weight,
+                    bias,
+                    ratios,
+                    optimizer,
+                }
+            }
+            Architecture::EmbeddingBag => {
+                let (dim, hidden) = (hyperparameters.embedding_dim, hyperparameters.fc_size);
+                let embedding = uniform(rng, (width, dim), 0.5, device)?;
+                let mut layers = Vec::new();
+                for (out, input) in [(hidden, dim), (hidden, hidden), (classes, hidden)] {
+                    layers.push((
+                        uniform(rng, (out, input), 0.5, device)?,
+                        Var::zeros(out, DType::F32, device)?,
+                    ));
+                }
+                let mut vars = vec![embedding.clone()];
+                vars.extend(layers.iter().flat_map(|(w, b)| [w.clone(), b.clone()]));
+                let optimizer = SGD::new(vars, hyperparameters.lr)?;
+                Model::EmbeddingBag {
+                    embedding,
+                    layers,
+                    optimizer,
+                }
+            }
+        })
+    }
+
+    fn network(&self) -> Result<Network> {
+        Ok(match self {
+            Model::NgramNb {
+                weight, bias, ratios, ..
+            } => Network::NgramNb {
+                weight: weight.as_tensor().mul(ratios)?,
+                bias: bias.as_tensor().clone(),
+            },
+            Model::EmbeddingBag {
+                embedding, layers, ..
+            } => Network::EmbeddingBag {
+                embedding: embedding.as_tensor().clone(),
+                layers: [0, 1, 2].map(|i| (layers[i].0.as_tensor().clone(), layers[i].1.as_tensor().clone())),
+            },
+        })
+    }
+
+    fn step(&mut self, loss: &Tensor) -> Result<()> {
+        match self {
+            Model::NgramNb { optimizer, .. } => optimizer.backward_step(loss)?,
+            Model::EmbeddingBag {
+                embedding,
+                layers,
+                optimizer,
+            } => {
+                // The original clips the gradients' global norm to 0.1.
+                let mut grads = loss.backward()?;
+                let vars: Vec<&Var> = std::iter::once(&*embedding)
+                    .chain(layers.iter().flat_map(|(w, b)| [w, b]))
+                    .collect();
+                let mut squares = 0f64;
+                for var in &vars {
+                    if let Some(grad) = grads.get(var.as_tensor()) {
+                        squares += f64::from(grad.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                    }
+                }
+                let norm = squares.sqrt();
+                if norm > 0.1 {
+                    for var in &vars {
+                        if let Some(grad) = grads.remove(var.as_tensor()) {
+                            grads.insert(var.as_tensor(), (grad * (0.1 / norm))?);
+                        }
+                    }
+                }
+                optimizer.step(&grads)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Naive-Bayes log-count ratios `r[f, c] = ln(p_c[f] / |p_c|) − ln(q_c[f] / |q_c|)` where
+/// `p_c`/`q_c` count the training texts of class `c`/not `c` containing feature `f`, plus
+/// `alpha`.
+fn nb_ratios(
+    features: &Featurized,
+    examples: &Examples,
+    split: &Split,
+    width: usize,
+    classes: usize,
+    alpha: f64,
+) -> Vec<f32> {
+    let mut per_class = vec![0f64; width * classes];
+    let mut total = vec![0f64; width];
+    for &i in &split.train {
+        let class = examples.classes[i];
+        for k in features.offsets[i]..features.offsets[i + 1] {
+            let f = features.all.features[k] as usize;
+            per_class[f * classes + class] += 1.0;
+            total[f] += 1.0;
+        }
+    }
+    let mut p_sum = vec![0f64; classes];
+    let mut q_sum = vec![0f64; classes];
+    for f in 0..width {
+        for c in 0..classes {
+            let p = per_class[f * classes + c] + alpha;
+            p_sum[c] += p;
+            q_sum[c] += total[f] - per_class[f * classes + c] + alpha;
+        }
+    }
+    let mut ratios = vec![0f32; width * classes];
+    for f in 0..width {
+        for c in 0..classes {
+            let p = (per_class[f * classes + c] + alpha) / p_sum[c];
+            let q = (total[f] - per_class[f * classes + c] + alpha) / q_sum[c];
+            ratios[f * classes + c] = (p / q).ln() as f32;
+        }
+    }
+    ratios
+}

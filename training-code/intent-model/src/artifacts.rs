@@ -1,0 +1,277 @@
+//! The model as files: `model.safetensors`, `vocab.json`, `labels.json` and `manifest.json`,
+//! which records how the model was made and the sha256 of every other file. Artifacts are
+//! verified before use, so a corrupt or half-written model is refused, never served.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::network::probabilities;
+use crate::{Architecture, Error, Network, Result, Vocabulary};
+
+/// The network weights.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The fitted tokenizer and vocabulary ([`Vocabulary`]).
+pub const VOCABULARY_FILE: &str = "vocab.json";
+/// Class index → label name, a JSON array of strings.
+pub const LABELS_FILE: &str = "labels.json";
+/// The [`Manifest`].
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Every artifact, manifest last (it is written after the files it describes).
+pub const ARTIFACT_FILES: [&str; 4] = [MODEL_FILE, VOCABULARY_FILE, LABELS_FILE, MANIFEST_FILE];
+
+/// The `format` of `manifest.json`.
+pub const MANIFEST_FORMAT: &str = "miniautoml.model/v1";
+
+/// What a model is and how it was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// The training algorithm (`ALGORITHM_NAME`), e.g. `intent-classification`.
+    pub algorithm: String,
+    /// The network.
+    pub architecture: Architecture,
+    /// The ML framework and its version, e.g. `candle 0.11.1`.
+    pub framework: String,
+    /// The trainer's code version.
+    pub code_version: String,
+    /// Every hyperparameter the trainer used, defaults included.
+    pub hyperparameters: BTreeMap<String, String>,
+    /// Final metrics, e.g. `testAccuracy`, `testMacroF1`.
+    pub metrics: BTreeMap<String, f64>,
+    /// Training data: `datasetId`, `versionHash`, numbers of examples per split.
+    pub data: BTreeMap<String, String>,
+    /// sha256 and size of every other artifact.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+/// A file's checksum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Lowercase hex sha256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl FileDigest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> FileDigest {
+        FileDigest {
+            sha256: sha256_hex(bytes),
+            bytes: bytes.len() as u64,
+        }
+    }
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A model's artifacts in memory, by file name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelFiles {
+    /// File name → contents.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl ModelFiles {
+    /// Serialises a model: the network, vocabulary and labels, then the manifest with their
+    /// checksums filled in.
+    pub fn build(
+        network: &Network,
+        vocabulary: &Vocabulary,
+        labels: &[String],
+        mut manifest: Manifest,
+    ) -> Result<Self> {
+        let mut files = BTreeMap::new();
+        files.insert(MODEL_FILE.to_string(), network.to_safetensors()?);
+        files.insert(VOCABULARY_FILE.to_string(), vocabulary.to_json());
+        files.insert(
+            LABELS_FILE.to_string(),
+            serde_json::to_vec(labels).expect("labels serialise"),
+        );
+        manifest.format = MANIFEST_FORMAT.into();
+        manifest.architecture = network.architecture();
+        manifest.files = files
+            .iter()
+            .map(|(name, bytes)| (name.clone(), FileDigest::of(bytes)))
+            .collect();
+        files.insert(
+            MANIFEST_FILE.to_string(),
+            serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"),
+        );
+        Ok(ModelFiles { files })
+    }
+
+    /// Writes the files into `dir` (created if needed), manifest last.
+    pub fn write_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for name in ARTIFACT_FILES {
+            if let Some(bytes) = self.files.get(name) {
+                std::fs::write(dir.join(name), bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the artifacts from `dir`.
+    pub fn read_dir(dir: &Path) -> Result<ModelFiles> {
+        let mut files = BTreeMap::new();
+        for name in ARTIFACT_FILES {
+            match std::fs::read(dir.join(name)) {
+                Ok(bytes) => {
+                    files.insert(name.to_string(), bytes);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", dir.join(name).display()),
+                    )));
+                }
+            }
+        }
+        Ok(ModelFiles { files })
+    }
+
+    /// The manifest, after checking that every file it lists is present and intact.
+    pub fn verify(&self) -> Result<Manifest> {
+        let bytes = self
+            .files
+            .get(MANIFEST_FILE)
+            .ok_or_else(|| Error::Missing(MANIFEST_FILE.into()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| Error::Invalid(format!("{MANIFEST_FILE}: {e}")))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(Error::Invalid(format!(
+                "{MANIFEST_FILE}: format {:?}, expected {MANIFEST_FORMAT:?}",
+                manifest.format
+            )));
+        }
+        for required in [MODEL_FILE, VOCABULARY_FILE, LABELS_FILE] {
+            if !manifest.files.contains_key(required) {
+                return Err(Error::Invalid(format!(
+                    "{MANIFEST_FILE} does not list {required}"
+                )));
+            }
+        }
+        for (name, digest) in &manifest.files {
+            let bytes = self.files.get(name).ok_or_else(|| Error::Missing(name.clone()))?;
+            let actual = FileDigest::of(bytes);
+            if actual != *digest {
+                return Err(Error::Checksum {
+                    file: name.clone(),
+                    expected: format!("{} ({} bytes)", digest.sha256, digest.bytes),
+                    actual: format!("{} ({} bytes)", actual.sha256, actual.bytes),
+                });
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// One text's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// Index of the most probable class (the lowest index on a tie).
+    pub class: usize,
+    /// Probability of each class.
+    pub probabilities: Vec<f32>,
+}
+
+/// A verified model, ready to classify texts (on the CPU).
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    manifest: Manifest,
+    vocabulary: Vocabulary,
+    labels: Vec<String>,
+    network: Network,
+}
+
+/// Texts classified per forward pass.
+const CLASSIFY_BATCH: usize = 256;
+
+impl Classifier {
+    /// Verifies the artifacts against the manifest and loads them.
+    pub fn from_files(files: &ModelFiles) -> Result<Classifier> {
+        let manifest = files.verify()?;
+        let vocabulary = Vocabulary::from_json(&files.files[VOCABULARY_FILE])?;
+        let labels: Vec<String> = serde_json::from_slice(&files.files[LABELS_FILE])
+            .map_err(|e| Error::Invalid(format!("{LABELS_FILE}: {e}")))?;
+        let network =
+            Network::from_safetensors(manifest.architecture, &files.files[MODEL_FILE], &Device::Cpu)?;
+        if network.features()? != vocabulary.len() {
+            return Err(Error::Invalid(format!(
+                "the network takes {} features but the vocabulary has {}",
+                network.features()?,
+                vocabulary.len()
+            )));
+        }
+        if network.classes()? != labels.len() || labels.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the network has {} classes but {LABELS_FILE} names {}",
+                network.classes()?,
+                labels.len()
+            )));
+        }
+        Ok(Classifier {
+            manifest,
+            vocabulary,
+            labels,
+            network,
+        })
+    }
+
+    /// Loads and verifies the artifacts in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Classifier> {
+        Classifier::from_files(&ModelFiles::read_dir(dir)?)
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Class index → label.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The vocabulary.
+    pub fn vocabulary(&self) -> &Vocabulary {
+        &self.vocabulary
+    }
+
+    /// Classifies `texts`; a text's result does not depend on the others in the batch.
+    pub fn classify<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Prediction>> {
+        let mut predictions = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(CLASSIFY_BATCH) {
+            let batch = self.vocabulary.transform(chunk);
+            let probabilities = probabilities(&self.network.logits(&batch)?)?.to_vec2::<f32>()?;
+            predictions.extend(probabilities.into_iter().map(|probabilities| Prediction {
+                class: argmax(&probabilities),
+                probabilities,
+            }));
+        }
+        Ok(predictions)
+    }
+}
+
+/// Index of the largest value, the first on a tie.
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
