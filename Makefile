@@ -3,7 +3,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest
+.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest bench-train
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ run: ## Run the operator as a local process against the current kubeconfig
 
 bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
 	hack/bench-ingest.sh
+
+bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet_emotion (quality and time)
+	hack/bench-train.sh
 
 tools: ## Build the pinned Kubernetes tools (hack/versions.env) into ~/.cache/miniautoml/tools
 	@hack/tools.sh >/dev/null

@@ -275,3 +275,113 @@ pub fn argmax(values: &[f32]) -> usize {
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Tensor;
+
+    use super::*;
+    use crate::{FitOptions, Tokenizer, Weighting};
+
+    const TEXTS: [&str; 4] = [
+        "I am so happy today",
+        "this makes me angry",
+        "happy happy joy",
+        "so angry now",
+    ];
+
+    fn model(labels: &[&str]) -> ModelFiles {
+        let options = FitOptions {
+            tokenizer: Tokenizer {
+                word_ngrams: Some([1, 2]),
+                char_ngrams: Some([2, 3]),
+            },
+            weighting: Weighting::SublinearTfIdf,
+            min_df: 1,
+        };
+        let vocabulary = Vocabulary::fit(&TEXTS, &options).unwrap();
+        let features = vocabulary.len();
+        // Weights that make "happy" texts class 0 and "angry" texts class 1.
+        let mut weight = vec![0f32; features * 2];
+        for (i, term) in vocabulary.word_terms.iter().enumerate() {
+            if term.contains("happy") || term.contains("joy") {
+                weight[i * 2] = 3.0;
+            }
+            if term.contains("angry") {
+                weight[i * 2 + 1] = 3.0;
+            }
+        }
+        let network = Network::NgramNb {
+            weight: Tensor::from_vec(weight, (features, 2), &Device::Cpu).unwrap(),
+            bias: Tensor::from_vec(vec![0.1f32, 0.0], 2, &Device::Cpu).unwrap(),
+        };
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        let manifest = Manifest {
+            format: String::new(),
+            algorithm: "intent-classification".into(),
+            architecture: Architecture::NgramNb,
+            framework: "candle".into(),
+            code_version: "test".into(),
+            hyperparameters: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            data: BTreeMap::new(),
+            files: BTreeMap::new(),
+        };
+        ModelFiles::build(&network, &vocabulary, &labels, manifest).unwrap()
+    }
+
+    #[test]
+    fn a_saved_model_loads_and_classifies_each_text_as_it_would_alone() {
+        let dir = std::env::temp_dir().join(format!("intent-model-{}", std::process::id()));
+        model(&["joy", "anger"]).write_dir(&dir).unwrap();
+        let classifier = Classifier::load_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(classifier.labels(), ["joy", "anger"]);
+        assert_eq!(classifier.manifest().files.len(), 3);
+        let batch = classifier.classify(&TEXTS).unwrap();
+        let classes: Vec<usize> = batch.iter().map(|p| p.class).collect();
+        assert_eq!(classes, [0, 1, 0, 1]);
+        for (text, in_batch) in TEXTS.iter().zip(&batch) {
+            let alone = &classifier.classify(&[text]).unwrap()[0];
+            assert_eq!(alone, in_batch, "{text}");
+            let sum: f32 = alone.probabilities.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-6);
+        }
+        // A text with no known feature falls back on the bias.
+        assert_eq!(classifier.classify(&["zzz"]).unwrap()[0].class, 0);
+        assert!(classifier.classify::<&str>(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_or_missing_artifact_is_refused_by_name() {
+        let mut corrupt = model(&["joy", "anger"]);
+        let bytes = corrupt.files.get_mut(MODEL_FILE).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        let error = Classifier::from_files(&corrupt).unwrap_err();
+        assert!(
+            matches!(&error, Error::Checksum { file, .. } if file == MODEL_FILE),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("model.safetensors is corrupt"),
+            "{error}"
+        );
+
+        for name in [VOCABULARY_FILE, MANIFEST_FILE] {
+            let mut missing = model(&["joy", "anger"]);
+            missing.files.remove(name);
+            let error = Classifier::from_files(&missing).unwrap_err();
+            assert_eq!(error.to_string(), format!("artifact {name} is missing"));
+        }
+    }
+
+    #[test]
+    fn labels_that_do_not_fit_the_network_are_refused() {
+        let error = Classifier::from_files(&model(&["joy", "anger", "fear"])).unwrap_err();
+        assert!(
+            error.to_string().contains("2 classes but labels.json names 3"),
+            "{error}"
+        );
+    }
+}

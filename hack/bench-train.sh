@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Benchmark: the intent-classification trainer against issue #5's classical baseline, side by
+# side in one run on this machine.
+#
+#   hack/bench-train.sh [RUNS]        default RUNS=3 (each row is the median of RUNS runs)
+#
+# Every row trains on tweet_emotion part 1 + part 2 (testdata/, 3257 rows, the official train
+# split) and is scored on the official test split (../shared/data/tweet_emotion/test.csv, or
+# $TWEET_EMOTION_TEST). Rows:
+#   baseline  scikit-learn TF-IDF word 1-2 + char_wb 2-5 (sublinear) + LinearSVC(C=0.5, balanced)
+#   ngram-nb  our default (release build, CPU)
+#   original  the original MiniAutoML network (EmbeddingBag + 3 linear layers, its defaults)
+# ngram-nb-1core is ngram-nb pinned to one core with one thread, like the baseline.
+# "train s" is fitting the features and the model, not reading files. Goal: ngram-nb macro-F1
+# >= 0.663 and train s <= 2x the baseline's. scikit-learn is installed into a virtualenv under
+# ~/.cache/miniautoml (pinned below) on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+SKLEARN_VERSION=1.9.1
+DATA=testdata/tweet_emotion
+TRAIN=("$DATA/tweet_emotion_part1.csv" "$DATA/tweet_emotion_part2.csv")
+TEST=${TWEET_EMOTION_TEST:-../shared/data/tweet_emotion/test.csv}
+[ -f "$TEST" ] || { echo "bench-train: test split $TEST not found (set TWEET_EMOTION_TEST)" >&2; exit 1; }
+VENV=${XDG_CACHE_HOME:-$HOME/.cache}/miniautoml/bench-venv-sklearn-$SKLEARN_VERSION
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bench-train: installing scikit-learn $SKLEARN_VERSION into $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "scikit-learn==$SKLEARN_VERSION"
+fi
+cargo build --release --locked --quiet -p miniautoml-intent-classification --bin intent-classification
+TRAINER=target/release/intent-classification
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+
+baseline_row() {
+  local seconds=() out
+  for _ in $(seq "$RUNS"); do
+    out=$("$VENV/bin/python" hack/bench/train_baseline.py "${TRAIN[@]}" "$TEST")
+    seconds+=("$(awk '$1=="seconds"{print $2}' <<<"$out")")
+  done
+  local s; s=$(printf '%s\n' "${seconds[@]}" | median)
+  local n; n=$(awk '$1=="examples"{print $2}' <<<"$out")
+  printf '%-15s %8s %9s %9.3f %12.0f  %s\n' baseline "$(awk '$1=="accuracy"{print $2}' <<<"$out")" \
+    "$(awk '$1=="macro_f1"{print $2}' <<<"$out")" "$s" "$(awk -v n="$n" -v s="$s" 'BEGIN{print n/s}')" "$(head -1 <<<"$out"), 1 pass"
+  BASELINE_SECONDS=$s
+}
+
+ours_row() { # NAME PARAM...   ($PIN: a command prefix, e.g. to pin to one core)
+  local name=$1; shift
+  local params=(--param TEST_FRACTION=0 --param VALIDATION_FRACTION=0)
+  for p in "$@"; do params+=(--param "$p"); done
+  local seconds=() rates=() out
+  for _ in $(seq "$RUNS"); do
+    out=$(${PIN:-} "$TRAINER" train --data "${TRAIN[@]}" --out "$WORK/$name" "${params[@]}")
+    seconds+=("$(sed -n 's/^trained in \([0-9.]*\) s (\([0-9]*\) examples\/s).*/\1/p' <<<"$out")")
+    rates+=("$(sed -n 's/^trained in \([0-9.]*\) s (\([0-9]*\) examples\/s).*/\2/p' <<<"$out")")
+  done
+  local epochs; epochs=$(python3 -c "import json;print(json.load(open('$WORK/$name/manifest.json'))['hyperparameters']['EPOCHS'])")
+  local eval; eval=$("$TRAINER" eval --model "$WORK/$name" --data "$TEST")
+  local s; s=$(printf '%s\n' "${seconds[@]}" | median)
+  printf '%-15s %8s %9s %9.3f %12s  %s\n' "$name" "$(awk '$1=="accuracy"{print $2}' <<<"$eval")" \
+    "$(awk '$1=="macro-F1"{print $2}' <<<"$eval")" "$s" "$(printf '%s\n' "${rates[@]}" | median)" "candle, $epochs epochs"
+  local key=${name//[^a-z]/_}
+  eval "${key}_SECONDS=$s; ${key}_F1=$(awk '$1=="macro-F1"{print $2}' <<<"$eval")"
+}
+
+echo "tweet_emotion: train ${TRAIN[*]} (3257 rows), test $TEST; median of $RUNS runs; $(nproc) cores"
+printf '%-15s %8s %9s %9s %12s  %s\n' model accuracy macro-F1 "train s" "examples/s" notes
+baseline_row
+ours_row ngram-nb
+# The baseline (liblinear) uses one core; candle uses both. The same, on one core and thread:
+if command -v taskset >/dev/null; then
+  PIN="env RAYON_NUM_THREADS=1 taskset -c 0" ours_row ngram-nb-1core
+fi
+ours_row original ARCHITECTURE=embedding-bag
+echo
+awk -v f1="$ngram_nb_F1" -v ours="$ngram_nb_SECONDS" -v base="$BASELINE_SECONDS" 'BEGIN {
+  ratio = ours / base
+  printf "goal: ngram-nb macro-F1 %.4f >= 0.663: %s; train time %.2fx the baseline <= 2x: %s\n",
+    f1, (f1 >= 0.663 ? "met" : "MISSED"), ratio, (ratio <= 2 ? "met" : "MISSED")
+}'
