@@ -27,14 +27,14 @@ not_built() {
   cat <<'EOT'
 
 Not built yet (the demo grows with each piece):
-  - the intent-classification trainer                                   (issue #5)
   - TrainingJobs running as Kubernetes Jobs, live metrics in status    (issue #6)
   - the predictor, ModelDeployments and Predict                         (issue #7)
 EOT
 }
 
-step "Build the operator"
+step "Build the operator and the trainer"
 cargo build --quiet --locked -p miniautoml-operator --bins
+cargo build --quiet --locked --release -p miniautoml-intent-classification --bin intent-classification
 OPERATOR=target/debug/miniautoml-operator
 
 step "Check the example manifests against the API types and their CEL rules"
@@ -111,7 +111,17 @@ if command -v grpcurl >/dev/null 2>&1; then
   if [ -n "${S3_ENDPOINT:-}" ]; then
     step "The original dataset workflow over gRPC (hack/grpc-datasets.sh)"
     kubectl delete dataset -n "$NAMESPACE" tweets-grpc --ignore-not-found --wait
-    GRPC_ADDR=$GRPC_ADDR hack/grpc-datasets.sh tweets-grpc
+    GRPC_ADDR=$GRPC_ADDR hack/grpc-datasets.sh tweets-grpc | tee "$WORK/grpc.log"
+    # The snapshot's root folder: the path in FetchTrainingDataset's "root" FileInfo.
+    root=$(awk -F'"' '/"root": \{/ { inroot = 1 } inroot && $2 == "path" { sub(/\/$/, "", $4); print $4; exit }' "$WORK/grpc.log")
+    step "Train the intent classifier on that snapshot (s3://$S3_BUCKET/$root)"
+    echo "(the trainer's local command on the snapshot's files; TrainingJobs run it on the cluster with issue #6)"
+    mkdir -p "$WORK/snapshot"
+    s3_get "$root/examples.csv" "$WORK/snapshot/examples.csv"
+    s3_get "$root/labels.csv" "$WORK/snapshot/labels.csv"
+    target/release/intent-classification train --data "$WORK/snapshot" --out "$WORK/model"
+    jq -c '{architecture, framework, metrics}' "$WORK/model/manifest.json" 2>/dev/null \
+      || cat "$WORK/model/manifest.json"
   fi
 fi
 

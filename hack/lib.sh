@@ -28,6 +28,15 @@ require_tools() {
   fi
 }
 
+# s3_get KEY FILE: downloads s3://$S3_BUCKET/KEY to FILE (as s3_put, unsigned payload).
+s3_get() {
+  local key=$1 file=$2
+  curl -fsS --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" \
+    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
+    -o "$file" "$S3_ENDPOINT/$S3_BUCKET/$key"
+}
+
 # s3_put FILE KEY: uploads FILE to s3://$S3_BUCKET/KEY on $S3_ENDPOINT with SigV4 (curl), using
 # the env file's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_REGION.
 s3_put() {

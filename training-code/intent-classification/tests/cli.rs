@@ -120,3 +120,26 @@ fn a_bad_parameter_is_named() {
     ]);
     assert!(text(&output).contains("expected NAME=VALUE"), "{}", text(&output));
 }
+
+#[test]
+fn the_same_data_and_seed_give_the_same_model_bit_for_bit() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("intent-seed-{}", std::process::id()));
+    let train = |name: &str, seed: &str| {
+        let out = dir.join(name);
+        let output = trainer(&[
+            "train",
+            "--data",
+            &part(2),
+            "--out",
+            out.to_str().unwrap(),
+            "--param",
+            &format!("SEED={seed}"),
+        ]);
+        assert!(output.status.success(), "{}", text(&output));
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let (first, again, other) = (train("a", "7"), train("b", "7"), train("c", "8"));
+    assert!(first == again, "two runs with SEED=7 differ");
+    assert!(first != other, "SEED=8 gave the same model as SEED=7");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
