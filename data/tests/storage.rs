@@ -2,15 +2,7 @@
 
 use miniautoml_api::{DatasetType, ObjectSource};
 use miniautoml_data::{IngestError, Store, build_snapshot, ingest_commit, layout, version_hash};
-use miniautoml_test_support::{LocalCluster, repo_root};
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+use miniautoml_test_support::{LocalCluster, repo_root, unique};
 
 async fn upload(store: &Store, key: &str, data: Vec<u8>) -> ObjectSource {
     store.put(key, data, "text/csv").await.unwrap();

@@ -67,6 +67,15 @@ pub fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `<prefix>-<pid>-<nanoseconds>`: a name no other test run uses (for object keys).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
 /// Connection details of the running local cluster, from its env file.
 #[derive(Clone, Debug)]
 pub struct LocalCluster {

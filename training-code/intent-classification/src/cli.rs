@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::Device;
 use miniautoml_intent_model::Classifier;
 
-use crate::data::{Examples, Split};
+use crate::data::Examples;
 use crate::hyperparameters::Hyperparameters;
 use crate::package::{Provenance, evaluate_file, package};
 use crate::train::{EpochReport, train as train_model};
@@ -43,12 +43,7 @@ pub fn train(data: &[PathBuf], out: &Path, params: &[String]) -> Result<()> {
     }
     let hyperparameters = Hyperparameters::from_lookup(|name| values.get(name).cloned())?;
     let examples = Examples::read(data)?;
-    let split = Split::new(
-        examples.len(),
-        hyperparameters.seed,
-        hyperparameters.validation_fraction,
-        hyperparameters.test_fraction,
-    )?;
+    let split = hyperparameters.split(examples.len())?;
     let device = training_device()?;
     println!(
         "training {} on {} examples ({} train, {} validation, {} test), {} labels, on {device:?}",

@@ -163,6 +163,11 @@ impl Hyperparameters {
         Ok(hyperparameters)
     }
 
+    /// The seeded split of `n` examples these hyperparameters ask for.
+    pub fn split(&self, n: usize) -> Result<crate::data::Split> {
+        crate::data::Split::new(n, self.seed, self.validation_fraction, self.test_fraction)
+    }
+
     /// Every value, by variable name, as recorded in the manifest.
     pub fn to_map(&self) -> BTreeMap<String, String> {
         let mut map = BTreeMap::new();

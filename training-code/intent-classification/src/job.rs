@@ -27,7 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{describe_epoch, training_device};
 use crate::contract::{JobConfig, endpoint_url};
-use crate::data::{Examples, Split};
+use crate::data::Examples;
 use crate::package::{CODE_VERSION, Provenance, package};
 use crate::train::{EpochReport, train};
 use crate::{Error, Result};
@@ -220,12 +220,7 @@ fn run_started(
             .map_err(|e| Error::Storage(format!("training data {name}: {e}")))
     };
     let examples = Examples::from_snapshot(&read("examples.csv")?, &read("labels.csv")?)?;
-    let split = Split::new(
-        examples.len(),
-        hyperparameters.seed,
-        hyperparameters.validation_fraction,
-        hyperparameters.test_fraction,
-    )?;
+    let split = hyperparameters.split(examples.len())?;
     let device = training_device()?;
     println!(
         "run {} rank {}/{}: {} on {} examples ({} train, {} validation, {} test), {} labels, on {device:?}",

@@ -16,7 +16,7 @@ use miniautoml_proto::metadata_store as pb;
 use miniautoml_proto::metadata_store::metadata_store_service_server::{
     MetadataStoreService, MetadataStoreServiceServer,
 };
-use miniautoml_test_support::{LocalCluster, repo_root};
+use miniautoml_test_support::{LocalCluster, repo_root, unique};
 use tonic::{Request, Response, Status};
 
 const TOKEN: &str = "run-token-for-the-test";
@@ -172,12 +172,16 @@ async fn metadata_store(bucket: &str, path: &str) -> (SocketAddr, Recorder) {
     (addr, recorder)
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
+/// The reason of the run's last call, which must be LogRunEnd(false, reason).
+fn failure_reason(calls: &[Call]) -> &str {
+    match calls.last() {
+        Some(Call::End {
+            success: false,
+            message,
+            ..
+        }) => message,
+        _ => panic!("the run did not end with a failure: {calls:#?}"),
+    }
 }
 
 fn tweet_emotion() -> Vec<PathBuf> {
@@ -363,14 +367,7 @@ async fn a_run_reports_every_step_and_its_artifacts_reproduce_the_test_accuracy(
     let output = run_trainer(contract(cluster, addr, &snapshot)).await;
     assert!(!output.status.success(), "{}", log(&output));
     let calls = recorder.calls.lock().unwrap().clone();
-    let Some(Call::End {
-        success: false,
-        message,
-        ..
-    }) = calls.last()
-    else {
-        panic!("{calls:#?}")
-    };
+    let message = failure_reason(&calls);
     assert!(message.contains("never overwritten"), "{message}");
     let after = store.read(&format!("{model_path}/manifest.json")).await.unwrap();
     assert_eq!(after, files.files["manifest.json"]);
@@ -385,14 +382,7 @@ async fn a_failed_step_ends_the_run_with_its_reason_and_a_non_zero_exit() {
     assert!(!output.status.success(), "{}", log(&output));
     let calls = recorder.calls.lock().unwrap().clone();
     assert!(matches!(calls[0], Call::Start { .. }), "{calls:#?}");
-    let Some(Call::End {
-        success: false,
-        message,
-        ..
-    }) = calls.last()
-    else {
-        panic!("{calls:#?}")
-    };
+    let message = failure_reason(&calls);
     assert!(message.contains("examples.csv"), "{message}");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("examples.csv"),
