@@ -15,6 +15,16 @@ pub fn snapshot_prefix(namespace: &str, name: &str, version_hash: &str) -> Strin
     format!("datasets/{namespace}/{name}/snapshots/{version_hash}/")
 }
 
+/// A training run's model artifacts (immutable: one folder per run).
+pub fn model_prefix(namespace: &str, training_job: &str, run_uid: &str) -> String {
+    format!("models/{namespace}/{training_job}/{run_uid}/")
+}
+
+/// A training run's full epoch history, one object per epoch (`<rank>-<epoch>.json`).
+pub fn run_history_prefix(namespace: &str, training_job: &str, run_uid: &str) -> String {
+    format!("runs/{namespace}/{training_job}/{run_uid}/epochs/")
+}
+
 /// Files of a TextIntent commit or snapshot.
 pub const EXAMPLES: &str = "examples.csv";
 /// Label ids and names.

@@ -36,6 +36,12 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_GRPC_NAMESPACE", default_value = "default")]
     pub grpc_namespace: String,
 
+    /// `host:port` at which training pods reach this operator's gRPC server (the trainers'
+    /// `METADATA_STORE_SERVER`), e.g. `miniautoml-operator.miniautoml.svc:51001`. Without it
+    /// TrainingJobs wait with a condition.
+    #[arg(long, env = "MINIAUTOML_METADATA_STORE_ADDRESS")]
+    pub metadata_store_address: Option<String>,
+
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "MINIAUTOML_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,

@@ -62,6 +62,10 @@ pub enum Error {
     #[error("{0}")]
     Finalizer(String),
 
+    /// Allocating a numeric id kept losing compare-and-swap races.
+    #[error("allocating an id from ConfigMap {0} kept conflicting")]
+    IdConflict(String),
+
     /// Object storage failed in a way worth retrying.
     #[error("object storage: {0}")]
     Storage(String),
@@ -96,6 +100,7 @@ impl Error {
             Error::MissingField { .. } => "missing_field",
             Error::Finalizer(_) => "finalizer",
             Error::Storage(_) => "storage",
+            Error::IdConflict(_) => "id_conflict",
         }
     }
 }

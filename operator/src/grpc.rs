@@ -2,6 +2,8 @@
 //! implemented), standard gRPC health checking and server reflection for grpcurl.
 
 pub mod data_management;
+pub mod metadata_store;
+pub mod training;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -10,16 +12,30 @@ use tonic_health::ServingStatus;
 
 use crate::{Error, Result, readiness::Readiness};
 
+/// The original system's services this server runs (tests of the bare server leave them out).
+#[derive(Default)]
+pub struct Services {
+    /// `data_management.DataManagementService`.
+    pub data: Option<data_management::DataManagement>,
+    /// `metadata_store.MetadataStoreService`.
+    pub metadata: Option<metadata_store::MetadataStore>,
+    /// `training.TrainingService`.
+    pub training: Option<training::Training>,
+}
+
 /// Serves gRPC on `listener` until `shutdown` fires. Health turns NOT_SERVING first, so clients
 /// and load balancers stop sending before the listener closes.
-/// `data`: the DataManagementService, when the operator runs one (tests of the bare server
-/// leave it out).
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
     shutdown: CancellationToken,
-    data: Option<data_management::DataManagement>,
+    services: Services,
 ) -> Result<()> {
+    let Services {
+        data,
+        metadata,
+        training,
+    } = services;
     let part = readiness.component("grpc");
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -57,6 +73,12 @@ pub async fn serve(
         .add_optional_service(data.map(
             miniautoml_proto::data_management::data_management_service_server::DataManagementServiceServer::new,
         ))
+        .add_optional_service(metadata.map(
+            miniautoml_proto::metadata_store::metadata_store_service_server::MetadataStoreServiceServer::new,
+        ))
+        .add_optional_service(
+            training.map(miniautoml_proto::training::training_service_server::TrainingServiceServer::new),
+        )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
         .await?;
     Ok(())

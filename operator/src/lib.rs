@@ -7,6 +7,7 @@ pub mod config;
 pub mod controller;
 mod error;
 pub mod grpc;
+pub mod ids;
 pub mod metrics;
 pub mod preflight;
 pub mod readiness;
@@ -52,6 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         std::env::var("POD_NAME").ok(),
     );
     ctx.watch_namespace = config.watch_namespace.clone();
+    ctx.training = training_settings(&config);
     let ctx = Arc::new(ctx);
 
     // A server that cannot start stops everything, so the process exits with its error.
@@ -65,12 +67,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         stop_on_error(admin::serve(admin_listener, metrics, readiness.clone(), shutdown.clone()).await)
     };
     let data = grpc::data_management::DataManagement::new(ctx.clone(), config.grpc_namespace.clone());
+    let metadata = grpc::metadata_store::MetadataStore::new(ctx.clone());
+    let training = grpc::training::Training::new(ctx.clone(), config.grpc_namespace.clone());
     let grpc = async {
-        stop_on_error(grpc::serve(grpc_listener, readiness.clone(), shutdown.clone(), Some(data)).await)
+        stop_on_error(
+            grpc::serve(
+                grpc_listener,
+                readiness.clone(),
+                shutdown.clone(),
+                grpc::Services {
+                    data: Some(data),
+                    metadata: Some(metadata),
+                    training: Some(training),
+                },
+            )
+            .await,
+        )
     };
     let controllers = controller::run(ctx, readiness.clone(), shutdown.clone());
     let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
     admin.and(grpc)
+}
+
+/// What training runs need, when storage credentials and the metadata store address are set.
+fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
+    let (Ok(access_key), Ok(secret_key)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) else {
+        return None;
+    };
+    let Some(address) = config.metadata_store_address.clone() else {
+        tracing::warn!("no --metadata-store-address: TrainingJobs will wait until one is configured");
+        return None;
+    };
+    Some(controller::TrainingSettings {
+        metadata_store_address: address,
+        s3_endpoint: config.s3_endpoint.clone(),
+        s3_region: config.s3_region.clone(),
+        bucket: config.bucket.clone(),
+        credentials: (access_key, secret_key),
+        id_namespace: config.grpc_namespace.clone(),
+    })
 }
 
 /// The bucket, when credentials are in the environment (AWS_ACCESS_KEY_ID and

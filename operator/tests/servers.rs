@@ -47,7 +47,12 @@ async fn grpc_serves_health_and_reflection_and_shuts_down_gracefully() {
     let addr = listener.local_addr().unwrap();
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(grpc::serve(listener, readiness.clone(), shutdown.clone(), None));
+    let server = tokio::spawn(grpc::serve(
+        listener,
+        readiness.clone(),
+        shutdown.clone(),
+        grpc::Services::default(),
+    ));
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

@@ -186,6 +186,20 @@ impl LocalCluster {
     }
 }
 
+/// The operator's log for `namespace`'s tests: `$TMPDIR/miniautoml-operator-<namespace>.log`.
+pub fn operator_log_path(namespace: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("miniautoml-operator-{namespace}.log"))
+}
+
+fn operator_log(namespace: &str) -> std::process::Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(operator_log_path(namespace))
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|_| std::process::Stdio::null())
+}
+
 /// An operator binary running against the local cluster and its S3 server, scoped to one
 /// namespace (`--watch-namespace` and `--grpc-namespace`); killed when dropped.
 pub struct OperatorProcess {
@@ -209,12 +223,14 @@ impl OperatorProcess {
                 format!("--grpc-namespace={namespace}"),
                 format!("--s3-endpoint={}", cluster.s3_endpoint),
                 format!("--bucket={}", cluster.s3_bucket),
+                // Pods on the process node are local processes: they reach it on loopback.
+                format!("--metadata-store-address={grpc_addr}"),
             ])
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("AWS_ACCESS_KEY_ID", &cluster.s3_access_key)
             .env("AWS_SECRET_ACCESS_KEY", secret_key)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(operator_log(namespace))
             .spawn()
             .unwrap_or_else(|e| panic!("{binary}: {e}"));
         OperatorProcess { child, grpc_addr }

@@ -55,6 +55,26 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// Snapshots being built by this process (`namespace/dataset/hash`).
     pub snapshot_builds: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// What training runs need; `None` until storage and the metadata store address are
+    /// configured (TrainingJobs then wait with a condition).
+    pub training: Option<TrainingSettings>,
+}
+
+/// What a training run's pods are given.
+#[derive(Clone, Debug)]
+pub struct TrainingSettings {
+    /// `host:port` of this operator's gRPC server as the pods reach it.
+    pub metadata_store_address: String,
+    /// S3 endpoint URL for the trainers (`None`: AWS S3).
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: String,
+    /// The bucket of data and models.
+    pub bucket: String,
+    /// Storage credentials copied into each run's Secret.
+    pub credentials: (String, String),
+    /// Namespace of the run-id counter.
+    pub id_namespace: String,
 }
 
 impl Context {
@@ -78,6 +98,7 @@ impl Context {
             store,
             watch_namespace: None,
             snapshot_builds: Default::default(),
+            training: None,
         }
     }
 }

@@ -8,10 +8,9 @@
 use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::wait::await_condition,
 };
 use miniautoml_api::{
@@ -52,46 +51,14 @@ impl DataManagement {
 
     /// Allocates the next dataset id.
     async fn allocate_id(&self) -> Result<u64, Status> {
-        let maps: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        for _ in 0..20 {
-            let current = maps.get_opt(ID_COUNTER).await.map_err(internal)?;
-            match current {
-                None => {
-                    let map = ConfigMap {
-                        metadata: ObjectMeta {
-                            name: Some(ID_COUNTER.into()),
-                            ..Default::default()
-                        },
-                        data: Some([("next".to_string(), "2".to_string())].into()),
-                        ..Default::default()
-                    };
-                    match maps.create(&PostParams::default(), &map).await {
-                        Ok(_) => return Ok(1),
-                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                        Err(error) => return Err(internal(error)),
-                    }
+        crate::ids::allocate(&self.ctx.client, &self.namespace, ID_COUNTER)
+            .await
+            .map_err(|e| match e {
+                crate::Error::IdConflict(_) => {
+                    Status::aborted("allocating a dataset id kept conflicting; try again")
                 }
-                Some(mut map) => {
-                    let next: u64 = map
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get("next"))
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(1);
-                    map.data
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert("next".into(), (next + 1).to_string());
-                    match maps.replace(ID_COUNTER, &PostParams::default(), &map).await {
-                        Ok(_) => return Ok(next),
-                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                        Err(error) => return Err(internal(error)),
-                    }
-                }
-            }
-        }
-        Err(Status::aborted(
-            "allocating a dataset id kept conflicting; try again",
-        ))
+                other => internal(other),
+            })
     }
 
     /// Every Dataset of the namespace by id, giving ids to those without one.

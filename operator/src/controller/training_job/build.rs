@@ -1,0 +1,433 @@
+//! Pure builders of what a TrainingJob runs: the per-run Secret, the batch/v1 Job and, for
+//! several workers, the headless Service that gives rank 0 a stable name.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::{
+            Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+            ResourceRequirements, Secret, SecretKeySelector, Service, ServiceSpec, Toleration,
+        },
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::{Resource, ResourceExt, api::ObjectMeta};
+use miniautoml_api::TrainingJob;
+
+/// Label naming the TrainingJob on everything it owns.
+pub const TRAINING_JOB_LABEL: &str = "miniautoml.io/trainingjob";
+/// Label holding a TrainingJob's numeric run id.
+pub const RUN_ID_LABEL: &str = "miniautoml.io/run-id";
+/// Key of the run token in the per-run Secret.
+pub const TOKEN_KEY: &str = "token";
+/// The port rank 0 listens on for the other ranks.
+pub const MASTER_PORT: i32 = 23456;
+/// The container's name in the workers' pods.
+pub const CONTAINER: &str = "trainer";
+
+/// Where the run gets its data and reports: the resolved inputs of [`build_job`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunInputs {
+    /// Numeric run id (`JOB_ID`).
+    pub run_id: u64,
+    /// The training image.
+    pub image: String,
+    /// `host:port` of the operator's gRPC server, as the pods reach it.
+    pub metadata_store: String,
+    /// Dataset id for the contract (its numeric id when it has one, else its name).
+    pub dataset_id: String,
+    /// The snapshot's version hash.
+    pub version_hash: String,
+    /// Bucket of data and models.
+    pub bucket: String,
+    /// The snapshot's folder.
+    pub data_path: String,
+    /// S3 endpoint URL given to the trainer.
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: String,
+}
+
+/// Name of the run's Job (and of its headless Service).
+pub fn job_name(job: &TrainingJob) -> String {
+    format!("{}-train", truncate(&job.name_any(), 50))
+}
+
+/// Name of the run's Secret (token and storage credentials).
+pub fn secret_name(job: &TrainingJob) -> String {
+    format!("{}-run", truncate(&job.name_any(), 50))
+}
+
+fn truncate(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches('-')
+}
+
+fn labels(job: &TrainingJob, run_id: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (TRAINING_JOB_LABEL.to_string(), job.name_any()),
+        (RUN_ID_LABEL.to_string(), run_id.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "miniautoml-operator".to_string(),
+        ),
+    ])
+}
+
+fn owned_meta(job: &TrainingJob, name: String, run_id: u64) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: job.namespace(),
+        labels: Some(labels(job, run_id)),
+        owner_references: job.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+/// The run's Secret: the token only this run's pods can read (the metadata store checks it) and
+/// the storage credentials the trainer uses.
+pub fn build_secret(job: &TrainingJob, run_id: u64, token: &str, credentials: &(String, String)) -> Secret {
+    Secret {
+        metadata: owned_meta(job, secret_name(job), run_id),
+        string_data: Some(BTreeMap::from([
+            (TOKEN_KEY.to_string(), token.to_string()),
+            ("AWS_ACCESS_KEY_ID".to_string(), credentials.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), credentials.1.clone()),
+        ])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The contract's environment (ARCHITECTURE.md §5), hyperparameters last.
+pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
+    let secret = secret_name(job);
+    let mut vars = vec![
+        env("JOB_ID", inputs.run_id.to_string()),
+        env(
+            "ALGORITHM_NAME",
+            job.spec.algorithm.clone().unwrap_or_else(|| "custom".into()),
+        ),
+        env("METADATA_STORE_SERVER", &inputs.metadata_store),
+        env("TRAINING_DATASET_ID", &inputs.dataset_id),
+        env("TRAINING_DATASET_VERSION_HASH", &inputs.version_hash),
+        env("TRAINING_DATA_BUCKET", &inputs.bucket),
+        env("TRAINING_DATA_PATH", &inputs.data_path),
+        env("MODEL_BUCKET", &inputs.bucket),
+        env("MODEL_NAME", &job.spec.output_model_name),
+        env("AWS_REGION", &inputs.s3_region),
+        from_secret("AWS_ACCESS_KEY_ID", &secret, "AWS_ACCESS_KEY_ID"),
+        from_secret("AWS_SECRET_ACCESS_KEY", &secret, "AWS_SECRET_ACCESS_KEY"),
+        from_secret("MINIO_SERVER_ACCESS_KEY", &secret, "AWS_ACCESS_KEY_ID"),
+        from_secret("MINIO_SERVER_SECRET_KEY", &secret, "AWS_SECRET_ACCESS_KEY"),
+        from_secret("MINIAUTOML_RUN_TOKEN", &secret, TOKEN_KEY),
+    ];
+    if let Some(endpoint) = &inputs.s3_endpoint {
+        vars.push(env("AWS_ENDPOINT_URL", endpoint));
+        vars.push(env("MINIO_SERVER", endpoint));
+    }
+    let workers = job.spec.workers.max(1);
+    vars.push(env("WORLD_SIZE", workers.to_string()));
+    if workers > 1 {
+        vars.push(EnvVar {
+            name: "RANK".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.annotations['batch.kubernetes.io/job-completion-index']".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let name = job_name(job);
+        vars.push(env("MASTER_ADDR", format!("{name}-0.{name}")));
+    } else {
+        vars.push(env("RANK", "0"));
+        vars.push(env("MASTER_ADDR", "localhost"));
+    }
+    vars.push(env("MASTER_PORT", MASTER_PORT.to_string()));
+    vars.extend(job.spec.parameters.iter().map(|(k, v)| env(k, v)));
+    vars
+}
+
+fn resources(job: &TrainingJob) -> Option<ResourceRequirements> {
+    let spec = &job.spec.resources;
+    let mut quantities = BTreeMap::new();
+    if let Some(cpu) = &spec.cpu {
+        quantities.insert("cpu".to_string(), cpu.clone());
+    }
+    if let Some(memory) = &spec.memory {
+        quantities.insert("memory".to_string(), memory.clone());
+    }
+    if spec.gpus > 0 {
+        quantities.insert("nvidia.com/gpu".to_string(), Quantity(spec.gpus.to_string()));
+    }
+    (!quantities.is_empty()).then(|| ResourceRequirements {
+        requests: Some(quantities.clone()),
+        limits: Some(quantities),
+        ..Default::default()
+    })
+}
+
+fn tolerations(job: &TrainingJob) -> Option<Vec<Toleration>> {
+    let mut tolerations = job.spec.tolerations.clone();
+    if job.spec.resources.gpus > 0
+        && !tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("nvidia.com/gpu"))
+    {
+        tolerations.push(Toleration {
+            key: Some("nvidia.com/gpu".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        });
+    }
+    (!tolerations.is_empty()).then_some(tolerations)
+}
+
+/// The batch/v1 Job running every worker: one pod per rank (an Indexed Job for several), never
+/// restarted in place (`backoffLimit` retries a failed pod), suspended under Kueue.
+pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
+    let workers = job.spec.workers.max(1);
+    let mut meta = owned_meta(job, job_name(job), inputs.run_id);
+    let mut pod_labels = labels(job, inputs.run_id);
+    if let Some(queue) = &job.spec.queue_name {
+        meta.labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("kueue.x-k8s.io/queue-name".into(), queue.clone());
+        pod_labels.insert("kueue.x-k8s.io/queue-name".into(), queue.clone());
+    }
+    Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            completions: Some(workers),
+            parallelism: Some(workers),
+            completion_mode: Some(if workers > 1 { "Indexed" } else { "NonIndexed" }.into()),
+            backoff_limit: Some(job.spec.backoff_limit),
+            active_deadline_seconds: job.spec.active_deadline_seconds,
+            suspend: job.spec.queue_name.as_ref().map(|_| true),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    subdomain: (workers > 1).then(|| job_name(job)),
+                    node_selector: (!job.spec.node_selector.is_empty())
+                        .then(|| job.spec.node_selector.clone()),
+                    tolerations: tolerations(job),
+                    containers: vec![Container {
+                        name: CONTAINER.into(),
+                        image: Some(inputs.image.clone()),
+                        env: Some(contract_env(job, inputs)),
+                        resources: resources(job),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The headless Service that names rank 0 (`<job>-0.<job>`) for the other ranks.
+pub fn build_service(job: &TrainingJob, run_id: u64) -> Service {
+    Service {
+        metadata: owned_meta(job, job_name(job), run_id),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(BTreeMap::from([(TRAINING_JOB_LABEL.to_string(), job.name_any())])),
+            publish_not_ready_addresses: Some(true),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> TrainingJob {
+        let mut job: TrainingJob =
+            serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
+        job.metadata.namespace = Some("team-a".into());
+        job.metadata.uid = Some("0a1b".into());
+        job
+    }
+
+    fn inputs() -> RunInputs {
+        RunInputs {
+            run_id: 7,
+            image: "miniautoml/intent-classification:0.1.0".into(),
+            metadata_store: "miniautoml-operator.miniautoml:51001".into(),
+            dataset_id: "3".into(),
+            version_hash: "hashBg==".into(),
+            bucket: "miniautoml".into(),
+            data_path: "datasets/team-a/tweet-emotion/snapshots/hashBg==".into(),
+            s3_endpoint: Some("http://minio:9000".into()),
+            s3_region: "us-east-1".into(),
+        }
+    }
+
+    fn env_of(job: &Job) -> BTreeMap<String, EnvVar> {
+        let container = &job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        container
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    #[test]
+    fn a_single_worker_job_carries_the_contract() {
+        let built = build_job(&fixture(), &inputs());
+        assert_eq!(built.metadata.name.as_deref(), Some("twitter-model-train"));
+        assert_eq!(
+            built.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "TrainingJob"
+        );
+        let spec = built.spec.as_ref().unwrap();
+        assert_eq!(
+            (spec.completions, spec.parallelism, spec.backoff_limit),
+            (Some(1), Some(1), Some(0))
+        );
+        assert_eq!(spec.completion_mode.as_deref(), Some("NonIndexed"));
+        let env = env_of(&built);
+        let value = |name: &str| env[name].value.clone().unwrap_or_default();
+        assert_eq!(value("JOB_ID"), "7");
+        assert_eq!(
+            value("TRAINING_DATA_PATH"),
+            "datasets/team-a/tweet-emotion/snapshots/hashBg=="
+        );
+        assert_eq!(value("TRAINING_DATASET_VERSION_HASH"), "hashBg==");
+        assert_eq!(value("MODEL_NAME"), "twitter-model");
+        assert_eq!(value("MINIO_SERVER"), "http://minio:9000");
+        assert_eq!((value("RANK"), value("WORLD_SIZE")), ("0".into(), "1".into()));
+        assert_eq!(value("EPOCHS"), "6");
+        let token = env["MINIAUTOML_RUN_TOKEN"]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (token.name.as_str(), token.key.as_str()),
+            ("twitter-model-run", TOKEN_KEY)
+        );
+        // No credentials in the Job itself.
+        assert!(env.values().all(|e| e.value.as_deref() != Some("secret")));
+        let resources = spec.template.spec.as_ref().unwrap().containers[0]
+            .resources
+            .clone()
+            .unwrap();
+        assert_eq!(resources.limits.unwrap()["cpu"], Quantity("1".into()));
+    }
+
+    #[test]
+    fn gpus_become_limits_and_a_toleration() {
+        let mut job = fixture();
+        job.spec.resources.gpus = 2;
+        job.spec.node_selector = BTreeMap::from([("pool".into(), "gpu".into())]);
+        let built = build_job(&job, &inputs());
+        let pod = built.spec.unwrap().template.spec.unwrap();
+        let limits = pod.containers[0].resources.clone().unwrap().limits.unwrap();
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("2".into()));
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("nvidia.com/gpu"));
+        assert_eq!(pod.node_selector.unwrap()["pool"], "gpu");
+    }
+
+    #[test]
+    fn several_workers_run_an_indexed_job_behind_a_headless_service() {
+        let mut job = fixture();
+        job.spec.workers = 3;
+        let built = build_job(&job, &inputs());
+        let spec = built.spec.as_ref().unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (Some(3), Some(3)));
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!(
+            spec.template.spec.as_ref().unwrap().subdomain.as_deref(),
+            Some("twitter-model-train")
+        );
+        let env = env_of(&built);
+        assert_eq!(env["WORLD_SIZE"].value.as_deref(), Some("3"));
+        assert_eq!(
+            env["MASTER_ADDR"].value.as_deref(),
+            Some("twitter-model-train-0.twitter-model-train")
+        );
+        let rank = env["RANK"]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap();
+        assert!(rank.field_path.contains("job-completion-index"));
+        let service = build_service(&job, 7);
+        assert_eq!(service.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    }
+
+    #[test]
+    fn a_queue_name_suspends_the_job_for_kueue() {
+        let mut job = fixture();
+        job.spec.queue_name = Some("team-a-queue".into());
+        let built = build_job(&job, &inputs());
+        assert_eq!(
+            built.metadata.labels.unwrap()["kueue.x-k8s.io/queue-name"],
+            "team-a-queue"
+        );
+        assert_eq!(built.spec.unwrap().suspend, Some(true));
+    }
+
+    #[test]
+    fn long_names_stay_within_kubernetes_limits() {
+        let mut job = fixture();
+        job.metadata.name = Some("a".repeat(200));
+        assert!(job_name(&job).len() <= 63);
+        assert!(secret_name(&job).len() <= 63);
+    }
+}

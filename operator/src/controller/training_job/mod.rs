@@ -1,0 +1,576 @@
+//! TrainingJob controller: dereference (run id, dataset snapshot) → validate → build the run's
+//! Secret, Job and (for several workers) headless Service → apply → status from the Job and its
+//! pods. The metadata store (`grpc::metadata_store`) writes what the trainer reports (epochs,
+//! message, artifact) into the same status; both write read-modify-write with resourceVersion.
+//!
+//! Phases: `Queued` (waiting for its snapshot), `Launching` (Job created, pods not running),
+//! `Running`, then `Succeeded` (every worker exited 0 and the artifact is recorded) or `Failed`.
+//! A finished run is never touched again.
+
+pub mod build;
+pub mod observe;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{Pod, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    core::DeserializeGuard,
+    runtime::{controller::Action, events::EventType},
+};
+use miniautoml_api::{
+    Dataset, SnapshotState, TrainingJob, TrainingJobSpec, TrainingJobStatus, training_job::TrainingPhase,
+};
+use miniautoml_data::SnapshotSelector;
+
+use self::build::{RUN_ID_LABEL, RunInputs, build_job, build_secret, build_service, job_name, secret_name};
+use self::observe::{Observed, observe};
+use super::{Context, MANAGER, Verdict, modify_status, publish, reconciled, report_unreadable};
+use crate::{
+    Result,
+    conditions::{self, ACCEPTED},
+    grpc::data_management::DATASET_ID_LABEL,
+    snapshots::{self, SnapshotError},
+};
+
+/// Condition: the dataset snapshot is Ready.
+pub const DATASET_READY: &str = "DatasetReady";
+/// Condition: the workers run (or ran).
+pub const RUNNING: &str = "Running";
+/// Condition: the run succeeded.
+pub const SUCCEEDED: &str = "Succeeded";
+/// Condition: the run failed.
+pub const FAILED: &str = "Failed";
+/// ConfigMap (in the operator's gRPC namespace) counting run ids.
+pub const RUN_ID_COUNTER: &str = "miniautoml-run-ids";
+
+reconciled!(TrainingJob, "trainingjob");
+
+/// The image a TrainingJob runs: `spec.image`, or its algorithm's configured image.
+pub fn resolve_image<'a>(
+    spec: &'a TrainingJobSpec,
+    algorithm_images: &'a BTreeMap<String, String>,
+) -> Result<&'a str, Verdict> {
+    if let Some(image) = &spec.image {
+        return Ok(image);
+    }
+    let Some(algorithm) = &spec.algorithm else {
+        // The CEL rule requires one of the two; an object stored before that rule still gets a
+        // clear answer.
+        return Err(Verdict::Invalid {
+            reason: "NoImage",
+            message: "set exactly one of spec.algorithm and spec.image".into(),
+        });
+    };
+    algorithm_images
+        .get(algorithm)
+        .map(String::as_str)
+        .ok_or_else(|| {
+            let known: Vec<&str> = algorithm_images.keys().map(String::as_str).collect();
+            Verdict::Invalid {
+                reason: "UnknownAlgorithm",
+                message: format!(
+                    "algorithm {algorithm:?} is not configured in the operator (configured: {}); \
+                 use one of those, set spec.image instead, or add it to the operator with \
+                 --algorithm {algorithm}=IMAGE",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            }
+        })
+}
+
+/// Validation beyond the schema: the image must be resolvable.
+pub fn validate(job: &TrainingJob, ctx: &Context) -> Verdict {
+    match resolve_image(&job.spec, &ctx.algorithm_images) {
+        Ok(_) => Verdict::Valid,
+        Err(invalid) => invalid,
+    }
+}
+
+/// Reconciles one TrainingJob.
+#[tracing::instrument(skip_all, fields(trainingjob = %kube::runtime::reflector::ObjectRef::from_obj(guard.as_ref())))]
+pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started("trainingjob");
+    match &guard.0 {
+        Err(error) => report_unreadable(&guard, error, &ctx).await,
+        // Owner references let the garbage collector stop the pods.
+        Ok(job) if job.metadata.deletion_timestamp.is_some() => Ok(Action::await_change()),
+        Ok(job) => reconcile_run(job, &ctx).await,
+    }
+}
+
+/// The phase recorded so far.
+pub fn phase(job: &TrainingJob) -> Option<TrainingPhase> {
+    job.status.as_ref().and_then(|s| s.phase)
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Sets one condition (and optionally the phase and message) in `status`; returns whether
+/// anything changed.
+fn set(
+    status: &mut TrainingJobStatus,
+    generation: Option<i64>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) -> bool {
+    conditions::upsert(
+        &mut status.conditions,
+        conditions::condition(type_, ok, reason, message, generation, now()),
+    )
+}
+
+async fn write(
+    api: &Api<TrainingJob>,
+    job: &TrainingJob,
+    mut change: impl FnMut(&mut TrainingJobStatus, Option<i64>) -> bool,
+) -> Result<TrainingJob> {
+    modify_status(api, &job.name_any(), |current: &mut TrainingJob| {
+        let generation = current.metadata.generation;
+        let status = current.status.get_or_insert_with(Default::default);
+        let mut changed = status.observed_generation != generation;
+        status.observed_generation = generation;
+        changed |= change(status, generation);
+        changed
+    })
+    .await
+}
+
+async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> {
+    let namespace = job.namespace().unwrap_or_default();
+    let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    if matches!(phase(job), Some(TrainingPhase::Succeeded | TrainingPhase::Failed)) {
+        return Ok(Action::await_change());
+    }
+    let verdict = validate(job, ctx);
+    let image = match (&verdict, resolve_image(&job.spec, &ctx.algorithm_images)) {
+        (Verdict::Valid, Ok(image)) => image.to_string(),
+        (Verdict::Invalid { reason, message }, _) => {
+            let before = job.status.clone();
+            let written = write(&api, job, |status, generation| {
+                set(status, generation, ACCEPTED, false, reason, message)
+            })
+            .await?;
+            if before != written.status {
+                publish(ctx, job, EventType::Warning, reason, message.clone()).await;
+            }
+            return Ok(Action::await_change());
+        }
+        (Verdict::Valid, Err(_)) => unreachable!("validate resolves the image"),
+    };
+    let run_id = match run_id(job) {
+        Some(id) => id,
+        None => assign_run_id(job, ctx, &api).await?,
+    };
+    let Some(settings) = ctx.training.clone() else {
+        write(&api, job, |status, generation| {
+            set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
+                | set(status, generation, RUNNING, false, "NotConfigured",
+                    "the operator has no object storage or metadata store address (--metadata-store-address) configured")
+                | queued(status)
+        })
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+
+    // The snapshot.
+    let datasets: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
+    let dataset_name = &job.spec.dataset.name;
+    let Some(dataset) = datasets.get_opt(dataset_name).await? else {
+        return waiting(
+            &api,
+            job,
+            "DatasetNotFound",
+            format!("Dataset {dataset_name:?} does not exist in namespace {namespace}"),
+            10,
+        )
+        .await;
+    };
+    let selector = SnapshotSelector {
+        up_to: job.spec.dataset.commit,
+        tags: job.spec.dataset.tags.clone(),
+    };
+    let snapshot = match snapshots::prepare(ctx, &dataset, &selector).await {
+        Ok(snapshot) => snapshot,
+        Err(SnapshotError::Selection(error)) => {
+            return waiting(
+                &api,
+                job,
+                "NoSuchCommits",
+                format!("Dataset {dataset_name:?}: {error}"),
+                15,
+            )
+            .await;
+        }
+        Err(SnapshotError::NoStorage) => {
+            return waiting(
+                &api,
+                job,
+                "NotConfigured",
+                "object storage is not configured".into(),
+                60,
+            )
+            .await;
+        }
+        Err(SnapshotError::Operator(error)) => return Err(error),
+    };
+    match snapshot.state {
+        SnapshotState::Running => {
+            return waiting(
+                &api,
+                job,
+                "SnapshotBuilding",
+                format!(
+                    "snapshot {} of Dataset {dataset_name:?} is being built",
+                    snapshot.version_hash
+                ),
+                2,
+            )
+            .await;
+        }
+        SnapshotState::Failed => {
+            let why = snapshot.message.clone().unwrap_or_default();
+            return waiting(
+                &api,
+                job,
+                "SnapshotFailed",
+                format!(
+                    "snapshot {} of Dataset {dataset_name:?} failed: {why}; retrying",
+                    snapshot.version_hash
+                ),
+                15,
+            )
+            .await;
+        }
+        SnapshotState::Ready => {}
+    }
+    let data_path = snapshot
+        .root
+        .clone()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    let inputs = RunInputs {
+        run_id,
+        image,
+        metadata_store: settings.metadata_store_address.clone(),
+        dataset_id: dataset
+            .labels()
+            .get(DATASET_ID_LABEL)
+            .cloned()
+            .unwrap_or_else(|| dataset_name.clone()),
+        version_hash: snapshot.version_hash.clone(),
+        bucket: settings.bucket.clone(),
+        data_path,
+        s3_endpoint: settings.s3_endpoint.clone(),
+        s3_region: settings.s3_region.clone(),
+    };
+
+    // The run's objects: the Secret is created once (its token never changes), the rest applied.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if secrets.get_opt(&secret_name(job)).await?.is_none() {
+        let secret = build_secret(job, run_id, &new_token()?, &settings.credentials);
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let apply = PatchParams::apply(MANAGER).force();
+    if job.spec.workers > 1 {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+        services
+            .patch(&job_name(job), &apply, &Patch::Apply(&build_service(job, run_id)))
+            .await?;
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = job_name(job);
+    let run = match jobs.get_opt(&name).await? {
+        Some(existing) => existing,
+        None => {
+            let created = jobs
+                .patch(&name, &apply, &Patch::Apply(&build_job(job, &inputs)))
+                .await?;
+            publish(
+                ctx,
+                job,
+                EventType::Normal,
+                "Launched",
+                format!(
+                    "Job {name} runs {} on snapshot {}",
+                    inputs.image, inputs.version_hash
+                ),
+            )
+            .await;
+            created
+        }
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await?
+        .items;
+    let observed = observe(&run, &pods);
+    let version_hash = snapshot.version_hash.clone();
+    let written = write(&api, job, |status, generation| {
+        let mut changed = set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
+            | set(
+                status,
+                generation,
+                DATASET_READY,
+                true,
+                "Ready",
+                &format!("snapshot {version_hash} is ready"),
+            );
+        if status.dataset_version_hash.as_deref() != Some(&version_hash) {
+            status.dataset_version_hash = Some(version_hash.clone());
+            changed = true;
+        }
+        if status.job_name.as_deref() != Some(&name) {
+            status.job_name = Some(name.clone());
+            changed = true;
+        }
+        if status.position_in_queue.take().is_some() {
+            changed = true;
+        }
+        changed | record(status, generation, &observed)
+    })
+    .await?;
+    match phase(&written) {
+        Some(TrainingPhase::Succeeded) => {
+            publish(
+                ctx,
+                job,
+                EventType::Normal,
+                "Succeeded",
+                written
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.message.clone())
+                    .unwrap_or_default(),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Some(TrainingPhase::Failed) => {
+            publish(
+                ctx,
+                job,
+                EventType::Warning,
+                "Failed",
+                written
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.message.clone())
+                    .unwrap_or_default(),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::requeue(Duration::from_secs(2))),
+    }
+}
+
+/// Records why the run waits for its dataset, and retries after `retry` seconds.
+async fn waiting(
+    api: &Api<TrainingJob>,
+    job: &TrainingJob,
+    reason: &str,
+    message: String,
+    retry: u64,
+) -> Result<Action> {
+    write(api, job, |status, generation| {
+        set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
+            | set(status, generation, DATASET_READY, false, reason, &message)
+            | queued(status)
+    })
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(retry)))
+}
+
+fn queued(status: &mut TrainingJobStatus) -> bool {
+    let changed = status.phase != Some(TrainingPhase::Queued);
+    status.phase = Some(TrainingPhase::Queued);
+    changed
+}
+
+/// Records what the workers do.
+fn record(status: &mut TrainingJobStatus, generation: Option<i64>, observed: &Observed) -> bool {
+    let before = status.clone();
+    match observed {
+        Observed::Launching { reason, message } => {
+            status.phase = Some(TrainingPhase::Launching);
+            set(status, generation, RUNNING, false, reason, message);
+        }
+        Observed::Running => {
+            status.phase = Some(TrainingPhase::Running);
+            status.start_time.get_or_insert_with(now);
+            set(
+                status,
+                generation,
+                RUNNING,
+                true,
+                "WorkersRunning",
+                "the workers run",
+            );
+        }
+        Observed::Completed => {
+            status.start_time.get_or_insert_with(now);
+            status.completion_time.get_or_insert_with(now);
+            set(
+                status,
+                generation,
+                RUNNING,
+                false,
+                "Completed",
+                "every worker exited 0",
+            );
+            if status.artifact.is_some() {
+                status.phase = Some(TrainingPhase::Succeeded);
+                let message = status
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "the model is recorded".into());
+                set(status, generation, SUCCEEDED, true, "ArtifactRecorded", &message);
+            } else {
+                status.phase = Some(TrainingPhase::Failed);
+                let message = "every worker exited 0 but no model artifact was recorded (the trainer never called CreateArtifact)";
+                status.message = Some(message.into());
+                set(status, generation, FAILED, true, "NoArtifact", message);
+            }
+        }
+        Observed::Failed { reason, message } => {
+            status.phase = Some(TrainingPhase::Failed);
+            status.completion_time.get_or_insert_with(now);
+            // The trainer's own reason (LogRunEnd(false, …)) says more than an exit code.
+            let trainer = status.message.clone().filter(|_| {
+                conditions::find(&status.conditions, FAILED).is_some_and(|c| c.reason == "TrainerFailed")
+            });
+            let message = match trainer {
+                Some(trainer) => format!("{message}: {trainer}"),
+                None => message.clone(),
+            };
+            status.message = Some(message.clone());
+            set(status, generation, RUNNING, false, reason, &message);
+            set(status, generation, FAILED, true, reason, &message);
+        }
+    }
+    *status != before
+}
+
+/// The run id in the TrainingJob's label.
+pub fn run_id(job: &TrainingJob) -> Option<u64> {
+    job.labels().get(RUN_ID_LABEL).and_then(|id| id.parse().ok())
+}
+
+async fn assign_run_id(job: &TrainingJob, ctx: &Arc<Context>, api: &Api<TrainingJob>) -> Result<u64> {
+    let namespace = ctx
+        .training
+        .as_ref()
+        .map(|t| t.id_namespace.clone())
+        .unwrap_or_else(|| job.namespace().unwrap_or_default());
+    let id = crate::ids::allocate(&ctx.client, &namespace, RUN_ID_COUNTER).await?;
+    let patch = serde_json::json!({"metadata": {"labels": {RUN_ID_LABEL: id.to_string()}}});
+    api.patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    write(api, job, |status, _| {
+        let changed = status.run_id.as_deref() != Some(&id.to_string());
+        status.run_id = Some(id.to_string());
+        changed | queued(status)
+    })
+    .await?;
+    Ok(id)
+}
+
+/// 32 random bytes, hex: the run's token.
+fn new_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| crate::Error::Storage(format!("no randomness for a run token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> TrainingJob {
+        serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap()
+    }
+
+    fn images() -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "intent-classification".into(),
+            "miniautoml/intent-classification:0.1.0".into(),
+        )])
+    }
+
+    #[test]
+    fn a_configured_algorithm_resolves_to_its_image() {
+        let job = fixture();
+        assert_eq!(
+            resolve_image(&job.spec, &images()),
+            Ok("miniautoml/intent-classification:0.1.0")
+        );
+    }
+
+    #[test]
+    fn an_explicit_image_is_used_as_is() {
+        let mut job = fixture();
+        job.spec.algorithm = None;
+        job.spec.image = Some("registry.example/custom:7".into());
+        assert_eq!(
+            resolve_image(&job.spec, &BTreeMap::new()),
+            Ok("registry.example/custom:7")
+        );
+    }
+
+    #[test]
+    fn an_unknown_algorithm_names_the_configured_ones_and_the_fixes() {
+        let mut job = fixture();
+        job.spec.algorithm = Some("random-forest".into());
+        let Err(Verdict::Invalid { reason, message }) = resolve_image(&job.spec, &images()) else {
+            panic!("an unknown algorithm must be rejected");
+        };
+        assert_eq!(reason, "UnknownAlgorithm");
+        assert!(message.contains("\"random-forest\""), "{message}");
+        assert!(message.contains("configured: intent-classification"), "{message}");
+        assert!(message.contains("spec.image"), "{message}");
+
+        let Err(Verdict::Invalid { message, .. }) = resolve_image(&job.spec, &BTreeMap::new()) else {
+            panic!("an unknown algorithm must be rejected");
+        };
+        assert!(message.contains("configured: none"), "{message}");
+    }
+
+    #[test]
+    fn neither_algorithm_nor_image_is_rejected() {
+        let mut job = fixture();
+        job.spec.algorithm = None;
+        assert_eq!(
+            resolve_image(&job.spec, &images()).unwrap_err(),
+            Verdict::Invalid {
+                reason: "NoImage",
+                message: "set exactly one of spec.algorithm and spec.image".into(),
+            }
+        );
+    }
+}

@@ -1,0 +1,562 @@
+//! `metadata_store.MetadataStoreService`: what a running trainer reports (run start, epochs,
+//! artifact, end), written into its TrainingJob's status, and read back by run id.
+//!
+//! **Who may write.** Every run has a Secret `<trainingjob>-run` (owned by the TrainingJob)
+//! holding a random token; only the run's pods mount it (`MINIAUTOML_RUN_TOKEN`), and the
+//! trainer sends it as `authorization: Bearer <token>`. A write naming a run checks the token
+//! against that run's Secret: none is UNAUTHENTICATED, another run's (or a made-up) token is
+//! PERMISSION_DENIED. Reads (GetRunStatus, GetArtifact) need no token, as in the original.
+//!
+//! **Coalescing.** Epochs are buffered per run and written to the status at most once a
+//! second, so a trainer reporting hundreds of epochs a second costs a few status writes. Every
+//! epoch is also stored in the bucket (`runs/<ns>/<trainingjob>/<uid>/epochs/<id>.json`): the
+//! status keeps the 32 most recent. LogRunEnd and CreateArtifact flush first, so the status never
+//! shows a run's end before its last epochs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, api::ListParams};
+use miniautoml_api::{
+    TrainingJob, TrainingJobStatus,
+    training_job::{ArtifactStatus, EpochStatus, MAX_STATUS_EPOCHS},
+};
+use miniautoml_data::{Store, layout};
+use miniautoml_proto::data_management::FileInfo;
+use miniautoml_proto::metadata_store::{self as pb, metadata_store_service_server::MetadataStoreService};
+use tonic::{Request, Response, Status};
+
+use crate::conditions;
+use crate::controller::{
+    Context, modify_status,
+    training_job::{FAILED, build::RUN_ID_LABEL, build::TOKEN_KEY, build::secret_name},
+};
+
+/// How long epochs wait to be written together.
+const COALESCE: Duration = Duration::from_secs(1);
+
+type RunKey = (String, String);
+
+/// The service.
+#[derive(Clone)]
+pub struct MetadataStore {
+    ctx: Arc<Context>,
+    pending: Arc<Mutex<HashMap<RunKey, Vec<EpochStatus>>>>,
+}
+
+fn internal(error: impl std::fmt::Display) -> Status {
+    Status::internal(error.to_string())
+}
+
+fn parse_time(text: &str) -> Option<Time> {
+    text.parse::<Timestamp>()
+        .ok()
+        .or_else(|| {
+            // The original's Python trainer sends naive `datetime.isoformat()` strings.
+            text.parse::<k8s_openapi::jiff::civil::DateTime>()
+                .ok()
+                .and_then(|t| t.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).ok())
+                .map(|z| z.timestamp())
+        })
+        .map(Time)
+}
+
+fn time_text(time: &Option<Time>) -> String {
+    time.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+}
+
+/// Merges `epochs` into the status list (same id replaced), keeping the most recent
+/// [`MAX_STATUS_EPOCHS`], and updates `progress` from rank 0's latest epoch.
+pub fn merge_epochs(status: &mut TrainingJobStatus, epochs: &[EpochStatus], requested: Option<u32>) {
+    for epoch in epochs {
+        status.epochs.retain(|e| e.id != epoch.id);
+        status.epochs.push(epoch.clone());
+    }
+    let excess = status.epochs.len().saturating_sub(MAX_STATUS_EPOCHS as usize);
+    status.epochs.drain(..excess);
+    let done = status
+        .epochs
+        .iter()
+        .filter_map(|e| e.id.strip_prefix("0-")?.parse::<u32>().ok())
+        .max();
+    if let Some(done) = done {
+        status.progress = Some(match requested {
+            Some(total) => format!("{done}/{total}"),
+            None => done.to_string(),
+        });
+    }
+}
+
+/// `0.712` from the original's `"test accuracy 0.712"`.
+pub fn accuracy_in(message: &str) -> Option<f64> {
+    message
+        .strip_prefix("test accuracy")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl MetadataStore {
+    /// Serves runs of every namespace the operator watches.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        MetadataStore {
+            ctx,
+            pending: Arc::default(),
+        }
+    }
+
+    fn jobs(&self) -> Api<TrainingJob> {
+        match &self.ctx.watch_namespace {
+            Some(namespace) => Api::namespaced(self.ctx.client.clone(), namespace),
+            None => Api::all(self.ctx.client.clone()),
+        }
+    }
+
+    /// The TrainingJob of `run_id`.
+    async fn find(&self, run_id: &str) -> Result<TrainingJob, Status> {
+        if run_id.is_empty() || run_id.parse::<u64>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "run id {run_id:?} is not a number"
+            )));
+        }
+        let list = self
+            .jobs()
+            .list(&ListParams::default().labels(&format!("{RUN_ID_LABEL}={run_id}")))
+            .await
+            .map_err(internal)?;
+        list.items
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
+    }
+
+    /// The run's TrainingJob, when the request carries that run's token.
+    async fn authorize<T>(&self, request: &Request<T>, run_id: &str) -> Result<TrainingJob, Status> {
+        let job = self.find(run_id).await?;
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "writing to run {run_id} needs the run's token (authorization: Bearer <MINIAUTOML_RUN_TOKEN>)"
+                ))
+            })?;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.ctx.client.clone(), &job.namespace().unwrap_or_default());
+        let secret = secrets.get_opt(&secret_name(&job)).await.map_err(internal)?;
+        let expected = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(TOKEN_KEY).cloned())
+            .map(|b| b.0)
+            .unwrap_or_default();
+        if expected.is_empty() || !constant_time_eq(presented.as_bytes(), &expected) {
+            return Err(Status::permission_denied(format!(
+                "the token is not run {run_id}'s: only the run's own pods may write to it"
+            )));
+        }
+        Ok(job)
+    }
+
+    async fn update(
+        &self,
+        job: &TrainingJob,
+        change: impl FnMut(&mut TrainingJob) -> bool,
+    ) -> Result<TrainingJob, Status> {
+        let api: Api<TrainingJob> =
+            Api::namespaced(self.ctx.client.clone(), &job.namespace().unwrap_or_default());
+        modify_status(&api, &job.name_any(), change)
+            .await
+            .map_err(internal)
+    }
+
+    /// Writes the run's buffered epochs now.
+    async fn flush(&self, job: &TrainingJob) -> Result<(), Status> {
+        let key = (job.namespace().unwrap_or_default(), job.name_any());
+        let epochs = self
+            .pending
+            .lock()
+            .expect("pending epochs")
+            .remove(&key)
+            .unwrap_or_default();
+        if epochs.is_empty() {
+            return Ok(());
+        }
+        let requested = job.spec.epochs();
+        self.update(job, |current| {
+            merge_epochs(
+                current.status.get_or_insert_with(Default::default),
+                &epochs,
+                requested,
+            );
+            true
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn store(&self, bucket: &str) -> Result<Store, Status> {
+        let store =
+            self.ctx.store.as_ref().ok_or_else(|| {
+                Status::failed_precondition("the operator has no object storage configured")
+            })?;
+        Ok(Store::new(store.client.clone(), bucket))
+    }
+
+    fn model_path(job: &TrainingJob) -> String {
+        layout::model_prefix(
+            &job.namespace().unwrap_or_default(),
+            &job.name_any(),
+            &job.uid().unwrap_or_default(),
+        )
+        .trim_end_matches('/')
+        .to_string()
+    }
+
+    fn bucket(&self) -> String {
+        self.ctx
+            .store
+            .as_ref()
+            .map(|s| s.bucket.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The original's RunInfo of a TrainingJob.
+pub fn run_info(job: &TrainingJob) -> pb::RunInfo {
+    let status = job.status.clone().unwrap_or_default();
+    let run_id = status.run_id.clone().unwrap_or_default();
+    pb::RunInfo {
+        start_time: time_text(&status.start_time),
+        end_time: time_text(&status.completion_time),
+        success: status.phase == Some(miniautoml_api::training_job::TrainingPhase::Succeeded),
+        message: status.message.clone().unwrap_or_default(),
+        run_id: run_id.clone(),
+        run_name: format!("training job {run_id}"),
+        tracing: Some(pb::TracingInformation {
+            dataset_id: job.spec.dataset.name.clone(),
+            version_hash: status.dataset_version_hash.clone().unwrap_or_default(),
+            code_version: status.code_version.clone().unwrap_or_default(),
+        }),
+        epochs: status
+            .epochs
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    pb::EpochInfo {
+                        start_time: time_text(&e.start_time),
+                        end_time: time_text(&e.end_time),
+                        run_id: run_id.clone(),
+                        epoch_id: e.id.clone(),
+                        metrics: e
+                            .metrics
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.to_string()))
+                            .collect(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl MetadataStoreService for MetadataStore {
+    async fn log_run_start(
+        &self,
+        request: Request<pb::LogRunStartRequest>,
+    ) -> Result<Response<pb::LogRunStartResponse>, Status> {
+        let run_id = request.get_ref().run_id.clone();
+        let job = self.authorize(&request, &run_id).await?;
+        let request = request.into_inner();
+        let code_version = request.tracing.map(|t| t.code_version).filter(|v| !v.is_empty());
+        let start = parse_time(&request.start_time).unwrap_or_else(|| Time(Timestamp::now()));
+        let job = self
+            .update(&job, |current| {
+                let status = current.status.get_or_insert_with(Default::default);
+                let before = status.clone();
+                status.start_time.get_or_insert_with(|| start.clone());
+                if let Some(version) = &code_version {
+                    status.code_version = Some(version.clone());
+                }
+                *status != before
+            })
+            .await?;
+        Ok(Response::new(pb::LogRunStartResponse {
+            run_info: Some(run_info(&job)),
+            bucket: self.bucket(),
+            path: Self::model_path(&job),
+        }))
+    }
+
+    async fn log_epoch(
+        &self,
+        request: Request<pb::LogEpochRequest>,
+    ) -> Result<Response<pb::LogEpochResponse>, Status> {
+        let epoch = request
+            .get_ref()
+            .epoch_info
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("\"epochInfo\" is required."))?;
+        let job = self.authorize(&request, &epoch.run_id).await?;
+        if epoch.epoch_id.is_empty() || epoch.epoch_id.len() > 64 {
+            return Err(Status::invalid_argument("epoch_id must be \"<rank>-<epoch>\""));
+        }
+        let mut metrics = BTreeMap::new();
+        for (name, value) in &epoch.metrics {
+            let number = value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("metric {name}={value:?} is not a number"))
+                })?;
+            metrics.insert(name.clone(), number);
+        }
+        let status = EpochStatus {
+            id: epoch.epoch_id.clone(),
+            start_time: parse_time(&epoch.start_time),
+            end_time: parse_time(&epoch.end_time),
+            metrics,
+        };
+        // The full history, one object per epoch.
+        let history = layout::run_history_prefix(
+            &job.namespace().unwrap_or_default(),
+            &job.name_any(),
+            &job.uid().unwrap_or_default(),
+        );
+        let store = self.store(&self.bucket())?;
+        let body = serde_json::to_vec(&status).map_err(internal)?;
+        store
+            .put(
+                &format!("{history}{}.json", epoch.epoch_id),
+                body,
+                "application/json",
+            )
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let key = (job.namespace().unwrap_or_default(), job.name_any());
+        let first = {
+            let mut pending = self.pending.lock().expect("pending epochs");
+            let entry = pending.entry(key).or_default();
+            entry.push(status);
+            entry.len() == 1
+        };
+        if first {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(COALESCE).await;
+                if let Err(error) = this.flush(&job).await {
+                    tracing::warn!(%error, "writing epochs failed");
+                }
+            });
+        }
+        Ok(Response::new(pb::LogEpochResponse {
+            epoch_info: Some(epoch),
+        }))
+    }
+
+    async fn log_run_end(
+        &self,
+        request: Request<pb::LogRunEndRequest>,
+    ) -> Result<Response<pb::LogRunEndResponse>, Status> {
+        let run_id = request.get_ref().run_id.clone();
+        let job = self.authorize(&request, &run_id).await?;
+        self.flush(&job).await?;
+        let request = request.into_inner();
+        let job = self
+            .update(&job, |current| {
+                let generation = current.metadata.generation;
+                let status = current.status.get_or_insert_with(Default::default);
+                let before = status.clone();
+                status.message = Some(request.message.clone());
+                if request.success {
+                    if let Some(accuracy) = accuracy_in(&request.message) {
+                        status.metrics.insert("accuracy".into(), accuracy);
+                    }
+                } else {
+                    conditions::upsert(
+                        &mut status.conditions,
+                        conditions::condition(
+                            FAILED,
+                            true,
+                            "TrainerFailed",
+                            request.message.clone(),
+                            generation,
+                            Time(Timestamp::now()),
+                        ),
+                    );
+                }
+                *status != before
+            })
+            .await?;
+        Ok(Response::new(pb::LogRunEndResponse {
+            run_info: Some(run_info(&job)),
+        }))
+    }
+
+    async fn get_run_status(
+        &self,
+        request: Request<pb::GetRunStatusRequest>,
+    ) -> Result<Response<pb::GetRunStatusResponse>, Status> {
+        let job = self.find(&request.get_ref().run_id).await?;
+        Ok(Response::new(pb::GetRunStatusResponse {
+            run_info: Some(run_info(&job)),
+        }))
+    }
+
+    async fn create_artifact(
+        &self,
+        request: Request<pb::CreateArtifactRequest>,
+    ) -> Result<Response<pb::CreateArtifactResponse>, Status> {
+        let run_id = request.get_ref().run_id.clone();
+        let job = self.authorize(&request, &run_id).await?;
+        self.flush(&job).await?;
+        let request = request.into_inner();
+        let artifact = request
+            .artifact
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("\"artifact\" is required."))?;
+        let expected = Self::model_path(&job);
+        let path = artifact.path.trim_matches('/').to_string();
+        if artifact.bucket != self.bucket() || path != expected {
+            return Err(Status::permission_denied(format!(
+                "run {run_id}'s artifacts belong in s3://{}/{expected}/, not s3://{}/{path}/",
+                self.bucket(),
+                artifact.bucket
+            )));
+        }
+        let store = self.store(&artifact.bucket)?;
+        let mut files: Vec<String> = store
+            .list(&artifact.bucket, &format!("{path}/"))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&format!("{path}/")).map(str::to_string))
+            .collect();
+        files.sort();
+        if !files.iter().any(|f| f == "manifest.json") {
+            return Err(Status::failed_precondition(format!(
+                "s3://{}/{path}/ has no manifest.json: write every file, manifest last, before CreateArtifact",
+                artifact.bucket
+            )));
+        }
+        let manifest = store
+            .read(&format!("{path}/manifest.json"))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let sha256 = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&manifest)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let recorded = ArtifactStatus {
+            uri: format!("s3://{}/{path}/", artifact.bucket),
+            version: run_id.clone(),
+            sha256: Some(sha256),
+            files,
+        };
+        self.update(&job, |current| {
+            let status = current.status.get_or_insert_with(Default::default);
+            let changed = status.artifact.as_ref() != Some(&recorded);
+            status.artifact = Some(recorded.clone());
+            changed
+        })
+        .await?;
+        Ok(Response::new(pb::CreateArtifactResponse {
+            version: run_id.clone(),
+            artifact: Some(artifact),
+            run_id,
+            name: job.spec.output_model_name.clone(),
+            algorithm: request.algorithm,
+        }))
+    }
+
+    async fn get_artifact(
+        &self,
+        request: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<pb::GetArtifactResponse>, Status> {
+        let run_id = request.get_ref().run_id.clone();
+        let job = self.find(&run_id).await?;
+        let artifact = job
+            .status
+            .as_ref()
+            .and_then(|s| s.artifact.clone())
+            .ok_or_else(|| Status::not_found(format!("run {run_id} has no artifact yet")))?;
+        let path = artifact
+            .uri
+            .strip_prefix(&format!("s3://{}/", self.bucket()))
+            .unwrap_or(&artifact.uri)
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Response::new(pb::GetArtifactResponse {
+            name: job.spec.output_model_name.clone(),
+            version: artifact.version.clone(),
+            artifact: Some(FileInfo {
+                name: job.spec.output_model_name.clone(),
+                bucket: self.bucket(),
+                path,
+            }),
+            run_id,
+            algorithm: job.spec.algorithm.clone().unwrap_or_default(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(id: &str) -> EpochStatus {
+        EpochStatus {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn epochs_are_bounded_and_progress_follows_rank_zero() {
+        let mut status = TrainingJobStatus::default();
+        let epochs: Vec<EpochStatus> = (1..=40).map(|i| epoch(&format!("0-{i}"))).collect();
+        merge_epochs(&mut status, &epochs, Some(50));
+        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
+        assert_eq!(status.epochs.last().unwrap().id, "0-40");
+        assert_eq!(status.progress.as_deref(), Some("40/50"));
+        merge_epochs(&mut status, &[epoch("1-41"), epoch("0-40")], Some(50));
+        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
+        assert_eq!(status.progress.as_deref(), Some("40/50"));
+    }
+
+    #[test]
+    fn the_original_message_carries_the_accuracy() {
+        assert_eq!(accuracy_in("test accuracy 0.712"), Some(0.712));
+        assert_eq!(accuracy_in("test accuracy    0.712"), Some(0.712));
+        assert_eq!(accuracy_in("trained 3 epochs"), None);
+    }
+
+    #[test]
+    fn python_and_rfc3339_times_parse() {
+        assert!(parse_time("2026-11-27T02:00:00Z").is_some());
+        assert!(parse_time("2026-11-27T02:00:00.123456").is_some());
+        assert!(parse_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

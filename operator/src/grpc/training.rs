@@ -1,0 +1,262 @@
+//! `training.TrainingService`: the original's Train / GetTrainingStatus over TrainingJobs.
+//!
+//! Train validates in the original's order (`outputModelName`, `datasetId`,
+//! `trainDataVersionHash`, `algorithm`: `"<field>" is required.`), resolves the dataset id and
+//! the prepared snapshot's version hash, allocates the run id (the same durable counter the
+//! controller uses, so ids survive restarts) and creates a TrainingJob labelled with it in the
+//! gRPC namespace. GetTrainingStatus maps the TrainingJob's phase to the original's statuses.
+
+use std::sync::Arc;
+
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, ObjectMeta, PostParams},
+};
+use miniautoml_api::{Dataset, TrainingJob, TrainingJobSpec, training_job::TrainingPhase};
+use miniautoml_proto::training::{
+    self as pb, TrainingStatus, training_service_server::TrainingService as Service,
+};
+use tonic::{Request, Response, Status};
+
+use super::data_management::DATASET_ID_LABEL;
+use crate::controller::{
+    Context,
+    training_job::{RUN_ID_COUNTER, build::RUN_ID_LABEL},
+};
+
+/// Annotation keeping the dataset id a Train request named.
+pub const DATASET_ID_ANNOTATION: &str = "miniautoml.io/dataset-id";
+
+/// The service.
+pub struct Training {
+    ctx: Arc<Context>,
+    namespace: String,
+}
+
+fn internal(error: impl std::fmt::Display) -> Status {
+    Status::internal(error.to_string())
+}
+
+/// A Kubernetes name from the request's job name: lowercase letters, digits and `-`.
+pub fn object_name(name: &str, run_id: u64) -> String {
+    let mut cleaned: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    cleaned.truncate(40);
+    let cleaned = cleaned.trim_matches('-');
+    if cleaned.is_empty() {
+        format!("run-{run_id}")
+    } else {
+        format!("{cleaned}-{run_id}")
+    }
+}
+
+/// The commit a snapshot's commits `1..=n` amount to, when they are exactly that.
+pub fn contiguous_upper(commits: &[u32]) -> Option<u32> {
+    let n = *commits.iter().max()?;
+    (commits.len() == n as usize && commits.iter().enumerate().all(|(i, &c)| c == i as u32 + 1)).then_some(n)
+}
+
+impl Training {
+    /// Creates TrainingJobs in `namespace`.
+    pub fn new(ctx: Arc<Context>, namespace: String) -> Self {
+        Training { ctx, namespace }
+    }
+
+    async fn find(&self, run_id: i32) -> Result<TrainingJob, Status> {
+        let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        api.list(&ListParams::default().labels(&format!("{RUN_ID_LABEL}={run_id}")))
+            .await
+            .map_err(internal)?
+            .items
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::not_found(format!("Job {run_id} doesn't exist")))
+    }
+
+    /// Queued runs created before `job` (FIFO by creation time, then name).
+    async fn position(&self, job: &TrainingJob) -> Result<i32, Status> {
+        if let Some(position) = job.status.as_ref().and_then(|s| s.position_in_queue) {
+            return Ok(position as i32);
+        }
+        let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let key = |j: &TrainingJob| (j.creation_timestamp().map(|t| t.0), j.name_any());
+        let mine = key(job);
+        let ahead = api
+            .list(&ListParams::default())
+            .await
+            .map_err(internal)?
+            .items
+            .iter()
+            .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(TrainingPhase::Queued))
+            .filter(|j| key(j) < mine)
+            .count();
+        Ok(ahead as i32)
+    }
+}
+
+#[tonic::async_trait]
+impl Service for Training {
+    async fn train(&self, request: Request<pb::TrainRequest>) -> Result<Response<pb::TrainResponse>, Status> {
+        let metadata = request.into_inner().metadata.unwrap_or_default();
+        for (field, value) in [
+            ("outputModelName", &metadata.output_model_name),
+            ("datasetId", &metadata.dataset_id),
+            ("trainDataVersionHash", &metadata.train_data_version_hash),
+            ("algorithm", &metadata.algorithm),
+        ] {
+            if value.trim().is_empty() {
+                return Err(Status::invalid_argument(format!("\"{field}\" is required.")));
+            }
+        }
+        if !self.ctx.algorithm_images.contains_key(&metadata.algorithm) {
+            let known: Vec<&str> = self.ctx.algorithm_images.keys().map(String::as_str).collect();
+            return Err(Status::invalid_argument(format!(
+                "algorithm {:?} is not configured (configured: {})",
+                metadata.algorithm,
+                known.join(", ")
+            )));
+        }
+        let datasets: Api<Dataset> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let dataset = datasets
+            .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={}", metadata.dataset_id)))
+            .await
+            .map_err(internal)?
+            .items
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::not_found(format!("dataset {} doesn't exist", metadata.dataset_id)))?;
+        let snapshot = dataset
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.snapshots
+                    .iter()
+                    .find(|s| s.version_hash == metadata.train_data_version_hash)
+            })
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "dataset {} has no snapshot {}; prepare it first with PrepareTrainingDataset",
+                    metadata.dataset_id, metadata.train_data_version_hash
+                ))
+            })?;
+        let commit = contiguous_upper(&snapshot.commits).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "snapshot {} selects commits {:?}; a TrainingJob selects commits 1..n (use a TrainingJob with dataset tags for other selections)",
+                metadata.train_data_version_hash, snapshot.commits
+            ))
+        })?;
+        let run_id = crate::ids::allocate(&self.ctx.client, &self.namespace, RUN_ID_COUNTER)
+            .await
+            .map_err(internal)?;
+        let job = TrainingJob {
+            metadata: ObjectMeta {
+                name: Some(object_name(&metadata.name, run_id)),
+                labels: Some([(RUN_ID_LABEL.to_string(), run_id.to_string())].into()),
+                annotations: Some([(DATASET_ID_ANNOTATION.to_string(), metadata.dataset_id.clone())].into()),
+                ..Default::default()
+            },
+            spec: serde_json::from_value::<TrainingJobSpec>(serde_json::json!({
+                "algorithm": metadata.algorithm,
+                "dataset": {"name": dataset.name_any(), "commit": commit},
+                "parameters": metadata.parameters,
+                "outputModelName": metadata.output_model_name,
+            }))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            status: None,
+        };
+        let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        api.create(&PostParams::default(), &job)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
+                    Status::invalid_argument(status.message)
+                }
+                other => internal(other),
+            })?;
+        Ok(Response::new(pb::TrainResponse {
+            job_id: run_id as i32,
+        }))
+    }
+
+    async fn get_training_status(
+        &self,
+        request: Request<pb::GetTrainingStatusRequest>,
+    ) -> Result<Response<pb::GetTrainingStatusResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        let job = self.find(job_id).await?;
+        let status = job.status.clone().unwrap_or_default();
+        let metadata = pb::TrainingJobMetadata {
+            algorithm: job.spec.algorithm.clone().unwrap_or_default(),
+            dataset_id: job
+                .annotations()
+                .get(DATASET_ID_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| job.spec.dataset.name.clone()),
+            name: job.name_any(),
+            train_data_version_hash: status.dataset_version_hash.clone().unwrap_or_default(),
+            parameters: job.spec.parameters.clone(),
+            output_model_name: job.spec.output_model_name.clone(),
+        };
+        let (state, message, position) = match status.phase {
+            None | Some(TrainingPhase::Queued) => {
+                let position = self.position(&job).await?;
+                (
+                    TrainingStatus::Queuing,
+                    format!("Queueing, there are {position} training jobs waiting before this."),
+                    position,
+                )
+            }
+            Some(TrainingPhase::Launching) => (
+                TrainingStatus::Launch,
+                status.message.clone().unwrap_or_default(),
+                0,
+            ),
+            Some(TrainingPhase::Running) => (
+                TrainingStatus::Running,
+                status.message.clone().unwrap_or_default(),
+                0,
+            ),
+            Some(TrainingPhase::Succeeded) => (
+                TrainingStatus::Succeed,
+                status.message.clone().unwrap_or_default(),
+                0,
+            ),
+            Some(TrainingPhase::Failed) => (
+                TrainingStatus::Failure,
+                status.message.clone().unwrap_or_default(),
+                0,
+            ),
+        };
+        Ok(Response::new(pb::GetTrainingStatusResponse {
+            status: state as i32,
+            job_id,
+            message,
+            metadata: Some(metadata),
+            position_in_queue: position,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_kubernetes_names_with_the_run_id() {
+        assert_eq!(object_name("Intent Classifier #1", 7), "intent-classifier--1-7");
+        assert_eq!(object_name("", 7), "run-7");
+        assert_eq!(object_name("!!!", 7), "run-7");
+        assert!(object_name(&"x".repeat(300), 7).len() <= 50);
+    }
+
+    #[test]
+    fn only_commits_one_to_n_map_to_a_commit() {
+        assert_eq!(contiguous_upper(&[1, 2, 3]), Some(3));
+        assert_eq!(contiguous_upper(&[1]), Some(1));
+        assert_eq!(contiguous_upper(&[2, 3]), None);
+        assert_eq!(contiguous_upper(&[]), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! TrainingJobs on the local cluster: the operator binary launches the real trainer
+//! (`miniautoml/intent-classification:*` maps to the cargo-built binary) on the process node,
+//! which reports back through the operator's MetadataStoreService.
+
+use std::time::Duration;
+
+use kube::{Api, api::PostParams, runtime::wait::await_condition};
+use miniautoml_api::{Dataset, TrainingJob, TrainingJobStatus, training_job::TrainingPhase};
+use miniautoml_data::Store;
+use miniautoml_proto::metadata_store::{
+    EpochInfo, GetRunStatusRequest, LogEpochRequest,
+    metadata_store_service_client::MetadataStoreServiceClient,
+};
+use miniautoml_test_support::{
+    LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path, repo_root,
+};
+
+/// Training on the process node takes seconds; building the snapshot and starting the pod a few
+/// more.
+const RUN_WAIT: Duration = Duration::from_secs(240);
+
+fn tweets(part: u32) -> Vec<u8> {
+    std::fs::read(repo_root().join(format!("testdata/tweet_emotion/tweet_emotion_part{part}.csv"))).unwrap()
+}
+
+async fn tweet_emotion(cluster: &LocalCluster, api: &Api<Dataset>, namespace: &str) {
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let mut commits = Vec::new();
+    for part in [1, 2] {
+        let key = format!("raw/{namespace}/part{part}.csv");
+        store.put(&key, tweets(part), "text/csv").await.unwrap();
+        commits.push(serde_json::json!({"message": format!("part {part}"), "source": {"bucket": cluster.s3_bucket, "key": key}}));
+    }
+    let dataset: Dataset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": "tweets"},
+        "spec": {"type": "TextIntent", "description": "tweet_emotion", "commits": commits},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &dataset).await.unwrap();
+}
+
+fn training_job(name: &str, extra: serde_json::Value) -> TrainingJob {
+    let mut spec = serde_json::json!({
+        "algorithm": "intent-classification",
+        "dataset": {"name": "tweets"},
+        "parameters": {"EPOCHS": "3"},
+        "outputModelName": "intent",
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+async fn wait_for(
+    api: &Api<TrainingJob>,
+    name: &str,
+    namespace: &str,
+    done: impl Fn(&TrainingJobStatus) -> bool,
+) -> TrainingJob {
+    let condition = await_condition(api.clone(), name, move |j: Option<&TrainingJob>| {
+        j.and_then(|j| j.status.as_ref()).is_some_and(&done)
+    });
+    match tokio::time::timeout(RUN_WAIT, condition).await {
+        Ok(found) => found.unwrap().unwrap(),
+        Err(_) => panic!(
+            "{name}: timed out; status {:#?}\noperator log: {}",
+            api.get(name).await.ok().and_then(|j| j.status),
+            std::fs::read_to_string(operator_log_path(namespace)).unwrap_or_default()
+        ),
+    }
+}
+
+fn finished(status: &TrainingJobStatus) -> bool {
+    matches!(
+        status.phase,
+        Some(TrainingPhase::Succeeded | TrainingPhase::Failed)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_training_job_trains_on_the_process_node_and_records_its_run() {
+    let trainer =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/intent-classification");
+    assert!(
+        trainer.exists() || std::env::var_os("CARGO_TARGET_DIR").is_some(),
+        "build the trainer first: cargo build -p miniautoml-intent-classification (make test does)"
+    );
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "training").await.unwrap();
+    let operator = OperatorProcess::start(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+    );
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    jobs.create(
+        &PostParams::default(),
+        &training_job("intent", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+
+    let done = wait_for(&jobs, "intent", &ns.name, finished).await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Some(TrainingPhase::Succeeded), "{status:#?}");
+    let run_id = status.run_id.clone().unwrap();
+    run_id.parse::<u64>().unwrap();
+    assert_eq!(status.dataset_version_hash.as_deref(), Some("hashBg=="));
+    assert_eq!(status.job_name.as_deref(), Some("intent-train"));
+    assert_eq!(status.progress.as_deref(), Some("3/3"));
+    let ids: Vec<&str> = status.epochs.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["0-1", "0-2", "0-3"]);
+    assert!(
+        status
+            .epochs
+            .iter()
+            .all(|e| e.metrics["accuracy"] > 0.5 && e.start_time.is_some())
+    );
+    let message = status.message.clone().unwrap();
+    assert!(message.starts_with("test accuracy "), "{message}");
+    assert!(status.metrics["accuracy"] > 0.6, "{status:#?}");
+    assert!(
+        status
+            .code_version
+            .as_deref()
+            .unwrap()
+            .starts_with("intent-classification")
+    );
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    let artifact = status.artifact.clone().unwrap();
+    assert_eq!(artifact.version, run_id);
+    assert_eq!(
+        artifact.files,
+        ["labels.json", "manifest.json", "model.safetensors", "vocab.json"]
+    );
+    let uid = done.metadata.uid.clone().unwrap();
+    assert_eq!(
+        artifact.uri,
+        format!("s3://{}/models/{}/intent/{uid}/", cluster.s3_bucket, ns.name)
+    );
+    let succeeded = status.conditions.iter().find(|c| c.type_ == "Succeeded").unwrap();
+    assert_eq!(
+        (succeeded.status.as_str(), succeeded.reason.as_str()),
+        ("True", "ArtifactRecorded")
+    );
+
+    // The run through the original API, and writes without this run's token refused.
+    let mut metadata = MetadataStoreServiceClient::connect(format!("http://{}", operator.grpc_addr))
+        .await
+        .unwrap();
+    let info = metadata
+        .get_run_status(GetRunStatusRequest {
+            run_id: run_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_info
+        .unwrap();
+    assert!(info.success);
+    assert_eq!(info.message, message);
+    assert_eq!(info.epochs.len(), 3);
+    let forged = || LogEpochRequest {
+        epoch_info: Some(EpochInfo {
+            run_id: run_id.clone(),
+            epoch_id: "0-99".into(),
+            metrics: [("accuracy".to_string(), "1.0".to_string())].into(),
+            ..Default::default()
+        }),
+    };
+    let status = metadata.log_epoch(forged()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let mut request = tonic::Request::new(forged());
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer 0123456789abcdef".parse().unwrap());
+    let status = metadata.log_epoch(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("only the run's own pods"), "{status:?}");
+    let after = jobs.get("intent").await.unwrap().status.unwrap();
+    assert!(after.epochs.iter().all(|e| e.id != "0-99"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "training-bad")
+        .await
+        .unwrap();
+    let _operator = OperatorProcess::start(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+    );
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    jobs.create(
+        &PostParams::default(),
+        &training_job("waits", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    let waiting = wait_for(&jobs, "waits", &ns.name, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "DatasetReady" && c.reason == "DatasetNotFound")
+    })
+    .await;
+    assert_eq!(waiting.status.unwrap().phase, Some(TrainingPhase::Queued));
+
+    // An image that exits 0 without reporting anything: /usr/bin/env (the process node's test
+    // image) prints its environment and exits.
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    jobs.create(
+        &PostParams::default(),
+        &training_job(
+            "silent",
+            serde_json::json!({"algorithm": null, "image": "miniautoml/test-env:1"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let failed = wait_for(&jobs, "silent", &ns.name, finished)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(failed.phase, Some(TrainingPhase::Failed), "{failed:#?}");
+    let condition = failed.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(condition.reason, "NoArtifact");
+    // The first TrainingJob goes on once its Dataset exists.
+    let ran = wait_for(&jobs, "waits", &ns.name, finished).await.status.unwrap();
+    assert_eq!(ran.phase, Some(TrainingPhase::Succeeded), "{ran:#?}");
+}
