@@ -245,3 +245,188 @@ async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
     let ran = wait_for(&jobs, "waits", &ns.name, finished).await.status.unwrap();
     assert_eq!(ran.phase, Some(TrainingPhase::Succeeded), "{ran:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_trainer_ends_failed_with_its_exit_code() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "training-exit")
+        .await
+        .unwrap();
+    let _operator = OperatorProcess::start(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+    );
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    jobs.create(
+        &PostParams::default(),
+        &training_job(
+            "exits",
+            serde_json::json!({"algorithm": null, "image": "miniautoml/test-exit:1"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let failed = wait_for(&jobs, "exits", &ns.name, finished).await.status.unwrap();
+    assert_eq!(failed.phase, Some(TrainingPhase::Failed), "{failed:#?}");
+    let condition = failed.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(condition.reason, "Error", "{condition:?}");
+    let message = failed.message.unwrap();
+    assert!(message.contains("exited with code 3"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_original_training_api_and_an_operator_restart_mid_run() {
+    use miniautoml_proto::{
+        data_management::{
+            CreateDatasetRequest, DatasetQuery, DatasetType,
+            data_management_service_client::DataManagementServiceClient,
+        },
+        training::{
+            GetTrainingStatusRequest, TrainRequest, TrainingJobMetadata, TrainingStatus,
+            training_service_client::TrainingServiceClient,
+        },
+    };
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "training-grpc")
+        .await
+        .unwrap();
+    let mut operator = OperatorProcess::start(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+    );
+    let endpoint = format!("http://{}", operator.grpc_addr);
+    let connect = || async {
+        for _ in 0..100 {
+            if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                return channel;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the operator's gRPC server never came up")
+    };
+    let channel = connect().await;
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let key = format!("raw/{}/part1.csv", ns.name);
+    store.put(&key, tweets(1), "text/csv").await.unwrap();
+    let mut data = DataManagementServiceClient::new(channel.clone());
+    let summary = data
+        .create_dataset(CreateDatasetRequest {
+            name: "tweets".into(),
+            description: "part 1".into(),
+            dataset_type: DatasetType::TextIntent as i32,
+            bucket: cluster.s3_bucket.clone(),
+            path: key,
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let version = data
+        .prepare_training_dataset(DatasetQuery {
+            dataset_id: summary.dataset_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut training = TrainingServiceClient::new(channel.clone());
+    let mut metadata = TrainingJobMetadata {
+        algorithm: "intent-classification".into(),
+        dataset_id: summary.dataset_id.clone(),
+        name: "Intent Classifier".into(),
+        train_data_version_hash: version.version_hash.clone(),
+        parameters: [("EPOCHS".to_string(), "3".to_string())].into(),
+        output_model_name: String::new(),
+    };
+    // The original's validation order and message.
+    let refused = training
+        .train(TrainRequest {
+            metadata: Some(metadata.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "\"outputModelName\" is required.");
+    metadata.output_model_name = "intent".into();
+    let job_id = training
+        .train(TrainRequest {
+            metadata: Some(metadata),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    assert!(job_id > 0);
+    let missing = training
+        .get_training_status(GetTrainingStatusRequest {
+            job_id: job_id + 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert_eq!(missing.message(), format!("Job {} doesn't exist", job_id + 1000));
+
+    // Kill the operator while the run is under way, start another: one Job, and the run ends.
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let name = format!("intent-classifier-{job_id}");
+    wait_for(&jobs, &name, &ns.name, |s| s.job_name.is_some()).await;
+    operator.kill();
+    let operator = OperatorProcess::start_at(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+        operator.grpc_addr,
+    );
+    let done = wait_for(&jobs, &name, &ns.name, finished).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Some(TrainingPhase::Succeeded), "{status:#?}");
+    assert_eq!(status.run_id, Some(job_id.to_string()));
+    let batch = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns.name);
+    let owned = batch.list(&Default::default()).await.unwrap().items;
+    assert_eq!(
+        owned.len(),
+        1,
+        "{:?}",
+        owned.iter().map(|j| j.metadata.name.clone()).collect::<Vec<_>>()
+    );
+
+    let endpoint = format!("http://{}", operator.grpc_addr);
+    let mut training = TrainingServiceClient::connect(endpoint.clone()).await.unwrap();
+    let reply = training
+        .get_training_status(GetTrainingStatusRequest { job_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.status, TrainingStatus::Succeed as i32);
+    assert!(reply.message.starts_with("test accuracy"), "{reply:?}");
+    let metadata = reply.metadata.unwrap();
+    assert_eq!(metadata.dataset_id, summary.dataset_id);
+    assert_eq!(metadata.train_data_version_hash, "hashAg==");
+    let mut runs = MetadataStoreServiceClient::connect(endpoint).await.unwrap();
+    let info = runs
+        .get_run_status(GetRunStatusRequest {
+            run_id: job_id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_info
+        .unwrap();
+    assert!(info.success && info.epochs.len() == 3, "{info:?}");
+}

@@ -215,6 +215,18 @@ impl OperatorProcess {
         let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
+        OperatorProcess::start_at(binary, cluster, namespace, secret_key, grpc_addr)
+    }
+
+    /// As [`OperatorProcess::start`], serving gRPC on `grpc_addr` (a restarted operator keeps
+    /// its address, as a Service would).
+    pub fn start_at(
+        binary: &str,
+        cluster: &LocalCluster,
+        namespace: &str,
+        secret_key: &str,
+        grpc_addr: std::net::SocketAddr,
+    ) -> OperatorProcess {
         let child = Command::new(binary)
             .args([
                 "--admin-addr=127.0.0.1:0".to_string(),

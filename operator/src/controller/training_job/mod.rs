@@ -178,6 +178,15 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
         Some(id) => id,
         None => assign_run_id(job, ctx, &api).await?,
     };
+    // A TrainingJob created with its run id (TrainingService.Train) records it on first sight.
+    if job.status.as_ref().and_then(|s| s.run_id.as_deref()) != Some(run_id.to_string().as_str()) {
+        write(&api, job, |status, _| {
+            status.run_id = Some(run_id.to_string());
+            status.phase.get_or_insert(TrainingPhase::Queued);
+            true
+        })
+        .await?;
+    }
     let Some(settings) = ctx.training.clone() else {
         write(&api, job, |status, generation| {
             set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
