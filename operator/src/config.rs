@@ -42,6 +42,11 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_METADATA_STORE_ADDRESS")]
     pub metadata_store_address: Option<String>,
 
+    /// Most TrainingJobs running at once (0: no limit). Further runs wait as `Queued` with
+    /// `positionInQueue`, first created first launched.
+    #[arg(long, env = "MINIAUTOML_MAX_CONCURRENT_RUNS", default_value_t = 0)]
+    pub max_concurrent_runs: u32,
+
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "MINIAUTOML_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,

@@ -108,6 +108,7 @@ fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
         bucket: config.bucket.clone(),
         credentials: (access_key, secret_key),
         id_namespace: config.grpc_namespace.clone(),
+        max_concurrent_runs: config.max_concurrent_runs,
     })
 }
 

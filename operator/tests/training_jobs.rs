@@ -392,6 +392,7 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
         &ns.name,
         &cluster.s3_secret_key,
         operator.grpc_addr,
+        &[],
     );
     let done = wait_for(&jobs, &name, &ns.name, finished).await;
     let status = done.status.unwrap();
@@ -429,4 +430,68 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
         .run_info
         .unwrap();
     assert!(info.success && info.epochs.len() == 3, "{info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_limit_queues_runs_first_come_first_served() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "training-queue")
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _operator = OperatorProcess::start_at(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+        port,
+        &["--max-concurrent-runs=1"],
+    );
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let names = ["first", "second", "third", "fourth"];
+    jobs.create(
+        &PostParams::default(),
+        &training_job("first", serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    wait_for(&jobs, "first", &ns.name, |s| s.job_name.is_some()).await;
+    for name in &names[1..] {
+        // Creation times have a resolution of a second: keep the order unambiguous.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        jobs.create(&PostParams::default(), &training_job(name, serde_json::json!({})))
+            .await
+            .unwrap();
+    }
+    for (position, name) in names[1..].iter().enumerate() {
+        let queued = wait_for(&jobs, name, &ns.name, |s| {
+            s.position_in_queue.is_some() || s.job_name.is_some()
+        })
+        .await;
+        let status = queued.status.unwrap();
+        assert_eq!(status.phase, Some(TrainingPhase::Queued), "{name}: {status:#?}");
+        assert_eq!(status.position_in_queue, Some(position as u32), "{name}");
+        let waiting = status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!(waiting.reason, "WaitingForSlot");
+    }
+    let mut previous_end = None;
+    for name in names {
+        let done = wait_for(&jobs, name, &ns.name, finished).await.status.unwrap();
+        assert_eq!(done.phase, Some(TrainingPhase::Succeeded), "{name}: {done:#?}");
+        let (start, end) = (done.start_time.unwrap().0, done.completion_time.unwrap().0);
+        if let Some(previous) = previous_end {
+            assert!(
+                start >= previous,
+                "{name} started at {start} before the run ahead ended at {previous}"
+            );
+        }
+        previous_end = Some(end);
+    }
 }

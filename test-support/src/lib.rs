@@ -215,17 +215,18 @@ impl OperatorProcess {
         let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
-        OperatorProcess::start_at(binary, cluster, namespace, secret_key, grpc_addr)
+        OperatorProcess::start_at(binary, cluster, namespace, secret_key, grpc_addr, &[])
     }
 
     /// As [`OperatorProcess::start`], serving gRPC on `grpc_addr` (a restarted operator keeps
-    /// its address, as a Service would).
+    /// its address, as a Service would), with `extra` flags.
     pub fn start_at(
         binary: &str,
         cluster: &LocalCluster,
         namespace: &str,
         secret_key: &str,
         grpc_addr: std::net::SocketAddr,
+        extra: &[&str],
     ) -> OperatorProcess {
         let child = Command::new(binary)
             .args([
@@ -238,6 +239,7 @@ impl OperatorProcess {
                 // Pods on the process node are local processes: they reach it on loopback.
                 format!("--metadata-store-address={grpc_addr}"),
             ])
+            .args(extra)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("AWS_ACCESS_KEY_ID", &cluster.s3_access_key)
             .env("AWS_SECRET_ACCESS_KEY", secret_key)

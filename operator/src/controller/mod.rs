@@ -75,6 +75,8 @@ pub struct TrainingSettings {
     pub credentials: (String, String),
     /// Namespace of the run-id counter.
     pub id_namespace: String,
+    /// Most runs at once (0: no limit).
+    pub max_concurrent_runs: u32,
 }
 
 impl Context {

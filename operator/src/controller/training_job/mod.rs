@@ -312,23 +312,40 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
     let name = job_name(job);
     let run = match jobs.get_opt(&name).await? {
         Some(existing) => existing,
-        None => {
-            let created = jobs
-                .patch(&name, &apply, &Patch::Apply(&build_job(job, &inputs)))
+        None if settings.max_concurrent_runs > 0 => {
+            let scope: Api<TrainingJob> = match &ctx.watch_namespace {
+                Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+                None => Api::all(ctx.client.clone()),
+            };
+            let all = scope.list(&ListParams::default()).await?.items;
+            let (ahead, active) = queue_position(job, &all);
+            if active + ahead >= settings.max_concurrent_runs as usize {
+                let message = format!(
+                    "{active} of at most {} runs are running; {ahead} queued ahead of this one",
+                    settings.max_concurrent_runs
+                );
+                write(&api, job, |status, generation| {
+                    let mut changed = set(
+                        status,
+                        generation,
+                        DATASET_READY,
+                        true,
+                        "Ready",
+                        "the snapshot is ready",
+                    ) | set(status, generation, RUNNING, false, "WaitingForSlot", &message)
+                        | queued(status);
+                    if status.position_in_queue != Some(ahead as u32) {
+                        status.position_in_queue = Some(ahead as u32);
+                        changed = true;
+                    }
+                    changed
+                })
                 .await?;
-            publish(
-                ctx,
-                job,
-                EventType::Normal,
-                "Launched",
-                format!(
-                    "Job {name} runs {} on snapshot {}",
-                    inputs.image, inputs.version_hash
-                ),
-            )
-            .await;
-            created
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            launch(ctx, job, &jobs, &name, &inputs).await?
         }
+        None => launch(ctx, job, &jobs, &name, &inputs).await?,
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods = pods
@@ -394,6 +411,59 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
         }
         _ => Ok(Action::requeue(Duration::from_secs(2))),
     }
+}
+
+/// Creates the run's Job.
+async fn launch(
+    ctx: &Arc<Context>,
+    job: &TrainingJob,
+    jobs: &Api<Job>,
+    name: &str,
+    inputs: &RunInputs,
+) -> Result<Job> {
+    let apply = PatchParams::apply(MANAGER).force();
+    let created = jobs
+        .patch(name, &apply, &Patch::Apply(&build_job(job, inputs)))
+        .await?;
+    publish(
+        ctx,
+        job,
+        EventType::Normal,
+        "Launched",
+        format!(
+            "Job {name} runs {} on snapshot {}",
+            inputs.image, inputs.version_hash
+        ),
+    )
+    .await;
+    Ok(created)
+}
+
+/// `(queued runs ahead of job, runs holding a slot)` among `all`: runs hold a slot from their
+/// Job's creation to their end; the queue is first created, first served.
+pub fn queue_position(job: &TrainingJob, all: &[TrainingJob]) -> (usize, usize) {
+    let key = |j: &TrainingJob| (j.creation_timestamp().map(|t| t.0), j.namespace(), j.name_any());
+    let mine = key(job);
+    let finished =
+        |j: &TrainingJob| matches!(phase(j), Some(TrainingPhase::Succeeded | TrainingPhase::Failed));
+    let mut ahead = 0;
+    let mut active = 0;
+    for other in all {
+        if finished(other) || other.metadata.deletion_timestamp.is_some() || other.uid() == job.uid() {
+            continue;
+        }
+        let status = other.status.as_ref();
+        if status.and_then(|s| s.job_name.as_ref()).is_some() {
+            active += 1;
+        } else if key(other) < mine
+            && !status.is_some_and(|s| {
+                conditions::find(&s.conditions, ACCEPTED).is_some_and(|c| c.status == "False")
+            })
+        {
+            ahead += 1;
+        }
+    }
+    (ahead, active)
 }
 
 /// Records why the run waits for its dataset, and retries after `retry` seconds.
@@ -530,6 +600,54 @@ mod tests {
             "intent-classification".into(),
             "miniautoml/intent-classification:0.1.0".into(),
         )])
+    }
+
+    fn queued_job(
+        name: &str,
+        second: i64,
+        job_name: Option<&str>,
+        phase: Option<TrainingPhase>,
+    ) -> TrainingJob {
+        let mut job = fixture();
+        job.metadata.name = Some(name.into());
+        job.metadata.uid = Some(name.into());
+        job.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));
+        job.status = Some(TrainingJobStatus {
+            job_name: job_name.map(String::from),
+            phase,
+            ..Default::default()
+        });
+        job
+    }
+
+    #[test]
+    fn the_queue_is_first_created_first_served() {
+        let all = vec![
+            queued_job("running", 1, Some("running-train"), Some(TrainingPhase::Running)),
+            queued_job("done", 0, Some("done-train"), Some(TrainingPhase::Succeeded)),
+            queued_job("a", 2, None, Some(TrainingPhase::Queued)),
+            queued_job("b", 3, None, Some(TrainingPhase::Queued)),
+            queued_job("c", 4, None, None),
+        ];
+        assert_eq!(queue_position(&all[2], &all), (0, 1));
+        assert_eq!(queue_position(&all[3], &all), (1, 1));
+        assert_eq!(queue_position(&all[4], &all), (2, 1));
+        // An invalid run holds no place.
+        let mut invalid = all.clone();
+        invalid[2]
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .push(conditions::condition(
+                ACCEPTED,
+                false,
+                "UnknownAlgorithm",
+                "",
+                None,
+                Time(Timestamp::from_second(0).unwrap()),
+            ));
+        assert_eq!(queue_position(&invalid[3], &invalid), (0, 1));
     }
 
     #[test]
