@@ -495,3 +495,68 @@ async fn a_run_limit_queues_runs_first_come_first_served() {
         previous_end = Some(end);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_runs_land_on_simulated_gpu_nodes_or_say_why_they_cannot() {
+    use k8s_openapi::api::core::v1::Pod;
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "training-gpu")
+        .await
+        .unwrap();
+    let _operator = OperatorProcess::start(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+    );
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    // kwok simulates the GPU nodes: the run is scheduled there and simulated, not trained.
+    let on_gpus = |gpus: i32| {
+        serde_json::json!({
+            "resources": {"gpus": gpus},
+            "nodeSelector": {"miniautoml.io/pool": "gpu"},
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+        })
+    };
+    jobs.create(&PostParams::default(), &training_job("one-gpu", on_gpus(1)))
+        .await
+        .unwrap();
+    jobs.create(&PostParams::default(), &training_job("three-gpus", on_gpus(3)))
+        .await
+        .unwrap();
+
+    // kwok completes simulated pods without running anything, so the run ends without a model.
+    let simulated = wait_for(&jobs, "one-gpu", &ns.name, finished)
+        .await
+        .status
+        .unwrap();
+    let ended = simulated.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(ended.reason, "NoArtifact", "{simulated:#?}");
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    let pod = pods
+        .list(&kube::api::ListParams::default().labels("job-name=one-gpu-train"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some("kwok-gpu-0"));
+    let limits = spec.containers[0].resources.clone().unwrap().limits.unwrap();
+    assert_eq!(limits["nvidia.com/gpu"].0, "1");
+
+    let stuck = wait_for(&jobs, "three-gpus", &ns.name, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Running" && c.reason == "Unschedulable")
+    })
+    .await
+    .status
+    .unwrap();
+    assert_eq!(stuck.phase, Some(TrainingPhase::Launching));
+    let condition = stuck.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert!(condition.message.contains("nvidia.com/gpu"), "{condition:?}");
+}
