@@ -27,14 +27,13 @@ not_built() {
   cat <<'EOT'
 
 Not built yet (the demo grows with each piece):
-  - TrainingJobs running as Kubernetes Jobs, live metrics in status    (issue #6)
   - the predictor, ModelDeployments and Predict                         (issue #7)
 EOT
 }
 
 step "Build the operator and the trainer"
 cargo build --quiet --locked -p miniautoml-operator --bins
-cargo build --quiet --locked --release -p miniautoml-intent-classification --bin intent-classification
+cargo build --quiet --locked -p miniautoml-intent-classification --bin intent-classification
 OPERATOR=target/debug/miniautoml-operator
 
 step "Check the example manifests against the API types and their CEL rules"
@@ -67,7 +66,9 @@ kubectl wait --for=condition=Established --timeout=60s \
 
 step "Start the operator (admin $ADMIN_ADDR, gRPC $GRPC_ADDR)"
 # S3 settings and credentials come from the environment (the local cluster's env file).
+# Training pods run as local processes on the process node: they reach the operator on loopback.
 "$OPERATOR" --admin-addr "$ADMIN_ADDR" --grpc-addr "$GRPC_ADDR" --grpc-namespace "$NAMESPACE" \
+  --metadata-store-address "$GRPC_ADDR" \
   >"$WORK/operator.log" 2>&1 &
 OPERATOR_PID=$!
 for _ in $(seq 1 60); do
@@ -102,6 +103,13 @@ if [ -n "${S3_ENDPOINT:-}" ]; then
   kubectl get -n "$NAMESPACE" dataset tweet-emotion \
     -o jsonpath='{range .status.commits[*]}commit {.id}: {.statistics.numExamples} examples, {.statistics.numLabels} labels at {.path}{"\n"}{end}'
 fi
+if [ -n "${S3_ENDPOINT:-}" ]; then
+  step "The TrainingJob trains on the Dataset's snapshot (a Job on the process node)"
+  kubectl wait -n "$NAMESPACE" --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s trainingjob/twitter-model \
+    || { kubectl get -n "$NAMESPACE" trainingjob twitter-model -o yaml; exit 1; }
+  kubectl get -n "$NAMESPACE" trainingjob twitter-model \
+    -o jsonpath='run {.status.runId}: {.status.message}, epochs {.status.progress}, model {.status.artifact.uri}{"\n"}'
+fi
 kubectl get -n "$NAMESPACE" datasets,trainingjobs,modeldeployments
 
 if command -v grpcurl >/dev/null 2>&1; then
@@ -112,16 +120,9 @@ if command -v grpcurl >/dev/null 2>&1; then
     step "The original dataset workflow over gRPC (hack/grpc-datasets.sh)"
     kubectl delete dataset -n "$NAMESPACE" tweets-grpc --ignore-not-found --wait
     GRPC_ADDR=$GRPC_ADDR hack/grpc-datasets.sh tweets-grpc | tee "$WORK/grpc.log"
-    # The snapshot's root folder: the path in FetchTrainingDataset's "root" FileInfo.
-    root=$(awk -F'"' '/"root": \{/ { inroot = 1 } inroot && $2 == "path" { sub(/\/$/, "", $4); print $4; exit }' "$WORK/grpc.log")
-    step "Train the intent classifier on that snapshot (s3://$S3_BUCKET/$root)"
-    echo "(the trainer's local command on the snapshot's files; TrainingJobs run it on the cluster with issue #6)"
-    mkdir -p "$WORK/snapshot"
-    s3_get "$root/examples.csv" "$WORK/snapshot/examples.csv"
-    s3_get "$root/labels.csv" "$WORK/snapshot/labels.csv"
-    target/release/intent-classification train --data "$WORK/snapshot" --out "$WORK/model"
-    jq -c '{architecture, framework, metrics}' "$WORK/model/manifest.json" 2>/dev/null \
-      || cat "$WORK/model/manifest.json"
+    step "The original training workflow over gRPC (hack/grpc-training.sh)"
+    id=$(sed -n 's/.*"datasetId": "\([0-9]*\)".*/\1/p' "$WORK/grpc.log" | awk 'NR == 1')
+    GRPC_ADDR=$GRPC_ADDR hack/grpc-training.sh "$id" hashBg==
   fi
 fi
 
