@@ -76,6 +76,31 @@ async fn wait_for(
     }
 }
 
+/// Every container log of `namespace`'s pods on the process node, for failure messages.
+fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
+    let mut logs = String::new();
+    let Ok(pods) = std::fs::read_dir(&cluster.pod_logs) else {
+        return logs;
+    };
+    for pod in pods.flatten().filter(|p| {
+        p.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{namespace}_"))
+    }) {
+        for container in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
+            for log in std::fs::read_dir(container.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                logs.push_str(&format!("--- {}\n", log.path().display()));
+                logs.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+        }
+    }
+    logs
+}
+
 fn finished(status: &TrainingJobStatus) -> bool {
     matches!(
         status.phase,
@@ -396,7 +421,12 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
     );
     let done = wait_for(&jobs, &name, &ns.name, finished).await;
     let status = done.status.unwrap();
-    assert_eq!(status.phase, Some(TrainingPhase::Succeeded), "{status:#?}");
+    assert_eq!(
+        status.phase,
+        Some(TrainingPhase::Succeeded),
+        "{status:#?}\n{}",
+        pod_logs(cluster, &ns.name)
+    );
     assert_eq!(status.run_id, Some(job_id.to_string()));
     let batch = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns.name);
     let owned = batch.list(&Default::default()).await.unwrap().items;

@@ -61,8 +61,25 @@ fn timestamp(time: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// Calls the metadata store, retrying while it is unavailable (an operator restarting) for up
-/// to about 30 s.
+/// Whether a failed call may be sent again: the server was unreachable, or the connection broke
+/// mid-call (an operator restarting). Every metadata write is idempotent on the server (an epoch
+/// id, an artifact and a run's end are recorded once), so a repeat is harmless.
+fn retryable(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        Code::Unknown | Code::Internal => {
+            let message = status.message().to_lowercase();
+            ["transport", "connection", "h2 protocol", "broken pipe", "reset"]
+                .iter()
+                .any(|sign| message.contains(sign))
+        }
+        _ => false,
+    }
+}
+
+/// Calls the metadata store, retrying while it is unreachable or the connection breaks (an
+/// operator restarting) for up to about a minute.
 async fn call<R, T, F, Fut>(what: &str, client: &Client, request: R, send: F) -> Result<T>
 where
     R: Clone,
@@ -74,7 +91,7 @@ where
     loop {
         match send(client.clone(), request.clone()).await {
             Ok(response) => return Ok(response.into_inner()),
-            Err(status) if status.code() == tonic::Code::Unavailable && waited < Duration::from_secs(30) => {
+            Err(status) if retryable(&status) && waited < Duration::from_secs(60) => {
                 tokio::time::sleep(delay).await;
                 waited += delay;
                 delay = (delay * 2).min(Duration::from_secs(4));
