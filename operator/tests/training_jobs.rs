@@ -101,6 +101,33 @@ fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
     logs
 }
 
+/// Prints the namespace's pod logs and its operator's log if the test fails, so a failure in
+/// CI (whose cluster is removed afterwards) still says what the trainer and the operator saw.
+struct LogsOnFailure<'a> {
+    cluster: &'a LocalCluster,
+    namespace: String,
+}
+
+impl Drop for LogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "=== pod logs of {ns}\n{}\n=== operator log of {ns}\n{}",
+                pod_logs(self.cluster, &self.namespace),
+                std::fs::read_to_string(operator_log_path(&self.namespace)).unwrap_or_default(),
+                ns = self.namespace,
+            );
+        }
+    }
+}
+
+fn logs_on_failure<'a>(cluster: &'a LocalCluster, ns: &TestNamespace) -> LogsOnFailure<'a> {
+    LogsOnFailure {
+        cluster,
+        namespace: ns.name.clone(),
+    }
+}
+
 fn finished(status: &TrainingJobStatus) -> bool {
     matches!(
         status.phase,
@@ -120,6 +147,7 @@ async fn a_training_job_trains_on_the_process_node_and_records_its_run() {
     let client = cluster.client().await.unwrap();
     install_crds(&client).await.unwrap();
     let ns = TestNamespace::new(cluster, &client, "training").await.unwrap();
+    let _logs = logs_on_failure(cluster, &ns);
     let operator = OperatorProcess::start(
         env!("CARGO_BIN_EXE_miniautoml-operator"),
         cluster,
@@ -225,6 +253,7 @@ async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
     let ns = TestNamespace::new(cluster, &client, "training-bad")
         .await
         .unwrap();
+    let _logs = logs_on_failure(cluster, &ns);
     let _operator = OperatorProcess::start(
         env!("CARGO_BIN_EXE_miniautoml-operator"),
         cluster,
@@ -279,6 +308,7 @@ async fn a_failing_trainer_ends_failed_with_its_exit_code() {
     let ns = TestNamespace::new(cluster, &client, "training-exit")
         .await
         .unwrap();
+    let _logs = logs_on_failure(cluster, &ns);
     let _operator = OperatorProcess::start(
         env!("CARGO_BIN_EXE_miniautoml-operator"),
         cluster,
@@ -323,6 +353,7 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
     let ns = TestNamespace::new(cluster, &client, "training-grpc")
         .await
         .unwrap();
+    let _logs = logs_on_failure(cluster, &ns);
     let mut operator = OperatorProcess::start(
         env!("CARGO_BIN_EXE_miniautoml-operator"),
         cluster,
@@ -470,6 +501,7 @@ async fn a_run_limit_queues_runs_first_come_first_served() {
     let ns = TestNamespace::new(cluster, &client, "training-queue")
         .await
         .unwrap();
+    let _logs = logs_on_failure(cluster, &ns);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -535,6 +567,7 @@ async fn gpu_runs_land_on_simulated_gpu_nodes_or_say_why_they_cannot() {
     let ns = TestNamespace::new(cluster, &client, "training-gpu")
         .await
         .unwrap();
+    let _logs = logs_on_failure(cluster, &ns);
     let _operator = OperatorProcess::start(
         env!("CARGO_BIN_EXE_miniautoml-operator"),
         cluster,

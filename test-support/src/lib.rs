@@ -243,7 +243,8 @@ impl OperatorProcess {
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("AWS_ACCESS_KEY_ID", &cluster.s3_access_key)
             .env("AWS_SECRET_ACCESS_KEY", secret_key)
-            .stdout(std::process::Stdio::null())
+            // Its tracing output goes to stdout, panics and start-up errors to stderr.
+            .stdout(operator_log(namespace))
             .stderr(operator_log(namespace))
             .spawn()
             .unwrap_or_else(|e| panic!("{binary}: {e}"));

@@ -22,6 +22,8 @@ pub const TRAINING_JOB_LABEL: &str = "miniautoml.io/trainingjob";
 pub const RUN_ID_LABEL: &str = "miniautoml.io/run-id";
 /// Key of the run token in the per-run Secret.
 pub const TOKEN_KEY: &str = "token";
+/// Annotation on a run's Job: the dataset snapshot it trains on.
+pub const VERSION_HASH_ANNOTATION: &str = "miniautoml.io/dataset-version-hash";
 /// The port rank 0 listens on for the other ranks.
 pub const MASTER_PORT: i32 = 23456;
 /// The container's name in the workers' pods.
@@ -220,6 +222,10 @@ fn tolerations(job: &TrainingJob) -> Option<Vec<Toleration>> {
 pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
     let workers = job.spec.workers.max(1);
     let mut meta = owned_meta(job, job_name(job), inputs.run_id);
+    meta.annotations = Some(BTreeMap::from([(
+        VERSION_HASH_ANNOTATION.to_string(),
+        inputs.version_hash.clone(),
+    )]));
     let mut pod_labels = labels(job, inputs.run_id);
     if let Some(queue) = &job.spec.queue_name {
         meta.labels
@@ -261,6 +267,11 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
         }),
         status: None,
     }
+}
+
+/// The snapshot a run's Job was launched on.
+pub fn launched_version_hash(run: &Job) -> Option<String> {
+    run.annotations().get(VERSION_HASH_ANNOTATION).cloned()
 }
 
 /// The headless Service that names rank 0 (`<job>-0.<job>`) for the other ranks.
@@ -326,6 +337,8 @@ mod tests {
     fn a_single_worker_job_carries_the_contract() {
         let built = build_job(&fixture(), &inputs());
         assert_eq!(built.metadata.name.as_deref(), Some("twitter-model-train"));
+        // The snapshot it was launched on stays readable whatever the Dataset gets later.
+        assert_eq!(launched_version_hash(&built).as_deref(), Some("hashBg=="));
         assert_eq!(
             built.metadata.owner_references.as_ref().unwrap()[0].kind,
             "TrainingJob"

@@ -27,13 +27,20 @@ use kube::{
     runtime::{controller::Action, events::EventType},
 };
 use miniautoml_api::{
-    Dataset, SnapshotState, TrainingJob, TrainingJobSpec, TrainingJobStatus, training_job::TrainingPhase,
+    Dataset, SnapshotState, SnapshotStatus, TrainingJob, TrainingJobSpec, TrainingJobStatus,
+    training_job::TrainingPhase,
 };
 use miniautoml_data::SnapshotSelector;
 
-use self::build::{RUN_ID_LABEL, RunInputs, build_job, build_secret, build_service, job_name, secret_name};
+use self::build::{
+    RUN_ID_LABEL, RunInputs, build_job, build_secret, build_service, job_name, launched_version_hash,
+    secret_name,
+};
 use self::observe::{Observed, observe};
-use super::{Context, MANAGER, Verdict, modify_status, publish, reconciled, report_unreadable};
+use super::{
+    Context, MANAGER, TrainingSettings, Verdict, dataset::next_entry, modify_status, publish, reconciled,
+    report_unreadable,
+};
 use crate::{
     Result,
     conditions::{self, ACCEPTED},
@@ -198,154 +205,20 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
         return Ok(Action::requeue(Duration::from_secs(60)));
     };
 
-    // The snapshot.
-    let datasets: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
-    let dataset_name = &job.spec.dataset.name;
-    let Some(dataset) = datasets.get_opt(dataset_name).await? else {
-        return waiting(
-            &api,
-            job,
-            "DatasetNotFound",
-            format!("Dataset {dataset_name:?} does not exist in namespace {namespace}"),
-            10,
-        )
-        .await;
-    };
-    let selector = SnapshotSelector {
-        up_to: job.spec.dataset.commit,
-        tags: job.spec.dataset.tags.clone(),
-    };
-    let snapshot = match snapshots::prepare(ctx, &dataset, &selector).await {
-        Ok(snapshot) => snapshot,
-        Err(SnapshotError::Selection(error)) => {
-            return waiting(
-                &api,
-                job,
-                "NoSuchCommits",
-                format!("Dataset {dataset_name:?}: {error}"),
-                15,
-            )
-            .await;
-        }
-        Err(SnapshotError::NoStorage) => {
-            return waiting(
-                &api,
-                job,
-                "NotConfigured",
-                "object storage is not configured".into(),
-                60,
-            )
-            .await;
-        }
-        Err(SnapshotError::Operator(error)) => return Err(error),
-    };
-    match snapshot.state {
-        SnapshotState::Running => {
-            return waiting(
-                &api,
-                job,
-                "SnapshotBuilding",
-                format!(
-                    "snapshot {} of Dataset {dataset_name:?} is being built",
-                    snapshot.version_hash
-                ),
-                2,
-            )
-            .await;
-        }
-        SnapshotState::Failed => {
-            let why = snapshot.message.clone().unwrap_or_default();
-            return waiting(
-                &api,
-                job,
-                "SnapshotFailed",
-                format!(
-                    "snapshot {} of Dataset {dataset_name:?} failed: {why}; retrying",
-                    snapshot.version_hash
-                ),
-                15,
-            )
-            .await;
-        }
-        SnapshotState::Ready => {}
-    }
-    let data_path = snapshot
-        .root
-        .clone()
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_string();
-    let inputs = RunInputs {
-        run_id,
-        image,
-        metadata_store: settings.metadata_store_address.clone(),
-        dataset_id: dataset
-            .labels()
-            .get(DATASET_ID_LABEL)
-            .cloned()
-            .unwrap_or_else(|| dataset_name.clone()),
-        version_hash: snapshot.version_hash.clone(),
-        bucket: settings.bucket.clone(),
-        data_path,
-        s3_endpoint: settings.s3_endpoint.clone(),
-        s3_region: settings.s3_region.clone(),
-    };
-
-    // The run's objects: the Secret is created once (its token never changes), the rest applied.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    if secrets.get_opt(&secret_name(job)).await?.is_none() {
-        let secret = build_secret(job, run_id, &new_token()?, &settings.credentials);
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    let apply = PatchParams::apply(MANAGER).force();
-    if job.spec.workers > 1 {
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-        services
-            .patch(&job_name(job), &apply, &Patch::Apply(&build_service(job, run_id)))
-            .await?;
-    }
+    // A launched run keeps the snapshot it was launched on, whatever is committed since.
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = job_name(job);
-    let run = match jobs.get_opt(&name).await? {
-        Some(existing) => existing,
-        None if settings.max_concurrent_runs > 0 => {
-            let scope: Api<TrainingJob> = match &ctx.watch_namespace {
-                Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-                None => Api::all(ctx.client.clone()),
-            };
-            let all = scope.list(&ListParams::default()).await?.items;
-            let (ahead, active) = queue_position(job, &all);
-            if active + ahead >= settings.max_concurrent_runs as usize {
-                let message = format!(
-                    "{active} of at most {} runs are running; {ahead} queued ahead of this one",
-                    settings.max_concurrent_runs
-                );
-                write(&api, job, |status, generation| {
-                    let mut changed = set(
-                        status,
-                        generation,
-                        DATASET_READY,
-                        true,
-                        "Ready",
-                        "the snapshot is ready",
-                    ) | set(status, generation, RUNNING, false, "WaitingForSlot", &message)
-                        | queued(status);
-                    if status.position_in_queue != Some(ahead as u32) {
-                        status.position_in_queue = Some(ahead as u32);
-                        changed = true;
-                    }
-                    changed
-                })
-                .await?;
-                return Ok(Action::requeue(Duration::from_secs(2)));
-            }
-            launch(ctx, job, &jobs, &name, &inputs).await?
+    let (run, version_hash) = match jobs.get_opt(&name).await? {
+        Some(existing) => {
+            let hash = launched_version_hash(&existing)
+                .or_else(|| job.status.as_ref().and_then(|s| s.dataset_version_hash.clone()))
+                .unwrap_or_default();
+            (existing, hash)
         }
-        None => launch(ctx, job, &jobs, &name, &inputs).await?,
+        None => match launch_when_ready(job, ctx, &api, &settings, run_id, image).await? {
+            Launch::Waiting(action) => return Ok(action),
+            Launch::Launched(run, hash) => (*run, hash),
+        },
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods = pods
@@ -353,7 +226,6 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
         .await?
         .items;
     let observed = observe(&run, &pods);
-    let version_hash = snapshot.version_hash.clone();
     let written = write(&api, job, |status, generation| {
         let mut changed = set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
             | set(
@@ -410,6 +282,200 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
             Ok(Action::await_change())
         }
         _ => Ok(Action::requeue(Duration::from_secs(2))),
+    }
+}
+
+/// What [`launch_when_ready`] did.
+enum Launch {
+    /// Not launched yet; the status says why.
+    Waiting(Action),
+    /// The run's Job, and the snapshot it trains on.
+    Launched(Box<Job>, String),
+}
+
+/// Launches the run once its snapshot is Ready and (under `--max-concurrent-runs`) a slot is
+/// free: the run's Secret, the headless Service of a multi-worker run, then the Job.
+async fn launch_when_ready(
+    job: &TrainingJob,
+    ctx: &Arc<Context>,
+    api: &Api<TrainingJob>,
+    settings: &TrainingSettings,
+    run_id: u64,
+    image: String,
+) -> Result<Launch> {
+    let namespace = job.namespace().unwrap_or_default();
+    let (dataset, snapshot) = match ready_snapshot(job, ctx, api).await? {
+        Ok(ready) => ready,
+        Err(action) => return Ok(Launch::Waiting(action)),
+    };
+    let inputs = RunInputs {
+        run_id,
+        image,
+        metadata_store: settings.metadata_store_address.clone(),
+        dataset_id: dataset
+            .labels()
+            .get(DATASET_ID_LABEL)
+            .cloned()
+            .unwrap_or_else(|| dataset.name_any()),
+        version_hash: snapshot.version_hash.clone(),
+        bucket: settings.bucket.clone(),
+        data_path: snapshot
+            .root
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string(),
+        s3_endpoint: settings.s3_endpoint.clone(),
+        s3_region: settings.s3_region.clone(),
+    };
+
+    if settings.max_concurrent_runs > 0 {
+        let scope: Api<TrainingJob> = match &ctx.watch_namespace {
+            Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+            None => Api::all(ctx.client.clone()),
+        };
+        let all = scope.list(&ListParams::default()).await?.items;
+        let (ahead, active) = queue_position(job, &all);
+        if active + ahead >= settings.max_concurrent_runs as usize {
+            let message = format!(
+                "{active} of at most {} runs are running; {ahead} queued ahead of this one",
+                settings.max_concurrent_runs
+            );
+            let ready = format!("snapshot {} is ready", snapshot.version_hash);
+            write(api, job, |status, generation| {
+                let mut changed = set(status, generation, DATASET_READY, true, "Ready", &ready)
+                    | set(status, generation, RUNNING, false, "WaitingForSlot", &message)
+                    | queued(status);
+                if status.position_in_queue != Some(ahead as u32) {
+                    status.position_in_queue = Some(ahead as u32);
+                    changed = true;
+                }
+                changed
+            })
+            .await?;
+            return Ok(Launch::Waiting(Action::requeue(Duration::from_secs(2))));
+        }
+    }
+
+    // The Secret is created once: its token never changes.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if secrets.get_opt(&secret_name(job)).await?.is_none() {
+        let secret = build_secret(job, run_id, &new_token()?, &settings.credentials);
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let apply = PatchParams::apply(MANAGER).force();
+    if job.spec.workers > 1 {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+        services
+            .patch(&job_name(job), &apply, &Patch::Apply(&build_service(job, run_id)))
+            .await?;
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let run = launch(ctx, job, &jobs, &job_name(job), &inputs).await?;
+    Ok(Launch::Launched(Box::new(run), snapshot.version_hash))
+}
+
+/// The Dataset and its Ready snapshot for `job`, or the requeue while the status says why not:
+/// the Dataset is missing, still ingesting the commits a run on its latest data needs, has no
+/// matching commits, or the snapshot is being built or failed.
+async fn ready_snapshot(
+    job: &TrainingJob,
+    ctx: &Arc<Context>,
+    api: &Api<TrainingJob>,
+) -> Result<std::result::Result<(Dataset, SnapshotStatus), Action>> {
+    let namespace = job.namespace().unwrap_or_default();
+    let datasets: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
+    let dataset_name = &job.spec.dataset.name;
+    let wait = |reason: &'static str, message: String, retry: u64| async move {
+        waiting(api, job, reason, message, retry).await.map(Err)
+    };
+    let Some(dataset) = datasets.get_opt(dataset_name).await? else {
+        return wait(
+            "DatasetNotFound",
+            format!("Dataset {dataset_name:?} does not exist in namespace {namespace}"),
+            10,
+        )
+        .await;
+    };
+    // Without a pinned commit the run trains on every commit of the spec, so it waits for them.
+    if job.spec.dataset.commit.is_none()
+        && let Some(entry) = next_entry(&dataset)
+    {
+        return wait(
+            "DatasetIngesting",
+            format!(
+                "Dataset {dataset_name:?} is still ingesting spec.commits[{entry}]; the run trains on \
+                 every commit once they are in"
+            ),
+            2,
+        )
+        .await;
+    }
+    let selector = SnapshotSelector {
+        up_to: job.spec.dataset.commit,
+        tags: job.spec.dataset.tags.clone(),
+    };
+    let status = dataset.status.clone().unwrap_or_default();
+    match selector.select(&status.commits) {
+        Ok(ids) if ids.is_empty() => {
+            return wait(
+                "NoCommits",
+                format!(
+                    "Dataset {dataset_name:?} has no ingested commits{}; add data to spec.commits",
+                    if selector.tags.is_empty() {
+                        ""
+                    } else {
+                        " with the selected tags"
+                    }
+                ),
+                10,
+            )
+            .await;
+        }
+        Ok(_) => {}
+        Err(error) => {
+            return wait("NoSuchCommits", format!("Dataset {dataset_name:?}: {error}"), 15).await;
+        }
+    }
+    let snapshot = match snapshots::prepare(ctx, &dataset, &selector).await {
+        Ok(snapshot) => snapshot,
+        Err(SnapshotError::Selection(error)) => {
+            return wait("NoSuchCommits", format!("Dataset {dataset_name:?}: {error}"), 15).await;
+        }
+        Err(SnapshotError::NoStorage) => {
+            return wait("NotConfigured", "object storage is not configured".into(), 60).await;
+        }
+        Err(SnapshotError::Operator(error)) => return Err(error),
+    };
+    match snapshot.state {
+        SnapshotState::Running => {
+            wait(
+                "SnapshotBuilding",
+                format!(
+                    "snapshot {} of Dataset {dataset_name:?} is being built",
+                    snapshot.version_hash
+                ),
+                2,
+            )
+            .await
+        }
+        SnapshotState::Failed => {
+            let why = snapshot.message.clone().unwrap_or_default();
+            wait(
+                "SnapshotFailed",
+                format!(
+                    "snapshot {} of Dataset {dataset_name:?} failed: {why}; retrying",
+                    snapshot.version_hash
+                ),
+                15,
+            )
+            .await
+        }
+        SnapshotState::Ready => Ok(Ok((dataset, snapshot))),
     }
 }
 
