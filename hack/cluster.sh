@@ -179,8 +179,12 @@ up() {
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
     --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
-  local stages
-  stages=$(printf '%s,' "$KWOK_STAGES"/*.yaml)
+  # kwok's stages, with the project's (hack/cluster/kwok-stages) replacing same-named ones.
+  local stages="" stage
+  for stage in "$KWOK_STAGES"/*.yaml; do
+    [ -f "$REPO_ROOT/hack/cluster/kwok-stages/${stage##*/}" ] || stages+="$stage,"
+  done
+  stages+=$(printf '%s,' "$REPO_ROOT"/hack/cluster/kwok-stages/*.yaml)
   start kwok "$TOOLS_BIN/kwok" --kubeconfig "$STATE/kwok.kubeconfig" --config "${stages%,}" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --server-address "127.0.0.1:$KWOK_PORT" --node-ip 127.0.0.1 --node-lease-duration-seconds 40

@@ -15,7 +15,6 @@ pub mod snapshots;
 
 use std::sync::Arc;
 
-use kube::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -31,7 +30,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .await
         .map_err(|e| Error::KubeConfig(e.to_string()))?;
     let api_url = kube_config.cluster_url.to_string();
-    let client = Client::try_from(kube_config).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    let metrics = Arc::new(Metrics::default());
+    // Every API request is counted (`miniautoml_operator_kube_api_requests_total`).
+    let counted = metrics.clone();
+    let counting =
+        tower::util::MapRequestLayer::new(move |request: axum::http::Request<kube::client::Body>| {
+            counted.api_request(metrics::api_verb(request.method(), request.uri().query()));
+            request
+        });
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .map_err(|e| Error::KubeConfig(e.to_string()))?
+        .with_layer(&counting)
+        .build();
     preflight::check_crds(&client)
         .await
         .map_err(|error| match error {
@@ -42,7 +52,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         })?;
     info!("CRDs installed");
 
-    let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let store = storage(&config);
     let mut ctx = Context::new(

@@ -24,12 +24,35 @@ pub struct FailureLabels {
     pub error: &'static str,
 }
 
+/// Labels naming the kind of a Kubernetes API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `get` (a get or a list), `watch`, `create`, `update`, `patch`, `delete` or `other`.
+    pub verb: &'static str,
+}
+
+/// The verb of a Kubernetes API request, from its method and query.
+pub fn api_verb(method: &axum::http::Method, query: Option<&str>) -> &'static str {
+    use axum::http::Method;
+    let watch = query.is_some_and(|q| q.split('&').any(|pair| pair == "watch=true" || pair == "watch=1"));
+    match *method {
+        Method::GET if watch => "watch",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
 /// All metrics, registered once.
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ControllerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
+    api_requests: Family<ApiRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -46,6 +69,12 @@ impl Default for Metrics {
             "Reconciles that ended in an error",
             failures.clone(),
         );
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "kube_api_requests",
+            "Requests sent to the Kubernetes API server (a watch counts once, when opened)",
+            api_requests.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
@@ -56,6 +85,7 @@ impl Default for Metrics {
             reconciles,
             failures,
             durations,
+            api_requests,
         }
     }
 }
@@ -70,6 +100,11 @@ impl Metrics {
             labels,
             start: Instant::now(),
         }
+    }
+
+    /// Counts a request to the Kubernetes API server.
+    pub fn api_request(&self, verb: &'static str) {
+        self.api_requests.get_or_create(&ApiRequestLabels { verb }).inc();
     }
 
     /// Counts a failed reconcile.
@@ -109,6 +144,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn api_verbs_come_from_the_method_and_the_watch_parameter() {
+        use axum::http::Method;
+        assert_eq!(
+            api_verb(
+                &Method::GET,
+                Some("labelSelector=a&watch=true&timeoutSeconds=290")
+            ),
+            "watch"
+        );
+        assert_eq!(api_verb(&Method::GET, Some("labelSelector=a")), "get");
+        assert_eq!(api_verb(&Method::GET, None), "get");
+        assert_eq!(api_verb(&Method::PATCH, Some("fieldManager=x")), "patch");
+        assert_eq!(api_verb(&Method::PUT, None), "update");
+        assert_eq!(api_verb(&Method::POST, None), "create");
+        assert_eq!(api_verb(&Method::DELETE, None), "delete");
+    }
+
+    #[test]
     fn reconciles_failures_and_durations_are_exported() {
         let metrics = Metrics::default();
         drop(metrics.reconcile_started("dataset"));
@@ -128,6 +181,12 @@ mod tests {
         assert!(
             text.contains("miniautoml_operator_reconcile_duration_seconds_count{controller=\"dataset\"} 2"),
             "{text}"
+        );
+        metrics.api_request("patch");
+        assert!(
+            metrics
+                .encode()
+                .contains("miniautoml_operator_kube_api_requests_total{verb=\"patch\"} 1")
         );
     }
 }

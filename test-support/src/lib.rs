@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+pub mod simulated;
+
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use k8s_openapi::{
     api::core::v1::{Namespace, ServiceAccount},
@@ -48,6 +50,9 @@ pub enum Error {
     /// A Kubernetes call failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A simulated run could not report like a trainer.
+    #[error("simulated run: {0}")]
+    Simulation(String),
 }
 
 /// Result with this crate's [`Error`].

@@ -285,6 +285,8 @@ fn backoff<K: Reconciled>(object: Arc<DeserializeGuard<K>>, error: &Error, ctx: 
 async fn run_controller<K, F, Fut>(
     ctx: Arc<Context>,
     reconcile: F,
+    // Adds the watches of the objects the controller owns or reads.
+    watches: impl FnOnce(Controller<DeserializeGuard<K>>, &Context) -> Controller<DeserializeGuard<K>>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) where
@@ -296,7 +298,10 @@ async fn run_controller<K, F, Fut>(
         Some(namespace) => Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), namespace),
         None => Api::<DeserializeGuard<K>>::all(ctx.client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = watches(
+        Controller::new(api, watcher::Config::default().any_semantic()),
+        &ctx,
+    );
     let store = controller.store();
     let synced = readiness.component(K::CONTROLLER);
     tokio::spawn(async move {
@@ -325,16 +330,24 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         run_controller(
             ctx.clone(),
             dataset::reconcile,
+            |controller, _| controller,
             readiness.clone(),
             shutdown.clone()
         ),
         run_controller(
             ctx.clone(),
             training_job::reconcile,
+            training_job::watches,
             readiness.clone(),
             shutdown.clone()
         ),
-        run_controller(ctx, model_deployment::reconcile, readiness, shutdown),
+        run_controller(
+            ctx,
+            model_deployment::reconcile,
+            |controller, _| controller,
+            readiness,
+            shutdown
+        ),
     );
 }
 

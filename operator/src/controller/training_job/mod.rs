@@ -24,7 +24,7 @@ use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
     core::DeserializeGuard,
-    runtime::{controller::Action, events::EventType},
+    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
 };
 use miniautoml_api::{
     Dataset, SnapshotState, SnapshotStatus, TrainingJob, TrainingJobSpec, TrainingJobStatus,
@@ -33,8 +33,8 @@ use miniautoml_api::{
 use miniautoml_data::SnapshotSelector;
 
 use self::build::{
-    RUN_ID_LABEL, RunInputs, build_job, build_secret, build_service, job_name, launched_version_hash,
-    secret_name,
+    RUN_ID_LABEL, RunInputs, TRAINING_JOB_LABEL, build_job, build_secret, build_service, job_name,
+    launched_version_hash, secret_name,
 };
 use self::observe::{Observed, observe};
 use super::{
@@ -116,6 +116,30 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
         Ok(job) if job.metadata.deletion_timestamp.is_some() => Ok(Action::await_change()),
         Ok(job) => reconcile_run(job, &ctx).await,
     }
+}
+
+/// A run's Job and pods wake its TrainingJob when they change, so a run is followed by watch
+/// events, not by polling.
+pub fn watches(
+    controller: Controller<DeserializeGuard<TrainingJob>>,
+    ctx: &Context,
+) -> Controller<DeserializeGuard<TrainingJob>> {
+    let (jobs, pods): (Api<Job>, Api<Pod>) = match &ctx.watch_namespace {
+        Some(namespace) => (
+            Api::namespaced(ctx.client.clone(), namespace),
+            Api::namespaced(ctx.client.clone(), namespace),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    let ours = || {
+        watcher::Config::default()
+            .labels(TRAINING_JOB_LABEL)
+            .any_semantic()
+    };
+    controller.owns(jobs, ours()).watches(pods, ours(), |pod| {
+        let name = pod.labels().get(TRAINING_JOB_LABEL)?;
+        Some(ObjectRef::new(name).within(&pod.namespace()?))
+    })
 }
 
 /// The phase recorded so far.
@@ -281,7 +305,8 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
             .await;
             Ok(Action::await_change())
         }
-        _ => Ok(Action::requeue(Duration::from_secs(2))),
+        // The Job and pod watches wake an active run; this is only a safety net.
+        _ => Ok(Action::requeue(Duration::from_secs(60))),
     }
 }
 
