@@ -3,7 +3,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest bench-train
+.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest bench-train bench-training
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,11 @@ bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operato
 
 bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet_emotion (quality and time)
 	hack/bench-train.sh
+
+bench-training: ## Benchmark 1,000 TrainingJobs on 100 simulated GPU nodes: Job creation time, operator RSS, API requests
+	@hack/tools.sh cluster >/dev/null
+	$(CARGO) build --locked --quiet -p miniautoml-process-node
+	$(CARGO) bench --locked -p miniautoml-operator --bench training_jobs
 
 tools: ## Build the pinned Kubernetes tools (hack/versions.env) into ~/.cache/miniautoml/tools
 	@hack/tools.sh >/dev/null

@@ -166,6 +166,8 @@ up() {
     --cert-dir "$PKI/generated"
   wait_for kube-apiserver "${kubectl[@]}" get --raw /readyz
 
+  # Client rate limits above the defaults (20 and 50 requests/s), so hundreds of Jobs and pods
+  # (make bench-training) are not throttled by the cluster's own controllers.
   start kube-controller-manager "$TOOLS_BIN/kube-controller-manager" \
     --kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
@@ -173,12 +175,14 @@ up() {
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-    --use-service-account-credentials=true --controllers '*'
+    --use-service-account-credentials=true --controllers '*' \
+    --kube-api-qps 200 --kube-api-burst 400 --concurrent-job-syncs 20
   start kube-scheduler "$TOOLS_BIN/kube-scheduler" \
     --kubeconfig "$STATE/scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
     --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+    --kube-api-qps 200 --kube-api-burst 400
   # kwok's stages, with the project's (hack/cluster/kwok-stages) replacing same-named ones.
   local stages="" stage
   for stage in "$KWOK_STAGES"/*.yaml; do

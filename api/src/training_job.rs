@@ -37,6 +37,10 @@ pub const CONTRACT_VARIABLES: [&str; 16] = [
 
 /// The most epochs a TrainingJob's status lists; the full history is in object storage.
 pub const MAX_STATUS_EPOCHS: u64 = 32;
+fn retain() -> RetainPolicy {
+    RetainPolicy::Retain
+}
+
 /// The most workers (ranks) one TrainingJob may run.
 pub const MAX_WORKERS: i32 = 64;
 /// The most GPUs one worker may request.
@@ -152,8 +156,10 @@ pub struct TrainingJobSpec {
     #[schemars(length(min = 1, max = 63))]
     pub queue_name: Option<String>,
 
-    /// What happens to the model artifact when the TrainingJob is deleted.
-    #[serde(default)]
+    /// What happens to the run's objects in storage (the model artifact and the epoch
+    /// history) when the TrainingJob is deleted: `Retain` (the default) keeps them, `Delete`
+    /// removes them with it.
+    #[serde(default = "retain")]
     pub artifact_retain_policy: RetainPolicy,
 }
 

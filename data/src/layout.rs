@@ -20,9 +20,14 @@ pub fn model_prefix(namespace: &str, training_job: &str, run_uid: &str) -> Strin
     format!("models/{namespace}/{training_job}/{run_uid}/")
 }
 
+/// Everything a training run records besides its model (today its epoch history).
+pub fn run_prefix(namespace: &str, training_job: &str, run_uid: &str) -> String {
+    format!("runs/{namespace}/{training_job}/{run_uid}/")
+}
+
 /// A training run's full epoch history, one object per epoch (`<rank>-<epoch>.json`).
 pub fn run_history_prefix(namespace: &str, training_job: &str, run_uid: &str) -> String {
-    format!("runs/{namespace}/{training_job}/{run_uid}/epochs/")
+    format!("{}epochs/", run_prefix(namespace, training_job, run_uid))
 }
 
 /// Files of a TextIntent commit or snapshot.

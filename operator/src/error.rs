@@ -66,6 +66,10 @@ pub enum Error {
     #[error("allocating an id from ConfigMap {0} kept conflicting")]
     IdConflict(String),
 
+    /// Allocating a numeric id failed (the message says why).
+    #[error("allocating an id: {0}")]
+    IdAllocation(String),
+
     /// Object storage failed in a way worth retrying.
     #[error("object storage: {0}")]
     Storage(String),
@@ -101,6 +105,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Storage(_) => "storage",
             Error::IdConflict(_) => "id_conflict",
+            Error::IdAllocation(_) => "id_allocation",
         }
     }
 }

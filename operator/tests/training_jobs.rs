@@ -244,6 +244,21 @@ async fn a_training_job_trains_on_the_process_node_and_records_its_run() {
     assert!(status.message().contains("only the run's own pods"), "{status:?}");
     let after = jobs.get("intent").await.unwrap().status.unwrap();
     assert!(after.epochs.iter().all(|e| e.id != "0-99"));
+
+    // The default artifactRetainPolicy (Retain) keeps the model when the TrainingJob goes.
+    jobs.delete("intent", &Default::default()).await.unwrap();
+    let gone = kube::runtime::wait::await_condition(
+        jobs.clone(),
+        "intent",
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    );
+    tokio::time::timeout(RUN_WAIT, gone).await.unwrap().unwrap();
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let kept = store
+        .list(&cluster.s3_bucket, &format!("models/{}/intent/{uid}/", ns.name))
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 4, "{kept:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -586,9 +601,14 @@ async fn gpu_runs_land_on_simulated_gpu_nodes_or_say_why_they_cannot() {
             "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
         })
     };
-    jobs.create(&PostParams::default(), &training_job("one-gpu", on_gpus(1)))
-        .await
-        .unwrap();
+    let mut deleted_with_its_run = on_gpus(1);
+    deleted_with_its_run["artifactRetainPolicy"] = "Delete".into();
+    jobs.create(
+        &PostParams::default(),
+        &training_job("one-gpu", deleted_with_its_run),
+    )
+    .await
+    .unwrap();
     jobs.create(&PostParams::default(), &training_job("three-gpus", on_gpus(3)))
         .await
         .unwrap();
@@ -622,6 +642,28 @@ async fn gpu_runs_land_on_simulated_gpu_nodes_or_say_why_they_cannot() {
     assert_eq!(simulated.progress.as_deref(), Some("2/3"));
     assert_eq!(simulated.artifact.unwrap().files, ["manifest.json"]);
     assert_eq!(simulated.message.as_deref(), Some("test accuracy 0.900"));
+
+    // artifactRetainPolicy: Delete: deleting the TrainingJob deletes its model and epoch history.
+    let uid = jobs.get("one-gpu").await.unwrap().metadata.uid.unwrap();
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let objects = |prefix: String| {
+        let store = store.clone();
+        let bucket = cluster.s3_bucket.clone();
+        async move { store.list(&bucket, &prefix).await.unwrap() }
+    };
+    let model = format!("models/{}/one-gpu/{uid}/", ns.name);
+    let history = format!("runs/{}/one-gpu/{uid}/", ns.name);
+    assert_eq!(objects(model.clone()).await.len(), 1);
+    assert_eq!(objects(history.clone()).await.len(), 2, "one object per epoch");
+    jobs.delete("one-gpu", &Default::default()).await.unwrap();
+    let gone = kube::runtime::wait::await_condition(
+        jobs.clone(),
+        "one-gpu",
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    );
+    tokio::time::timeout(RUN_WAIT, gone).await.unwrap().unwrap();
+    assert!(objects(model).await.is_empty());
+    assert!(objects(history).await.is_empty());
 
     let stuck = wait_for(&jobs, "three-gpus", &ns.name, |s| {
         s.conditions

@@ -211,16 +211,21 @@ pub struct OperatorProcess {
     child: std::process::Child,
     /// Where its gRPC API listens.
     pub grpc_addr: std::net::SocketAddr,
+    /// Where its admin server (`/metrics`, `/readyz`) listens.
+    pub admin_addr: std::net::SocketAddr,
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
 }
 
 impl OperatorProcess {
     /// Starts `binary` (the test's `env!("CARGO_BIN_EXE_miniautoml-operator")`) for `namespace`,
     /// with the cluster's S3 credentials but `secret_key` as the secret (to test refused ones).
     pub fn start(binary: &str, cluster: &LocalCluster, namespace: &str, secret_key: &str) -> OperatorProcess {
-        let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port");
-        OperatorProcess::start_at(binary, cluster, namespace, secret_key, grpc_addr, &[])
+        OperatorProcess::start_at(binary, cluster, namespace, secret_key, free_port(), &[])
     }
 
     /// As [`OperatorProcess::start`], serving gRPC on `grpc_addr` (a restarted operator keeps
@@ -233,9 +238,10 @@ impl OperatorProcess {
         grpc_addr: std::net::SocketAddr,
         extra: &[&str],
     ) -> OperatorProcess {
+        let admin_addr = free_port();
         let child = Command::new(binary)
             .args([
-                "--admin-addr=127.0.0.1:0".to_string(),
+                format!("--admin-addr={admin_addr}"),
                 format!("--grpc-addr={grpc_addr}"),
                 format!("--watch-namespace={namespace}"),
                 format!("--grpc-namespace={namespace}"),
@@ -253,7 +259,16 @@ impl OperatorProcess {
             .stderr(operator_log(namespace))
             .spawn()
             .unwrap_or_else(|e| panic!("{binary}: {e}"));
-        OperatorProcess { child, grpc_addr }
+        OperatorProcess {
+            child,
+            grpc_addr,
+            admin_addr,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills it (SIGKILL) and reaps it.

@@ -58,6 +58,17 @@ pub struct Context {
     /// What training runs need; `None` until storage and the metadata store address are
     /// configured (TrainingJobs then wait with a condition).
     pub training: Option<TrainingSettings>,
+    /// Numeric ids (dataset ids, run ids) handed out by this process.
+    pub ids: crate::ids::Ids,
+    /// The TrainingJob controller's watch cache, once it runs (the metadata store finds runs
+    /// there instead of asking the API server on every write).
+    pub training_jobs:
+        std::sync::OnceLock<kube::runtime::reflector::Store<DeserializeGuard<miniautoml_api::TrainingJob>>>,
+    /// The runs' Jobs and pods (label `miniautoml.io/trainingjob`), cached by the TrainingJob
+    /// controller's watches.
+    pub run_jobs: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::batch::v1::Job>>,
+    /// See `run_jobs`.
+    pub run_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
 }
 
 /// What a training run's pods are given.
@@ -101,6 +112,10 @@ impl Context {
             watch_namespace: None,
             snapshot_builds: Default::default(),
             training: None,
+            ids: Default::default(),
+            training_jobs: Default::default(),
+            run_jobs: Default::default(),
+            run_pods: Default::default(),
         }
     }
 }
@@ -254,6 +269,32 @@ where
     }
 }
 
+/// As [`modify_status`], starting from `cached` (an object from the watch cache) instead of a
+/// read: nothing is sent when `change` changes nothing, and a write with a stale
+/// resourceVersion is refused by the server and retried from a fresh read.
+pub async fn modify_cached_status<K>(
+    api: &Api<K>,
+    cached: &K,
+    mut change: impl FnMut(&mut K) -> bool,
+) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let mut object = cached.clone();
+    if !change(&mut object) {
+        return Ok(object);
+    }
+    let name = object.meta().name.clone().unwrap_or_default();
+    match api
+        .replace_status(&name, &kube::api::PostParams::default(), &object)
+        .await
+    {
+        Ok(written) => Ok(written),
+        Err(kube::Error::Api(status)) if status.code == 409 => modify_status(api, &name, change).await,
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Publishes an event about `object`.
 pub async fn publish<K: Resource<DynamicType = ()>>(
     ctx: &Context,
@@ -278,7 +319,13 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
 fn backoff<K: Reconciled>(object: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(controller = K::CONTROLLER, object = %ObjectRef::from_obj(object.as_ref()), %error, "reconcile failed");
     ctx.metrics.reconcile_failed(K::CONTROLLER, error.metric_label());
-    Action::requeue(Duration::from_secs(15))
+    match error {
+        // A write against a version another writer replaced: try again from the new one soon.
+        Error::Kube(kube::Error::Api(status)) if status.code == 409 => {
+            Action::requeue(Duration::from_secs(1))
+        }
+        _ => Action::requeue(Duration::from_secs(15)),
+    }
 }
 
 /// Runs one controller until `shutdown` fires, marking `readiness` once its cache is synced.

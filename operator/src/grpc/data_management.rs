@@ -51,7 +51,9 @@ impl DataManagement {
 
     /// Allocates the next dataset id.
     async fn allocate_id(&self) -> Result<u64, Status> {
-        crate::ids::allocate(&self.ctx.client, &self.namespace, ID_COUNTER)
+        self.ctx
+            .ids
+            .allocate(&self.ctx.client, &self.namespace, ID_COUNTER)
             .await
             .map_err(|e| match e {
                 crate::Error::IdConflict(_) => {

@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status};
 
 use crate::conditions;
 use crate::controller::{
-    Context, modify_status,
+    Context, modify_cached_status,
     training_job::{FAILED, build::RUN_ID_LABEL, build::TOKEN_KEY, build::secret_name},
 };
 
@@ -44,6 +44,9 @@ type RunKey = (String, String);
 pub struct MetadataStore {
     ctx: Arc<Context>,
     pending: Arc<Mutex<HashMap<RunKey, Vec<EpochStatus>>>>,
+    /// Run tokens already checked against their Secret, by TrainingJob uid (a run's token never
+    /// changes).
+    tokens: Arc<Mutex<HashMap<String, Vec<u8>>>>,
 }
 
 fn internal(error: impl std::fmt::Display) -> Status {
@@ -105,6 +108,7 @@ impl MetadataStore {
         MetadataStore {
             ctx,
             pending: Arc::default(),
+            tokens: Arc::default(),
         }
     }
 
@@ -134,8 +138,23 @@ impl MetadataStore {
     }
 
     /// The run's TrainingJob, when the request carries that run's token.
+    /// The TrainingJob of `run_id` from the controller's watch cache (which may lag a write by
+    /// a moment: writes based on it are compare-and-swapped), else from the API server.
+    async fn find_cached(&self, run_id: &str) -> Result<TrainingJob, Status> {
+        let cached = self.ctx.training_jobs.get().and_then(|store| {
+            store.state().iter().find_map(|guard| {
+                let job = guard.0.as_ref().ok()?;
+                (job.labels().get(RUN_ID_LABEL).map(String::as_str) == Some(run_id)).then(|| job.clone())
+            })
+        });
+        match cached {
+            Some(job) => Ok(job),
+            None => self.find(run_id).await,
+        }
+    }
+
     async fn authorize<T>(&self, request: &Request<T>, run_id: &str) -> Result<TrainingJob, Status> {
-        let job = self.find(run_id).await?;
+        let job = self.find_cached(run_id).await?;
         let presented = request
             .metadata()
             .get("authorization")
@@ -146,6 +165,11 @@ impl MetadataStore {
                     "writing to run {run_id} needs the run's token (authorization: Bearer <MINIAUTOML_RUN_TOKEN>)"
                 ))
             })?;
+        let uid = job.uid().unwrap_or_default();
+        let known = self.tokens.lock().expect("run tokens").get(&uid).cloned();
+        if known.is_some_and(|token| constant_time_eq(presented.as_bytes(), &token)) {
+            return Ok(job);
+        }
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(self.ctx.client.clone(), &job.namespace().unwrap_or_default());
         let secret = secrets.get_opt(&secret_name(&job)).await.map_err(internal)?;
@@ -159,6 +183,7 @@ impl MetadataStore {
                 "the token is not run {run_id}'s: only the run's own pods may write to it"
             )));
         }
+        self.tokens.lock().expect("run tokens").insert(uid, expected);
         Ok(job)
     }
 
@@ -169,9 +194,19 @@ impl MetadataStore {
     ) -> Result<TrainingJob, Status> {
         let api: Api<TrainingJob> =
             Api::namespaced(self.ctx.client.clone(), &job.namespace().unwrap_or_default());
-        modify_status(&api, &job.name_any(), change)
+        // The name may have been reused by a new TrainingJob since: never write into another run.
+        let uid = job.uid();
+        let mut change = change;
+        let written = modify_cached_status(&api, job, |current| current.uid() == uid && change(current))
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        if written.uid() != job.uid() {
+            return Err(Status::not_found(format!(
+                "run {} no longer exists",
+                job.labels().get(RUN_ID_LABEL).cloned().unwrap_or_default()
+            )));
+        }
+        Ok(written)
     }
 
     /// Writes the run's buffered epochs now.

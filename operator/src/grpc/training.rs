@@ -148,7 +148,10 @@ impl Service for Training {
                 metadata.train_data_version_hash, snapshot.commits
             ))
         })?;
-        let run_id = crate::ids::allocate(&self.ctx.client, &self.namespace, RUN_ID_COUNTER)
+        let run_id = self
+            .ctx
+            .ids
+            .allocate(&self.ctx.client, &self.namespace, RUN_ID_COUNTER)
             .await
             .map_err(internal)?;
         let job = TrainingJob {

@@ -24,22 +24,28 @@ use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
     core::DeserializeGuard,
-    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::EventType,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
 use miniautoml_api::{
-    Dataset, SnapshotState, SnapshotStatus, TrainingJob, TrainingJobSpec, TrainingJobStatus,
+    Dataset, RetainPolicy, SnapshotState, SnapshotStatus, TrainingJob, TrainingJobSpec, TrainingJobStatus,
     training_job::TrainingPhase,
 };
-use miniautoml_data::SnapshotSelector;
+use miniautoml_data::{SnapshotSelector, layout};
 
 use self::build::{
     RUN_ID_LABEL, RunInputs, TRAINING_JOB_LABEL, build_job, build_secret, build_service, job_name,
-    launched_version_hash, secret_name,
+    launched_version_hash,
 };
 use self::observe::{Observed, observe};
 use super::{
-    Context, MANAGER, TrainingSettings, Verdict, dataset::next_entry, modify_status, publish, reconciled,
-    report_unreadable,
+    Context, MANAGER, TrainingSettings, Verdict, dataset::next_entry, modify_cached_status, publish,
+    reconciled, report_unreadable,
 };
 use crate::{
     Result,
@@ -56,6 +62,8 @@ pub const RUNNING: &str = "Running";
 pub const SUCCEEDED: &str = "Succeeded";
 /// Condition: the run failed.
 pub const FAILED: &str = "Failed";
+/// Finalizer of TrainingJobs whose run objects are deleted with them.
+pub const FINALIZER: &str = "miniautoml.io/trainingjob-artifacts";
 /// ConfigMap (in the operator's gRPC namespace) counting run ids.
 pub const RUN_ID_COUNTER: &str = "miniautoml-run-ids";
 
@@ -113,7 +121,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
     match &guard.0 {
         Err(error) => report_unreadable(&guard, error, &ctx).await,
         // Owner references let the garbage collector stop the pods.
-        Ok(job) if job.metadata.deletion_timestamp.is_some() => Ok(Action::await_change()),
+        Ok(job) if job.metadata.deletion_timestamp.is_some() => finalize(job, &ctx).await,
+        Ok(job) if needs_finalizer(job) && !job.finalizers().iter().any(|f| f == FINALIZER) => {
+            set_finalizers(job, &ctx, |finalizers| finalizers.push(FINALIZER.into())).await?;
+            // The finalizer's own update event reconciles it again.
+            Ok(Action::await_change())
+        }
         Ok(job) => reconcile_run(job, &ctx).await,
     }
 }
@@ -131,15 +144,77 @@ pub fn watches(
         ),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
+    let _ = ctx.training_jobs.set(controller.store());
     let ours = || {
         watcher::Config::default()
             .labels(TRAINING_JOB_LABEL)
             .any_semantic()
     };
-    controller.owns(jobs, ours()).watches(pods, ours(), |pod| {
-        let name = pod.labels().get(TRAINING_JOB_LABEL)?;
-        Some(ObjectRef::new(name).within(&pod.namespace()?))
-    })
+    // Both are cached (without managed fields), so a reconcile reads them from memory.
+    let (job_cache, job_writer) = reflector::store();
+    let job_events = watcher(jobs, ours())
+        .default_backoff()
+        .modify(|job| job.managed_fields_mut().clear())
+        .reflect(job_writer)
+        .touched_objects();
+    let (pod_cache, pod_writer) = reflector::store();
+    let pod_events = watcher(pods, ours())
+        .default_backoff()
+        .modify(|pod| pod.managed_fields_mut().clear())
+        .reflect(pod_writer)
+        .touched_objects();
+    let _ = ctx.run_jobs.set(job_cache);
+    let _ = ctx.run_pods.set(pod_cache);
+    controller
+        .owns_stream(job_events)
+        .watches_stream(pod_events, |pod| {
+            let name = pod.labels().get(TRAINING_JOB_LABEL)?;
+            Some(ObjectRef::new(name).within(&pod.namespace()?))
+        })
+}
+
+/// Whether deleting `job` must first delete its objects in storage (`artifactRetainPolicy:
+/// Delete`); the spec is immutable, so this never changes.
+pub fn needs_finalizer(job: &TrainingJob) -> bool {
+    job.spec.artifact_retain_policy == RetainPolicy::Delete
+}
+
+/// Writes `job`'s finalizers as `edit` leaves them, against the version read.
+async fn set_finalizers(job: &TrainingJob, ctx: &Context, edit: impl FnOnce(&mut Vec<String>)) -> Result<()> {
+    let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let mut finalizers = job.finalizers().to_vec();
+    edit(&mut finalizers);
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": job.resource_version(),
+    }});
+    api.patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A deleted TrainingJob with `artifactRetainPolicy: Delete`: its model and epoch history go
+/// first, then the finalizer (the garbage collector stops the pods through owner references).
+async fn finalize(job: &TrainingJob, ctx: &Context) -> Result<Action> {
+    if !job.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    if let (Some(store), Some(uid)) = (&ctx.store, job.uid()) {
+        let namespace = job.namespace().unwrap_or_default();
+        let mut deleted = 0;
+        for prefix in [
+            layout::model_prefix(&namespace, &job.name_any(), &uid),
+            layout::run_prefix(&namespace, &job.name_any(), &uid),
+        ] {
+            deleted += store
+                .delete_prefix(&prefix)
+                .await
+                .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        }
+        tracing::info!(deleted, trainingjob = job.name_any(), "run objects deleted");
+    }
+    set_finalizers(job, ctx, |finalizers| finalizers.retain(|f| f != FINALIZER)).await?;
+    Ok(Action::await_change())
 }
 
 /// The phase recorded so far.
@@ -172,7 +247,7 @@ async fn write(
     job: &TrainingJob,
     mut change: impl FnMut(&mut TrainingJobStatus, Option<i64>) -> bool,
 ) -> Result<TrainingJob> {
-    modify_status(api, &job.name_any(), |current: &mut TrainingJob| {
+    modify_cached_status(api, job, |current: &mut TrainingJob| {
         let generation = current.metadata.generation;
         let status = current.status.get_or_insert_with(Default::default);
         let mut changed = status.observed_generation != generation;
@@ -232,7 +307,17 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
     // A launched run keeps the snapshot it was launched on, whatever is committed since.
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = job_name(job);
-    let (run, version_hash) = match jobs.get_opt(&name).await? {
+    let cached = ctx
+        .run_jobs
+        .get()
+        .and_then(|cache| cache.get(&ObjectRef::new(&name).within(&namespace)))
+        .map(|job| (*job).clone());
+    // Not cached yet (just created, or the cache is still filling): ask the API server.
+    let existing = match cached {
+        Some(job) => Some(job),
+        None => jobs.get_opt(&name).await?,
+    };
+    let (run, version_hash) = match existing {
         Some(existing) => {
             let hash = launched_version_hash(&existing)
                 .or_else(|| job.status.as_ref().and_then(|s| s.dataset_version_hash.clone()))
@@ -244,11 +329,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
             Launch::Launched(run, hash) => (*run, hash),
         },
     };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pods = pods
-        .list(&ListParams::default().labels(&format!("job-name={name}")))
-        .await?
-        .items;
+    let pods = run_pods(ctx, &namespace, &name).await?;
     let observed = observe(&run, &pods);
     let written = write(&api, job, |status, generation| {
         let mut changed = set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
@@ -384,13 +465,12 @@ async fn launch_when_ready(
 
     // The Secret is created once: its token never changes.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    if secrets.get_opt(&secret_name(job)).await?.is_none() {
-        let secret = build_secret(job, run_id, &new_token()?, &settings.credentials);
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(error) => return Err(error.into()),
-        }
+    let secret = build_secret(job, run_id, &new_token()?, &settings.credentials);
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {}
+        // Created by an earlier try: it keeps its token.
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error.into()),
     }
     let apply = PatchParams::apply(MANAGER).force();
     if job.spec.workers > 1 {
@@ -502,6 +582,30 @@ async fn ready_snapshot(
         }
         SnapshotState::Ready => Ok(Ok((dataset, snapshot))),
     }
+}
+
+/// The pods of the run's Job `name`: from the pod cache once it is filled, else from the API
+/// server.
+async fn run_pods(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<Pod>> {
+    let ready = |cache: &&reflector::Store<Pod>| {
+        futures::FutureExt::now_or_never(cache.wait_until_ready()).is_some_and(|r| r.is_ok())
+    };
+    if let Some(cache) = ctx.run_pods.get().filter(ready) {
+        return Ok(cache
+            .state()
+            .iter()
+            .filter(|pod| {
+                pod.namespace().as_deref() == Some(namespace)
+                    && pod.labels().get("job-name").map(String::as_str) == Some(name)
+            })
+            .map(|pod| (**pod).clone())
+            .collect());
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(pods
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await?
+        .items)
 }
 
 /// Creates the run's Job.
@@ -650,13 +754,25 @@ pub fn run_id(job: &TrainingJob) -> Option<u64> {
 }
 
 async fn assign_run_id(job: &TrainingJob, ctx: &Arc<Context>, api: &Api<TrainingJob>) -> Result<u64> {
+    // The watch cache can lag behind the label this process wrote (a Job or pod event may
+    // wake the run first), so the label is looked up once more at the source.
+    let fresh = api.get(&job.name_any()).await?;
+    if let Some(id) = fresh.labels().get(RUN_ID_LABEL).and_then(|id| id.parse().ok()) {
+        return Ok(id);
+    }
+    let job = &fresh;
     let namespace = ctx
         .training
         .as_ref()
         .map(|t| t.id_namespace.clone())
         .unwrap_or_else(|| job.namespace().unwrap_or_default());
-    let id = crate::ids::allocate(&ctx.client, &namespace, RUN_ID_COUNTER).await?;
-    let patch = serde_json::json!({"metadata": {"labels": {RUN_ID_LABEL: id.to_string()}}});
+    let id = ctx.ids.allocate(&ctx.client, &namespace, RUN_ID_COUNTER).await?;
+    // Against the version read: a reconcile that saw a stale object (no label yet) is refused
+    // instead of labelling the run a second time.
+    let patch = serde_json::json!({"metadata": {
+        "labels": {RUN_ID_LABEL: id.to_string()},
+        "resourceVersion": job.resource_version(),
+    }});
     api.patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     write(api, job, |status, _| {
