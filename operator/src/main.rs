@@ -41,5 +41,7 @@ fn limit_heap_retention() {
     // SAFETY: mallopt only sets an allocator parameter; called once at start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        // One heap per thread fragments under many concurrent reconciles; two are plenty.
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

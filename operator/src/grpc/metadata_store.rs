@@ -320,7 +320,12 @@ impl MetadataStoreService for MetadataStore {
                 let status = current.status.get_or_insert_with(Default::default);
                 let before = status.clone();
                 status.start_time.get_or_insert_with(|| start.clone());
-                if let Some(version) = &code_version {
+                // The image digest, when the runtime reported one, names the code more exactly.
+                let digest = status
+                    .code_version
+                    .as_deref()
+                    .is_some_and(|v| v.contains("@sha256:"));
+                if let Some(version) = code_version.as_ref().filter(|_| !digest) {
                     status.code_version = Some(version.clone());
                 }
                 *status != before

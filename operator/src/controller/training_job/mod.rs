@@ -42,7 +42,7 @@ use self::build::{
     RUN_ID_LABEL, RunInputs, TRAINING_JOB_LABEL, build_job, build_secret, build_service, job_name,
     launched_version_hash,
 };
-use self::observe::{Observed, observe};
+use self::observe::{Observed, image_digest, observe};
 use super::{
     Context, MANAGER, TrainingSettings, Verdict, dataset::next_entry, modify_cached_status, publish,
     reconciled, report_unreadable,
@@ -160,7 +160,19 @@ pub fn watches(
     let (pod_cache, pod_writer) = reflector::store();
     let pod_events = watcher(pods, ours())
         .default_backoff()
-        .modify(|pod| pod.managed_fields_mut().clear())
+        .modify(|pod| {
+            // Only the status tells what the workers do: keep the cache small.
+            pod.managed_fields_mut().clear();
+            pod.annotations_mut().clear();
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.volumes = None;
+                spec.tolerations = None;
+                for container in &mut spec.containers {
+                    container.env = None;
+                    container.volume_mounts = None;
+                }
+            }
+        })
         .reflect(pod_writer)
         .touched_objects();
     let _ = ctx.run_jobs.set(job_cache);
@@ -249,8 +261,13 @@ async fn write(
 ) -> Result<TrainingJob> {
     modify_cached_status(api, job, |current: &mut TrainingJob| {
         let generation = current.metadata.generation;
+        let id = current.labels().get(RUN_ID_LABEL).cloned();
         let status = current.status.get_or_insert_with(Default::default);
         let mut changed = status.observed_generation != generation;
+        if id.is_some() && status.run_id != id {
+            status.run_id = id;
+            changed = true;
+        }
         status.observed_generation = generation;
         changed |= change(status, generation);
         changed
@@ -280,19 +297,15 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
         }
         (Verdict::Valid, Err(_)) => unreachable!("validate resolves the image"),
     };
-    let run_id = match run_id(job) {
-        Some(id) => id,
-        None => assign_run_id(job, ctx, &api).await?,
+    // The id goes into status with the next status write (see `write`).
+    let labelled;
+    let (run_id, job) = match run_id(job) {
+        Some(id) => (id, job),
+        None => {
+            labelled = assign_run_id(job, ctx, &api).await?;
+            (labelled.0, &labelled.1)
+        }
     };
-    // A TrainingJob created with its run id (TrainingService.Train) records it on first sight.
-    if job.status.as_ref().and_then(|s| s.run_id.as_deref()) != Some(run_id.to_string().as_str()) {
-        write(&api, job, |status, _| {
-            status.run_id = Some(run_id.to_string());
-            status.phase.get_or_insert(TrainingPhase::Queued);
-            true
-        })
-        .await?;
-    }
     let Some(settings) = ctx.training.clone() else {
         write(&api, job, |status, generation| {
             set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
@@ -331,6 +344,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
     };
     let pods = run_pods(ctx, &namespace, &name).await?;
     let observed = observe(&run, &pods);
+    let digest = image_digest(&pods);
     let written = write(&api, job, |status, generation| {
         let mut changed = set(status, generation, ACCEPTED, true, "Valid", "The spec is valid")
             | set(
@@ -347,6 +361,10 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
         }
         if status.job_name.as_deref() != Some(&name) {
             status.job_name = Some(name.clone());
+            changed = true;
+        }
+        if digest.is_some() && status.code_version != digest {
+            status.code_version = digest.clone();
             changed = true;
         }
         if status.position_in_queue.take().is_some() {
@@ -753,12 +771,17 @@ pub fn run_id(job: &TrainingJob) -> Option<u64> {
     job.labels().get(RUN_ID_LABEL).and_then(|id| id.parse().ok())
 }
 
-async fn assign_run_id(job: &TrainingJob, ctx: &Arc<Context>, api: &Api<TrainingJob>) -> Result<u64> {
+/// Labels `job` with a new run id; returns the id and the labelled object.
+async fn assign_run_id(
+    job: &TrainingJob,
+    ctx: &Arc<Context>,
+    api: &Api<TrainingJob>,
+) -> Result<(u64, TrainingJob)> {
     // The watch cache can lag behind the label this process wrote (a Job or pod event may
     // wake the run first), so the label is looked up once more at the source.
     let fresh = api.get(&job.name_any()).await?;
-    if let Some(id) = fresh.labels().get(RUN_ID_LABEL).and_then(|id| id.parse().ok()) {
-        return Ok(id);
+    if let Some(id) = run_id(&fresh) {
+        return Ok((id, fresh));
     }
     let job = &fresh;
     let namespace = ctx
@@ -773,15 +796,10 @@ async fn assign_run_id(job: &TrainingJob, ctx: &Arc<Context>, api: &Api<Training
         "labels": {RUN_ID_LABEL: id.to_string()},
         "resourceVersion": job.resource_version(),
     }});
-    api.patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+    let labelled = api
+        .patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    write(api, job, |status, _| {
-        let changed = status.run_id.as_deref() != Some(&id.to_string());
-        status.run_id = Some(id.to_string());
-        changed | queued(status)
-    })
-    .await?;
-    Ok(id)
+    Ok((id, labelled))
 }
 
 /// 32 random bytes, hex: the run's token.

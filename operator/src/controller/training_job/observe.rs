@@ -136,6 +136,17 @@ fn pending_reason(pod: &Pod) -> Option<(String, String)> {
 }
 
 /// The outcome of `job` given its `pods`.
+/// The trainer image's digest reference (`repo@sha256:…`) as the kubelet resolved it, when a
+/// worker has started and its runtime reports one.
+pub fn image_digest(pods: &[Pod]) -> Option<String> {
+    pods.iter()
+        .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .map(|status| status.image_id.as_str())
+        .find(|id| id.contains("@sha256:"))
+        .map(|id| id.trim_start_matches("docker-pullable://").to_string())
+}
+
 pub fn observe(job: &Job, pods: &[Pod]) -> Observed {
     if job_condition(job, "Complete").is_some() {
         return Observed::Completed;
@@ -194,6 +205,23 @@ mod tests {
 
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "j-abc"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn the_code_version_is_the_digest_the_runtime_resolved() {
+        let started = |image_id: &str| {
+            pod(json!({"containerStatuses": [{
+                "name": "trainer", "image": "miniautoml/intent-classification:0.1.0", "imageID": image_id,
+                "ready": true, "restartCount": 0,
+            }]}))
+        };
+        let digest = "docker.io/miniautoml/intent-classification@sha256:0123abcd";
+        assert_eq!(
+            image_digest(&[started(&format!("docker-pullable://{digest}"))]).as_deref(),
+            Some(digest)
+        );
+        assert_eq!(image_digest(&[started("process-node:///bin/trainer")]), None);
+        assert_eq!(image_digest(&[]), None);
     }
 
     #[test]
