@@ -10,8 +10,8 @@ TOOLS_DIR=$MINIAUTOML_CACHE/tools/$TOOLS_ID
 TOOLS_BIN=$TOOLS_DIR/bin
 KWOK_STAGES=$TOOLS_DIR/kwok-stages
 # What the local cluster and the tests need; `make tools` also builds the rest.
-CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok s3s-fs helm)
-OTHER_TOOLS=(kwokctl grpcurl)
+CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok s3s-fs helm grpcurl)
+OTHER_TOOLS=(kwokctl)
 
 # require_tools [NAME...]: fails with "run make tools" unless the named tools (default: the
 # cluster's) are built.

@@ -4,7 +4,7 @@
 # run takes seconds. Prints the bin directory last.
 #
 #   hack/tools.sh           every tool
-#   hack/tools.sh cluster   only what the local cluster and the tests need (no kwokctl, grpcurl)
+#   hack/tools.sh cluster   only what the local cluster and the tests need (no kwokctl)
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"
@@ -89,9 +89,10 @@ if [ ! -f "$KWOK_STAGES/pod-delete.yaml" ]; then
   chmod 644 "$KWOK_STAGES"/*.yaml
 fi
 go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+# The tests drive the original gRPC workflow through grpcurl, as users do.
+go_install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" "-X main.version=$GRPCURL_VERSION"
 if [ "$SCOPE" = all ]; then
   go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
-  go_install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" "-X main.version=$GRPCURL_VERSION"
 fi
 
 if ! have s3s-fs; then

@@ -507,6 +507,40 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
         .run_info
         .unwrap();
     assert!(info.success && info.epochs.len() == 3, "{info:?}");
+
+    // The original workflow through grpcurl (what `make demo` runs): Train, GetTrainingStatus
+    // until it ends, GetRunStatus, GetArtifact.
+    let script = repo_root().join("hack/grpc-training.sh");
+    let path = format!(
+        "{}:{}",
+        cluster.tools_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (dataset_id, address) = (summary.dataset_id.clone(), operator.grpc_addr.to_string());
+    let grpcurl = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&script)
+            .args([dataset_id.as_str(), "hashAg=="])
+            .env("GRPC_ADDR", address)
+            .env("PATH", path)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&grpcurl.stdout);
+    assert!(
+        grpcurl.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&grpcurl.stderr)
+    );
+    for expected in [
+        "\"status\": \"succeed\"",
+        "test accuracy",
+        "\"success\": true",
+        &format!("models/{}/intent-", ns.name),
+    ] {
+        assert!(stdout.contains(expected), "no {expected} in:\n{stdout}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
