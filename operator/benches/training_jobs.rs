@@ -164,7 +164,15 @@ async fn main() {
         assert!(Instant::now() < deadline, "the Dataset was not ingested in 60 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    while api_requests_ready(&operator).await.is_none() {}
+    let admin_deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(operator.admin_addr).is_err() {
+        assert!(
+            Instant::now() < admin_deadline,
+            "the operator's admin server did not answer in 60 s; see {}",
+            miniautoml_test_support::operator_log_path(&ns.name).display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before = api_requests(&operator);
 
     // The simulated trainer: every run pod kwok runs is reported and ended.
@@ -305,13 +313,4 @@ async fn main() {
     if !met {
         std::process::exit(1);
     }
-}
-
-/// The operator's metrics once its admin server answers.
-async fn api_requests_ready(operator: &OperatorProcess) -> Option<()> {
-    if std::net::TcpStream::connect(operator.admin_addr).is_ok() {
-        return Some(());
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    None
 }

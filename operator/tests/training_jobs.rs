@@ -102,6 +102,35 @@ fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
     logs
 }
 
+/// A fresh namespace of the shared local cluster with its own operator binary (started with
+/// `flags`), for one test.
+async fn namespace_with_operator(
+    prefix: &str,
+    flags: &[&str],
+) -> (
+    &'static LocalCluster,
+    kube::Client,
+    TestNamespace,
+    OperatorProcess,
+) {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, prefix).await.unwrap();
+    let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap();
+    let operator = OperatorProcess::start_at(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+        grpc_addr,
+        flags,
+    );
+    (cluster, client, ns, operator)
+}
+
 /// Prints the namespace's pod logs and its operator's log if the test fails, so a failure in
 /// CI (whose cluster is removed afterwards) still says what the trainer and the operator saw.
 struct LogsOnFailure<'a> {
@@ -144,17 +173,8 @@ async fn a_training_job_trains_on_the_process_node_and_records_its_run() {
         trainer.exists() || std::env::var_os("CARGO_TARGET_DIR").is_some(),
         "build the trainer first: cargo build -p miniautoml-intent-classification (make test does)"
     );
-    let cluster = LocalCluster::shared();
-    let client = cluster.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let ns = TestNamespace::new(cluster, &client, "training").await.unwrap();
+    let (cluster, client, ns, operator) = namespace_with_operator("training", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);
-    let operator = OperatorProcess::start(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-    );
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     tweet_emotion(cluster, &datasets, &ns.name).await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
@@ -263,19 +283,8 @@ async fn a_training_job_trains_on_the_process_node_and_records_its_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
-    let cluster = LocalCluster::shared();
-    let client = cluster.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let ns = TestNamespace::new(cluster, &client, "training-bad")
-        .await
-        .unwrap();
+    let (cluster, client, ns, _operator) = namespace_with_operator("training-bad", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);
-    let _operator = OperatorProcess::start(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-    );
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
     jobs.create(
         &PostParams::default(),
@@ -318,19 +327,8 @@ async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_trainer_ends_failed_with_its_exit_code() {
-    let cluster = LocalCluster::shared();
-    let client = cluster.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let ns = TestNamespace::new(cluster, &client, "training-exit")
-        .await
-        .unwrap();
+    let (cluster, client, ns, _operator) = namespace_with_operator("training-exit", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);
-    let _operator = OperatorProcess::start(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-    );
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     tweet_emotion(cluster, &datasets, &ns.name).await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
@@ -363,19 +361,8 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
             training_service_client::TrainingServiceClient,
         },
     };
-    let cluster = LocalCluster::shared();
-    let client = cluster.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let ns = TestNamespace::new(cluster, &client, "training-grpc")
-        .await
-        .unwrap();
+    let (cluster, client, ns, mut operator) = namespace_with_operator("training-grpc", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);
-    let mut operator = OperatorProcess::start(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-    );
     let endpoint = format!("http://{}", operator.grpc_addr);
     let connect = || async {
         for _ in 0..100 {
@@ -545,25 +532,9 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_limit_queues_runs_first_come_first_served() {
-    let cluster = LocalCluster::shared();
-    let client = cluster.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let ns = TestNamespace::new(cluster, &client, "training-queue")
-        .await
-        .unwrap();
+    let (cluster, client, ns, _operator) =
+        namespace_with_operator("training-queue", &["--max-concurrent-runs=1"]).await;
     let _logs = logs_on_failure(cluster, &ns);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let _operator = OperatorProcess::start_at(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-        port,
-        &["--max-concurrent-runs=1"],
-    );
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     tweet_emotion(cluster, &datasets, &ns.name).await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
@@ -611,19 +582,8 @@ async fn a_run_limit_queues_runs_first_come_first_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gpu_runs_land_on_simulated_gpu_nodes_or_say_why_they_cannot() {
     use k8s_openapi::api::core::v1::Pod;
-    let cluster = LocalCluster::shared();
-    let client = cluster.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let ns = TestNamespace::new(cluster, &client, "training-gpu")
-        .await
-        .unwrap();
+    let (cluster, client, ns, operator) = namespace_with_operator("training-gpu", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);
-    let operator = OperatorProcess::start(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-    );
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     tweet_emotion(cluster, &datasets, &ns.name).await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);

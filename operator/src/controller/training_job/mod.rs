@@ -374,34 +374,17 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
     })
     .await?;
     match phase(&written) {
-        Some(TrainingPhase::Succeeded) => {
-            publish(
-                ctx,
-                job,
-                EventType::Normal,
-                "Succeeded",
-                written
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.message.clone())
-                    .unwrap_or_default(),
-            )
-            .await;
-            Ok(Action::await_change())
-        }
-        Some(TrainingPhase::Failed) => {
-            publish(
-                ctx,
-                job,
-                EventType::Warning,
-                "Failed",
-                written
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.message.clone())
-                    .unwrap_or_default(),
-            )
-            .await;
+        Some(ended @ (TrainingPhase::Succeeded | TrainingPhase::Failed)) => {
+            let (type_, reason) = match ended {
+                TrainingPhase::Succeeded => (EventType::Normal, "Succeeded"),
+                _ => (EventType::Warning, "Failed"),
+            };
+            let message = written
+                .status
+                .as_ref()
+                .and_then(|s| s.message.clone())
+                .unwrap_or_default();
+            publish(ctx, job, type_, reason, message).await;
             Ok(Action::await_change())
         }
         // The Job and pod watches wake an active run; this is only a safety net.
