@@ -47,6 +47,19 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_MAX_CONCURRENT_RUNS", default_value_t = 0)]
     pub max_concurrent_runs: u32,
 
+    /// Image of the predictors ModelDeployments run (unless their spec names one).
+    #[arg(
+        long,
+        env = "MINIAUTOML_PREDICTOR_IMAGE",
+        default_value = "miniautoml/predictor:0.1.0"
+    )]
+    pub predictor_image: String,
+
+    /// How long `PredictionService/Predict` waits for the model of a run to be deployed and
+    /// ready before answering UNAVAILABLE (it deploys one when none serves the run).
+    #[arg(long, env = "MINIAUTOML_PREDICT_DEPLOY_TIMEOUT", value_parser = parse_seconds, default_value = "120")]
+    pub predict_deploy_timeout: std::time::Duration,
+
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "MINIAUTOML_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -68,6 +81,16 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "MINIAUTOML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("{text}: expected 0 to 86400 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// How log lines are written.

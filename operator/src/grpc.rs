@@ -3,6 +3,7 @@
 
 pub mod data_management;
 pub mod metadata_store;
+pub mod prediction;
 pub mod training;
 
 use tokio::net::TcpListener;
@@ -21,6 +22,8 @@ pub struct Services {
     pub metadata: Option<metadata_store::MetadataStore>,
     /// `training.TrainingService`.
     pub training: Option<training::Training>,
+    /// `prediction.PredictionService`.
+    pub prediction: Option<prediction::Prediction>,
 }
 
 /// Serves gRPC on `listener` until `shutdown` fires. Health turns NOT_SERVING first, so clients
@@ -35,6 +38,7 @@ pub async fn serve(
         data,
         metadata,
         training,
+        prediction,
     } = services;
     let part = readiness.component("grpc");
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -79,6 +83,9 @@ pub async fn serve(
         .add_optional_service(
             training.map(miniautoml_proto::training::training_service_server::TrainingServiceServer::new),
         )
+        .add_optional_service(prediction.map(
+            miniautoml_proto::prediction::prediction_service_server::PredictionServiceServer::new,
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
         .await?;
     Ok(())

@@ -63,6 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     );
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.training = training_settings(&config);
+    ctx.serving = predictor_settings(&config);
     let ctx = Arc::new(ctx);
 
     // A server that cannot start stops everything, so the process exits with its error.
@@ -78,6 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let data = grpc::data_management::DataManagement::new(ctx.clone(), config.grpc_namespace.clone());
     let metadata = grpc::metadata_store::MetadataStore::new(ctx.clone());
     let training = grpc::training::Training::new(ctx.clone(), config.grpc_namespace.clone());
+    let prediction = grpc::prediction::Prediction::new(ctx.clone(), config.predict_deploy_timeout);
     let grpc = async {
         stop_on_error(
             grpc::serve(
@@ -88,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     data: Some(data),
                     metadata: Some(metadata),
                     training: Some(training),
+                    prediction: Some(prediction),
                 },
             )
             .await,
@@ -118,6 +121,22 @@ fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
         credentials: (access_key, secret_key),
         id_namespace: config.grpc_namespace.clone(),
         max_concurrent_runs: config.max_concurrent_runs,
+    })
+}
+
+/// What predictors need, when storage credentials are set.
+fn predictor_settings(config: &Config) -> Option<controller::model_deployment::build::PredictorSettings> {
+    let (Ok(access_key), Ok(secret_key)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) else {
+        return None;
+    };
+    Some(controller::model_deployment::build::PredictorSettings {
+        image: config.predictor_image.clone(),
+        s3_endpoint: config.s3_endpoint.clone(),
+        s3_region: config.s3_region.clone(),
+        credentials: (access_key, secret_key),
     })
 }
 

@@ -12,7 +12,9 @@ use miniautoml_proto::metadata_store::{
     metadata_store_service_client::MetadataStoreServiceClient,
 };
 use miniautoml_test_support::{
-    LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path, repo_root,
+    LocalCluster, OperatorProcess, TestNamespace,
+    harness::{self, logs_on_failure},
+    operator_log_path, repo_root,
     simulated::SimulatedTrainer,
 };
 
@@ -77,33 +79,7 @@ async fn wait_for(
     }
 }
 
-/// Every container log of `namespace`'s pods on the process node, for failure messages.
-fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
-    let mut logs = String::new();
-    let Ok(pods) = std::fs::read_dir(&cluster.pod_logs) else {
-        return logs;
-    };
-    for pod in pods.flatten().filter(|p| {
-        p.file_name()
-            .to_string_lossy()
-            .starts_with(&format!("{namespace}_"))
-    }) {
-        for container in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
-            for log in std::fs::read_dir(container.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                logs.push_str(&format!("--- {}\n", log.path().display()));
-                logs.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
-            }
-        }
-    }
-    logs
-}
-
-/// A fresh namespace of the shared local cluster with its own operator binary (started with
-/// `flags`), for one test.
+/// A fresh namespace with its own operator binary (started with `flags`), for one test.
 async fn namespace_with_operator(
     prefix: &str,
     flags: &[&str],
@@ -113,49 +89,7 @@ async fn namespace_with_operator(
     TestNamespace,
     OperatorProcess,
 ) {
-    let cluster = LocalCluster::shared();
-    let client = cluster.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let ns = TestNamespace::new(cluster, &client, prefix).await.unwrap();
-    let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap();
-    let operator = OperatorProcess::start_at(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-        grpc_addr,
-        flags,
-    );
-    (cluster, client, ns, operator)
-}
-
-/// Prints the namespace's pod logs and its operator's log if the test fails, so a failure in
-/// CI (whose cluster is removed afterwards) still says what the trainer and the operator saw.
-struct LogsOnFailure<'a> {
-    cluster: &'a LocalCluster,
-    namespace: String,
-}
-
-impl Drop for LogsOnFailure<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "=== pod logs of {ns}\n{}\n=== operator log of {ns}\n{}",
-                pod_logs(self.cluster, &self.namespace),
-                std::fs::read_to_string(operator_log_path(&self.namespace)).unwrap_or_default(),
-                ns = self.namespace,
-            );
-        }
-    }
-}
-
-fn logs_on_failure<'a>(cluster: &'a LocalCluster, ns: &TestNamespace) -> LogsOnFailure<'a> {
-    LogsOnFailure {
-        cluster,
-        namespace: ns.name.clone(),
-    }
+    harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), prefix, flags).await
 }
 
 fn finished(status: &TrainingJobStatus) -> bool {
@@ -459,7 +393,7 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
         status.phase,
         Some(TrainingPhase::Succeeded),
         "{status:#?}\n{}",
-        pod_logs(cluster, &ns.name)
+        harness::pod_logs(cluster, &ns.name)
     );
     assert_eq!(status.run_id, Some(job_id.to_string()));
     let batch = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns.name);

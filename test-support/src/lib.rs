@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+pub mod harness;
 pub mod simulated;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};

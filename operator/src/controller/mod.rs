@@ -69,6 +69,20 @@ pub struct Context {
     pub run_jobs: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::batch::v1::Job>>,
     /// See `run_jobs`.
     pub run_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
+    /// What predictors need; `None` until storage is configured (ModelDeployments then wait
+    /// with a condition).
+    pub serving: Option<model_deployment::build::PredictorSettings>,
+    /// The ModelDeployment controller's watch cache, once it runs (the PredictionService finds
+    /// deployments there).
+    pub model_deployments: std::sync::OnceLock<
+        kube::runtime::reflector::Store<DeserializeGuard<miniautoml_api::ModelDeployment>>,
+    >,
+    /// The predictors' Deployments (label `miniautoml.io/modeldeployment`), cached by the
+    /// ModelDeployment controller's watches.
+    pub predictor_deployments:
+        std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::apps::v1::Deployment>>,
+    /// The predictors' pods, cached likewise (the PredictionService routes to the ready ones).
+    pub predictor_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
 }
 
 /// What a training run's pods are given.
@@ -116,6 +130,10 @@ impl Context {
             training_jobs: Default::default(),
             run_jobs: Default::default(),
             run_pods: Default::default(),
+            serving: None,
+            model_deployments: Default::default(),
+            predictor_deployments: Default::default(),
+            predictor_pods: Default::default(),
         }
     }
 }
@@ -391,7 +409,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         run_controller(
             ctx,
             model_deployment::reconcile,
-            |controller, _| controller,
+            model_deployment::watches,
             readiness,
             shutdown
         ),

@@ -1,0 +1,555 @@
+//! Pure builders of what a ModelDeployment runs: the predictors' storage Secret, their
+//! Deployment and the Service in front of them, and the rollout state read back from the
+//! Deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector, Service, ServicePort,
+            ServiceSpec,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{Resource, ResourceExt};
+use miniautoml_api::{ModelDeployment, model_deployment::Endpoint};
+
+/// Label on every object of a ModelDeployment (and its pods): the ModelDeployment's name.
+pub const MODEL_DEPLOYMENT_LABEL: &str = "miniautoml.io/modeldeployment";
+/// Label on predictor pods: the run whose model they serve.
+pub const RUN_ID_LABEL: &str = "miniautoml.io/run-id";
+/// Annotation on predictor pods: the artifact URI they load.
+pub const MODEL_URI_ANNOTATION: &str = "miniautoml.io/model-uri";
+/// The predictor container's name.
+pub const CONTAINER: &str = "predictor";
+/// gRPC port of a predictor (and of the Service).
+pub const GRPC_PORT: i32 = 8081;
+/// HTTP port of a predictor (and of the Service).
+pub const HTTP_PORT: i32 = 8080;
+/// How long a stopping predictor keeps serving while it reports not ready, in seconds (the
+/// time endpoints need to drop it); well inside the termination grace period.
+pub const SHUTDOWN_DELAY_SECONDS: i64 = 5;
+/// The pods' termination grace period.
+pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+
+/// The trained model a ModelDeployment serves, resolved from its TrainingJob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedModel {
+    /// Run id.
+    pub run_id: String,
+    /// The TrainingJob's name.
+    pub training_job: String,
+    /// `s3://bucket/models/…/` (the TrainingJob's `status.artifact.uri`).
+    pub uri: String,
+    /// Artifact version.
+    pub version: String,
+}
+
+/// What predictors are given, from the operator's configuration.
+#[derive(Clone, Debug)]
+pub struct PredictorSettings {
+    /// Image used unless the spec names one.
+    pub image: String,
+    /// S3 endpoint URL (`None`: AWS S3).
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: String,
+    /// Storage credentials copied into the ModelDeployment's Secret.
+    pub credentials: (String, String),
+}
+
+fn truncate(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches('-')
+}
+
+/// Name of the predictors' Deployment and of their Service.
+pub fn deployment_name(md: &ModelDeployment) -> String {
+    format!("{}-predictor", truncate(&md.name_any(), 50))
+}
+
+/// Name of the predictors' Secret (storage credentials).
+pub fn secret_name(md: &ModelDeployment) -> String {
+    format!("{}-predictor-s3", truncate(&md.name_any(), 50))
+}
+
+/// The Service's in-cluster addresses.
+pub fn endpoint(md: &ModelDeployment) -> Endpoint {
+    let host = format!(
+        "{}.{}.svc",
+        deployment_name(md),
+        md.namespace().unwrap_or_default()
+    );
+    Endpoint {
+        grpc: format!("{host}:{GRPC_PORT}"),
+        http: format!("http://{host}:{HTTP_PORT}"),
+    }
+}
+
+fn selector(md: &ModelDeployment) -> BTreeMap<String, String> {
+    BTreeMap::from([(MODEL_DEPLOYMENT_LABEL.to_string(), md.name_any())])
+}
+
+fn owned_meta(md: &ModelDeployment, name: String) -> ObjectMeta {
+    let mut labels = selector(md);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "miniautoml-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/component".into(), "predictor".into());
+    ObjectMeta {
+        name: Some(name),
+        namespace: md.namespace(),
+        labels: Some(labels),
+        owner_references: md.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+/// The predictors' storage credentials.
+pub fn build_secret(md: &ModelDeployment, credentials: &(String, String)) -> Secret {
+    Secret {
+        metadata: owned_meta(md, secret_name(md)),
+        string_data: Some(BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID".to_string(), credentials.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), credentials.1.clone()),
+        ])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn from_secret(name: &str, secret: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: name.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_ip() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn resources(md: &ModelDeployment) -> Option<ResourceRequirements> {
+    let spec = &md.spec.resources;
+    let mut quantities = BTreeMap::new();
+    if let Some(cpu) = &spec.cpu {
+        quantities.insert("cpu".to_string(), cpu.clone());
+    }
+    if let Some(memory) = &spec.memory {
+        quantities.insert("memory".to_string(), memory.clone());
+    }
+    (!quantities.is_empty()).then(|| ResourceRequirements {
+        requests: Some(quantities.clone()),
+        limits: Some(quantities),
+        ..Default::default()
+    })
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+/// The predictors' Deployment. The pod template names the model (run label, URI annotation,
+/// environment), so a new model rolls out as a new ReplicaSet: one surge pod at a time, none
+/// taken down before its replacement is ready (`maxUnavailable: 0`), and a stopping predictor
+/// keeps serving until endpoints have dropped it.
+pub fn build_deployment(
+    md: &ModelDeployment,
+    model: &ServedModel,
+    settings: &PredictorSettings,
+) -> Deployment {
+    let image = md.spec.image.clone().unwrap_or_else(|| settings.image.clone());
+    let secret = secret_name(md);
+    let mut vars = vec![
+        env("MODEL_URI", &model.uri),
+        env("MODEL_NAME", md.name_any()),
+        env("RUN_ID", &model.run_id),
+        env("MODEL_VERSION", &model.version),
+        pod_ip(),
+        env("PREDICTOR_GRPC_PORT", GRPC_PORT.to_string()),
+        env("PREDICTOR_HTTP_PORT", HTTP_PORT.to_string()),
+        env("PREDICTOR_SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS.to_string()),
+        env("AWS_REGION", &settings.s3_region),
+        from_secret("AWS_ACCESS_KEY_ID", &secret),
+        from_secret("AWS_SECRET_ACCESS_KEY", &secret),
+    ];
+    if let Some(endpoint) = &settings.s3_endpoint {
+        vars.push(env("AWS_ENDPOINT_URL", endpoint));
+    }
+    let mut pod_labels = selector(md);
+    pod_labels.insert(RUN_ID_LABEL.into(), model.run_id.clone());
+    pod_labels.insert("app.kubernetes.io/component".into(), "predictor".into());
+    Deployment {
+        metadata: owned_meta(md, deployment_name(md)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(md.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(md)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        MODEL_URI_ANNOTATION.to_string(),
+                        model.uri.clone(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    containers: vec![Container {
+                        name: CONTAINER.into(),
+                        image: Some(image),
+                        env: Some(vars),
+                        ports: Some(vec![
+                            ContainerPort {
+                                name: Some("grpc".into()),
+                                container_port: GRPC_PORT,
+                                protocol: Some("TCP".into()),
+                                ..Default::default()
+                            },
+                            ContainerPort {
+                                name: Some("http".into()),
+                                container_port: HTTP_PORT,
+                                protocol: Some("TCP".into()),
+                                ..Default::default()
+                            },
+                        ]),
+                        resources: resources(md),
+                        // Where the kubelet supports it, a failed start-up's reason (the
+                        // log's last lines) reaches the pod status and the Ready condition.
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        // Ready only once the model is loaded and verified; not ready again
+                        // as soon as it starts stopping.
+                        readiness_probe: Some(http_probe("/v2/health/ready", 1, 1)),
+                        liveness_probe: Some(http_probe("/v2/health/live", 10, 3)),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service in front of the predictors: gRPC and HTTP.
+pub fn build_service(md: &ModelDeployment) -> Service {
+    let port = |name: &str, number: i32| ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        app_protocol: Some(if name == "grpc" { "grpc" } else { "http" }.into()),
+        ..Default::default()
+    };
+    Service {
+        metadata: owned_meta(md, deployment_name(md)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(md)),
+            ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The run a Deployment's pod template serves.
+pub fn template_run(deployment: &Deployment) -> Option<&str> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .labels
+        .as_ref()?
+        .get(RUN_ID_LABEL)
+        .map(String::as_str)
+}
+
+/// Where a Deployment's rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    /// Pods (old and new).
+    pub replicas: i32,
+    /// Ready pods (old and new).
+    pub ready: i32,
+    /// Pods of the current template.
+    pub updated: i32,
+    /// Every replica runs the current template and is available, and no old pod is left.
+    pub complete: bool,
+}
+
+/// Reads a Deployment's rollout state; `desired` is the ModelDeployment's replica count.
+pub fn rollout(deployment: &Deployment, desired: i32) -> Rollout {
+    let status = deployment.status.clone().unwrap_or_default();
+    let current = status.observed_generation >= deployment.metadata.generation;
+    let replicas = status.replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    Rollout {
+        replicas,
+        ready: status.ready_replicas.unwrap_or(0),
+        updated,
+        complete: current && updated == desired && replicas == desired && available == desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+
+    use super::*;
+
+    fn fixture() -> ModelDeployment {
+        let mut md: ModelDeployment =
+            serde_yaml::from_str(include_str!("../../../../examples/modeldeployment.yaml")).unwrap();
+        md.metadata.namespace = Some("team-a".into());
+        md.metadata.uid = Some("0a1b".into());
+        md
+    }
+
+    fn model(run: &str) -> ServedModel {
+        ServedModel {
+            run_id: run.into(),
+            training_job: "twitter-model".into(),
+            uri: format!("s3://miniautoml/models/team-a/twitter-model/uid-{run}/"),
+            version: run.into(),
+        }
+    }
+
+    fn settings() -> PredictorSettings {
+        PredictorSettings {
+            image: "miniautoml/predictor:0.1.0".into(),
+            s3_endpoint: Some("http://minio:9000".into()),
+            s3_region: "us-east-1".into(),
+            credentials: ("key".into(), "secret".into()),
+        }
+    }
+
+    fn env_of(deployment: &Deployment) -> BTreeMap<String, EnvVar> {
+        let spec = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        spec.containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    #[test]
+    fn the_deployment_serves_the_model_from_the_spec() {
+        let deployment = build_deployment(&fixture(), &model("3"), &settings());
+        assert_eq!(
+            deployment.metadata.name.as_deref(),
+            Some("twitter-model-predictor")
+        );
+        let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ModelDeployment", Some(true))
+        );
+        let spec = deployment.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let rolling = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("miniautoml/predictor:0.1.0"));
+        let resources = container.resources.as_ref().unwrap();
+        assert_eq!(resources.limits.as_ref().unwrap()["cpu"].0, "500m");
+        assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "256Mi");
+        let probe = container
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/v2/health/ready"));
+        let env = env_of(&deployment);
+        assert_eq!(
+            env["MODEL_URI"].value.as_deref(),
+            Some("s3://miniautoml/models/team-a/twitter-model/uid-3/")
+        );
+        assert_eq!(env["RUN_ID"].value.as_deref(), Some("3"));
+        assert_eq!(env["MODEL_NAME"].value.as_deref(), Some("twitter-model"));
+        assert_eq!(
+            env["AWS_ENDPOINT_URL"].value.as_deref(),
+            Some("http://minio:9000")
+        );
+        let key = env["AWS_SECRET_ACCESS_KEY"].value_from.as_ref().unwrap();
+        assert_eq!(
+            key.secret_key_ref.as_ref().unwrap().name,
+            "twitter-model-predictor-s3"
+        );
+        assert!(env.values().all(|e| e.value.as_deref() != Some("secret")));
+        assert_eq!(
+            env["POD_IP"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "status.podIP"
+        );
+        let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels[RUN_ID_LABEL], "3");
+        // The selector must not name the run, or a new model could not take over the pods.
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        assert!(!selector.contains_key(RUN_ID_LABEL));
+        assert_eq!(template_run(&deployment), Some("3"));
+    }
+
+    #[test]
+    fn a_new_model_changes_only_the_pod_template() {
+        let md = fixture();
+        let first = build_deployment(&md, &model("3"), &settings());
+        let second = build_deployment(&md, &model("4"), &settings());
+        assert_eq!(first.metadata, second.metadata);
+        let (first, second) = (first.spec.unwrap(), second.spec.unwrap());
+        assert_eq!(first.selector, second.selector);
+        assert_ne!(first.template, second.template);
+        assert_eq!(
+            build_deployment(&md, &model("3"), &settings()).spec.unwrap(),
+            first
+        );
+    }
+
+    #[test]
+    fn the_spec_image_and_replicas_win() {
+        let mut md = fixture();
+        md.spec.image = Some("registry.example/predictor:2".into());
+        md.spec.replicas = 3;
+        let deployment = build_deployment(&md, &model("3"), &settings());
+        let spec = deployment.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(
+            spec.template.spec.unwrap().containers[0].image.as_deref(),
+            Some("registry.example/predictor:2")
+        );
+    }
+
+    #[test]
+    fn the_service_and_endpoint_match() {
+        let md = fixture();
+        let service = build_service(&md);
+        assert_eq!(service.metadata.name.as_deref(), Some("twitter-model-predictor"));
+        let ports = service.spec.as_ref().unwrap().ports.clone().unwrap();
+        assert_eq!(
+            ports
+                .iter()
+                .map(|p| (p.name.clone().unwrap(), p.port))
+                .collect::<Vec<_>>(),
+            [("grpc".to_string(), 8081), ("http".to_string(), 8080)]
+        );
+        assert_eq!(
+            endpoint(&md),
+            Endpoint {
+                grpc: "twitter-model-predictor.team-a.svc:8081".into(),
+                http: "http://twitter-model-predictor.team-a.svc:8080".into(),
+            }
+        );
+        let secret = build_secret(&md, &("k".into(), "s".into()));
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("twitter-model-predictor-s3")
+        );
+        let long = ModelDeployment::new(&"m".repeat(253), md.spec.clone());
+        assert!(deployment_name(&long).len() <= 63);
+    }
+
+    #[test]
+    fn a_rollout_is_complete_when_every_replica_is_new_and_available() {
+        let mut deployment = build_deployment(&fixture(), &model("3"), &settings());
+        deployment.metadata.generation = Some(2);
+        let status = |observed, replicas, updated, available| DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(replicas),
+            updated_replicas: Some(updated),
+            available_replicas: Some(available),
+            ready_replicas: Some(available),
+            ..Default::default()
+        };
+        deployment.status = Some(status(2, 2, 1, 2));
+        assert!(!rollout(&deployment, 1).complete, "an old pod is left");
+        deployment.status = Some(status(1, 1, 1, 1));
+        assert!(
+            !rollout(&deployment, 1).complete,
+            "the new generation is not observed"
+        );
+        deployment.status = Some(status(2, 1, 1, 0));
+        assert!(!rollout(&deployment, 1).complete, "not available");
+        deployment.status = Some(status(2, 1, 1, 1));
+        assert_eq!(
+            rollout(&deployment, 1),
+            Rollout {
+                replicas: 1,
+                ready: 1,
+                updated: 1,
+                complete: true
+            }
+        );
+    }
+}

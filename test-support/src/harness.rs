@@ -1,0 +1,140 @@
+//! What the cluster tests of several crates share: a namespace with its own operator process,
+//! the logs to print when a test fails, and a minimal HTTP/1.1 client for the predictors' REST
+//! API.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path};
+
+/// Every container log of `namespace`'s pods on the process node, for failure messages.
+pub fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
+    let mut logs = String::new();
+    let Ok(pods) = std::fs::read_dir(&cluster.pod_logs) else {
+        return logs;
+    };
+    for pod in pods.flatten().filter(|p| {
+        p.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{namespace}_"))
+    }) {
+        for container in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
+            for log in std::fs::read_dir(container.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                logs.push_str(&format!("--- {}\n", log.path().display()));
+                logs.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+        }
+    }
+    logs
+}
+
+/// A fresh namespace of the shared local cluster with its own operator process (`binary`, started
+/// with `flags`), for one test.
+pub async fn namespace_with_operator(
+    binary: &str,
+    prefix: &str,
+    flags: &[&str],
+) -> (
+    &'static LocalCluster,
+    kube::Client,
+    TestNamespace,
+    OperatorProcess,
+) {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, prefix).await.unwrap();
+    let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap();
+    let operator = OperatorProcess::start_at(
+        binary,
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+        grpc_addr,
+        flags,
+    );
+    (cluster, client, ns, operator)
+}
+
+/// Prints the namespace's pod logs and its operator's log if the test fails, so a failure in
+/// CI (whose cluster is removed afterwards) still says what the trainer and the operator saw.
+pub struct LogsOnFailure<'a> {
+    cluster: &'a LocalCluster,
+    namespace: String,
+}
+
+impl Drop for LogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "=== pod logs of {ns}\n{}\n=== operator log of {ns}\n{}",
+                pod_logs(self.cluster, &self.namespace),
+                std::fs::read_to_string(operator_log_path(&self.namespace)).unwrap_or_default(),
+                ns = self.namespace,
+            );
+        }
+    }
+}
+
+pub fn logs_on_failure<'a>(cluster: &'a LocalCluster, ns: &TestNamespace) -> LogsOnFailure<'a> {
+    LogsOnFailure {
+        cluster,
+        namespace: ns.name.clone(),
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) to `addr` and returns the status code and
+/// body. Enough for JSON APIs in tests; not a general client.
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other(format!("connecting to {addr} timed out")))??;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| std::io::Error::other(format!("{method} {path}: no answer in 30 s")))??;
+    let response = String::from_utf8_lossy(&response);
+    let (head, rest) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    Ok((status, if chunked { dechunk(rest) } else { rest.to_string() }))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
