@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use kube::{Api, api::PostParams, runtime::wait::await_condition};
-use miniautoml_api::{Dataset, TrainingJob, TrainingJobStatus, training_job::TrainingPhase};
+use kube::{Api, api::PostParams};
+use miniautoml_api::{Dataset, TrainingJob, training_job::TrainingPhase};
 use miniautoml_data::Store;
 use miniautoml_proto::metadata_store::{
     EpochInfo, GetRunStatusRequest, LogEpochRequest,
@@ -13,71 +13,10 @@ use miniautoml_proto::metadata_store::{
 };
 use miniautoml_test_support::{
     LocalCluster, OperatorProcess, TestNamespace,
-    harness::{self, logs_on_failure},
-    operator_log_path, repo_root,
+    harness::{self, RUN_WAIT, finished, logs_on_failure, training_job, tweet_emotion, tweets, wait_for},
+    repo_root,
     simulated::SimulatedTrainer,
 };
-
-/// Training on the process node takes seconds; building the snapshot and starting the pod a few
-/// more.
-const RUN_WAIT: Duration = Duration::from_secs(240);
-
-fn tweets(part: u32) -> Vec<u8> {
-    std::fs::read(repo_root().join(format!("testdata/tweet_emotion/tweet_emotion_part{part}.csv"))).unwrap()
-}
-
-async fn tweet_emotion(cluster: &LocalCluster, api: &Api<Dataset>, namespace: &str) {
-    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
-    let mut commits = Vec::new();
-    for part in [1, 2] {
-        let key = format!("raw/{namespace}/part{part}.csv");
-        store.put(&key, tweets(part), "text/csv").await.unwrap();
-        commits.push(serde_json::json!({"message": format!("part {part}"), "source": {"bucket": cluster.s3_bucket, "key": key}}));
-    }
-    let dataset: Dataset = serde_json::from_value(serde_json::json!({
-        "apiVersion": "miniautoml.io/v1alpha1", "kind": "Dataset",
-        "metadata": {"name": "tweets"},
-        "spec": {"type": "TextIntent", "description": "tweet_emotion", "commits": commits},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &dataset).await.unwrap();
-}
-
-fn training_job(name: &str, extra: serde_json::Value) -> TrainingJob {
-    let mut spec = serde_json::json!({
-        "algorithm": "intent-classification",
-        "dataset": {"name": "tweets"},
-        "parameters": {"EPOCHS": "3"},
-        "outputModelName": "intent",
-    });
-    for (key, value) in extra.as_object().unwrap() {
-        spec[key] = value.clone();
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "miniautoml.io/v1alpha1", "kind": "TrainingJob",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap()
-}
-
-async fn wait_for(
-    api: &Api<TrainingJob>,
-    name: &str,
-    namespace: &str,
-    done: impl Fn(&TrainingJobStatus) -> bool,
-) -> TrainingJob {
-    let condition = await_condition(api.clone(), name, move |j: Option<&TrainingJob>| {
-        j.and_then(|j| j.status.as_ref()).is_some_and(&done)
-    });
-    match tokio::time::timeout(RUN_WAIT, condition).await {
-        Ok(found) => found.unwrap().unwrap(),
-        Err(_) => panic!(
-            "{name}: timed out; status {:#?}\noperator log: {}",
-            api.get(name).await.ok().and_then(|j| j.status),
-            std::fs::read_to_string(operator_log_path(namespace)).unwrap_or_default()
-        ),
-    }
-}
 
 /// A fresh namespace with its own operator binary (started with `flags`), for one test.
 async fn namespace_with_operator(
@@ -90,13 +29,6 @@ async fn namespace_with_operator(
     OperatorProcess,
 ) {
     harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), prefix, flags).await
-}
-
-fn finished(status: &TrainingJobStatus) -> bool {
-    matches!(
-        status.phase,
-        Some(TrainingPhase::Succeeded | TrainingPhase::Failed)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

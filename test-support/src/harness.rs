@@ -4,9 +4,93 @@
 
 use std::time::Duration;
 
+use kube::{Api, api::PostParams, runtime::wait::await_condition};
+use miniautoml_api::{Dataset, TrainingJob, TrainingJobStatus, training_job::TrainingPhase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path};
+use crate::{LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path, repo_root};
+
+/// How long a training run may take: training on the process node takes seconds; building the
+/// snapshot and starting the pod a few more.
+pub const RUN_WAIT: Duration = Duration::from_secs(240);
+
+/// Raw tweet_emotion part 1 or 2 (testdata/).
+pub fn tweets(part: u32) -> Vec<u8> {
+    std::fs::read(repo_root().join(format!("testdata/tweet_emotion/tweet_emotion_part{part}.csv"))).unwrap()
+}
+
+/// Uploads tweet_emotion parts 1 and 2 and creates the Dataset `tweets` with one commit each.
+pub async fn tweet_emotion(cluster: &LocalCluster, api: &Api<Dataset>, namespace: &str) {
+    let s3 = cluster.s3();
+    let mut commits = Vec::new();
+    for part in [1, 2] {
+        let key = format!("raw/{namespace}/part{part}.csv");
+        s3.put_object()
+            .bucket(&cluster.s3_bucket)
+            .key(&key)
+            .body(tweets(part).into())
+            .content_type("text/csv")
+            .send()
+            .await
+            .unwrap();
+        commits.push(serde_json::json!({"message": format!("part {part}"), "source": {"bucket": cluster.s3_bucket, "key": key}}));
+    }
+    let dataset: Dataset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": "tweets"},
+        "spec": {"type": "TextIntent", "description": "tweet_emotion", "commits": commits},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &dataset).await.unwrap();
+}
+
+/// A TrainingJob `name` of the intent-classification algorithm on the Dataset `tweets`, with
+/// `extra` spec fields.
+pub fn training_job(name: &str, extra: serde_json::Value) -> TrainingJob {
+    let mut spec = serde_json::json!({
+        "algorithm": "intent-classification",
+        "dataset": {"name": "tweets"},
+        "parameters": {"EPOCHS": "3"},
+        "outputModelName": "intent",
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// Waits (at most [`RUN_WAIT`]) for `name`'s status to satisfy `done`; on a timeout, panics with
+/// the status and the operator's log.
+pub async fn wait_for(
+    api: &Api<TrainingJob>,
+    name: &str,
+    namespace: &str,
+    done: impl Fn(&TrainingJobStatus) -> bool,
+) -> TrainingJob {
+    let condition = await_condition(api.clone(), name, move |j: Option<&TrainingJob>| {
+        j.and_then(|j| j.status.as_ref()).is_some_and(&done)
+    });
+    match tokio::time::timeout(RUN_WAIT, condition).await {
+        Ok(found) => found.unwrap().unwrap(),
+        Err(_) => panic!(
+            "{name}: timed out; status {:#?}\noperator log: {}",
+            api.get(name).await.ok().and_then(|j| j.status),
+            std::fs::read_to_string(operator_log_path(namespace)).unwrap_or_default()
+        ),
+    }
+}
+
+/// Whether a run has ended, either way.
+pub fn finished(status: &TrainingJobStatus) -> bool {
+    matches!(
+        status.phase,
+        Some(TrainingPhase::Succeeded | TrainingPhase::Failed)
+    )
+}
 
 /// Every container log of `namespace`'s pods on the process node, for failure messages.
 pub fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
