@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make demo: the dataset -> training -> serving -> prediction flow, run as far as it is built.
-# Exits 0 only when every step that exists succeeds. Steps not built yet are listed at the end.
+# make demo: the dataset -> training -> serving -> prediction flow. Exits 0 only when every step
+# succeeds.
 #
 # Cluster: the local one (built and started on demand, as `make cluster-up` does), unless
 # KUBECONFIG names another cluster.
@@ -23,17 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-not_built() {
-  cat <<'EOT'
-
-Not built yet (the demo grows with each piece):
-  - the predictor, ModelDeployments and Predict                         (issue #7)
-EOT
-}
-
-step "Build the operator and the trainer"
+step "Build the operator, the trainer and the predictor"
 cargo build --quiet --locked -p miniautoml-operator --bins
 cargo build --quiet --locked -p miniautoml-intent-classification --bin intent-classification
+cargo build --quiet --locked -p miniautoml-predictor --bin miniautoml-predictor
 OPERATOR=target/debug/miniautoml-operator
 
 step "Check the example manifests against the API types and their CEL rules"
@@ -109,6 +102,25 @@ if [ -n "${S3_ENDPOINT:-}" ]; then
     || { kubectl get -n "$NAMESPACE" trainingjob twitter-model -o yaml; exit 1; }
   kubectl get -n "$NAMESPACE" trainingjob twitter-model \
     -o jsonpath='run {.status.runId}: {.status.message}, epochs {.status.progress}, model {.status.artifact.uri}{"\n"}'
+  RUN_ID=$(kubectl get -n "$NAMESPACE" trainingjob twitter-model -o jsonpath='{.status.runId}')
+
+  step "The ModelDeployment rolls out a predictor serving run $RUN_ID (a process on the process node)"
+  kubectl wait -n "$NAMESPACE" --for=condition=Ready --timeout=180s modeldeployment/twitter-model \
+    || { kubectl get -n "$NAMESPACE" modeldeployment twitter-model -o yaml; exit 1; }
+  kubectl get -n "$NAMESPACE" modeldeployment twitter-model \
+    -o jsonpath='serving run {.status.servedRun} (version {.status.modelVersion}) on {.status.readyReplicas} replica(s): gRPC {.status.endpoint.grpc}, HTTP {.status.endpoint.http}{"\n"}'
+  kubectl get -n "$NAMESPACE" deployments,services,pods -l miniautoml.io/modeldeployment=twitter-model -o wide
+  if [ -n "${LOCAL_ENV:-}" ]; then
+    # Local pods listen on their own loopback address, reachable from this machine.
+    POD_IP=$(kubectl get pods -n "$NAMESPACE" -l miniautoml.io/modeldeployment=twitter-model \
+      -o jsonpath='{.items[0].status.podIP}')
+    step "The Open Inference Protocol v2 on the predictor pod ($POD_IP:8080)"
+    curl -fsS "http://$POD_IP:8080/v2/models/twitter-model"
+    echo
+    curl -fsS -X POST "http://$POD_IP:8080/v2/models/twitter-model/infer" -H 'Content-Type: application/json' \
+      -d '{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["I am so happy today!", "this traffic makes me furious"]}]}'
+    echo
+  fi
 fi
 kubectl get -n "$NAMESPACE" datasets,trainingjobs,modeldeployments
 
@@ -122,7 +134,13 @@ if command -v grpcurl >/dev/null 2>&1; then
     GRPC_ADDR=$GRPC_ADDR hack/grpc-datasets.sh tweets-grpc | tee "$WORK/grpc.log"
     step "The original training workflow over gRPC (hack/grpc-training.sh)"
     id=$(sed -n 's/.*"datasetId": "\([0-9]*\)".*/\1/p' "$WORK/grpc.log" | awk 'NR == 1')
-    GRPC_ADDR=$GRPC_ADDR hack/grpc-training.sh "$id" hashBg==
+    GRPC_ADDR=$GRPC_ADDR hack/grpc-training.sh "$id" hashBg== | tee "$WORK/training.log"
+    step "Predict through the original PredictionService (hack/grpc-predict.sh)"
+    GRPC_ADDR=$GRPC_ADDR hack/grpc-predict.sh "$RUN_ID" "I am so happy today!" "why does this always happen to me"
+    grpc_run=$(sed -n 's/.*"jobId": \([0-9]*\).*/\1/p' "$WORK/training.log" | awk 'NR == 1')
+    step "Predict on run $grpc_run, which no ModelDeployment serves: the operator deploys it first"
+    GRPC_ADDR=$GRPC_ADDR hack/grpc-predict.sh "$grpc_run" "what a wonderful surprise"
+    kubectl get -n "$NAMESPACE" modeldeployments
   fi
 fi
 
@@ -131,5 +149,3 @@ kill -TERM "$OPERATOR_PID"
 wait "$OPERATOR_PID"
 OPERATOR_PID=
 echo "operator exited cleanly"
-
-not_built

@@ -99,12 +99,15 @@ pub struct ModelDeploymentStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions, one per type, each with a reason and message. `Accepted`: whether the operator
-    /// validated the current generation of the spec.
+    /// Conditions, one per type, each with a reason and message. `Accepted`: the operator
+    /// validated the current generation of the spec. `ModelReady`: the referenced TrainingJob
+    /// Succeeded with an artifact (else why not). `Ready`: every replica serves the referenced
+    /// run and is ready (else `RollingOut` with progress, or why nothing is deployed).
+    /// `Available`: at least one replica is ready, whichever run it serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// Run id whose model the ready replicas serve.
+    /// Run id whose model every replica serves; it changes only when a rollout completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_run: Option<String>,
     /// Artifact version being served.

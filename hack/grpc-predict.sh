@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The original system's prediction call through grpcurl, against a running operator:
+# PredictionService/Predict on a run's model. When no ModelDeployment serves the run yet, the
+# operator deploys one (run-<id>) and answers once it is ready.
+#
+#   GRPC_ADDR=127.0.0.1:51001 hack/grpc-predict.sh RUN_ID "some text" ["more text" ...]
+#
+# Needs grpcurl (make tools); the operator serves reflection, so no .proto files are passed.
+set -euo pipefail
+GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:51001}
+RUN_ID=$1
+shift
+for document in "$@"; do
+  echo "--- Predict (run $RUN_ID): $document"
+  request=$(printf '{"runId": "%s", "document": %s}' "$RUN_ID" \
+    "$(printf '%s' "$document" | sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$/"/')")
+  grpcurl -plaintext -max-time 300 -d "$request" "$GRPC_ADDR" prediction.PredictionService/Predict
+done
