@@ -3,7 +3,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest bench-train bench-training
+.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest bench-train bench-training bench-predict
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operato
 
 bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet_emotion (quality and time)
 	hack/bench-train.sh
+
+bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Python grpcio baseline: req/s, p50/p99, RSS
+	hack/bench-predict.sh
 
 bench-training: ## Benchmark 1,000 TrainingJobs on 100 simulated GPU nodes: Job creation time, operator RSS, API requests
 	@hack/tools.sh cluster >/dev/null

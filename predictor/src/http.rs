@@ -98,23 +98,23 @@ async fn ready(Shared(state): Shared<Arc<State>>) -> Response {
 }
 
 /// The model named `name`, or the error to answer.
-fn named(state: &State, name: &str) -> Result<Arc<Model>, Response> {
+fn named(state: &State, name: &str) -> Result<Arc<Model>, Box<Response>> {
     if name != state.model_name {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!(
                 "model {name:?} not found: this predictor serves {:?}",
                 state.model_name
             ),
-        ));
+        )));
     }
-    state.model().cloned().ok_or_else(not_ready)
+    state.model().cloned().ok_or_else(|| Box::new(not_ready()))
 }
 
 async fn model_metadata(Shared(state): Shared<Arc<State>>, Path(name): Path<String>) -> Response {
     let model = match named(&state, &name) {
         Ok(model) => model,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let manifest = model.manifest();
     Json(json!({
@@ -138,7 +138,7 @@ async fn model_metadata(Shared(state): Shared<Arc<State>>, Path(name): Path<Stri
 
 async fn model_ready(Shared(state): Shared<Arc<State>>, Path(name): Path<String>) -> Response {
     if let Err(response) = named(&state, &name) {
-        return response;
+        return *response;
     }
     ready(Shared(state)).await
 }
@@ -230,7 +230,7 @@ fn answer(state: &State, name: &str, body: &[u8]) -> (&'static str, usize, Respo
             } else {
                 "unavailable"
             };
-            return (code, 0, response);
+            return (code, 0, *response);
         }
     };
     let request: InferRequest = match serde_json::from_slice(body) {

@@ -9,7 +9,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::network::probabilities;
+use crate::network::{DirectNgramNb, probabilities};
 use crate::{Architecture, Error, Network, Result, Vocabulary};
 
 /// The network weights.
@@ -194,6 +194,8 @@ pub struct Classifier {
     vocabulary: Vocabulary,
     labels: Vec<String>,
     network: Network,
+    /// The network without tensors, where it has that form ([`DirectNgramNb::new`]).
+    direct: Option<DirectNgramNb>,
 }
 
 /// Texts classified per forward pass.
@@ -222,11 +224,13 @@ impl Classifier {
                 labels.len()
             )));
         }
+        let direct = DirectNgramNb::new(&network)?;
         Ok(Classifier {
             manifest,
             vocabulary,
             labels,
             network,
+            direct,
         })
     }
 
@@ -252,6 +256,24 @@ impl Classifier {
 
     /// Classifies `texts`; a text's result does not depend on the others in the batch.
     pub fn classify<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Prediction>> {
+        match &self.direct {
+            Some(direct) => texts
+                .iter()
+                .map(|text| {
+                    let features = self.vocabulary.transform(std::slice::from_ref(text));
+                    let probabilities = direct.probabilities(&features.features, &features.values)?;
+                    Ok(Prediction {
+                        class: argmax(&probabilities),
+                        probabilities,
+                    })
+                })
+                .collect(),
+            None => self.classify_with_tensors(texts),
+        }
+    }
+
+    /// [`Classifier::classify`] through candle tensors, batch by batch.
+    fn classify_with_tensors<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Prediction>> {
         let mut predictions = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(CLASSIFY_BATCH) {
             let batch = self.vocabulary.transform(chunk);
@@ -350,6 +372,72 @@ mod tests {
         // A text with no known feature falls back on the bias.
         assert_eq!(classifier.classify(&["zzz"]).unwrap()[0].class, 0);
         assert!(classifier.classify::<&str>(&[]).unwrap().is_empty());
+    }
+
+    /// An n-gram classifier fitted on real tweets, with pseudo-random weights of `scale`.
+    fn tweet_classifier(texts: &[&str], classes: usize, scale: f32) -> Classifier {
+        let options = FitOptions {
+            tokenizer: Tokenizer {
+                word_ngrams: Some([1, 2]),
+                char_ngrams: Some([2, 5]),
+            },
+            weighting: Weighting::SublinearTfIdf,
+            min_df: 1,
+        };
+        let vocabulary = Vocabulary::fit(texts, &options).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ classes as u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        };
+        let weight: Vec<f32> = (0..vocabulary.len() * classes).map(|_| next()).collect();
+        let bias: Vec<f32> = (0..classes).map(|_| next()).collect();
+        let network = Network::NgramNb {
+            weight: Tensor::from_vec(weight, (vocabulary.len(), classes), &Device::Cpu).unwrap(),
+            bias: Tensor::from_vec(bias, classes, &Device::Cpu).unwrap(),
+        };
+        let labels: Vec<String> = (0..classes).map(|c| format!("class{c}")).collect();
+        let manifest = Manifest {
+            format: String::new(),
+            algorithm: "intent-classification".into(),
+            architecture: Architecture::NgramNb,
+            framework: "candle".into(),
+            code_version: "test".into(),
+            hyperparameters: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            data: BTreeMap::new(),
+            files: BTreeMap::new(),
+        };
+        let files = ModelFiles::build(&network, &vocabulary, &labels, manifest).unwrap();
+        Classifier::from_files(&files).unwrap()
+    }
+
+    #[test]
+    fn the_direct_path_gives_the_tensor_paths_probabilities_bit_for_bit() {
+        let tweets = include_str!("../../../testdata/tweet_emotion/tweet_emotion_part2.csv");
+        let mut texts: Vec<&str> = tweets.lines().collect();
+        let (fit, unseen) = texts.split_at(texts.len() / 2);
+        let classifiers: Vec<Classifier> = [(2, 1.0), (3, 4.0), (6, 20.0), (31, 0.5), (3, 400.0)]
+            .into_iter()
+            .map(|(classes, scale)| tweet_classifier(fit, classes, scale))
+            .collect();
+        let unseen = unseen.to_vec();
+        texts.extend(["", " ", "zzz", "ΣΑΣ ÉTÉ straße 🙂🙂 _ a", "happy happy happy"]);
+        texts.extend(unseen);
+        for classifier in &classifiers {
+            assert!(classifier.direct.is_some());
+            let direct = classifier.classify(&texts).unwrap();
+            let tensors = classifier.classify_with_tensors(&texts).unwrap();
+            for ((text, direct), tensors) in texts.iter().zip(&direct).zip(&tensors) {
+                let bits = |p: &Prediction| p.probabilities.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(direct), bits(tensors), "{text:?}");
+                assert_eq!(direct.class, tensors.class, "{text:?}");
+            }
+        }
+        // candle sums 32 or more exponentials in SIMD blocks: such networks keep the tensor path.
+        assert!(tweet_classifier(&texts[..50], 32, 1.0).direct.is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! trainer; sharing one implementation makes that impossible.)
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,8 +58,81 @@ pub struct Vocabulary {
 
 #[derive(Clone, Debug, Default)]
 struct Index {
-    words: HashMap<String, u32>,
-    chars: HashMap<String, u32>,
+    words: TermIndex,
+    chars: TermIndex,
+}
+
+/// Term → feature id. Terms of up to 15 bytes (nearly all character n-grams and most words) are
+/// keys inline, bytes and length packed in a `u128`, so a lookup reads one bucket and no string
+/// elsewhere in memory; longer terms are strings. Hashed with FxHash: the keys are our own terms,
+/// not an attacker's, and SipHash costs more than the lookup.
+#[derive(Clone, Debug, Default)]
+struct TermIndex {
+    short: HashMap<u128, u32, BuildHasherDefault<FxHasher>>,
+    long: HashMap<String, u32, BuildHasherDefault<FxHasher>>,
+}
+
+impl TermIndex {
+    fn short_key(term: &str) -> Option<u128> {
+        let bytes = term.as_bytes();
+        if bytes.len() > 15 {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        key[..bytes.len()].copy_from_slice(bytes);
+        key[15] = bytes.len() as u8;
+        Some(u128::from_le_bytes(key))
+    }
+
+    /// Adds `term`; false if it was there already.
+    fn insert(&mut self, term: &str, id: u32) -> bool {
+        match TermIndex::short_key(term) {
+            Some(key) => self.short.insert(key, id).is_none(),
+            None => self.long.insert(term.to_owned(), id).is_none(),
+        }
+    }
+
+    fn get(&self, term: &str) -> Option<&u32> {
+        match TermIndex::short_key(term) {
+            Some(key) => self.short.get(&key),
+            None => self.long.get(term),
+        }
+    }
+}
+
+/// FxHash (as in rustc): a rotate, xor and multiply per 8 bytes.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.write_u64(value.into());
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.write_u64(value as u64);
+        self.write_u64((value >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
 }
 
 /// The sparse features of a batch of texts, row by row: `features[k]` of text `rows[k]` has
@@ -257,10 +331,10 @@ impl Vocabulary {
     }
 
     fn indexed(mut self) -> Result<Vocabulary> {
-        let index = |terms: &[String], offset: usize| -> Result<HashMap<String, u32>> {
-            let mut map = HashMap::with_capacity(terms.len());
+        let index = |terms: &[String], offset: usize| -> Result<TermIndex> {
+            let mut map = TermIndex::default();
             for (i, term) in terms.iter().enumerate() {
-                if map.insert(term.clone(), (offset + i) as u32).is_some() {
+                if !map.insert(term, (offset + i) as u32) {
                     return Err(Error::Invalid(format!("vocabulary: term {term:?} appears twice")));
                 }
             }
@@ -435,8 +509,8 @@ mod tests {
             }
         }
         // A repeated word weighs more than a single one, but sublinearly.
-        let good = vocabulary.index.words["good"];
-        let day = vocabulary.index.words["day"];
+        let good = *vocabulary.index.words.get("good").unwrap();
+        let day = *vocabulary.index.words.get("day").unwrap();
         let value = |f: u32| {
             batch.values[(0..batch.rows.len())
                 .find(|&k| batch.rows[k] == 0 && batch.features[k] == f)

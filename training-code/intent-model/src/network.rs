@@ -203,6 +203,70 @@ impl Network {
     }
 }
 
+/// Fewer classes than this and candle's CPU softmax sums its exponentials one after the other
+/// (its AVX sum works in blocks of 32), so [`DirectNgramNb`] can repeat it exactly.
+const DIRECT_MAX_CLASSES: usize = 32;
+
+/// [`Network::NgramNb`] as plain `f32` rows, to classify one text without tensors: serving
+/// classifies one document per request, where building a handful of small tensors costs more
+/// than the arithmetic. The same `f32` operations in the same order as [`Network::logits`] and
+/// [`probabilities`] on the CPU, so the results are bit for bit the same (a unit test checks).
+#[derive(Clone, Debug)]
+pub struct DirectNgramNb {
+    /// `ngram.weight`, row-major `[features, classes]`.
+    weight: Vec<f32>,
+    /// `ngram.bias`.
+    bias: Vec<f32>,
+}
+
+impl DirectNgramNb {
+    /// The direct form of `network`, if it is an n-gram network with fewer than 32 classes.
+    pub fn new(network: &Network) -> Result<Option<DirectNgramNb>> {
+        match network {
+            Network::NgramNb { weight, bias } if bias.dim(0)? < DIRECT_MAX_CLASSES => {
+                Ok(Some(DirectNgramNb {
+                    weight: weight.flatten_all()?.to_vec1::<f32>()?,
+                    bias: bias.to_vec1::<f32>()?,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Class probabilities of one text whose feature `features[k]` has value `values[k]`.
+    pub fn probabilities(&self, features: &[u32], values: &[f32]) -> Result<Vec<f32>> {
+        let classes = self.bias.len();
+        // The bag: entries added in order onto zeros, as `index_add` does.
+        let mut scores = vec![0f32; classes];
+        for (&feature, &value) in features.iter().zip(values) {
+            let start = feature as usize * classes;
+            let row = self
+                .weight
+                .get(start..start + classes)
+                .ok_or_else(|| Error::Invalid(format!("feature {feature} is outside the network's table")))?;
+            for (score, &weight) in scores.iter_mut().zip(row) {
+                *score += weight * value;
+            }
+        }
+        for (score, &bias) in scores.iter_mut().zip(&self.bias) {
+            *score += bias;
+        }
+        // Softmax: the maximum, exponentials of the differences, their sum in order, quotients.
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for score in &mut scores {
+            *score = (*score - max).exp();
+        }
+        let mut sum = 0f32;
+        for &score in &scores {
+            sum += score;
+        }
+        for score in &mut scores {
+            *score /= sum;
+        }
+        Ok(scores)
+    }
+}
+
 /// Softmax over the last dimension.
 pub fn probabilities(logits: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(logits, D::Minus1)?)

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Benchmark: gRPC Predict throughput and latency of the Rust predictor beside the original
+# design's predictor (a Python grpcio server running the same model, hack/bench/predictor_baseline.py),
+# in one run on this machine.
+#
+#   hack/bench-predict.sh [SECONDS] [RUNS]    default: 10 s measured per level, 3 runs
+#
+# Trains the default model (ngram-nb) on tweet_emotion part 1 + part 2 (testdata/), serves it
+# from a local directory with each server in turn, and runs the load generator
+# (predictor/benches/predict.rs: closed loop, min(concurrency, 4) HTTP/2 connections, one
+# client thread, 2 s of warm-up per level) against it at concurrency 1, 16 and 64; RUNS times,
+# the servers alternating, each row of the table the median of the runs (every run's lines are
+# printed as they come). Documents are real tweets cycled in
+# order: the validation split (../shared/data/tweet_emotion/validation.csv, not used for
+# training) or, without it, testdata part 1; never the test split. Environment:
+#   BENCH_PREDICT_CONCURRENCY  levels (default 1,16,64); the last one is "saturation"
+#   BENCH_PREDICT_WARMUP       seconds of unmeasured load per level (default 2)
+#   BENCH_PREDICT_DOCUMENTS    a raw TextIntent CSV of documents
+# Client and server share this machine's cores. Goal (issue #7): at saturation, >= 20x the
+# baseline's throughput and p99 <= 5 ms. grpcio and numpy are installed into a virtualenv under
+# ~/.cache/miniautoml (pinned below) on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_LEVEL=${1:-10}
+RUNS=${2:-3}
+LEVELS=${BENCH_PREDICT_CONCURRENCY:-1,16,64}
+WARMUP=${BENCH_PREDICT_WARMUP:-2}
+GRPCIO_VERSION=1.85.1
+NUMPY_VERSION=2.4.6
+DATA=testdata/tweet_emotion
+DOCUMENTS=${BENCH_PREDICT_DOCUMENTS:-../shared/data/tweet_emotion/validation.csv}
+[ -f "$DOCUMENTS" ] || DOCUMENTS=$DATA/tweet_emotion_part1.csv
+case "$DOCUMENTS" in */test.csv) echo "bench-predict: not on the test split ($DOCUMENTS)" >&2; exit 1 ;; esac
+DOCUMENTS=$(realpath "$DOCUMENTS")
+VENV=${XDG_CACHE_HOME:-$HOME/.cache}/miniautoml/bench-venv-predictor-grpcio-$GRPCIO_VERSION-numpy-$NUMPY_VERSION
+WORK=$(mktemp -d)
+SERVER_PID=
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}
+trap 'stop_server; rm -rf "$WORK"' EXIT
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bench-predict: installing grpcio $GRPCIO_VERSION and numpy $NUMPY_VERSION into $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" "numpy==$NUMPY_VERSION"
+fi
+cargo build --release --locked --quiet -p miniautoml-predictor -p miniautoml-intent-classification \
+  --bin miniautoml-predictor --bin intent-classification
+cargo bench --locked --quiet -p miniautoml-predictor --bench predict --no-run
+
+target/release/intent-classification train --data "$DATA/tweet_emotion_part1.csv" "$DATA/tweet_emotion_part2.csv" \
+  --out "$WORK/model" >"$WORK/train.log"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Waits (at most 60 s) until `$@` succeeds while the server is alive.
+wait_until() {
+  for _ in $(seq 600); do
+    "$@" && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "bench-predict: the server exited" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "bench-predict: the server did not get ready in 60 s" >&2
+  return 1
+}
+peak_rss_mib() { awk '$1=="VmHWM:" {printf "%.1f", $2/1024}' "/proc/$SERVER_PID/status"; }
+
+# load NAME PORT: the load generator's lines, printed and kept in $WORK/all.out.
+load() {
+  cargo bench --locked --quiet -p miniautoml-predictor --bench predict -- --address "127.0.0.1:$2" \
+    --name "$1" --concurrency "$LEVELS" --duration "$SECONDS_PER_LEVEL" --warmup "$WARMUP" \
+    --documents "$DOCUMENTS" | tee -a "$WORK/all.out"
+}
+
+# rust: the predictor, baseline: the Python grpcio server; each serves $WORK/model until stopped.
+start_rust() {
+  port=$(free_port)
+  local http_port; http_port=$(free_port)
+  RUST_LOG=warn target/release/miniautoml-predictor --model-uri "$WORK/model" --host 127.0.0.1 \
+    --grpc-port "$port" --http-port "$http_port" --run-id 1 --model-name tweets --shutdown-delay 0 \
+    2>>"$WORK/predictor.log" &
+  SERVER_PID=$!
+  wait_until curl -sf -o /dev/null "http://127.0.0.1:$http_port/v2/health/ready"
+}
+start_baseline() {
+  "$VENV/bin/python" hack/bench/predictor_baseline.py --model-dir "$WORK/model" --address 127.0.0.1:0 \
+    >"$WORK/baseline.log" 2>&1 &
+  SERVER_PID=$!
+  wait_until grep -q '^listening on' "$WORK/baseline.log"
+  port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$WORK/baseline.log")
+}
+
+status=0
+echo "gRPC PredictorPredict, ngram-nb on tweet_emotion; documents $(realpath --relative-to=. "$DOCUMENTS");" \
+  "${SECONDS_PER_LEVEL} s per level after ${WARMUP} s of warm-up; $RUNS runs; $(nproc) cores shared by client and server"
+for run in $(seq "$RUNS"); do
+  for server in rust baseline; do
+    "start_$server"
+    load "$server" "$port" || status=$?
+    echo "peak_rss name=$server run=$run mib=$(peak_rss_mib)" | tee -a "$WORK/all.out"
+    stop_server
+  done
+done
+
+echo
+awk -v levels="$LEVELS" '
+  function median(list,   n, v, i, j, t) {
+    n = split(list, v, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return n ? v[int((n + 1) / 2)] : ""
+  }
+  $1 == "predict" && $0 !~ /first_error=/ || $1 == "peak_rss" {
+    delete f
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+    if ($1 == "peak_rss") { rss[f["name"]] = rss[f["name"]] " " f["mib"]; next }
+    key = f["name"] SUBSEP f["concurrency"]
+    rps[key] = rps[key] " " f["rps"]; p50[key] = p50[key] " " f["p50_ms"]
+    p99[key] = p99[key] " " f["p99_ms"]; max[key] = max[key] " " f["max_ms"]; errors[key] += f["errors"]
+  }
+  END {
+    n = split(levels, level, ",")
+    printf "%-9s %11s %10s %8s %8s %8s %7s\n", "server", "concurrency", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+    for (i = 1; i <= n; i++) for (s = 1; s <= 2; s++) {
+      name = (s == 1 ? "baseline" : "rust"); key = name SUBSEP level[i]
+      printf "%-9s %11s %10s %8s %8s %8s %7d\n", name, level[i], median(rps[key]), median(p50[key]),
+        median(p99[key]), median(max[key]), errors[key]
+    }
+    printf "\nthroughput rust/baseline:"
+    for (i = 1; i <= n; i++) {
+      base = median(rps["baseline" SUBSEP level[i]])
+      printf "  concurrency %s: %.1fx", level[i], (base > 0 ? median(rps["rust" SUBSEP level[i]]) / base : 0)
+    }
+    printf "\npeak RSS (VmHWM): rust predictor %s MiB, baseline %s MiB\n", median(rss["rust"]), median(rss["baseline"])
+    top = level[n]; base = median(rps["baseline" SUBSEP top]); ours = median(rps["rust" SUBSEP top])
+    ratio = base > 0 ? ours / base : 0; tail = median(p99["rust" SUBSEP top])
+    printf "goal at saturation (concurrency %s): throughput %.1fx the baseline >= 20x: %s; p99 %s ms <= 5 ms: %s\n",
+      top, ratio, (ratio >= 20 ? "met" : "MISSED"), tail, (tail <= 5 ? "met" : "MISSED")
+  }' "$WORK/all.out"
+[ "$status" -eq 0 ] || echo "bench-predict: some requests failed (see the first_error lines above)" >&2
+exit "$status"
