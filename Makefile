@@ -20,7 +20,7 @@ lint: ## rustfmt and clippy, warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-demo: ## Run the dataset -> training -> serving flow as far as it is built
+demo: ## Run the dataset -> training -> serving -> prediction flow on the local cluster (or KUBECONFIG)
 	hack/demo.sh
 
 run: ## Run the operator as a local process against the current kubeconfig
