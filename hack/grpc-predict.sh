@@ -8,6 +8,10 @@
 # Needs grpcurl (make tools); the operator serves reflection, so no .proto files are passed.
 set -euo pipefail
 GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:51001}
+if [ $# -lt 2 ]; then
+  echo "usage: GRPC_ADDR=host:port $0 RUN_ID DOCUMENT [DOCUMENT ...]" >&2
+  exit 2
+fi
 RUN_ID=$1
 shift
 for document in "$@"; do

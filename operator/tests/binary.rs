@@ -32,11 +32,7 @@ fn no_cluster_configuration_is_a_clear_error() {
 #[test]
 fn an_unreachable_cluster_is_a_clear_error() {
     // A port nothing listens on: bind one, note it, free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = miniautoml_test_support::free_addr().port();
     let dir = std::env::temp_dir().join(format!("miniautoml-binary-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");

@@ -15,7 +15,9 @@ use kube::{
     runtime::wait::await_condition,
 };
 use miniautoml_api::TrainingJob;
-use miniautoml_test_support::{LocalCluster, TestNamespace, WAIT, example, install_crds, repo_root};
+use miniautoml_test_support::{
+    LocalCluster, TestNamespace, WAIT, example, free_addr, install_crds, repo_root,
+};
 
 fn run(command: &mut Command) -> String {
     let output = command.output().expect("the command runs");
@@ -25,14 +27,6 @@ fn run(command: &mut Command) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -95,11 +89,11 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
     ]);
     as_account(&["config", "set-context", "--current", "--user=operator"]);
 
-    let admin_port = free_port();
+    let admin_port = free_addr().port();
     let mut operator = Command::new(env!("CARGO_BIN_EXE_miniautoml-operator"))
         .args([
             format!("--admin-addr=127.0.0.1:{admin_port}"),
-            format!("--grpc-addr=127.0.0.1:{}", free_port()),
+            format!("--grpc-addr=127.0.0.1:{}", free_addr().port()),
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")

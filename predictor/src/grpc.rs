@@ -51,7 +51,6 @@ fn status(refused: Refused) -> Status {
         Refused::Rejected(rejection @ crate::Rejection::OtherRun { .. }) => {
             Status::not_found(rejection.to_string())
         }
-        Refused::Rejected(crate::Rejection::NotReady) => Status::unavailable("the model is not loaded yet"),
         Refused::Rejected(rejection) => Status::invalid_argument(rejection.to_string()),
         Refused::Internal(error) => Status::internal(error.to_string()),
     }

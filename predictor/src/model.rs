@@ -128,9 +128,6 @@ pub enum Rejection {
         /// The run asked for.
         asked: String,
     },
-    /// No model is loaded yet, or the predictor is shutting down.
-    #[error("the model is not loaded yet")]
-    NotReady,
 }
 
 /// A loaded model and what the APIs report about it.
@@ -163,8 +160,7 @@ impl Model {
         let responses = classifier
             .labels()
             .iter()
-            .map(|label| serde_json::json!({ "result": label }).to_string())
-            .map(|json| json.replacen("\":", "\": ", 1))
+            .map(|label| format!("{{\"result\": {}}}", serde_json::Value::from(label.as_str())))
             .collect();
         Ok(Model {
             classifier,

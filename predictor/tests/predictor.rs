@@ -12,7 +12,7 @@ use miniautoml_proto::prediction::{
     PredictRequest, PredictorPredictRequest, prediction_service_client::PredictionServiceClient,
     predictor_client::PredictorClient,
 };
-use miniautoml_test_support::{LocalCluster, harness::http, repo_root, unique};
+use miniautoml_test_support::{LocalCluster, free_addr, harness::http, repo_root, unique};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -38,14 +38,6 @@ fn labels() -> Vec<String> {
     serde_json::from_slice(&std::fs::read(model_dir().join("labels.json")).unwrap()).unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A running predictor process, killed when dropped.
 struct Predictor {
     child: Child,
@@ -56,7 +48,7 @@ struct Predictor {
 
 impl Predictor {
     fn spawn(model_uri: &str, extra_env: &[(&str, &str)]) -> Predictor {
-        let (grpc_port, http_port) = (free_port(), free_port());
+        let (grpc_port, http_port) = (free_addr().port(), free_addr().port());
         let stderr = std::env::temp_dir().join(format!("{}.log", unique("predictor")));
         let mut command = Command::new(env!("CARGO_BIN_EXE_miniautoml-predictor"));
         command

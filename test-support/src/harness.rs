@@ -8,7 +8,9 @@ use kube::{Api, api::PostParams, runtime::wait::await_condition};
 use miniautoml_api::{Dataset, TrainingJob, TrainingJobStatus, training_job::TrainingPhase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path, repo_root};
+use crate::{
+    LocalCluster, OperatorProcess, TestNamespace, free_addr, install_crds, operator_log_path, repo_root,
+};
 
 /// How long a training run may take: training on the process node takes seconds; building the
 /// snapshot and starting the pod a few more.
@@ -133,9 +135,7 @@ pub async fn namespace_with_operator(
     let client = cluster.client().await.unwrap();
     install_crds(&client).await.unwrap();
     let ns = TestNamespace::new(cluster, &client, prefix).await.unwrap();
-    let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap();
+    let grpc_addr = free_addr();
     let operator = OperatorProcess::start_at(
         binary,
         cluster,

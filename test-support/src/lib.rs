@@ -216,7 +216,8 @@ pub struct OperatorProcess {
     pub admin_addr: std::net::SocketAddr,
 }
 
-fn free_port() -> std::net::SocketAddr {
+/// A loopback address with a port nothing listens on now (bound, noted and freed).
+pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
@@ -226,7 +227,7 @@ impl OperatorProcess {
     /// Starts `binary` (the test's `env!("CARGO_BIN_EXE_miniautoml-operator")`) for `namespace`,
     /// with the cluster's S3 credentials but `secret_key` as the secret (to test refused ones).
     pub fn start(binary: &str, cluster: &LocalCluster, namespace: &str, secret_key: &str) -> OperatorProcess {
-        OperatorProcess::start_at(binary, cluster, namespace, secret_key, free_port(), &[])
+        OperatorProcess::start_at(binary, cluster, namespace, secret_key, free_addr(), &[])
     }
 
     /// As [`OperatorProcess::start`], serving gRPC on `grpc_addr` (a restarted operator keeps
@@ -239,7 +240,7 @@ impl OperatorProcess {
         grpc_addr: std::net::SocketAddr,
         extra: &[&str],
     ) -> OperatorProcess {
-        let admin_addr = free_port();
+        let admin_addr = free_addr();
         let child = Command::new(binary)
             .args([
                 format!("--admin-addr={admin_addr}"),

@@ -4,6 +4,7 @@
 //! server-side apply → status. This module holds what the three share: the context, the
 //! `Accepted` condition every controller reports, and the controller runner.
 
+pub mod children;
 pub mod dataset;
 pub mod model_deployment;
 pub mod training_job;
@@ -134,6 +135,85 @@ impl Context {
             model_deployments: Default::default(),
             predictor_deployments: Default::default(),
             predictor_pods: Default::default(),
+        }
+    }
+}
+
+impl Context {
+    /// An API over the watched namespace, or over every namespace when none is set.
+    pub fn watched<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.watch_namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// The TrainingJob of run `run`: from the TrainingJob controller's cache when the cached
+    /// object satisfies `fresh_enough` (the cache may lag the last write), else from the API
+    /// server; `None` when no TrainingJob has that run id.
+    pub async fn find_run(
+        &self,
+        run: &str,
+        fresh_enough: impl Fn(&miniautoml_api::TrainingJob) -> bool,
+    ) -> Result<Option<miniautoml_api::TrainingJob>> {
+        use training_job::build::RUN_ID_LABEL;
+        let cached = self.training_jobs.get().and_then(|store| {
+            store.state().iter().find_map(|guard| {
+                let job = guard.0.as_ref().ok()?;
+                (job.labels().get(RUN_ID_LABEL).map(String::as_str) == Some(run)).then(|| job.clone())
+            })
+        });
+        if let Some(job) = cached.filter(|job| fresh_enough(job)) {
+            return Ok(Some(job));
+        }
+        let api: Api<miniautoml_api::TrainingJob> = self.watched();
+        let params = kube::api::ListParams::default().labels(&format!("{RUN_ID_LABEL}={run}"));
+        Ok(api.list(&params).await?.items.into_iter().next())
+    }
+}
+
+/// Watches the objects of `api` labelled `label` into a cache, trimmed by `trim` (managed fields
+/// are always dropped) so the cache holds only what reconciles read. Returns the cache and the
+/// stream of changed objects, for `Controller::owns_stream` or `watches_stream`.
+pub fn labelled_cache<K>(
+    api: Api<K>,
+    label: &str,
+    mut trim: impl FnMut(&mut K) + Send + 'static,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    use kube::runtime::WatchStreamExt;
+    let (cache, writer) = kube::runtime::reflector::store();
+    let events = watcher(api, watcher::Config::default().labels(label).any_semantic())
+        .default_backoff()
+        .modify(move |object| {
+            object.managed_fields_mut().clear();
+            trim(object);
+        })
+        .reflect(writer)
+        .touched_objects();
+    (cache, events)
+}
+
+/// What a pod cache keeps: labels, node and status (no annotations, volumes, tolerations or
+/// container environment).
+pub fn trim_pod(pod: &mut k8s_openapi::api::core::v1::Pod) {
+    pod.annotations_mut().clear();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.tolerations = None;
+        for container in &mut spec.containers {
+            container.env = None;
+            container.volume_mounts = None;
         }
     }
 }
@@ -359,10 +439,7 @@ async fn run_controller<K, F, Fut>(
     F: FnMut(Arc<DeserializeGuard<K>>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {
-    let api = match &ctx.watch_namespace {
-        Some(namespace) => Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), namespace),
-        None => Api::<DeserializeGuard<K>>::all(ctx.client.clone()),
-    };
+    let api: Api<DeserializeGuard<K>> = ctx.watched();
     let controller = watches(
         Controller::new(api, watcher::Config::default().any_semantic()),
         &ctx,

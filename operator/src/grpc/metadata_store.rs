@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::{Api, ResourceExt};
 use miniautoml_api::{
     TrainingJob, TrainingJobStatus,
     training_job::{ArtifactStatus, EpochStatus, MAX_STATUS_EPOCHS},
@@ -112,47 +112,31 @@ impl MetadataStore {
         }
     }
 
-    fn jobs(&self) -> Api<TrainingJob> {
-        match &self.ctx.watch_namespace {
-            Some(namespace) => Api::namespaced(self.ctx.client.clone(), namespace),
-            None => Api::all(self.ctx.client.clone()),
-        }
+    /// The TrainingJob of `run_id`, read from the API server.
+    async fn find(&self, run_id: &str) -> Result<TrainingJob, Status> {
+        self.lookup(run_id, false).await
     }
 
-    /// The TrainingJob of `run_id`.
-    async fn find(&self, run_id: &str) -> Result<TrainingJob, Status> {
+    /// The TrainingJob of `run_id` from the controller's watch cache (which may lag a write by
+    /// a moment: writes based on it are compare-and-swapped), else from the API server.
+    async fn find_cached(&self, run_id: &str) -> Result<TrainingJob, Status> {
+        self.lookup(run_id, true).await
+    }
+
+    async fn lookup(&self, run_id: &str, cached: bool) -> Result<TrainingJob, Status> {
         if run_id.is_empty() || run_id.parse::<u64>().is_err() {
             return Err(Status::invalid_argument(format!(
                 "run id {run_id:?} is not a number"
             )));
         }
-        let list = self
-            .jobs()
-            .list(&ListParams::default().labels(&format!("{RUN_ID_LABEL}={run_id}")))
+        self.ctx
+            .find_run(run_id, |_| cached)
             .await
-            .map_err(internal)?;
-        list.items
-            .into_iter()
-            .next()
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
     }
 
     /// The run's TrainingJob, when the request carries that run's token.
-    /// The TrainingJob of `run_id` from the controller's watch cache (which may lag a write by
-    /// a moment: writes based on it are compare-and-swapped), else from the API server.
-    async fn find_cached(&self, run_id: &str) -> Result<TrainingJob, Status> {
-        let cached = self.ctx.training_jobs.get().and_then(|store| {
-            store.state().iter().find_map(|guard| {
-                let job = guard.0.as_ref().ok()?;
-                (job.labels().get(RUN_ID_LABEL).map(String::as_str) == Some(run_id)).then(|| job.clone())
-            })
-        });
-        match cached {
-            Some(job) => Ok(job),
-            None => self.find(run_id).await,
-        }
-    }
-
     async fn authorize<T>(&self, request: &Request<T>, run_id: &str) -> Result<TrainingJob, Status> {
         let job = self.find_cached(run_id).await?;
         let presented = request

@@ -20,7 +20,7 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, ObjectMeta, PostParams},
+    api::{ObjectMeta, PostParams},
 };
 use miniautoml_api::{ModelDeployment, ModelDeploymentSpec, TrainingJob, model_deployment::ModelReference};
 use miniautoml_proto::prediction::{
@@ -41,7 +41,6 @@ use crate::{
             build::{GRPC_PORT, MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL as SERVED_RUN_LABEL},
             served_model,
         },
-        training_job::build::RUN_ID_LABEL,
     },
 };
 
@@ -95,30 +94,13 @@ impl Prediction {
         }
     }
 
-    /// The run's TrainingJob: the controller's cache first, the API server when the cache has
-    /// none or shows it unfinished (the cache may lag the last status write).
+    /// The run's TrainingJob: the controller's cache when it shows the run servable, else the
+    /// API server (the cache may lag the last status write).
     async fn find(&self, run: &str) -> Result<TrainingJob, Status> {
-        let cached = self.ctx.training_jobs.get().and_then(|store| {
-            store.state().iter().find_map(|guard| {
-                let job = guard.0.as_ref().ok()?;
-                (job.labels().get(RUN_ID_LABEL).map(String::as_str) == Some(run)).then(|| job.clone())
-            })
-        });
-        if let Some(job) = cached
-            && served_model(&job).is_ok()
-        {
-            return Ok(job);
-        }
-        let api: Api<TrainingJob> = match &self.ctx.watch_namespace {
-            Some(namespace) => Api::namespaced(self.ctx.client.clone(), namespace),
-            None => Api::all(self.ctx.client.clone()),
-        };
-        api.list(&ListParams::default().labels(&format!("{RUN_ID_LABEL}={run}")))
+        self.ctx
+            .find_run(run, |job| served_model(job).is_ok())
             .await
             .map_err(internal)?
-            .items
-            .into_iter()
-            .next()
             .ok_or_else(|| Status::not_found(format!("run {run} does not exist")))
     }
 

@@ -338,17 +338,7 @@ mod tests {
             bias: Tensor::from_vec(vec![0.1f32, 0.0], 2, &Device::Cpu).unwrap(),
         };
         let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
-        let manifest = Manifest {
-            format: String::new(),
-            algorithm: "intent-classification".into(),
-            architecture: Architecture::NgramNb,
-            framework: "candle".into(),
-            code_version: "test".into(),
-            hyperparameters: BTreeMap::new(),
-            metrics: BTreeMap::new(),
-            data: BTreeMap::new(),
-            files: BTreeMap::new(),
-        };
+        let manifest = test_manifest();
         ModelFiles::build(&network, &vocabulary, &labels, manifest).unwrap()
     }
 
@@ -372,6 +362,22 @@ mod tests {
         // A text with no known feature falls back on the bias.
         assert_eq!(classifier.classify(&["zzz"]).unwrap()[0].class, 0);
         assert!(classifier.classify::<&str>(&[]).unwrap().is_empty());
+    }
+
+    /// A manifest for an n-gram test model (format and checksums are filled in by
+    /// `ModelFiles::build`).
+    fn test_manifest() -> Manifest {
+        Manifest {
+            format: String::new(),
+            algorithm: "intent-classification".into(),
+            architecture: Architecture::NgramNb,
+            framework: "candle".into(),
+            code_version: "test".into(),
+            hyperparameters: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            data: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
     }
 
     /// An n-gram classifier fitted on real tweets, with pseudo-random weights of `scale`.
@@ -399,17 +405,7 @@ mod tests {
             bias: Tensor::from_vec(bias, classes, &Device::Cpu).unwrap(),
         };
         let labels: Vec<String> = (0..classes).map(|c| format!("class{c}")).collect();
-        let manifest = Manifest {
-            format: String::new(),
-            algorithm: "intent-classification".into(),
-            architecture: Architecture::NgramNb,
-            framework: "candle".into(),
-            code_version: "test".into(),
-            hyperparameters: BTreeMap::new(),
-            metrics: BTreeMap::new(),
-            data: BTreeMap::new(),
-            files: BTreeMap::new(),
-        };
+        let manifest = test_manifest();
         let files = ModelFiles::build(&network, &vocabulary, &labels, manifest).unwrap();
         Classifier::from_files(&files).unwrap()
     }

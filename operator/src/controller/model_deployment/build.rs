@@ -9,8 +9,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector, Service, ServicePort,
-            ServiceSpec,
+            PodTemplateSpec, Probe, Secret, Service, ServicePort, ServiceSpec,
         },
     },
     apimachinery::pkg::{
@@ -20,6 +19,11 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 use miniautoml_api::{ModelDeployment, model_deployment::Endpoint};
+
+use crate::controller::children::{
+    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, requests_and_limits,
+    truncate,
+};
 
 /// Label on every object of a ModelDeployment (and its pods): the ModelDeployment's name.
 pub const MODEL_DEPLOYMENT_LABEL: &str = "miniautoml.io/modeldeployment";
@@ -63,14 +67,6 @@ pub struct PredictorSettings {
     pub s3_region: String,
     /// Storage credentials copied into the ModelDeployment's Secret.
     pub credentials: (String, String),
-}
-
-fn truncate(name: &str, max: usize) -> &str {
-    let mut end = name.len().min(max);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].trim_end_matches('-')
 }
 
 /// Name of the predictors' Deployment and of their Service.
@@ -120,34 +116,8 @@ fn owned_meta(md: &ModelDeployment, name: String) -> ObjectMeta {
 pub fn build_secret(md: &ModelDeployment, credentials: &(String, String)) -> Secret {
     Secret {
         metadata: owned_meta(md, secret_name(md)),
-        string_data: Some(BTreeMap::from([
-            ("AWS_ACCESS_KEY_ID".to_string(), credentials.0.clone()),
-            ("AWS_SECRET_ACCESS_KEY".to_string(), credentials.1.clone()),
-        ])),
+        string_data: Some(credential_entries(credentials)),
         type_: Some("Opaque".into()),
-        ..Default::default()
-    }
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn from_secret(name: &str, secret: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: name.into(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }
@@ -164,22 +134,6 @@ fn pod_ip() -> EnvVar {
         }),
         ..Default::default()
     }
-}
-
-fn resources(md: &ModelDeployment) -> Option<ResourceRequirements> {
-    let spec = &md.spec.resources;
-    let mut quantities = BTreeMap::new();
-    if let Some(cpu) = &spec.cpu {
-        quantities.insert("cpu".to_string(), cpu.clone());
-    }
-    if let Some(memory) = &spec.memory {
-        quantities.insert("memory".to_string(), memory.clone());
-    }
-    (!quantities.is_empty()).then(|| ResourceRequirements {
-        requests: Some(quantities.clone()),
-        limits: Some(quantities),
-        ..Default::default()
-    })
 }
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
@@ -217,8 +171,8 @@ pub fn build_deployment(
         env("PREDICTOR_HTTP_PORT", HTTP_PORT.to_string()),
         env("PREDICTOR_SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS.to_string()),
         env("AWS_REGION", &settings.s3_region),
-        from_secret("AWS_ACCESS_KEY_ID", &secret),
-        from_secret("AWS_SECRET_ACCESS_KEY", &secret),
+        from_secret(ACCESS_KEY, &secret, ACCESS_KEY),
+        from_secret(SECRET_KEY, &secret, SECRET_KEY),
     ];
     if let Some(endpoint) = &settings.s3_endpoint {
         vars.push(env("AWS_ENDPOINT_URL", endpoint));
@@ -270,7 +224,10 @@ pub fn build_deployment(
                                 ..Default::default()
                             },
                         ]),
-                        resources: resources(md),
+                        resources: requests_and_limits(cpu_and_memory(
+                            &md.spec.resources.cpu,
+                            &md.spec.resources.memory,
+                        )),
                         // Where the kubelet supports it, a failed start-up's reason (the
                         // log's last lines) reaches the pod status and the Ready condition.
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -353,12 +310,13 @@ pub fn rollout(deployment: &Deployment, desired: i32) -> Rollout {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use k8s_openapi::api::apps::v1::DeploymentStatus;
 
     use super::*;
 
-    fn fixture() -> ModelDeployment {
+    /// `examples/modeldeployment.yaml` in namespace `team-a`.
+    pub(in crate::controller::model_deployment) fn fixture() -> ModelDeployment {
         let mut md: ModelDeployment =
             serde_yaml::from_str(include_str!("../../../../examples/modeldeployment.yaml")).unwrap();
         md.metadata.namespace = Some("team-a".into());

@@ -26,11 +26,7 @@ use kube::{
     api::{PartialObjectMeta, Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::EventType,
-        reflector::{self, ObjectRef},
-        watcher,
+        Controller, WatchStreamExt, controller::Action, events::EventType, reflector::ObjectRef, watcher,
     },
 };
 use miniautoml_api::{ModelDeployment, ModelDeploymentStatus, TrainingJob, training_job::TrainingPhase};
@@ -40,7 +36,9 @@ use self::build::{
     MODEL_DEPLOYMENT_LABEL, PredictorSettings, ServedModel, build_deployment, build_secret, build_service,
     deployment_name, endpoint, rollout, template_run,
 };
-use super::{Context, Verdict, modify_cached_status, publish, reconciled, report_unreadable};
+use super::{
+    Context, Verdict, labelled_cache, modify_cached_status, publish, reconciled, report_unreadable, trim_pod,
+};
 use crate::{
     Result,
     conditions::{self, ACCEPTED},
@@ -129,47 +127,11 @@ pub fn watches(
     controller: Controller<DeserializeGuard<ModelDeployment>>,
     ctx: &Context,
 ) -> Controller<DeserializeGuard<ModelDeployment>> {
-    let namespaced = |client: kube::Client| -> (Api<Deployment>, Api<Pod>) {
-        match &ctx.watch_namespace {
-            Some(namespace) => (
-                Api::namespaced(client.clone(), namespace),
-                Api::namespaced(client, namespace),
-            ),
-            None => (Api::all(client.clone()), Api::all(client)),
-        }
-    };
-    let (deployments, pods) = namespaced(ctx.client.clone());
-    let jobs: Api<PartialObjectMeta<TrainingJob>> = match &ctx.watch_namespace {
-        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-        None => Api::all(ctx.client.clone()),
-    };
-    let ours = || {
-        watcher::Config::default()
-            .labels(MODEL_DEPLOYMENT_LABEL)
-            .any_semantic()
-    };
-    let (deployment_cache, deployment_writer) = reflector::store();
-    let deployment_events = watcher(deployments, ours())
-        .default_backoff()
-        .modify(|d| d.managed_fields_mut().clear())
-        .reflect(deployment_writer)
-        .touched_objects();
-    let (pod_cache, pod_writer) = reflector::store();
-    let pod_events = watcher(pods, ours())
-        .default_backoff()
-        .modify(|pod| {
-            // Routing needs the labels, IP and readiness: keep the cache small.
-            pod.managed_fields_mut().clear();
-            if let Some(spec) = pod.spec.as_mut() {
-                spec.volumes = None;
-                for container in &mut spec.containers {
-                    container.env = None;
-                    container.volume_mounts = None;
-                }
-            }
-        })
-        .reflect(pod_writer)
-        .touched_objects();
+    let (deployment_cache, deployment_events) =
+        labelled_cache(ctx.watched::<Deployment>(), MODEL_DEPLOYMENT_LABEL, |_| {});
+    // Routing needs the labels, IP and readiness.
+    let (pod_cache, pod_events) = labelled_cache(ctx.watched::<Pod>(), MODEL_DEPLOYMENT_LABEL, trim_pod);
+    let jobs: Api<PartialObjectMeta<TrainingJob>> = ctx.watched();
     let _ = ctx.predictor_deployments.set(deployment_cache);
     let _ = ctx.predictor_pods.set(pod_cache);
     let _ = ctx.model_deployments.set(controller.store());
@@ -216,12 +178,11 @@ async fn resolve(md: &ModelDeployment, ctx: &Context) -> Result<Result<TrainingJ
         }));
     }
     let run = md.spec.model.run_id.clone().unwrap_or_default();
-    let found = api
-        .list(&kube::api::ListParams::default().labels(&format!("{TRAINING_RUN_ID_LABEL}={run}")))
+    // Run ids are unique across namespaces; the run must be in this one.
+    let found = ctx
+        .find_run(&run, |job| served_model(job).is_ok())
         .await?
-        .items
-        .into_iter()
-        .next();
+        .filter(|job| job.namespace().as_deref() == Some(namespace.as_str()));
     Ok(found.ok_or_else(|| {
         (
             "RunNotFound",
@@ -552,9 +513,7 @@ mod tests {
     use super::*;
 
     fn md() -> ModelDeployment {
-        let mut md: ModelDeployment =
-            serde_yaml::from_str(include_str!("../../../../examples/modeldeployment.yaml")).unwrap();
-        md.metadata.namespace = Some("team-a".into());
+        let mut md = build::tests::fixture();
         md.metadata.generation = Some(1);
         md
     }

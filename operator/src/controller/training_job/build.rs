@@ -8,13 +8,18 @@ use k8s_openapi::{
         batch::v1::{Job, JobSpec},
         core::v1::{
             Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-            ResourceRequirements, Secret, SecretKeySelector, Service, ServiceSpec, Toleration,
+            ResourceRequirements, Secret, Service, ServiceSpec, Toleration,
         },
     },
     apimachinery::pkg::api::resource::Quantity,
 };
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use miniautoml_api::TrainingJob;
+
+use crate::controller::children::{
+    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, requests_and_limits,
+    truncate,
+};
 
 /// Label naming the TrainingJob on everything it owns.
 pub const TRAINING_JOB_LABEL: &str = "miniautoml.io/trainingjob";
@@ -62,14 +67,6 @@ pub fn secret_name(job: &TrainingJob) -> String {
     format!("{}-run", truncate(&job.name_any(), 50))
 }
 
-fn truncate(name: &str, max: usize) -> &str {
-    let mut end = name.len().min(max);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].trim_end_matches('-')
-}
-
 fn labels(job: &TrainingJob, run_id: u64) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TRAINING_JOB_LABEL.to_string(), job.name_any()),
@@ -96,35 +93,12 @@ fn owned_meta(job: &TrainingJob, name: String, run_id: u64) -> ObjectMeta {
 pub fn build_secret(job: &TrainingJob, run_id: u64, token: &str, credentials: &(String, String)) -> Secret {
     Secret {
         metadata: owned_meta(job, secret_name(job), run_id),
-        string_data: Some(BTreeMap::from([
-            (TOKEN_KEY.to_string(), token.to_string()),
-            ("AWS_ACCESS_KEY_ID".to_string(), credentials.0.clone()),
-            ("AWS_SECRET_ACCESS_KEY".to_string(), credentials.1.clone()),
-        ])),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    }
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..Default::default()
+        string_data: Some({
+            let mut entries = credential_entries(credentials);
+            entries.insert(TOKEN_KEY.to_string(), token.to_string());
+            entries
         }),
+        type_: Some("Opaque".into()),
         ..Default::default()
     }
 }
@@ -146,10 +120,10 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
         env("MODEL_BUCKET", &inputs.bucket),
         env("MODEL_NAME", &job.spec.output_model_name),
         env("AWS_REGION", &inputs.s3_region),
-        from_secret("AWS_ACCESS_KEY_ID", &secret, "AWS_ACCESS_KEY_ID"),
-        from_secret("AWS_SECRET_ACCESS_KEY", &secret, "AWS_SECRET_ACCESS_KEY"),
-        from_secret("MINIO_SERVER_ACCESS_KEY", &secret, "AWS_ACCESS_KEY_ID"),
-        from_secret("MINIO_SERVER_SECRET_KEY", &secret, "AWS_SECRET_ACCESS_KEY"),
+        from_secret(ACCESS_KEY, &secret, ACCESS_KEY),
+        from_secret(SECRET_KEY, &secret, SECRET_KEY),
+        from_secret("MINIO_SERVER_ACCESS_KEY", &secret, ACCESS_KEY),
+        from_secret("MINIO_SERVER_SECRET_KEY", &secret, SECRET_KEY),
         from_secret("MINIAUTOML_RUN_TOKEN", &secret, TOKEN_KEY),
     ];
     if let Some(endpoint) = &inputs.s3_endpoint {
@@ -183,21 +157,11 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
 
 fn resources(job: &TrainingJob) -> Option<ResourceRequirements> {
     let spec = &job.spec.resources;
-    let mut quantities = BTreeMap::new();
-    if let Some(cpu) = &spec.cpu {
-        quantities.insert("cpu".to_string(), cpu.clone());
-    }
-    if let Some(memory) = &spec.memory {
-        quantities.insert("memory".to_string(), memory.clone());
-    }
+    let mut quantities = cpu_and_memory(&spec.cpu, &spec.memory);
     if spec.gpus > 0 {
         quantities.insert("nvidia.com/gpu".to_string(), Quantity(spec.gpus.to_string()));
     }
-    (!quantities.is_empty()).then(|| ResourceRequirements {
-        requests: Some(quantities.clone()),
-        limits: Some(quantities),
-        ..Default::default()
-    })
+    requests_and_limits(quantities)
 }
 
 fn tolerations(job: &TrainingJob) -> Option<Vec<Toleration>> {

@@ -25,11 +25,10 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
     core::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
         events::EventType,
         reflector::{self, ObjectRef},
-        watcher,
     },
 };
 use miniautoml_api::{
@@ -44,8 +43,8 @@ use self::build::{
 };
 use self::observe::{Observed, image_digest, observe};
 use super::{
-    Context, MANAGER, TrainingSettings, Verdict, dataset::next_entry, modify_cached_status, publish,
-    reconciled, report_unreadable,
+    Context, MANAGER, TrainingSettings, Verdict, dataset::next_entry, labelled_cache, modify_cached_status,
+    publish, reconciled, report_unreadable, trim_pod,
 };
 use crate::{
     Result,
@@ -137,44 +136,10 @@ pub fn watches(
     controller: Controller<DeserializeGuard<TrainingJob>>,
     ctx: &Context,
 ) -> Controller<DeserializeGuard<TrainingJob>> {
-    let (jobs, pods): (Api<Job>, Api<Pod>) = match &ctx.watch_namespace {
-        Some(namespace) => (
-            Api::namespaced(ctx.client.clone(), namespace),
-            Api::namespaced(ctx.client.clone(), namespace),
-        ),
-        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-    };
     let _ = ctx.training_jobs.set(controller.store());
-    let ours = || {
-        watcher::Config::default()
-            .labels(TRAINING_JOB_LABEL)
-            .any_semantic()
-    };
-    // Both are cached (without managed fields), so a reconcile reads them from memory.
-    let (job_cache, job_writer) = reflector::store();
-    let job_events = watcher(jobs, ours())
-        .default_backoff()
-        .modify(|job| job.managed_fields_mut().clear())
-        .reflect(job_writer)
-        .touched_objects();
-    let (pod_cache, pod_writer) = reflector::store();
-    let pod_events = watcher(pods, ours())
-        .default_backoff()
-        .modify(|pod| {
-            // Only the status tells what the workers do: keep the cache small.
-            pod.managed_fields_mut().clear();
-            pod.annotations_mut().clear();
-            if let Some(spec) = pod.spec.as_mut() {
-                spec.volumes = None;
-                spec.tolerations = None;
-                for container in &mut spec.containers {
-                    container.env = None;
-                    container.volume_mounts = None;
-                }
-            }
-        })
-        .reflect(pod_writer)
-        .touched_objects();
+    // Both are cached, so a reconcile reads them from memory.
+    let (job_cache, job_events) = labelled_cache(ctx.watched::<Job>(), TRAINING_JOB_LABEL, |_| {});
+    let (pod_cache, pod_events) = labelled_cache(ctx.watched::<Pod>(), TRAINING_JOB_LABEL, trim_pod);
     let _ = ctx.run_jobs.set(job_cache);
     let _ = ctx.run_pods.set(pod_cache);
     controller
@@ -437,10 +402,7 @@ async fn launch_when_ready(
     };
 
     if settings.max_concurrent_runs > 0 {
-        let scope: Api<TrainingJob> = match &ctx.watch_namespace {
-            Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-            None => Api::all(ctx.client.clone()),
-        };
+        let scope: Api<TrainingJob> = ctx.watched();
         let all = scope.list(&ListParams::default()).await?.items;
         let (ahead, active) = queue_position(job, &all);
         if active + ahead >= settings.max_concurrent_runs as usize {

@@ -1,0 +1,98 @@
+//! Pure pieces the controllers' object builders share: bounded names, environment variables,
+//! compute requests and the storage credentials put into Secrets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{EnvVar, EnvVarSource, ResourceRequirements, SecretKeySelector},
+    apimachinery::pkg::api::resource::Quantity,
+};
+
+/// The longest prefix of `name` of at most `max` bytes, without a trailing `-`, so that a
+/// suffix keeps a derived name within Kubernetes' limits.
+pub fn truncate(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches('-')
+}
+
+/// `name=value`.
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// `name` from key `key` of Secret `secret` (which must exist).
+pub fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `cpu` and `memory` quantities that are set.
+pub fn cpu_and_memory(cpu: &Option<Quantity>, memory: &Option<Quantity>) -> BTreeMap<String, Quantity> {
+    let mut quantities = BTreeMap::new();
+    if let Some(cpu) = cpu {
+        quantities.insert("cpu".to_string(), cpu.clone());
+    }
+    if let Some(memory) = memory {
+        quantities.insert("memory".to_string(), memory.clone());
+    }
+    quantities
+}
+
+/// `quantities` as both requests and limits; `None` when there are none.
+pub fn requests_and_limits(quantities: BTreeMap<String, Quantity>) -> Option<ResourceRequirements> {
+    (!quantities.is_empty()).then(|| ResourceRequirements {
+        requests: Some(quantities.clone()),
+        limits: Some(quantities),
+        ..Default::default()
+    })
+}
+
+/// Key of the S3 access key in the Secrets the operator writes.
+pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
+/// Key of the S3 secret key in the Secrets the operator writes.
+pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
+/// The Secret entries holding the storage credentials `(access key, secret key)`.
+pub fn credential_entries(credentials: &(String, String)) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (ACCESS_KEY.to_string(), credentials.0.clone()),
+        (SECRET_KEY.to_string(), credentials.1.clone()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cut_on_a_character_boundary_without_a_trailing_dash() {
+        assert_eq!(truncate("abc-def", 4), "abc");
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+    }
+
+    #[test]
+    fn no_quantity_means_no_requirements() {
+        assert_eq!(requests_and_limits(cpu_and_memory(&None, &None)), None);
+        let set = requests_and_limits(cpu_and_memory(&Some(Quantity("1".into())), &None)).unwrap();
+        assert_eq!(set.requests, set.limits);
+        assert_eq!(set.limits.unwrap()["cpu"].0, "1");
+    }
+}
