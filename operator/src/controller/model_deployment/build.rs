@@ -27,8 +27,8 @@ use crate::controller::children::{
 
 /// Label on every object of a ModelDeployment (and its pods): the ModelDeployment's name.
 pub const MODEL_DEPLOYMENT_LABEL: &str = "miniautoml.io/modeldeployment";
-/// Label on predictor pods: the run whose model they serve.
-pub const RUN_ID_LABEL: &str = "miniautoml.io/run-id";
+/// Label on predictor pods: the run whose model they serve (the TrainingJob's run-id label).
+pub use crate::controller::training_job::build::RUN_ID_LABEL;
 /// Annotation on predictor pods: the artifact URI they load.
 pub const MODEL_URI_ANNOTATION: &str = "miniautoml.io/model-uri";
 /// The predictor container's name.

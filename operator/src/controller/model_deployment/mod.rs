@@ -33,8 +33,8 @@ use miniautoml_api::{ModelDeployment, ModelDeploymentStatus, TrainingJob, traini
 use sha2::{Digest, Sha256};
 
 use self::build::{
-    MODEL_DEPLOYMENT_LABEL, PredictorSettings, ServedModel, build_deployment, build_secret, build_service,
-    deployment_name, endpoint, rollout, template_run,
+    MODEL_DEPLOYMENT_LABEL, PredictorSettings, RUN_ID_LABEL, ServedModel, build_deployment, build_secret,
+    build_service, deployment_name, endpoint, rollout, template_run,
 };
 use super::{
     Context, Verdict, labelled_cache, modify_cached_status, publish, reconciled, report_unreadable, trim_pod,
@@ -42,7 +42,7 @@ use super::{
 use crate::{
     Result,
     conditions::{self, ACCEPTED},
-    controller::{MANAGER, training_job::build::RUN_ID_LABEL as TRAINING_RUN_ID_LABEL},
+    controller::MANAGER,
 };
 
 /// Condition: the referenced model can be served (its TrainingJob Succeeded with an artifact).
@@ -97,7 +97,7 @@ pub fn served_model(job: &TrainingJob) -> Result<ServedModel, NotServable> {
     };
     let run_id = job
         .labels()
-        .get(TRAINING_RUN_ID_LABEL)
+        .get(RUN_ID_LABEL)
         .cloned()
         .or(status.run_id)
         .ok_or_else(|| ("NoRunId", format!("TrainingJob {name} has no run id")))?;
@@ -149,7 +149,7 @@ pub fn watches(
             // Every ModelDeployment referencing this TrainingJob, by name or run id.
             let namespace = job.namespace().unwrap_or_default();
             let name = job.name_any();
-            let run = job.labels().get(TRAINING_RUN_ID_LABEL).cloned();
+            let run = job.labels().get(RUN_ID_LABEL).cloned();
             model_deployments
                 .state()
                 .into_iter()
@@ -522,7 +522,7 @@ mod tests {
         let mut job: TrainingJob =
             serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
         job.metadata.namespace = Some("team-a".into());
-        job.labels_mut().insert(TRAINING_RUN_ID_LABEL.into(), run.into());
+        job.labels_mut().insert(RUN_ID_LABEL.into(), run.into());
         job.status = Some(TrainingJobStatus {
             phase: Some(phase),
             artifact: (phase == TrainingPhase::Succeeded).then(|| ArtifactStatus {
