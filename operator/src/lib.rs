@@ -9,6 +9,7 @@ mod error;
 pub mod grpc;
 pub mod ids;
 pub mod metrics;
+pub mod names;
 pub mod preflight;
 pub mod readiness;
 pub mod snapshots;

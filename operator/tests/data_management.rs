@@ -219,15 +219,58 @@ async fn the_original_dataset_workflow_over_grpc() {
         path: format!("{raw}part1.csv"),
         tags: vec![],
     };
-    let (c, _) = code(grpc.create_dataset(request("Bad_Name", &cluster.s3_bucket)).await);
-    assert_eq!(c, Code::InvalidArgument);
     let (c, m) = code(grpc.create_dataset(request("no-bucket", "")).await);
     assert_eq!(
         (c, m.as_str()),
         (Code::InvalidArgument, "\"bucket\" is required.")
     );
-    let (c, _) = code(grpc.create_dataset(request("tweets", &cluster.s3_bucket)).await);
-    assert_eq!(c, Code::AlreadyExists);
+    // Any name the original accepted, kept verbatim; the object gets a name derived from it.
+    let too_long = "é".repeat(127);
+    let (c, m) = code(grpc.create_dataset(request(&too_long, &cluster.s3_bucket)).await);
+    assert_eq!(
+        (c, m.as_str()),
+        (
+            Code::InvalidArgument,
+            "name is 254 bytes long; at most 253 bytes are accepted"
+        )
+    );
+    let longest = format!("Tweet Emotion v2.1 (copy) {}", "情".repeat(75));
+    assert_eq!(longest.len(), 251);
+    let datasets: kube::Api<miniautoml_api::Dataset> = kube::Api::namespaced(client.clone(), &ns.name);
+    let mut extra = Vec::new();
+    for (name, object) in [
+        ("tweet_emotion", "tweet-emotion"),
+        ("tweet_emotion", "tweet-emotion-3"),
+        ("tweets", "tweets-4"),
+        (longest.as_str(), "tweet-emotion-v2-1-copy"),
+        ("", "dataset-6"),
+    ] {
+        let created = grpc
+            .create_dataset(request(name, &cluster.s3_bucket))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(created.name, name);
+        let by_id = datasets
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("miniautoml.io/dataset-id={}", created.dataset_id)),
+            )
+            .await
+            .unwrap();
+        let names: Vec<String> = by_id.items.iter().map(kube::ResourceExt::name_any).collect();
+        assert_eq!(names, [object], "{name:?}");
+        let summary = grpc
+            .get_dataset_summary(pb::DatasetPointer {
+                dataset_id: created.dataset_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(summary.name, name);
+        extra.push(created.dataset_id);
+    }
+    assert_eq!(extra, ["2", "3", "4", "5", "6"]);
     let (c, m) = code(
         grpc.update_dataset(pb::CreateCommitRequest {
             dataset_id: id.clone(),
@@ -264,7 +307,7 @@ async fn the_original_dataset_workflow_over_grpc() {
         }
         ids
     };
-    assert_eq!(listed, ["1"]);
+    assert_eq!(listed, ["1", "2", "3", "4", "5", "6"]);
     let summary = grpc
         .get_dataset_summary(pb::DatasetPointer {
             dataset_id: id.clone(),

@@ -287,7 +287,21 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert_eq!(refused.message(), "\"outputModelName\" is required.");
-    metadata.output_model_name = "intent".into();
+    metadata.output_model_name = "é".repeat(127);
+    let refused = training
+        .train(TrainRequest {
+            metadata: Some(metadata.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "outputModelName is 254 bytes long; at most 253 bytes are accepted"
+        )
+    );
+    metadata.output_model_name = "twitter_model v1.0".into();
     let job_id = training
         .train(TrainRequest {
             metadata: Some(metadata),
@@ -349,6 +363,11 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
     let metadata = reply.metadata.unwrap();
     assert_eq!(metadata.dataset_id, summary.dataset_id);
     assert_eq!(metadata.train_data_version_hash, "hashAg==");
+    assert_eq!(
+        (metadata.name.as_str(), metadata.output_model_name.as_str()),
+        ("Intent Classifier", "twitter_model v1.0"),
+        "the caller's names, verbatim"
+    );
     let mut runs = MetadataStoreServiceClient::connect(endpoint).await.unwrap();
     let info = runs
         .get_run_status(GetRunStatusRequest {

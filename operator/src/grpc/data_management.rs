@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     controller::Context,
+    names::{self, NAME_ANNOTATION},
     snapshots::{self, SnapshotError},
 };
 
@@ -200,7 +201,7 @@ fn summary(id: u64, dataset: &Dataset) -> pb::DatasetSummary {
     let status = dataset.status.clone().unwrap_or_default();
     pb::DatasetSummary {
         dataset_id: id.to_string(),
-        name: dataset.name_any(),
+        name: caller_name(dataset),
         description: dataset.spec.description.clone(),
         dataset_type: dataset_type(dataset),
         last_updated_at: status
@@ -229,22 +230,14 @@ fn entry(message: &str, bucket: &str, path: &str, tags: Tags) -> Result<DatasetC
     })
 }
 
-/// A Kubernetes-valid Dataset name (RFC 1123 label).
-fn check_name(name: &str) -> Result<(), Status> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if valid {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "name {name:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
-        )))
-    }
+/// The name the caller gave `dataset` (kept verbatim in an annotation), else its object name
+/// (a Dataset made with kubectl).
+fn caller_name(dataset: &Dataset) -> String {
+    dataset
+        .annotations()
+        .get(NAME_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| dataset.name_any())
 }
 
 type PointerStream = Pin<Box<dyn Stream<Item = Result<pb::DatasetPointer, Status>> + Send>>;
@@ -295,7 +288,7 @@ impl DataManagementService for DataManagement {
         request: Request<pb::CreateDatasetRequest>,
     ) -> Result<Response<pb::DatasetSummary>, Status> {
         let request = request.into_inner();
-        check_name(&request.name)?;
+        names::check("name", &request.name).map_err(Status::invalid_argument)?;
         let r#type = match pb::DatasetType::try_from(request.dataset_type) {
             Ok(pb::DatasetType::Generic) => DatasetType::Generic,
             Ok(pb::DatasetType::TextIntent) => DatasetType::TextIntent,
@@ -313,40 +306,44 @@ impl DataManagementService for DataManagement {
             tags(&request.tags),
         )?;
         let api = self.api();
-        if api.get_opt(&request.name).await.map_err(internal)?.is_some() {
-            return Err(Status::already_exists(format!(
-                "dataset {:?} already exists",
-                request.name
-            )));
-        }
         let id = self.allocate_id().await?;
-        let mut dataset = Dataset::new(
-            &request.name,
-            DatasetSpec {
-                r#type,
-                description: request.description.clone(),
-                commits: vec![first],
-                retain_policy: Default::default(),
-            },
-        );
-        dataset.metadata.labels = Some([(DATASET_ID_LABEL.to_string(), id.to_string())].into());
-        match api.create(&PostParams::default(), &dataset).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                return Err(Status::already_exists(format!(
-                    "dataset {:?} already exists",
-                    request.name
-                )));
+        // As the original, a name may be given to several datasets: each gets its own id, and
+        // its object the first free name derived from the caller's.
+        let mut created = None;
+        for candidate in names::dataset_candidates(&request.name, id) {
+            let mut dataset = Dataset::new(
+                &candidate,
+                DatasetSpec {
+                    r#type,
+                    description: request.description.clone(),
+                    commits: vec![first.clone()],
+                    retain_policy: Default::default(),
+                },
+            );
+            dataset.metadata.labels = Some([(DATASET_ID_LABEL.to_string(), id.to_string())].into());
+            dataset.metadata.annotations = Some([(NAME_ANNOTATION.to_string(), request.name.clone())].into());
+            match api.create(&PostParams::default(), &dataset).await {
+                Ok(_) => {
+                    created = Some(candidate);
+                    break;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 422 => return Err(Status::invalid_argument(s.message)),
+                Err(error) => return Err(internal(error)),
             }
-            Err(kube::Error::Api(s)) if s.code == 422 => return Err(Status::invalid_argument(s.message)),
-            Err(error) => return Err(internal(error)),
         }
-        match self.ingested(&request.name, 0).await {
+        let name = created.ok_or_else(|| {
+            Status::aborted(format!(
+                "every object name derived from {:?} is taken; try again",
+                request.name
+            ))
+        })?;
+        match self.ingested(&name, 0).await {
             Ok(dataset) => Ok(Response::new(summary(id, &dataset))),
             Err(status) => {
                 if status.code() == tonic::Code::FailedPrecondition {
                     // A dataset whose first commit was rejected holds nothing: do not keep it.
-                    let _ = api.delete(&request.name, &DeleteParams::default()).await;
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
                 }
                 Err(status)
             }

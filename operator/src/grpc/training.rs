@@ -19,9 +19,12 @@ use miniautoml_proto::training::{
 use tonic::{Request, Response, Status};
 
 use super::data_management::DATASET_ID_LABEL;
-use crate::controller::{
-    Context,
-    training_job::{RUN_ID_COUNTER, build::RUN_ID_LABEL},
+use crate::{
+    controller::{
+        Context,
+        training_job::{RUN_ID_COUNTER, build::RUN_ID_LABEL},
+    },
+    names::{self, NAME_ANNOTATION},
 };
 
 /// Annotation keeping the dataset id a Train request named.
@@ -35,22 +38,6 @@ pub struct Training {
 
 fn internal(error: impl std::fmt::Display) -> Status {
     Status::internal(error.to_string())
-}
-
-/// A Kubernetes name from the request's job name: lowercase letters, digits and `-`.
-pub fn object_name(name: &str, run_id: u64) -> String {
-    let mut cleaned: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    cleaned.truncate(40);
-    let cleaned = cleaned.trim_matches('-');
-    if cleaned.is_empty() {
-        format!("run-{run_id}")
-    } else {
-        format!("{cleaned}-{run_id}")
-    }
 }
 
 /// The commit a snapshot's commits `1..=n` amount to, when they are exactly that.
@@ -111,6 +98,8 @@ impl Service for Training {
                 return Err(Status::invalid_argument(format!("\"{field}\" is required.")));
             }
         }
+        names::check("name", &metadata.name).map_err(Status::invalid_argument)?;
+        names::check("outputModelName", &metadata.output_model_name).map_err(Status::invalid_argument)?;
         if !self.ctx.algorithm_images.contains_key(&metadata.algorithm) {
             let known: Vec<&str> = self.ctx.algorithm_images.keys().map(String::as_str).collect();
             return Err(Status::invalid_argument(format!(
@@ -156,9 +145,15 @@ impl Service for Training {
             .map_err(internal)?;
         let job = TrainingJob {
             metadata: ObjectMeta {
-                name: Some(object_name(&metadata.name, run_id)),
+                name: Some(names::with_id(&metadata.name, run_id, "run")),
                 labels: Some([(RUN_ID_LABEL.to_string(), run_id.to_string())].into()),
-                annotations: Some([(DATASET_ID_ANNOTATION.to_string(), metadata.dataset_id.clone())].into()),
+                annotations: Some(
+                    [
+                        (DATASET_ID_ANNOTATION.to_string(), metadata.dataset_id.clone()),
+                        (NAME_ANNOTATION.to_string(), metadata.name.clone()),
+                    ]
+                    .into(),
+                ),
                 ..Default::default()
             },
             spec: serde_json::from_value::<TrainingJobSpec>(serde_json::json!({
@@ -198,7 +193,11 @@ impl Service for Training {
                 .get(DATASET_ID_ANNOTATION)
                 .cloned()
                 .unwrap_or_else(|| job.spec.dataset.name.clone()),
-            name: job.name_any(),
+            name: job
+                .annotations()
+                .get(NAME_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| job.name_any()),
             train_data_version_hash: status.dataset_version_hash.clone().unwrap_or_default(),
             parameters: job.spec.parameters.clone(),
             output_model_name: job.spec.output_model_name.clone(),
@@ -246,14 +245,6 @@ impl Service for Training {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_kubernetes_names_with_the_run_id() {
-        assert_eq!(object_name("Intent Classifier #1", 7), "intent-classifier--1-7");
-        assert_eq!(object_name("", 7), "run-7");
-        assert_eq!(object_name("!!!", 7), "run-7");
-        assert!(object_name(&"x".repeat(300), 7).len() <= 50);
-    }
 
     #[test]
     fn only_commits_one_to_n_map_to_a_commit() {
