@@ -30,7 +30,7 @@ run: ## Run the operator as a local process against the current kubeconfig
 bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
 	hack/bench-ingest.sh
 
-bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet_emotion (quality and time)
+bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet_emotion and 150 generated labels (quality and time)
 	hack/bench-train.sh
 
 bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Python grpcio baseline: req/s, p50/p99, RSS

@@ -53,6 +53,25 @@ fn internal(error: impl std::fmt::Display) -> Status {
     Status::internal(error.to_string())
 }
 
+/// An epoch's metrics as numbers. The original stored them as strings; status holds numbers, so
+/// a value that is not a number is refused, and one that is a number but not finite (`NaN`,
+/// `inf`: a diverging trainer's loss) is accepted and left out, since JSON has no such number.
+/// The call succeeds either way for a number, so a trainer reporting its last, diverged epoch is
+/// not failed by the report itself.
+fn epoch_metrics(reported: &BTreeMap<String, String>) -> Result<BTreeMap<String, f64>, Status> {
+    let mut metrics = BTreeMap::new();
+    for (name, value) in reported {
+        let number = value
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| Status::invalid_argument(format!("metric {name}={value:?} is not a number")))?;
+        if number.is_finite() {
+            metrics.insert(name.clone(), number);
+        }
+    }
+    Ok(metrics)
+}
+
 fn parse_time(text: &str) -> Option<Time> {
     text.parse::<Timestamp>()
         .ok()
@@ -335,18 +354,7 @@ impl MetadataStoreService for MetadataStore {
         if epoch.epoch_id.is_empty() || epoch.epoch_id.len() > 64 {
             return Err(Status::invalid_argument("epoch_id must be \"<rank>-<epoch>\""));
         }
-        let mut metrics = BTreeMap::new();
-        for (name, value) in &epoch.metrics {
-            let number = value
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!("metric {name}={value:?} is not a number"))
-                })?;
-            metrics.insert(name.clone(), number);
-        }
+        let metrics = epoch_metrics(&epoch.metrics)?;
         let status = EpochStatus {
             id: epoch.epoch_id.clone(),
             start_time: parse_time(&epoch.start_time),
@@ -561,6 +569,27 @@ mod tests {
         merge_epochs(&mut status, &[epoch("1-41"), epoch("0-40")], Some(50));
         assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
         assert_eq!(status.progress.as_deref(), Some("40/50"));
+    }
+
+    #[test]
+    fn metrics_are_numbers_and_non_finite_ones_are_left_out() {
+        let reported = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let kept = epoch_metrics(&reported(&[
+            ("accuracy", " 0.71 "),
+            ("loss", "NaN"),
+            ("trainLoss", "inf"),
+            ("macroF1", "-Infinity"),
+        ]))
+        .unwrap();
+        assert_eq!(kept, BTreeMap::from([("accuracy".to_string(), 0.71)]));
+        let refused = epoch_metrics(&reported(&[("accuracy", "high")])).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(refused.message(), "metric accuracy=\"high\" is not a number");
     }
 
     #[test]

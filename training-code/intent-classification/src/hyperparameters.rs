@@ -20,7 +20,7 @@ pub const HYPERPARAMETERS: &[(&str, &str)] = &[
     ),
     (
         "LR",
-        "learning rate (ngram-nb: AdamW 0.005; embedding-bag: SGD 5)",
+        "learning rate on the original's SGD scale (5); ngram-nb's AdamW steps LR/1000",
     ),
     ("BATCH_SIZE", "examples per step (ngram-nb 128, embedding-bag 64)"),
     (
@@ -28,6 +28,10 @@ pub const HYPERPARAMETERS: &[(&str, &str)] = &[
         "embedding-bag: width of the hidden linear layers (128); ngram-nb has none",
     ),
     ("EMBEDDING_DIM", "embedding-bag: embedding width (64)"),
+    (
+        "CLIP_NORM",
+        "the gradients' global norm is clipped to this (ngram-nb 1, embedding-bag 0.1)",
+    ),
     ("WEIGHT_DECAY", "ngram-nb: AdamW decoupled weight decay (1)"),
     ("NB_ALPHA", "ngram-nb: smoothing of the naive-Bayes ratios (1)"),
     (
@@ -49,6 +53,12 @@ pub const HYPERPARAMETERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// `LR` when none is given: the original's default.
+pub const DEFAULT_LR: f64 = 5.0;
+
+/// ngram-nb's AdamW rate per unit of `LR` (`LR` 5 → 0.005).
+pub const ADAMW_LR_SCALE: f64 = 0.001;
+
 /// The parsed hyperparameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hyperparameters {
@@ -56,7 +66,7 @@ pub struct Hyperparameters {
     pub architecture: Architecture,
     /// `EPOCHS`.
     pub epochs: usize,
-    /// `LR`.
+    /// `LR`, on the original's SGD scale (see [`Hyperparameters::optimizer_lr`]).
     pub lr: f64,
     /// `BATCH_SIZE`.
     pub batch_size: usize,
@@ -64,6 +74,8 @@ pub struct Hyperparameters {
     pub fc_size: usize,
     /// `EMBEDDING_DIM`.
     pub embedding_dim: usize,
+    /// `CLIP_NORM`.
+    pub clip_norm: f64,
     /// `WEIGHT_DECAY`.
     pub weight_decay: f64,
     /// `NB_ALPHA`.
@@ -132,15 +144,16 @@ impl Hyperparameters {
         let hyperparameters = Hyperparameters {
             architecture,
             epochs: whole("EPOCHS", if original { 20 } else { 6 }, 1)?,
-            lr: real(
-                "LR",
-                if original { 5.0 } else { 0.005 },
-                |x| x > 0.0,
-                "a number > 0",
-            )?,
+            lr: real("LR", DEFAULT_LR, |x| x > 0.0, "a number > 0")?,
             batch_size: whole("BATCH_SIZE", if original { 64 } else { 128 }, 1)?,
             fc_size: whole("FC_SIZE", 128, 1)?,
             embedding_dim: whole("EMBEDDING_DIM", 64, 1)?,
+            clip_norm: real(
+                "CLIP_NORM",
+                if original { 0.1 } else { 1.0 },
+                |x| x > 0.0,
+                "a number > 0",
+            )?,
             weight_decay: real("WEIGHT_DECAY", 1.0, |x| x >= 0.0, "a number ≥ 0")?,
             nb_alpha: real("NB_ALPHA", 1.0, |x| x > 0.0, "a number > 0")?,
             min_df: whole("MIN_DF", 1, 1)?,
@@ -155,12 +168,34 @@ impl Hyperparameters {
             validation_fraction: fraction("VALIDATION_FRACTION")?,
             test_fraction: fraction("TEST_FRACTION")?,
         };
+        if architecture == Architecture::NgramNb
+            && hyperparameters.optimizer_lr() * hyperparameters.weight_decay >= 1.0
+        {
+            return Err(Error::Contract(format!(
+                "LR={}: ngram-nb needs LR × WEIGHT_DECAY below {} (its AdamW rate is LR × {ADAMW_LR_SCALE}, and a larger product flips the weights' signs every step); WEIGHT_DECAY is {}",
+                hyperparameters.lr,
+                1.0 / ADAMW_LR_SCALE,
+                hyperparameters.weight_decay
+            )));
+        }
         if hyperparameters.validation_fraction + hyperparameters.test_fraction >= 1.0 {
             return Err(Error::Contract(
                 "VALIDATION_FRACTION + TEST_FRACTION must be below 1 to leave examples to train on".into(),
             ));
         }
         Ok(hyperparameters)
+    }
+
+    /// The rate the architecture's optimizer is given. `LR` is on the original network's SGD
+    /// scale for every architecture (its lab trains with `LR` 4 and 50), so the same request
+    /// means the same thing whichever architecture runs it: SGD steps `LR` itself, ngram-nb's
+    /// AdamW `LR` / 1000 (AdamW moves each weight by about its rate per step, SGD by rate ×
+    /// gradient, and ngram-nb's weights stay within ±1/WEIGHT_DECAY).
+    pub fn optimizer_lr(&self) -> f64 {
+        match self.architecture {
+            Architecture::NgramNb => self.lr * ADAMW_LR_SCALE,
+            Architecture::EmbeddingBag => self.lr,
+        }
     }
 
     /// The seeded split of `n` examples these hyperparameters ask for.
@@ -178,6 +213,7 @@ impl Hyperparameters {
         put("EPOCHS", self.epochs.to_string());
         put("LR", self.lr.to_string());
         put("BATCH_SIZE", self.batch_size.to_string());
+        put("CLIP_NORM", self.clip_norm.to_string());
         put("SEED", self.seed.to_string());
         put("MIN_DF", self.min_df.to_string());
         put(
@@ -218,6 +254,7 @@ mod tests {
             (Architecture::NgramNb, 6, 128)
         );
         assert!(ours.balanced);
+        assert_eq!((ours.lr, ours.optimizer_lr(), ours.clip_norm), (5.0, 0.005, 1.0));
         let original = parse(&[("ARCHITECTURE", "embedding-bag")]).unwrap();
         assert_eq!(
             (
@@ -229,6 +266,7 @@ mod tests {
             (20, 5.0, 64, 128)
         );
         assert!(!original.balanced);
+        assert_eq!((original.optimizer_lr(), original.clip_norm), (5.0, 0.1));
     }
 
     #[test]
@@ -272,6 +310,9 @@ mod tests {
             ("SEED", "-3"),
             ("TEST_FRACTION", "1.5"),
             ("NB_ALPHA", "0"),
+            ("CLIP_NORM", "0"),
+            ("LR", "inf"),
+            ("LR", "1000"),
         ] {
             let error = parse(&[(name, value)]).unwrap_err().to_string();
             assert!(error.starts_with(&format!("{name}=")), "{name}={value}: {error}");

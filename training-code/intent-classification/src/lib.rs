@@ -9,6 +9,7 @@ pub mod hyperparameters;
 pub mod job;
 pub mod metrics;
 pub mod package;
+pub mod sparse;
 pub mod train;
 
 /// Why a training run failed.
@@ -32,6 +33,12 @@ pub enum Error {
     /// The metadata store refused or failed a call.
     #[error("{0}")]
     Metadata(String),
+    /// The loss stopped being a finite number: the learning rate is too high for the data.
+    #[error("diverged at epoch {epoch}: loss is not finite; lower LR")]
+    Diverged {
+        /// 1-based.
+        epoch: usize,
+    },
 }
 
 /// Results of this crate.

@@ -4,16 +4,18 @@
 
 use std::time::{Instant, SystemTime};
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{D, DType, Device, Tensor, Var, backprop::GradStore};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
 use miniautoml_intent_model::{
     Architecture, FitOptions, Network, SparseBatch, Tokenizer, Vocabulary, Weighting, artifacts::argmax,
+    network::bag,
 };
 
-use crate::Result;
 use crate::data::{Examples, Rng, Split};
 use crate::hyperparameters::Hyperparameters;
 use crate::metrics::{Scores, scores};
+use crate::sparse::{RowSparseAdamW, distinct_features};
+use crate::{Error, Result};
 
 /// What one epoch did.
 #[derive(Clone, Debug)]
@@ -139,11 +141,13 @@ pub fn train(
                 .iter()
                 .map(|&i| class_weights[examples.classes[i]])
                 .collect();
-            let logits = model.network()?.logits(&batch)?;
-            let loss = weighted_cross_entropy(&logits, &targets, &weights)?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            let loss = model.train_step(&batch, &targets, &weights, hyperparameters.clip_norm)?;
+            // Past this point every weight would be NaN: stop with the reason, not with garbage.
+            if !loss.is_finite() {
+                return Err(Error::Diverged { epoch });
+            }
+            loss_sum += loss;
             steps += 1;
-            model.step(&loss)?;
         }
         let elapsed = clock.elapsed().as_secs_f64();
         let validation = if split.validation.is_empty() {
@@ -156,6 +160,9 @@ pub fn train(
                 &split.validation,
             )?)
         };
+        if validation.is_some_and(|(_, loss)| !loss.is_finite()) {
+            return Err(Error::Diverged { epoch });
+        }
         // The original's schedule: a tenth of the rate whenever validation accuracy drops.
         if let (Model::EmbeddingBag { optimizer, .. }, Some((scores, _))) = (&mut model, &validation) {
             match best_accuracy {
@@ -271,11 +278,13 @@ fn uniform(rng: &mut Rng, shape: (usize, usize), range: f64, device: &Device) ->
 /// Trainable state by architecture.
 enum Model {
     NgramNb {
-        /// Per-feature, per-class weights, multiplied by the fixed ratios.
-        weight: Var,
+        /// Per-feature, per-class weights (multiplied by the fixed ratios), stepped sparsely.
+        weight: RowSparseAdamW,
         bias: Var,
+        bias_optimizer: AdamW,
         ratios: Tensor,
-        optimizer: AdamW,
+        /// Scratch for renumbering a batch's features (`sparse::distinct_features`).
+        slots: Vec<u32>,
     },
     EmbeddingBag {
         embedding: Var,
@@ -310,21 +319,20 @@ impl Model {
                 let ratios = Tensor::from_vec(ratios, (width, classes), device)?;
                 // From zero, with strong decay: starting from the naive-Bayes classifier itself (all
                 // ones) overfits the training split (validation macro-F1 0.62 against 0.67).
-                let weight = Var::zeros((width, classes), DType::F32, device)?;
+                let params = ParamsAdamW {
+                    lr: hyperparameters.optimizer_lr(),
+                    weight_decay: hyperparameters.weight_decay,
+                    ..ParamsAdamW::default()
+                };
+                let weight = RowSparseAdamW::zeros(width, classes, params.clone(), device)?;
                 let bias = Var::zeros(classes, DType::F32, device)?;
-                let optimizer = AdamW::new(
-                    vec![weight.clone(), bias.clone()],
-                    ParamsAdamW {
-                        lr: hyperparameters.lr,
-                        weight_decay: hyperparameters.weight_decay,
-                        ..ParamsAdamW::default()
-                    },
-                )?;
+                let bias_optimizer = AdamW::new(vec![bias.clone()], params)?;
                 Model::NgramNb {
                     weight,
                     bias,
+                    bias_optimizer,
                     ratios,
-                    optimizer,
+                    slots: vec![u32::MAX; width],
                 }
             }
             Architecture::EmbeddingBag => {
@@ -339,7 +347,7 @@ impl Model {
                 }
                 let mut vars = vec![embedding.clone()];
                 vars.extend(layers.iter().flat_map(|(w, b)| [w.clone(), b.clone()]));
-                let optimizer = SGD::new(vars, hyperparameters.lr)?;
+                let optimizer = SGD::new(vars, hyperparameters.optimizer_lr())?;
                 Model::EmbeddingBag {
                     embedding,
                     layers,
@@ -354,50 +362,108 @@ impl Model {
             Model::NgramNb {
                 weight, bias, ratios, ..
             } => Network::NgramNb {
-                weight: weight.as_tensor().mul(ratios)?,
+                weight: weight.table()?.mul(ratios)?,
                 bias: bias.as_tensor().clone(),
             },
             Model::EmbeddingBag {
                 embedding, layers, ..
-            } => Network::EmbeddingBag {
-                embedding: embedding.as_tensor().clone(),
-                layers: [0, 1, 2].map(|i| (layers[i].0.as_tensor().clone(), layers[i].1.as_tensor().clone())),
-            },
+            } => embedding_bag(embedding, layers),
         })
     }
 
-    fn step(&mut self, loss: &Tensor) -> Result<()> {
+    /// One optimizer step on a batch; returns its loss. A loss that is not finite is returned
+    /// without a step.
+    fn train_step(
+        &mut self,
+        batch: &SparseBatch,
+        targets: &[u32],
+        weights: &[f32],
+        clip_norm: f64,
+    ) -> Result<f64> {
         match self {
-            Model::NgramNb { optimizer, .. } => optimizer.backward_step(loss)?,
+            Model::NgramNb {
+                weight,
+                bias,
+                bias_optimizer,
+                ratios,
+                slots,
+            } => {
+                // Only the batch's features take part: their rows, renumbered 0..n.
+                let (rows, features) = distinct_features(&batch.features, slots);
+                let device = ratios.device();
+                let index = Tensor::from_slice(&rows, rows.len(), device)?;
+                let values = weight.gather(&rows, &index)?;
+                let trained = Var::from_tensor(&values)?;
+                let local = SparseBatch {
+                    len: batch.len,
+                    rows: batch.rows.clone(),
+                    features,
+                    values: batch.values.clone(),
+                };
+                let effective = trained.as_tensor().mul(&ratios.index_select(&index, 0)?)?;
+                let logits = bag(&effective, &local)?.broadcast_add(bias.as_tensor())?;
+                let loss = weighted_cross_entropy(&logits, targets, weights)?;
+                let value = f64::from(loss.to_scalar::<f32>()?);
+                if !value.is_finite() {
+                    return Ok(value);
+                }
+                let mut grads = loss.backward()?;
+                clip_gradients(&mut grads, &[&trained, bias], clip_norm)?;
+                bias_optimizer.step(&grads)?;
+                if let Some(grad) = grads.get(trained.as_tensor()) {
+                    weight.step(&rows, &index, &values, grad)?;
+                }
+                Ok(value)
+            }
             Model::EmbeddingBag {
                 embedding,
                 layers,
                 optimizer,
             } => {
-                // The original clips the gradients' global norm to 0.1.
+                let logits = embedding_bag(embedding, layers).logits(batch)?;
+                let loss = weighted_cross_entropy(&logits, targets, weights)?;
+                let value = f64::from(loss.to_scalar::<f32>()?);
+                if !value.is_finite() {
+                    return Ok(value);
+                }
                 let mut grads = loss.backward()?;
                 let vars: Vec<&Var> = std::iter::once(&*embedding)
                     .chain(layers.iter().flat_map(|(w, b)| [w, b]))
                     .collect();
-                let mut squares = 0f64;
-                for var in &vars {
-                    if let Some(grad) = grads.get(var.as_tensor()) {
-                        squares += f64::from(grad.sqr()?.sum_all()?.to_scalar::<f32>()?);
-                    }
-                }
-                let norm = squares.sqrt();
-                if norm > 0.1 {
-                    for var in &vars {
-                        if let Some(grad) = grads.remove(var.as_tensor()) {
-                            grads.insert(var.as_tensor(), (grad * (0.1 / norm))?);
-                        }
-                    }
-                }
+                clip_gradients(&mut grads, &vars, clip_norm)?;
                 optimizer.step(&grads)?;
+                Ok(value)
             }
         }
-        Ok(())
     }
+}
+
+/// The embedding-bag network over the trainable variables.
+fn embedding_bag(embedding: &Var, layers: &[(Var, Var)]) -> Network {
+    Network::EmbeddingBag {
+        embedding: embedding.as_tensor().clone(),
+        layers: [0, 1, 2].map(|i| (layers[i].0.as_tensor().clone(), layers[i].1.as_tensor().clone())),
+    }
+}
+
+/// Scales `grads` of `vars` down to the global norm `clip_norm` when it is larger (as the
+/// original does, at 0.1): a step can only be so large, whatever the rate.
+fn clip_gradients(grads: &mut GradStore, vars: &[&Var], clip_norm: f64) -> Result<()> {
+    let mut squares = 0f64;
+    for var in vars {
+        if let Some(grad) = grads.get(var.as_tensor()) {
+            squares += f64::from(grad.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
+    }
+    let norm = squares.sqrt();
+    if norm > clip_norm {
+        for var in vars {
+            if let Some(grad) = grads.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), (grad * (clip_norm / norm))?);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Naive-Bayes log-count ratios `r[f, c] = ln(p_c[f] / |p_c|) − ln(q_c[f] / |q_c|)` where

@@ -143,3 +143,29 @@ fn the_same_data_and_seed_give_the_same_model_bit_for_bit() {
     assert!(first != other, "SEED=8 gave the same model as SEED=7");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_learning_rate_that_diverges_ends_training_with_the_reason() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("intent-diverge-{}", std::process::id()));
+    let output = trainer(&[
+        "train",
+        "--data",
+        &part(1),
+        "--out",
+        dir.to_str().unwrap(),
+        "--param",
+        "ARCHITECTURE=embedding-bag",
+        "--param",
+        "LR=1e30",
+        "--param",
+        "EPOCHS=3",
+    ]);
+    assert!(!output.status.success(), "{}", text(&output));
+    let log = text(&output);
+    assert!(
+        log.contains("intent-classification: diverged at epoch ")
+            && log.contains(": loss is not finite; lower LR"),
+        "{log}"
+    );
+    assert!(!dir.exists(), "a diverged run wrote artifacts");
+}

@@ -397,6 +397,36 @@ async fn a_failed_step_ends_the_run_with_its_reason_and_a_non_zero_exit() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_diverging_run_ends_with_the_reason_and_a_non_zero_exit() {
+    let cluster = LocalCluster::shared();
+    let snapshot = upload_snapshot(cluster).await;
+    let model_path = unique("models/training-tests/diverged");
+    let (addr, recorder) = metadata_store(&cluster.s3_bucket, &model_path).await;
+    let mut env = contract(cluster, addr, &snapshot);
+    // SGD with a rate no clipping can tame (ngram-nb refuses such a rate before training).
+    env.insert("ARCHITECTURE".into(), "embedding-bag".into());
+    env.insert("LR".into(), "1e30".into());
+    let output = run_trainer(env).await;
+    assert!(!output.status.success(), "{}", log(&output));
+    let calls = recorder.calls.lock().unwrap().clone();
+    let message = failure_reason(&calls);
+    assert!(
+        message.starts_with("diverged at epoch ") && message.ends_with(": loss is not finite; lower LR"),
+        "{message}"
+    );
+    // Every epoch reported before it had finite metrics; nothing was uploaded.
+    assert!(
+        calls.iter().all(|c| !matches!(c, Call::Artifact { .. })),
+        "{calls:#?}"
+    );
+    let left = store(cluster)
+        .list(&cluster.s3_bucket, &format!("{model_path}/"))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_bad_variable_is_named_and_reported_to_the_metadata_store() {
     let cluster = LocalCluster::shared();
     let (addr, recorder) = metadata_store(&cluster.s3_bucket, "unused").await;
