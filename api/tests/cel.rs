@@ -23,7 +23,7 @@ fn examples_deserialize_and_pass_the_rules() {
 
     let job: TrainingJob = example("trainingjob.yaml");
     assert_eq!(job.spec.algorithm.as_deref(), Some("intent-classification"));
-    assert_eq!(job.spec.epochs(), Some(6));
+    assert_eq!(job.spec.epochs(), Some(15));
     assert_eq!(job.spec.output_model_name, "twitter-model");
     assert_eq!(job.spec.workers, 1, "workers defaults to 1");
     job.validate_cel().unwrap();

@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(value("MODEL_NAME"), "twitter-model");
         assert_eq!(value("MINIO_SERVER"), "http://minio:9000");
         assert_eq!((value("RANK"), value("WORLD_SIZE")), ("0".into(), "1".into()));
-        assert_eq!(value("EPOCHS"), "6");
+        assert_eq!(value("EPOCHS"), "15");
         let token = env["MINIAUTOML_RUN_TOKEN"]
             .value_from
             .as_ref()
