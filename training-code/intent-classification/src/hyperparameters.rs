@@ -36,7 +36,7 @@ pub const HYPERPARAMETERS: &[(&str, &str)] = &[
     ("NB_ALPHA", "ngram-nb: smoothing of the naive-Bayes ratios (1)"),
     (
         "MIN_DF",
-        "keep terms found in at least this many training texts (1)",
+        "keep terms found in at least this many training texts (ngram-nb 2, embedding-bag 1)",
     ),
     (
         "CLASS_WEIGHT",
@@ -156,7 +156,7 @@ impl Hyperparameters {
             )?,
             weight_decay: real("WEIGHT_DECAY", 1.0, |x| x >= 0.0, "a number ≥ 0")?,
             nb_alpha: real("NB_ALPHA", 1.0, |x| x > 0.0, "a number > 0")?,
-            min_df: whole("MIN_DF", 1, 1)?,
+            min_df: whole("MIN_DF", if original { 1 } else { 2 }, 1)?,
             balanced,
             seed: match value("SEED") {
                 None => 42,
@@ -255,6 +255,7 @@ mod tests {
         );
         assert!(ours.balanced);
         assert_eq!((ours.lr, ours.optimizer_lr(), ours.clip_norm), (5.0, 0.005, 1.0));
+        assert_eq!(ours.min_df, 2);
         let original = parse(&[("ARCHITECTURE", "embedding-bag")]).unwrap();
         assert_eq!(
             (

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod contract;
 pub mod data;
+pub mod host_step;
 pub mod hyperparameters;
 pub mod job;
 pub mod metrics;

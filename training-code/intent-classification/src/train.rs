@@ -5,13 +5,14 @@
 use std::time::{Instant, SystemTime};
 
 use candle_core::{D, DType, Device, Tensor, Var, backprop::GradStore};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD};
+use candle_nn::{Optimizer, ParamsAdamW, SGD};
 use miniautoml_intent_model::{
     Architecture, FitOptions, Network, SparseBatch, Tokenizer, Vocabulary, Weighting, artifacts::argmax,
     network::bag,
 };
 
 use crate::data::{Examples, Rng, Split};
+use crate::host_step::{NgramTables, ngram_step};
 use crate::hyperparameters::Hyperparameters;
 use crate::metrics::{Scores, scores};
 use crate::sparse::{RowSparseAdamW, distinct_features};
@@ -109,6 +110,25 @@ pub fn train(
     split: &Split,
     hyperparameters: &Hyperparameters,
     device: &Device,
+    on_epoch: impl FnMut(&EpochReport) -> Result<()>,
+) -> Result<Trained> {
+    train_on(
+        examples,
+        split,
+        hyperparameters,
+        device,
+        device.is_cpu(),
+        on_epoch,
+    )
+}
+
+/// [`train`], ngram-nb's steps in plain loops when `host`, else in candle tensors on `device`.
+fn train_on(
+    examples: &Examples,
+    split: &Split,
+    hyperparameters: &Hyperparameters,
+    device: &Device,
+    host: bool,
     mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
 ) -> Result<Trained> {
     let train_texts: Vec<&str> = split.train.iter().map(|&i| examples.texts[i].as_str()).collect();
@@ -125,6 +145,7 @@ pub fn train(
         split,
         classes,
         device,
+        host,
         &mut rng,
     )?;
     let mut epochs = Vec::with_capacity(hyperparameters.epochs);
@@ -279,10 +300,12 @@ fn uniform(rng: &mut Rng, shape: (usize, usize), range: f64, device: &Device) ->
 enum Model {
     NgramNb {
         /// Per-feature, per-class weights (multiplied by the fixed ratios), stepped sparsely.
-        weight: RowSparseAdamW,
-        bias: Var,
-        bias_optimizer: AdamW,
+        weight: Box<RowSparseAdamW>,
+        /// `1 × classes`, stepped like a dense AdamW (its one row is in every step).
+        bias: Box<RowSparseAdamW>,
         ratios: Tensor,
+        /// `ratios` as a vector, when the steps run in plain loops.
+        host_ratios: Vec<f32>,
         /// Scratch for renumbering a batch's features (`sparse::distinct_features`).
         slots: Vec<u32>,
     },
@@ -303,6 +326,7 @@ impl Model {
         split: &Split,
         classes: usize,
         device: &Device,
+        host: bool,
         rng: &mut Rng,
     ) -> Result<Model> {
         let width = vocabulary.len();
@@ -316,6 +340,7 @@ impl Model {
                     classes,
                     hyperparameters.nb_alpha,
                 );
+                let host_ratios = if host { ratios.clone() } else { Vec::new() };
                 let ratios = Tensor::from_vec(ratios, (width, classes), device)?;
                 // From zero, with strong decay: starting from the naive-Bayes classifier itself (all
                 // ones) overfits the training split (validation macro-F1 0.62 against 0.67).
@@ -324,14 +349,19 @@ impl Model {
                     weight_decay: hyperparameters.weight_decay,
                     ..ParamsAdamW::default()
                 };
-                let weight = RowSparseAdamW::zeros(width, classes, params.clone(), device)?;
-                let bias = Var::zeros(classes, DType::F32, device)?;
-                let bias_optimizer = AdamW::new(vec![bias.clone()], params)?;
+                let weight = Box::new(RowSparseAdamW::zeros_as(
+                    width,
+                    classes,
+                    params.clone(),
+                    device,
+                    host,
+                )?);
+                let bias = Box::new(RowSparseAdamW::zeros_as(1, classes, params, device, host)?);
                 Model::NgramNb {
                     weight,
                     bias,
-                    bias_optimizer,
                     ratios,
+                    host_ratios,
                     slots: vec![u32::MAX; width],
                 }
             }
@@ -363,7 +393,7 @@ impl Model {
                 weight, bias, ratios, ..
             } => Network::NgramNb {
                 weight: weight.table()?.mul(ratios)?,
-                bias: bias.as_tensor().clone(),
+                bias: bias.table()?.squeeze(0)?,
             },
             Model::EmbeddingBag {
                 embedding, layers, ..
@@ -384,34 +414,46 @@ impl Model {
             Model::NgramNb {
                 weight,
                 bias,
-                bias_optimizer,
                 ratios,
+                host_ratios,
                 slots,
             } => {
                 // Only the batch's features take part: their rows, renumbered 0..n.
                 let (rows, features) = distinct_features(&batch.features, slots);
-                let device = ratios.device();
-                let index = Tensor::from_slice(&rows, rows.len(), device)?;
-                let values = weight.gather(&rows, &index)?;
-                let trained = Var::from_tensor(&values)?;
                 let local = SparseBatch {
                     len: batch.len,
                     rows: batch.rows.clone(),
                     features,
                     values: batch.values.clone(),
                 };
+                if weight.is_host() {
+                    let tables = NgramTables {
+                        weight,
+                        bias,
+                        ratios: host_ratios,
+                        classes: ratios.dim(1)?,
+                    };
+                    return ngram_step(tables, &rows, &local, targets, weights, clip_norm);
+                }
+                let device = ratios.device();
+                let index = Tensor::from_slice(&rows, rows.len(), device)?;
+                let first = Tensor::from_slice(&[0u32], 1, device)?;
+                let trained = weight.gather(&rows, &index)?;
+                let trained_bias = bias.gather(&[0], &first)?;
                 let effective = trained.as_tensor().mul(&ratios.index_select(&index, 0)?)?;
-                let logits = bag(&effective, &local)?.broadcast_add(bias.as_tensor())?;
+                let logits = bag(&effective, &local)?.broadcast_add(trained_bias.as_tensor())?;
                 let loss = weighted_cross_entropy(&logits, targets, weights)?;
                 let value = f64::from(loss.to_scalar::<f32>()?);
                 if !value.is_finite() {
                     return Ok(value);
                 }
                 let mut grads = loss.backward()?;
-                clip_gradients(&mut grads, &[&trained, bias], clip_norm)?;
-                bias_optimizer.step(&grads)?;
+                clip_gradients(&mut grads, &[&trained, &trained_bias], clip_norm)?;
                 if let Some(grad) = grads.get(trained.as_tensor()) {
-                    weight.step(&rows, &index, &values, grad)?;
+                    weight.step(&rows, &index, &trained, grad)?;
+                }
+                if let Some(grad) = grads.get(trained_bias.as_tensor()) {
+                    bias.step(&[0], &first, &trained_bias, grad)?;
                 }
                 Ok(value)
             }
@@ -505,4 +547,71 @@ fn nb_ratios(
         }
     }
     ratios
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ngram-nb's plain-loop step (the CPU's) and its candle step (a GPU's, run here on the
+    /// CPU) train the same model.
+    #[test]
+    fn the_host_step_and_the_tensor_step_agree() {
+        let texts = [
+            "what a happy sunny day",
+            "so angry at the late train again",
+            "feeling sad and alone tonight",
+            "happy happy joy joy",
+            "this queue makes me furious",
+            "i miss you so much, sad",
+            "great news, so happy for you",
+            "angry about the broken phone",
+            "tears and a sad song",
+        ];
+        let examples = Examples {
+            texts: texts.iter().map(|t| t.to_string()).collect(),
+            classes: vec![0, 1, 2, 0, 1, 2, 0, 1, 2],
+            labels: vec!["joy".into(), "anger".into(), "sadness".into()],
+        };
+        let split = Split::new(texts.len(), 1, 0.0, 0.0).unwrap();
+        let hyperparameters = Hyperparameters::from_lookup(|name| match name {
+            "EPOCHS" => Some("3".into()),
+            "BATCH_SIZE" => Some("4".into()),
+            "MIN_DF" => Some("1".into()),
+            _ => None,
+        })
+        .unwrap();
+        let trained = [true, false].map(|host| {
+            train_on(
+                &examples,
+                &split,
+                &hyperparameters,
+                &Device::Cpu,
+                host,
+                |_| Ok(()),
+            )
+            .unwrap()
+        });
+        for (a, b) in trained[0].epochs.iter().zip(&trained[1].epochs) {
+            assert!(
+                (a.train_loss - b.train_loss).abs() < 1e-5,
+                "{} vs {}",
+                a.train_loss,
+                b.train_loss
+            );
+        }
+        let tensors = trained.each_ref().map(|t| {
+            t.network
+                .tensors()
+                .into_iter()
+                .map(|(name, tensor)| (name, tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+                .collect::<Vec<_>>()
+        });
+        for ((name, host), (_, candle)) in tensors[0].iter().zip(&tensors[1]) {
+            assert!(host.iter().any(|&w| w != 0.0), "{name} did not train");
+            for (x, y) in host.iter().zip(candle) {
+                assert!((x - y).abs() < 1e-5, "{name}: {x} vs {y}");
+            }
+        }
+    }
 }
