@@ -162,9 +162,17 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
         "SIGTERM ends the operator cleanly: {exited:?}\n{logs}"
     );
     assert!(logs.contains("SIGTERM received"), "{logs}");
+    // The operator watches every namespace, so it may meet another test's namespace while that
+    // is being deleted; the API server refuses writes there as "forbidden" too, but that is
+    // admission (NamespaceTerminating), not RBAC.
+    let denied: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.to_lowercase().contains("forbidden") && !line.contains("NamespaceTerminating"))
+        .collect();
     assert!(
-        !logs.to_lowercase().contains("forbidden"),
-        "the chart's RBAC covers every call:\n{logs}"
+        denied.is_empty(),
+        "the chart's RBAC covers every call:\n{}",
+        denied.join("\n")
     );
 
     run(cluster.kubectl().args([

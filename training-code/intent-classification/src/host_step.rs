@@ -7,6 +7,7 @@
 use miniautoml_intent_model::SparseBatch;
 
 use crate::Result;
+use crate::hyperparameters::Loss;
 use crate::sparse::RowSparseAdamW;
 
 /// What one step needs to know of the model.
@@ -19,10 +20,12 @@ pub struct NgramTables<'a> {
     pub ratios: &'a [f32],
     /// Number of classes.
     pub classes: usize,
+    /// What the step minimises.
+    pub loss: Loss,
 }
 
 /// One step on `batch`, whose features are positions in `distinct` (the batch's feature ids):
-/// `logit[i, c] = Σ_k x_k · r[f_k, c] · w[f_k, c] + b[c]`, the class-weighted cross-entropy,
+/// `logit[i, c] = Σ_k x_k · r[f_k, c] · w[f_k, c] + b[c]`, the class-weighted loss,
 /// its gradient clipped to `clip_norm`, AdamW on the touched rows and the bias. Returns the
 /// loss; a loss that is not finite is returned without a step.
 pub fn ngram_step(
@@ -38,6 +41,7 @@ pub fn ngram_step(
         bias,
         ratios,
         classes: c,
+        loss: kind,
     } = tables;
     let values = weight.gather_host(distinct).unwrap_or_default();
     let bias_values = bias.gather_host(&[0]).unwrap_or_default();
@@ -75,17 +79,26 @@ pub fn ngram_step(
         for (l, &b) in row.iter_mut().zip(&bias_values) {
             *l += b;
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let log_sum = max + row.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
-        loss -= f64::from(w * (row[target as usize] - log_sum));
         let scale = w / total;
-        for (j, (d, &l)) in d_logits[i * c..(i + 1) * c]
-            .iter_mut()
-            .zip(row.iter())
-            .enumerate()
-        {
-            let truth = if j == target as usize { 1.0 } else { 0.0 };
-            *d = ((l - log_sum).exp() - truth) * scale;
+        let d_row = &mut d_logits[i * c..(i + 1) * c];
+        match kind {
+            Loss::SquaredHinge => {
+                for (j, (d, &l)) in d_row.iter_mut().zip(row.iter()).enumerate() {
+                    let y = if j == target as usize { 1.0 } else { -1.0 };
+                    let gap = (1.0 - y * l).max(0.0);
+                    loss += f64::from(w * gap * gap);
+                    *d = -2.0 * y * gap * scale;
+                }
+            }
+            Loss::CrossEntropy => {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let log_sum = max + row.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+                loss -= f64::from(w * (row[target as usize] - log_sum));
+                for (j, (d, &l)) in d_row.iter_mut().zip(row.iter()).enumerate() {
+                    let truth = if j == target as usize { 1.0 } else { 0.0 };
+                    *d = ((l - log_sum).exp() - truth) * scale;
+                }
+            }
         }
     }
     let loss = loss / f64::from(total);

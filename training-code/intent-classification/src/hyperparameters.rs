@@ -39,6 +39,10 @@ pub const HYPERPARAMETERS: &[(&str, &str)] = &[
         "keep terms found in at least this many training texts (ngram-nb 2, embedding-bag 1)",
     ),
     (
+        "LOSS",
+        "squared-hinge (ngram-nb default: one-vs-rest, as LinearSVC) or cross-entropy (embedding-bag default)",
+    ),
+    (
         "CLASS_WEIGHT",
         "balanced (ngram-nb default: classes weigh inversely to their size) or none",
     ),
@@ -58,6 +62,26 @@ pub const DEFAULT_LR: f64 = 5.0;
 
 /// ngram-nb's AdamW rate per unit of `LR` (`LR` 5 → 0.005).
 pub const ADAMW_LR_SCALE: f64 = 0.001;
+
+/// What training minimises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// `Σ_c max(0, 1 − y_c · logit_c)²` with `y_c` +1 for the text's class and −1 for every
+    /// other: one-vs-rest, as LinearSVC's default loss.
+    SquaredHinge,
+    /// Softmax cross-entropy.
+    CrossEntropy,
+}
+
+impl Loss {
+    /// The name used in hyperparameters and the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::SquaredHinge => "squared-hinge",
+            Loss::CrossEntropy => "cross-entropy",
+        }
+    }
+}
 
 /// The parsed hyperparameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +106,8 @@ pub struct Hyperparameters {
     pub nb_alpha: f64,
     /// `MIN_DF`.
     pub min_df: usize,
+    /// `LOSS`.
+    pub loss: Loss,
     /// `CLASS_WEIGHT` is `balanced`.
     pub balanced: bool,
     /// `SEED`.
@@ -141,6 +167,17 @@ impl Hyperparameters {
                 )));
             }
         };
+        let loss = match value("LOSS").as_deref().map(str::trim) {
+            None if original => Loss::CrossEntropy,
+            None => Loss::SquaredHinge,
+            Some("squared-hinge") => Loss::SquaredHinge,
+            Some("cross-entropy") => Loss::CrossEntropy,
+            Some(other) => {
+                return Err(Error::Contract(format!(
+                    "LOSS={other:?}: expected squared-hinge or cross-entropy"
+                )));
+            }
+        };
         let hyperparameters = Hyperparameters {
             architecture,
             epochs: whole("EPOCHS", if original { 20 } else { 6 }, 1)?,
@@ -157,6 +194,7 @@ impl Hyperparameters {
             weight_decay: real("WEIGHT_DECAY", 1.0, |x| x >= 0.0, "a number ≥ 0")?,
             nb_alpha: real("NB_ALPHA", 1.0, |x| x > 0.0, "a number > 0")?,
             min_df: whole("MIN_DF", if original { 1 } else { 2 }, 1)?,
+            loss,
             balanced,
             seed: match value("SEED") {
                 None => 42,
@@ -216,6 +254,7 @@ impl Hyperparameters {
         put("CLIP_NORM", self.clip_norm.to_string());
         put("SEED", self.seed.to_string());
         put("MIN_DF", self.min_df.to_string());
+        put("LOSS", self.loss.name().into());
         put(
             "CLASS_WEIGHT",
             if self.balanced { "balanced" } else { "none" }.into(),
@@ -255,7 +294,7 @@ mod tests {
         );
         assert!(ours.balanced);
         assert_eq!((ours.lr, ours.optimizer_lr(), ours.clip_norm), (5.0, 0.005, 1.0));
-        assert_eq!(ours.min_df, 2);
+        assert_eq!((ours.min_df, ours.loss), (2, Loss::SquaredHinge));
         let original = parse(&[("ARCHITECTURE", "embedding-bag")]).unwrap();
         assert_eq!(
             (
@@ -268,6 +307,7 @@ mod tests {
         );
         assert!(!original.balanced);
         assert_eq!((original.optimizer_lr(), original.clip_norm), (5.0, 0.1));
+        assert_eq!(original.loss, Loss::CrossEntropy);
     }
 
     #[test]
@@ -308,6 +348,7 @@ mod tests {
             ("FC_SIZE", "0"),
             ("ARCHITECTURE", "transformer"),
             ("CLASS_WEIGHT", "heavy"),
+            ("LOSS", "hinge"),
             ("SEED", "-3"),
             ("TEST_FRACTION", "1.5"),
             ("NB_ALPHA", "0"),

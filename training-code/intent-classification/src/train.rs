@@ -13,7 +13,7 @@ use miniautoml_intent_model::{
 
 use crate::data::{Examples, Rng, Split};
 use crate::host_step::{NgramTables, ngram_step};
-use crate::hyperparameters::Hyperparameters;
+use crate::hyperparameters::{Hyperparameters, Loss};
 use crate::metrics::{Scores, scores};
 use crate::sparse::{RowSparseAdamW, distinct_features};
 use crate::{Error, Result};
@@ -162,7 +162,13 @@ fn train_on(
                 .iter()
                 .map(|&i| class_weights[examples.classes[i]])
                 .collect();
-            let loss = model.train_step(&batch, &targets, &weights, hyperparameters.clip_norm)?;
+            let loss = model.train_step(
+                &batch,
+                &targets,
+                &weights,
+                hyperparameters.loss,
+                hyperparameters.clip_norm,
+            )?;
             // Past this point every weight would be NaN: stop with the reason, not with garbage.
             if !loss.is_finite() {
                 return Err(Error::Diverged { epoch });
@@ -175,6 +181,7 @@ fn train_on(
             None
         } else {
             Some(evaluate(
+                hyperparameters.loss,
                 &model.network()?,
                 &features,
                 examples,
@@ -213,8 +220,9 @@ fn train_on(
     })
 }
 
-/// Scores `indices` with `network`: scores and mean (unweighted) loss.
+/// Scores `indices` with `network`: scores and mean (unweighted) `loss`.
 fn evaluate(
+    loss: Loss,
     network: &Network,
     features: &Featurized,
     examples: &Examples,
@@ -226,7 +234,7 @@ fn evaluate(
         let logits = network.logits(&features.select(chunk))?;
         let targets: Vec<u32> = chunk.iter().map(|&i| examples.classes[i] as u32).collect();
         let ones = vec![1.0f32; chunk.len()];
-        loss_sum += f64::from(weighted_cross_entropy(&logits, &targets, &ones)?.to_scalar::<f32>()?)
+        loss_sum += f64::from(weighted_loss(loss, &logits, &targets, &ones)?.to_scalar::<f32>()?)
             * chunk.len() as f64;
         predicted.extend(logits.to_vec2::<f32>()?.iter().map(|row| argmax(row)));
     }
@@ -255,6 +263,29 @@ fn class_weights(examples: &Examples, split: &Split, balanced: bool) -> Vec<f32>
             }
         })
         .collect()
+}
+
+/// The class-weighted mean of `loss` over a batch: `Σ w_i loss_i / Σ w_i`.
+fn weighted_loss(loss: Loss, logits: &Tensor, targets: &[u32], weights: &[f32]) -> Result<Tensor> {
+    match loss {
+        Loss::CrossEntropy => weighted_cross_entropy(logits, targets, weights),
+        Loss::SquaredHinge => weighted_squared_hinge(logits, targets, weights),
+    }
+}
+
+/// `Σ_i w_i Σ_c max(0, 1 − y_ic · logit_ic)² / Σ w_i`, `y_ic` ±1.
+fn weighted_squared_hinge(logits: &Tensor, targets: &[u32], weights: &[f32]) -> Result<Tensor> {
+    let device = logits.device();
+    let (n, classes) = logits.dims2()?;
+    let mut signs = vec![-1f32; n * classes];
+    for (i, &t) in targets.iter().enumerate() {
+        signs[i * classes + t as usize] = 1.0;
+    }
+    let signs = Tensor::from_vec(signs, (n, classes), device)?;
+    let gaps = (1.0 - logits.mul(&signs)?)?.relu()?;
+    let total: f32 = weights.iter().sum();
+    let weights = Tensor::from_slice(weights, (n, 1), device)?;
+    Ok((gaps.sqr()?.broadcast_mul(&weights)?.sum_all()? / f64::from(total.max(f32::MIN_POSITIVE)))?)
 }
 
 /// `-Σ w_i log p(y_i) / Σ w_i`.
@@ -408,6 +439,7 @@ impl Model {
         batch: &SparseBatch,
         targets: &[u32],
         weights: &[f32],
+        loss: Loss,
         clip_norm: f64,
     ) -> Result<f64> {
         match self {
@@ -432,6 +464,7 @@ impl Model {
                         bias,
                         ratios: host_ratios,
                         classes: ratios.dim(1)?,
+                        loss,
                     };
                     return ngram_step(tables, &rows, &local, targets, weights, clip_norm);
                 }
@@ -442,7 +475,7 @@ impl Model {
                 let trained_bias = bias.gather(&[0], &first)?;
                 let effective = trained.as_tensor().mul(&ratios.index_select(&index, 0)?)?;
                 let logits = bag(&effective, &local)?.broadcast_add(trained_bias.as_tensor())?;
-                let loss = weighted_cross_entropy(&logits, targets, weights)?;
+                let loss = weighted_loss(loss, &logits, targets, weights)?;
                 let value = f64::from(loss.to_scalar::<f32>()?);
                 if !value.is_finite() {
                     return Ok(value);
@@ -463,7 +496,7 @@ impl Model {
                 optimizer,
             } => {
                 let logits = embedding_bag(embedding, layers).logits(batch)?;
-                let loss = weighted_cross_entropy(&logits, targets, weights)?;
+                let loss = weighted_loss(loss, &logits, targets, weights)?;
                 let value = f64::from(loss.to_scalar::<f32>()?);
                 if !value.is_finite() {
                     return Ok(value);
@@ -574,43 +607,42 @@ mod tests {
             labels: vec!["joy".into(), "anger".into(), "sadness".into()],
         };
         let split = Split::new(texts.len(), 1, 0.0, 0.0).unwrap();
-        let hyperparameters = Hyperparameters::from_lookup(|name| match name {
-            "EPOCHS" => Some("3".into()),
-            "BATCH_SIZE" => Some("4".into()),
-            "MIN_DF" => Some("1".into()),
-            _ => None,
-        })
-        .unwrap();
-        let trained = [true, false].map(|host| {
-            train_on(
-                &examples,
-                &split,
-                &hyperparameters,
-                &Device::Cpu,
-                host,
-                |_| Ok(()),
-            )
-            .unwrap()
-        });
-        for (a, b) in trained[0].epochs.iter().zip(&trained[1].epochs) {
-            assert!(
-                (a.train_loss - b.train_loss).abs() < 1e-5,
-                "{} vs {}",
-                a.train_loss,
-                b.train_loss
-            );
-        }
-        let tensors = trained.each_ref().map(|t| {
-            t.network
-                .tensors()
-                .into_iter()
-                .map(|(name, tensor)| (name, tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-                .collect::<Vec<_>>()
-        });
-        for ((name, host), (_, candle)) in tensors[0].iter().zip(&tensors[1]) {
-            assert!(host.iter().any(|&w| w != 0.0), "{name} did not train");
-            for (x, y) in host.iter().zip(candle) {
-                assert!((x - y).abs() < 1e-5, "{name}: {x} vs {y}");
+        for loss in ["squared-hinge", "cross-entropy"] {
+            let hyperparameters = Hyperparameters::from_lookup(|name| match name {
+                "EPOCHS" => Some("3".into()),
+                "BATCH_SIZE" => Some("4".into()),
+                "MIN_DF" => Some("1".into()),
+                "LOSS" => Some(loss.into()),
+                _ => None,
+            })
+            .unwrap();
+            let trained = [true, false].map(|host| {
+                train_on(
+                    &examples,
+                    &split,
+                    &hyperparameters,
+                    &Device::Cpu,
+                    host,
+                    |_| Ok(()),
+                )
+                .unwrap()
+            });
+            for (a, b) in trained[0].epochs.iter().zip(&trained[1].epochs) {
+                let (a, b) = (a.train_loss, b.train_loss);
+                assert!((a - b).abs() < 1e-5, "{loss}: {a} vs {b}");
+            }
+            let tensors = trained.each_ref().map(|t| {
+                t.network
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, tensor)| (name, tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+                    .collect::<Vec<_>>()
+            });
+            for ((name, host), (_, candle)) in tensors[0].iter().zip(&tensors[1]) {
+                assert!(host.iter().any(|&w| w != 0.0), "{loss}: {name} did not train");
+                for (x, y) in host.iter().zip(candle) {
+                    assert!((x - y).abs() < 1e-5, "{loss}: {name}: {x} vs {y}");
+                }
             }
         }
     }

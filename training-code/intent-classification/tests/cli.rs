@@ -40,14 +40,14 @@ fn train_then_eval_on_local_files() {
         "--out",
         out.to_str().unwrap(),
         "--param",
-        "EPOCHS=2",
+        "EPOCHS=3",
     ]);
     assert!(output.status.success(), "{}", text(&output));
     let log = text(&output);
-    assert!(log.contains("epoch   2"), "{log}");
+    assert!(log.contains("epoch   3"), "{log}");
     assert!(log.contains("test accuracy"), "{log}");
     let classifier = Classifier::load_dir(&out).unwrap();
-    assert_eq!(classifier.manifest().hyperparameters["EPOCHS"], "2");
+    assert_eq!(classifier.manifest().hyperparameters["EPOCHS"], "3");
 
     let output = trainer(&["eval", "--model", out.to_str().unwrap(), "--data", &part(2)]);
     assert!(output.status.success(), "{}", text(&output));
