@@ -87,19 +87,6 @@ impl RowSparseAdamW {
         })
     }
 
-    /// The learning rate.
-    pub fn learning_rate(&self) -> f64 {
-        self.params.lr
-    }
-
-    /// Sets the learning rate (the schedule's decay).
-    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
-        let params = ParamsAdamW { lr, ..self.params };
-        check_decay(&params)?;
-        self.params = params;
-        Ok(())
-    }
-
     /// The decay row `row` is owed.
     fn owed(&self, row: u32) -> f32 {
         (self.log_decay - self.row_log_decay[row as usize]).exp() as f32
