@@ -43,8 +43,8 @@ pub fn ngram_step(
         classes: c,
         loss: kind,
     } = tables;
-    let values = weight.gather_host(distinct).unwrap_or_default();
-    let bias_values = bias.gather_host(&[0]).unwrap_or_default();
+    let values = weight.gather_host(distinct)?;
+    let bias_values = bias.gather_host(&[0])?;
     let ratio = |i: usize| {
         let start = distinct[i] as usize * c;
         &ratios[start..start + c]

@@ -103,10 +103,10 @@ impl RowSparseAdamW {
         matches!(self.storage, Storage::Host { .. })
     }
 
-    /// The current values of `rows`, row-major, when the table is on the host.
-    pub fn gather_host(&self, rows: &[u32]) -> Option<Vec<f32>> {
+    /// The current values of `rows`, row-major; an error unless the table is on the host.
+    pub fn gather_host(&self, rows: &[u32]) -> Result<Vec<f32>> {
         let Storage::Host { table, .. } = &self.storage else {
-            return None;
+            return Err(not_on_host());
         };
         let columns = self.columns;
         let mut values = Vec::with_capacity(rows.len() * columns);
@@ -115,7 +115,7 @@ impl RowSparseAdamW {
             let start = row as usize * columns;
             values.extend(table[start..start + columns].iter().map(|w| w * owed));
         }
-        Some(values)
+        Ok(values)
     }
 
     /// The current values of `rows` as a new variable to differentiate (`index` holds the same
@@ -123,7 +123,7 @@ impl RowSparseAdamW {
     pub fn gather(&self, rows: &[u32], index: &Tensor) -> Result<Var> {
         match &self.storage {
             Storage::Host { .. } => {
-                let values = self.gather_host(rows).unwrap_or_default();
+                let values = self.gather_host(rows)?;
                 Ok(Var::from_vec(values, (rows.len(), self.columns), &self.device)?)
             }
             Storage::Tensors { table, .. } => Ok(Var::from_tensor(
@@ -166,9 +166,7 @@ impl RowSparseAdamW {
     /// alike; every other row only decays. One pass over the rows' entries.
     pub fn step_host(&mut self, rows: &[u32], values: &[f32], grad: &[f32]) -> Result<()> {
         if !self.is_host() {
-            return Err(Error::Contract(
-                "step_host on a table that is not on the host".into(),
-            ));
+            return Err(not_on_host());
         }
         let step = self.advance();
         let columns = self.columns;
@@ -275,6 +273,10 @@ struct StepScalars {
     scale_m: f64,
     scale_v: f64,
     decay: f64,
+}
+
+fn not_on_host() -> Error {
+    Error::Contract("a host step on a table that is not on the host".into())
 }
 
 fn check_decay(params: &ParamsAdamW) -> Result<()> {
