@@ -3,7 +3,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test lint demo tools cluster-up cluster-down run kind-e2e bench-ingest bench-train bench-training bench-predict
+.PHONY: help generate test lint demo images tools cluster-up cluster-down run kind-e2e bench-ingest bench-train bench-training bench-predict
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -12,9 +12,15 @@ generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md and the gRPC 
 	$(CARGO) run --quiet --locked -p miniautoml-operator --bin crdgen
 	$(CARGO) run --quiet --locked -p miniautoml-proto --features codegen --bin protogen
 
-test: ## Run every test; integration tests start the local cluster on demand and reuse it
+test: ## Run every test; integration tests start the local cluster on demand (real node, images imported) and reuse it
 	@hack/tools.sh cluster >/dev/null
+	@hack/images.sh >/dev/null
+	@if hack/cluster.sh status | grep -q '^containerd: running'; then hack/cluster.sh load; fi
 	$(CARGO) test --workspace --locked
+
+images: ## Build the OCI image archives (operator, predictor, trainer, pause, test images) into target/images
+	@hack/tools.sh cluster >/dev/null
+	hack/images.sh
 
 lint: ## rustfmt and clippy, warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -23,9 +29,13 @@ lint: ## rustfmt and clippy, warnings as errors
 demo: ## Run the dataset -> training -> serving -> prediction flow on the local cluster (or KUBECONFIG)
 	hack/demo.sh
 
+# Where `make run` serves gRPC: the local node's IP once its env file is sourced (training pods
+# call the operator there), else loopback.
+GRPC_HOST ?= $(or $(MINIAUTOML_NODE_IP),127.0.0.1)
+
 run: ## Run the operator as a local process against the current kubeconfig
 	$(CARGO) run --locked -p miniautoml-operator --bin miniautoml-operator -- \
-		--admin-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:51001
+		--admin-addr 127.0.0.1:8080 --grpc-addr $(GRPC_HOST):51001 --metadata-store-address $(GRPC_HOST):51001
 
 bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
 	hack/bench-ingest.sh
@@ -38,18 +48,18 @@ bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Pyt
 
 bench-training: ## Benchmark 1,000 TrainingJobs on 100 simulated GPU nodes: Job creation time, operator RSS, API requests
 	@hack/tools.sh cluster >/dev/null
-	$(CARGO) build --locked --quiet -p miniautoml-process-node
 	$(CARGO) bench --locked -p miniautoml-operator --bench training_jobs
 
 tools: ## Build the pinned Kubernetes tools (hack/versions.env) into ~/.cache/miniautoml/tools
 	@hack/tools.sh >/dev/null
 
-cluster-up: ## Start the local cluster (etcd, apiserver, controller-manager, scheduler, kwok nodes, S3)
+cluster-up: ## Start the local cluster (control plane, a real kubelet + containerd node, kwok nodes, SeaweedFS S3)
 	@hack/tools.sh cluster >/dev/null
+	@hack/images.sh >/dev/null
 	@hack/cluster.sh up
 
 cluster-down: ## Stop the local cluster and delete its state
 	@hack/cluster.sh down
 
 kind-e2e: ## Run the e2e suite on a kind cluster (needs Docker)
-	@hack/not-built-yet.sh kind-e2e "the e2e suite and the container images it runs (issue #3 and later)"
+	@hack/not-built-yet.sh kind-e2e "the e2e suite through helm install (issue #16)"

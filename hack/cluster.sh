@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The local cluster, from real components and no Docker: etcd, kube-apiserver (TLS, RBAC,
-# service-account signing), kube-controller-manager, kube-scheduler, kwok simulating the nodes of
-# hack/cluster/nodes.yaml (GPU nodes included), the local process node (e2e/process-node: a
-# real Node whose pods run as local processes, images mapped by hack/cluster/images.yaml), and
-# an S3 server (s3s-fs) with generated credentials and a bucket.
+# service-account signing), kube-controller-manager, kube-scheduler, one real node
+# (hack/cluster/node.sh: containerd + runc, CNI, kubelet, kube-proxy, CoreDNS, the images of
+# `make images`), kwok simulating the nodes of hack/cluster/nodes.yaml (GPU nodes included), and
+# SeaweedFS as the S3 store with generated credentials and a bucket. Needs root (the node's
+# network, cgroups and mounts).
 #
 #   hack/cluster.sh up      start what is not running (idempotent); prints the env file's path
-#   hack/cluster.sh down    stop everything and delete the cluster's state
+#   hack/cluster.sh load    import the archives of `make images` into the node again
+#   hack/cluster.sh down    stop everything, clean the host and delete the cluster's state
 #   hack/cluster.sh status  say what runs
 #
 # The env file exports KUBECONFIG, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-# AWS_REGION and S3_BUCKET. Ports and paths can be overridden with the variables below.
+# AWS_REGION, S3_BUCKET and MINIAUTOML_NODE_IP. Ports and paths can be overridden with the
+# variables below.
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"
@@ -21,16 +24,18 @@ ETCD_PEER_PORT=${ETCD_PEER_PORT:-32380}
 APISERVER_PORT=${APISERVER_PORT:-36443}
 KWOK_PORT=${KWOK_PORT:-30247}
 S3_PORT=${S3_PORT:-39000}
-PROCESS_NODE_PORT=${PROCESS_NODE_PORT:-30250}
+# SeaweedFS's own servers (master, volume, filer; gRPC on each port + 10000).
+SEAWEED_MASTER_PORT=${SEAWEED_MASTER_PORT:-9333}
+SEAWEED_VOLUME_PORT=${SEAWEED_VOLUME_PORT:-9340}
+SEAWEED_FILER_PORT=${SEAWEED_FILER_PORT:-9888}
 S3_BUCKET=${S3_BUCKET:-miniautoml}
 NODES=${CLUSTER_NODES:-$HACK_DIR/cluster/nodes.yaml}
-PROCESS_NODE_IMAGES=${PROCESS_NODE_IMAGES:-$HACK_DIR/cluster/images.yaml}
-MINIAUTOML_TARGET_DIR=${MINIAUTOML_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug}
-PROCESS_NODE_BIN=${PROCESS_NODE_BIN:-$MINIAUTOML_TARGET_DIR/process-node}
 PKI=$STATE/pki
 LOGS=$STATE/logs
 RUN=$STATE/run
 ENV_FILE=$STATE/env
+# shellcheck source=hack/cluster/node.sh
+. "$HACK_DIR/cluster/node.sh"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
@@ -43,6 +48,16 @@ start() {
   log "starting $name"
   setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN/$name.pid"
+}
+
+# stop_component NAME: SIGTERM, then SIGKILL after 5 s.
+stop_component() {
+  local name=$1
+  running "$name" || return 0
+  log "stopping $name"
+  kill -TERM "$(cat "$RUN/$name.pid")" 2>/dev/null || true
+  for _ in $(seq 1 20); do running "$name" || return 0; sleep 0.25; done
+  kill -KILL "$(cat "$RUN/$name.pid")" 2>/dev/null || true
 }
 
 # wait_for NAME COMMAND...: polls COMMAND until it succeeds (60 s), else shows NAME's log.
@@ -81,7 +96,7 @@ kubeconfig() { # name user-cert
   local file=$STATE/$1.kubeconfig cert=$2
   [ -f "$file" ] && return 0
   local k=("$TOOLS_BIN/kubectl" --kubeconfig="$file")
-  "${k[@]}" config set-cluster local --server="https://127.0.0.1:$APISERVER_PORT" \
+  "${k[@]}" config set-cluster local --server="https://$NODE_IP:$APISERVER_PORT" \
     --certificate-authority="$PKI/ca.crt" --embed-certs=true >/dev/null
   "${k[@]}" config set-credentials "$1" --client-certificate="$PKI/$cert.crt" \
     --client-key="$PKI/$cert.key" --embed-certs=true >/dev/null
@@ -97,13 +112,11 @@ pki() {
       -out "$PKI/ca.crt" 2>/dev/null
   fi
   certificate apiserver kube-apiserver "" \
-    "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "IP:127.0.0.1,IP:$NODE_IP,IP:198.19.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   certificate admin admin system:masters
   certificate controller-manager system:kube-controller-manager ""
   certificate scheduler system:kube-scheduler ""
   certificate kwok kwok system:masters
-  certificate process-node system:node:process-node system:nodes
-  certificate process-node-serving process-node "" "IP:127.0.0.1"
   certificate apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
   if [ ! -f "$PKI/sa.key" ]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
@@ -113,19 +126,6 @@ pki() {
   kubeconfig controller-manager controller-manager
   kubeconfig scheduler scheduler
   kubeconfig kwok kwok
-  kubeconfig process-node process-node
-}
-
-# The process node's binary, built by cargo when missing (but not from inside a cargo test run,
-# which holds cargo's build lock: there `cargo test` has built it already, or says how).
-process_node_binary() {
-  [ -x "$PROCESS_NODE_BIN" ] && return 0
-  if [ -n "${CARGO_MANIFEST_DIR:-}" ]; then
-    log "$PROCESS_NODE_BIN is missing; build it first: cargo build -p miniautoml-process-node"
-    return 1
-  fi
-  log "building the process node"
-  (cd "$REPO_ROOT" && cargo build --locked -q -p miniautoml-process-node --bin process-node)
 }
 
 s3_credentials() {
@@ -134,6 +134,35 @@ s3_credentials() {
     chmod 600 "$STATE/s3.credentials"
   fi
   read -r S3_ACCESS_KEY S3_SECRET_KEY <"$STATE/s3.credentials"
+  # SeaweedFS's S3 identities: one, with every action on every bucket.
+  jq -n --arg access "$S3_ACCESS_KEY" --arg secret "$S3_SECRET_KEY" \
+    '{identities: [{name: "miniautoml", credentials: [{accessKey: $access, secretKey: $secret}],
+      actions: ["Admin", "Read", "List", "Tagging", "Write"]}]}' >"$STATE/s3.json"
+  chmod 600 "$STATE/s3.json"
+}
+
+# SeaweedFS (master, volume, filer and S3 gateway in one process) on the node IP, so host
+# processes and pods reach the same endpoint; the bucket is created through the S3 API. Each
+# bucket is a collection that takes 7 volumes when first written: 100 volumes (sparse files, at
+# most 1 GiB each) leave room for a dozen buckets (the auto limit, free disk / 1 GiB, can be 12).
+s3_up() {
+  mkdir -p "$STATE/s3"
+  start seaweedfs "$TOOLS_BIN/weed" server -dir "$STATE/s3" -ip "$NODE_IP" -ip.bind "$NODE_IP" \
+    -master.port "$SEAWEED_MASTER_PORT" -volume.port "$SEAWEED_VOLUME_PORT" \
+    -filer -filer.port "$SEAWEED_FILER_PORT" -s3 -s3.port "$S3_PORT" -s3.config "$STATE/s3.json" \
+    -master.volumeSizeLimitMB 1024 -volume.max 100 -master.raftHashicorp=false
+  local endpoint=http://$NODE_IP:$S3_PORT
+  wait_for seaweedfs curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" \
+    --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$endpoint/"
+  local code
+  for _ in $(seq 1 60); do
+    code=$(curl -sS -o "$LOGS/s3-create-bucket.out" -w '%{http_code}' -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" \
+      --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$endpoint/$S3_BUCKET" || true)
+    case "$code" in 200 | 409) return 0 ;; esac
+    sleep 0.5
+  done
+  log "creating bucket $S3_BUCKET failed (HTTP $code): $(cat "$LOGS/s3-create-bucket.out")"
+  return 1
 }
 
 up() {
@@ -143,8 +172,10 @@ up() {
   pki
   s3_credentials
   local admin=$STATE/admin.kubeconfig
-  local kubectl=("$TOOLS_BIN/kubectl" --kubeconfig="$admin" --request-timeout=10s)
+  kubectl=("$TOOLS_BIN/kubectl" --kubeconfig="$admin" --request-timeout=10s)
 
+  node_packages
+  node_network
   start etcd "$TOOLS_BIN/etcd" --name local --data-dir "$STATE/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -155,12 +186,13 @@ up() {
 
   start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$APISERVER_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
     --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true \
+    --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$PKI/ca.crt" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
     --cert-dir "$PKI/generated"
@@ -176,6 +208,7 @@ up() {
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --use-service-account-credentials=true --controllers '*' \
+    --cluster-cidr "$POD_CIDR" --service-cluster-ip-range "$SERVICE_CIDR" \
     --kube-api-qps 200 --kube-api-burst 400 --concurrent-job-syncs 20
   start kube-scheduler "$TOOLS_BIN/kube-scheduler" \
     --kubeconfig "$STATE/scheduler.kubeconfig" \
@@ -191,63 +224,53 @@ up() {
   stages+=$(printf '%s,' "$REPO_ROOT"/hack/cluster/kwok-stages/*.yaml)
   start kwok "$TOOLS_BIN/kwok" --kubeconfig "$STATE/kwok.kubeconfig" --config "${stages%,}" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-    --server-address "127.0.0.1:$KWOK_PORT" --node-ip 127.0.0.1 --node-lease-duration-seconds 40
+    --server-address "127.0.0.1:$KWOK_PORT" --node-ip 127.0.0.1 --node-lease-duration-seconds 40 \
+    --cidr 198.18.64.0/18
 
-  mkdir -p "$STATE/s3/$S3_BUCKET"
-  start s3s-fs "$TOOLS_BIN/s3s-fs" --host 127.0.0.1 --port "$S3_PORT" \
-    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$STATE/s3"
-  wait_for s3s-fs bash -c "exec 3<>/dev/tcp/127.0.0.1/$S3_PORT"
+  s3_up
 
   "${kubectl[@]}" apply --server-side -f "$NODES" >/dev/null
   wait_for kwok "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node -l type=kwok
 
-  process_node_binary
-  mkdir -p "$STATE/pods/logs" "$STATE/pods/work"
-  export MINIAUTOML_TARGET_DIR
-  start process-node "$PROCESS_NODE_BIN" \
-    --kubeconfig "$STATE/process-node.kubeconfig" --node-name process-node \
-    --images "$PROCESS_NODE_IMAGES" --log-dir "$STATE/pods/logs" --work-dir "$STATE/pods/work" \
-    --kubelet-port "$PROCESS_NODE_PORT" --tls-cert-file "$PKI/process-node-serving.crt" \
-    --tls-key-file "$PKI/process-node-serving.key" --client-ca-file "$PKI/ca.crt"
-  wait_for process-node "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node/process-node
+  node_up
   wait_for kube-controller-manager "${kubectl[@]}" get serviceaccount default -n default
-  for component in kube-scheduler kwok process-node; do
+  for component in kube-scheduler kwok kubelet kube-proxy coredns seaweedfs; do
     running "$component" || { log "$component exited:"; tail -n 20 "$LOGS/$component.log" >&2; return 1; }
   done
 
   cat >"$ENV_FILE" <<EOT
 # Written by hack/cluster.sh up; source it to use the local cluster.
 export KUBECONFIG=$admin
-export S3_ENDPOINT=http://127.0.0.1:$S3_PORT
-export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+export S3_ENDPOINT=http://$NODE_IP:$S3_PORT
+export AWS_ENDPOINT_URL=http://$NODE_IP:$S3_PORT
 export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY
 export AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 export AWS_REGION=us-east-1
 export S3_BUCKET=$S3_BUCKET
 export MINIAUTOML_TOOLS_BIN=$TOOLS_BIN
-export MINIAUTOML_POD_LOGS=$STATE/pods/logs
+export MINIAUTOML_POD_LOGS=$NODE_DIR/pods
+export MINIAUTOML_NODE_IP=$NODE_IP
+export MINIAUTOML_NODE_NAME=$NODE_NAME
+export CONTAINERD_ADDRESS=$CONTAINERD_SOCK
+export CONTAINER_RUNTIME_ENDPOINT=unix://$CONTAINERD_SOCK
 export PATH=$TOOLS_BIN:\$PATH
 EOT
   chmod 600 "$ENV_FILE"
-  log "ready: $("${kubectl[@]}" get nodes --no-headers | wc -l) nodes, S3 bucket $S3_BUCKET on 127.0.0.1:$S3_PORT"
+  log "ready: $("${kubectl[@]}" get nodes --no-headers | wc -l) nodes, S3 bucket $S3_BUCKET on $NODE_IP:$S3_PORT"
   echo "$ENV_FILE"
 }
 
 down() {
-  for component in process-node s3s-fs kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    if running "$component"; then
-      log "stopping $component"
-      kill -TERM "$(cat "$RUN/$component.pid")" 2>/dev/null || true
-      for _ in $(seq 1 20); do running "$component" || break; sleep 0.25; done
-      running "$component" && kill -KILL "$(cat "$RUN/$component.pid")" 2>/dev/null || true
-    fi
+  node_down
+  for component in seaweedfs kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    stop_component "$component"
   done
   rm -rf "$STATE"
   log "stopped; state removed"
 }
 
 status() {
-  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok process-node s3s-fs; do
+  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok seaweedfs containerd kubelet kube-proxy coredns; do
     if running "$component"; then echo "$component: running"; else echo "$component: stopped"; fi
   done
   [ -f "$ENV_FILE" ] && echo "env: $ENV_FILE"
@@ -256,7 +279,13 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  load)
+    require_tools
+    kubectl=("$TOOLS_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" --request-timeout=10s)
+    running containerd || { log "the cluster is not running"; exit 1; }
+    node_load_images
+    ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|load|down|status" >&2; exit 2 ;;
 esac

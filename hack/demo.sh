@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 
 NAMESPACE=${DEMO_NAMESPACE:-miniautoml-demo}
 ADMIN_ADDR=${DEMO_ADMIN_ADDR:-127.0.0.1:18080}
-GRPC_ADDR=${DEMO_GRPC_ADDR:-127.0.0.1:15001}
 WORK=$(mktemp -d)
 OPERATOR_PID=
 
@@ -23,31 +22,36 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "Build the operator, the trainer and the predictor"
+step "Build the operator and the container images (make images: operator, predictor, trainer)"
 cargo build --quiet --locked -p miniautoml-operator --bins
-cargo build --quiet --locked -p miniautoml-intent-classification --bin intent-classification
-cargo build --quiet --locked -p miniautoml-predictor --bin miniautoml-predictor
-OPERATOR=target/debug/miniautoml-operator
+OPERATOR=${CARGO_TARGET_DIR:-target}/debug/miniautoml-operator
+if [ -z "${KUBECONFIG:-}" ]; then
+  hack/tools.sh cluster >/dev/null
+  hack/images.sh >/dev/null
+fi
 
 step "Check the example manifests against the API types and their CEL rules"
 cargo test --quiet --locked -p miniautoml-api --test cel examples_deserialize_and_pass_the_rules
 
 if [ -z "${KUBECONFIG:-}" ]; then
   step "Start the local cluster (first run builds the pinned tools: minutes)"
-  hack/tools.sh >/dev/null
   LOCAL_ENV=$(hack/cluster.sh up)
+  hack/cluster.sh load
   # shellcheck disable=SC1090
   . "$LOCAL_ENV"
 else
   step "Use the cluster of KUBECONFIG=$KUBECONFIG"
 fi
 kubectl version --request-timeout=10s
+kubectl get nodes -o wide
+# Training pods reach the operator over the pod network: locally it listens on the node's IP.
+GRPC_ADDR=${DEMO_GRPC_ADDR:-${MINIAUTOML_NODE_IP:-127.0.0.1}:15001}
 
-step "Run a Job (locally it runs as a process on the process node)"
+step "Run a Job (a container on the local node: busybox from make images)"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 kubectl delete job -n "$NAMESPACE" hello --ignore-not-found --wait
-kubectl create job -n "$NAMESPACE" hello --image=busybox:1.36 -- \
-  sh -c 'echo "hello from pod $HOSTNAME on $(uname -n)"'
+kubectl create job -n "$NAMESPACE" hello --image=miniautoml/test-tools:1 -- \
+  sh -c 'echo "hello from pod $HOSTNAME (uid $(id -u), IP $(hostname -i))"'
 kubectl wait -n "$NAMESPACE" --for=condition=Complete --timeout=60s job/hello
 kubectl get pods -n "$NAMESPACE" -l job-name=hello -o wide
 kubectl logs -n "$NAMESPACE" job/hello
@@ -59,7 +63,6 @@ kubectl wait --for=condition=Established --timeout=60s \
 
 step "Start the operator (admin $ADMIN_ADDR, gRPC $GRPC_ADDR)"
 # S3 settings and credentials come from the environment (the local cluster's env file).
-# Training pods run as local processes on the process node: they reach the operator on loopback.
 "$OPERATOR" --admin-addr "$ADMIN_ADDR" --grpc-addr "$GRPC_ADDR" --grpc-namespace "$NAMESPACE" \
   --metadata-store-address "$GRPC_ADDR" \
   >"$WORK/operator.log" 2>&1 &
@@ -97,21 +100,21 @@ if [ -n "${S3_ENDPOINT:-}" ]; then
     -o jsonpath='{range .status.commits[*]}commit {.id}: {.statistics.numExamples} examples, {.statistics.numLabels} labels at {.path}{"\n"}{end}'
 fi
 if [ -n "${S3_ENDPOINT:-}" ]; then
-  step "The TrainingJob trains on the Dataset's snapshot (a Job on the process node)"
+  step "The TrainingJob trains on the Dataset's snapshot (a Job running the trainer image)"
   kubectl wait -n "$NAMESPACE" --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s trainingjob/twitter-model \
     || { kubectl get -n "$NAMESPACE" trainingjob twitter-model -o yaml; exit 1; }
   kubectl get -n "$NAMESPACE" trainingjob twitter-model \
     -o jsonpath='run {.status.runId}: {.status.message}, epochs {.status.progress}, model {.status.artifact.uri}{"\n"}'
   RUN_ID=$(kubectl get -n "$NAMESPACE" trainingjob twitter-model -o jsonpath='{.status.runId}')
 
-  step "The ModelDeployment rolls out a predictor serving run $RUN_ID (a process on the process node)"
+  step "The ModelDeployment rolls out a predictor serving run $RUN_ID (the predictor image)"
   kubectl wait -n "$NAMESPACE" --for=condition=Ready --timeout=180s modeldeployment/twitter-model \
     || { kubectl get -n "$NAMESPACE" modeldeployment twitter-model -o yaml; exit 1; }
   kubectl get -n "$NAMESPACE" modeldeployment twitter-model \
     -o jsonpath='serving run {.status.servedRun} (version {.status.modelVersion}) on {.status.readyReplicas} replica(s): gRPC {.status.endpoint.grpc}, HTTP {.status.endpoint.http}{"\n"}'
   kubectl get -n "$NAMESPACE" deployments,services,pods -l miniautoml.io/modeldeployment=twitter-model -o wide
   if [ -n "${LOCAL_ENV:-}" ]; then
-    # Local pods listen on their own loopback address, reachable from this machine.
+    # Pod IPs (198.18.0.0/24) are reachable from this machine over the node's bridge.
     POD_IP=$(kubectl get pods -n "$NAMESPACE" -l miniautoml.io/modeldeployment=twitter-model \
       -o jsonpath='{.items[0].status.podIP}')
     step "The Open Inference Protocol v2 on the predictor pod ($POD_IP:8080)"

@@ -10,7 +10,8 @@ TOOLS_DIR=$MINIAUTOML_CACHE/tools/$TOOLS_ID
 TOOLS_BIN=$TOOLS_DIR/bin
 KWOK_STAGES=$TOOLS_DIR/kwok-stages
 # What the local cluster and the tests need; `make tools` also builds the rest.
-CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok s3s-fs helm grpcurl)
+CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm grpcurl
+  crictl coredns umoci weed)
 OTHER_TOOLS=(kwokctl)
 
 # require_tools [NAME...]: fails with "run make tools" unless the named tools (default: the
@@ -45,4 +46,19 @@ s3_put() {
     --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
     -H "x-amz-content-sha256: $(sha256sum "$file" | cut -d' ' -f1)" \
     -T "$file" "$S3_ENDPOINT/$S3_BUCKET/$key"
+}
+
+# ensure_debian_packages PACKAGE...: installs the packages apt does not list as installed (the
+# node's runtime, the image build's compilers); the project's scripts call it, so a new machine
+# needs nothing beforehand but apt's sources.
+ensure_debian_packages() {
+  local missing=() package status
+  for package in "$@"; do
+    status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  printf '[packages] installing %s (apt)\n' "${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null ||
+    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
 }

@@ -43,8 +43,19 @@ replaces_of() {
   awk -v v="$target_version" '$2 == "=>" && $3 ~ /^\.\.?\// { printf "\t%s => %s %s\n", $1, $1, v }' "$gomod"
 }
 
-if ! have kube-apiserver || ! have kube-controller-manager || ! have kube-scheduler || ! have kubectl; then
-  log "Kubernetes $KUBERNETES_VERSION: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl"
+# The one-line replace directives of a module's go.mod that point at another module (not a local
+# path), copied as they are (umoci and SeaweedFS each swap one dependency for a fork).
+non_local_replaces_of() {
+  local gomod
+  gomod=$(go mod download -json "$1@$2" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  awk '$1 == "replace" && $3 == "=>" && $4 !~ /^\.\.?\// { printf "\t%s => %s %s\n", $2, $4, $5 }' "$gomod"
+}
+
+KUBERNETES_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+missing_kubernetes=false
+for binary in "${KUBERNETES_BINARIES[@]}"; do have "$binary" || missing_kubernetes=true; done
+if $missing_kubernetes; then
+  log "Kubernetes $KUBERNETES_VERSION: ${KUBERNETES_BINARIES[*]}"
   minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
   staging=v0.${KUBERNETES_VERSION#v1.}
   version_pkg=k8s.io/component-base/version
@@ -53,7 +64,8 @@ if ! have kube-apiserver || ! have kube-controller-manager || ! have kube-schedu
   build_wrapped "$BUILD/kubernetes-$KUBERNETES_VERSION" k8s.io/kubernetes "$KUBERNETES_VERSION" \
     "$(replaces_of k8s.io/kubernetes "$KUBERNETES_VERSION" "$staging")" "$ldflags" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 fi
 
 if ! have etcd; then
@@ -91,14 +103,27 @@ fi
 go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 # The tests drive the original gRPC workflow through grpcurl, as users do.
 go_install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION" "-X main.version=$GRPCURL_VERSION"
+# The real node: crictl inspects its containerd; CoreDNS is the cluster DNS.
+go_install crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION" "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION"
+go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION"
+# umoci writes the image archives (make images); its go.mod replaces one module.
+if ! have umoci; then
+  log "umoci $UMOCI_VERSION"
+  build_wrapped "$BUILD/umoci-$UMOCI_VERSION" github.com/opencontainers/umoci "$UMOCI_VERSION" \
+    "$(non_local_replaces_of github.com/opencontainers/umoci "$UMOCI_VERSION")" \
+    "-s -w -X main.version=${UMOCI_VERSION#v}" github.com/opencontainers/umoci/cmd/umoci
+fi
+# SeaweedFS is the local cluster's S3 store; its go.mod replaces one module too.
+if ! have weed; then
+  log "SeaweedFS $SEAWEEDFS_VERSION"
+  build_wrapped "$BUILD/seaweedfs-$SEAWEEDFS_VERSION" github.com/seaweedfs/seaweedfs "$SEAWEEDFS_VERSION" \
+    "$(non_local_replaces_of github.com/seaweedfs/seaweedfs "$SEAWEEDFS_VERSION")" \
+    "-s -w" github.com/seaweedfs/seaweedfs/weed
+fi
 if [ "$SCOPE" = all ]; then
   go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
 fi
 
-if ! have s3s-fs; then
-  log "s3s-fs $S3S_FS_VERSION"
-  cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary --root "$TOOLS_DIR"
-fi
 
 if [ "$SCOPE" = all ]; then require_tools "${CLUSTER_TOOLS[@]}" "${OTHER_TOOLS[@]}"; else require_tools; fi
 "$TOOLS_BIN/kube-apiserver" --version >&2

@@ -1,7 +1,7 @@
 //! The original MiniAutoML lab, replayed through grpcurl with its requests unchanged
 //! (`hack/lab.sh`: the dataset named `tweet_emotion`, Train with `LR 4, EPOCHS 15, BATCH_SIZE 64,
 //! FC_SIZE 128`, a second commit, Train with `LR 50, FC_SIZE 1024`, predictions), against the
-//! operator binary on the local cluster with the real trainer and predictor on the process node.
+//! operator binary on the local cluster with the trainer and predictor images on the local node.
 
 use kube::{Api, ResourceExt, api::ListParams};
 use miniautoml_api::{Dataset, TrainingJob};

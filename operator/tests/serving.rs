@@ -1,7 +1,7 @@
-//! Serving on the local cluster: TrainingJobs train with the real trainer, ModelDeployments run
-//! real predictor processes on the process node (`miniautoml/predictor:*` maps to the
-//! cargo-built binary), and predictions go through the operator's PredictionService and through
-//! the ModelDeployment's Service, as a cluster client would reach it.
+//! Serving on the local cluster: TrainingJobs train with the trainer image, ModelDeployments run
+//! the predictor image (`miniautoml/predictor`, from `make images`) as containers on the local
+//! node, and predictions go through the operator's PredictionService and through the
+//! ModelDeployment's Service's endpoints, as a cluster client would reach them.
 
 use std::{
     collections::HashMap,
@@ -36,7 +36,7 @@ use miniautoml_test_support::{
 };
 use tonic::{Code, transport::Channel};
 
-/// Starting a predictor on the process node (download, verify, load) takes seconds.
+/// Starting a predictor container (download, verify, load) takes seconds.
 const SERVE_WAIT: Duration = Duration::from_secs(180);
 
 async fn namespace_with_operator(
@@ -120,8 +120,8 @@ fn label_of(response: &str) -> String {
 
 /// A client of a ModelDeployment's Service that sends every request to one of the Service's
 /// ready endpoints, as kube-proxy would: the ready, not terminating pods its selector matches.
-/// (The EndpointSlice controller computes the same set, but the API server refuses the local
-/// process node's loopback pod IPs in EndpointSlices, so this client watches the pods.)
+/// (The EndpointSlice controller computes the same set; this client watches the pods so that it
+/// sees a pod stop being ready at the same moment the test does.)
 struct ServiceClient {
     pods: reflector::Store<Pod>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -201,8 +201,8 @@ impl ServiceClient {
     }
 }
 
-/// The pid of the predictor process of the pod at `ip` on the process node (its environment
-/// has `POD_IP=<ip>`).
+/// The host pid of the predictor process in the container of the pod at `ip` (its environment
+/// has `POD_IP=<ip>`; the node's containers are processes of this machine).
 fn predictor_pid(ip: &str) -> Option<i32> {
     let wanted = format!("POD_IP={ip}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {

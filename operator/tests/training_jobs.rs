@@ -1,6 +1,6 @@
-//! TrainingJobs on the local cluster: the operator binary launches the real trainer
-//! (`miniautoml/intent-classification:*` maps to the cargo-built binary) on the process node,
-//! which reports back through the operator's MetadataStoreService.
+//! TrainingJobs on the local cluster: the operator binary launches the trainer image
+//! (`miniautoml/intent-classification`, from `make images`) as containers on the local node,
+//! which report back over the pod network through the operator's MetadataStoreService.
 
 use std::time::Duration;
 
@@ -32,13 +32,7 @@ async fn namespace_with_operator(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_training_job_trains_on_the_process_node_and_records_its_run() {
-    let trainer =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/intent-classification");
-    assert!(
-        trainer.exists() || std::env::var_os("CARGO_TARGET_DIR").is_some(),
-        "build the trainer first: cargo build -p miniautoml-intent-classification (make test does)"
-    );
+async fn a_training_job_runs_the_trainer_image_and_records_its_run() {
     let (cluster, client, ns, operator) = namespace_with_operator("training", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
@@ -70,14 +64,23 @@ async fn a_training_job_trains_on_the_process_node_and_records_its_run() {
     let message = status.message.clone().unwrap();
     assert!(message.starts_with("test accuracy "), "{message}");
     assert!(status.metrics["accuracy"] > 0.6, "{status:#?}");
-    assert!(
-        status
-            .code_version
-            .as_deref()
-            .unwrap()
-            .starts_with("intent-classification")
+    // The code version is the image the node ran, by the digest `make images` wrote.
+    assert_eq!(
+        status.code_version.as_deref(),
+        Some(harness::image_ref("miniautoml/intent-classification").as_str()),
+        "{status:#?}"
     );
     assert!(status.start_time.is_some() && status.completion_time.is_some());
+    // `kubectl logs` of the training pod shows the trainer's epochs.
+    let logs = cluster
+        .kubectl()
+        .args(["logs", "-n", &ns.name, "job/intent-train"])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    for epoch in 1..=3 {
+        assert!(logs.contains(&format!("epoch {epoch:>3}  train loss")), "{logs}");
+    }
     let artifact = status.artifact.clone().unwrap();
     assert_eq!(artifact.version, run_id);
     assert_eq!(
@@ -166,8 +169,7 @@ async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
     .await;
     assert_eq!(waiting.status.unwrap().phase, Some(TrainingPhase::Queued));
 
-    // An image that exits 0 without reporting anything: /usr/bin/env (the process node's test
-    // image) prints its environment and exits.
+    // An image that exits 0 without reporting anything: miniautoml/test-env runs env.
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     tweet_emotion(cluster, &datasets, &ns.name).await;
     jobs.create(
@@ -213,6 +215,57 @@ async fn a_failing_trainer_ends_failed_with_its_exit_code() {
     assert_eq!(condition.reason, "Error", "{condition:?}");
     let message = failed.message.unwrap();
     assert!(message.contains("exited with code 3"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trainer_killed_by_its_memory_limit_and_an_image_not_there_fail_with_the_nodes_reason() {
+    let (cluster, client, ns, _operator) = namespace_with_operator("training-node", &[]).await;
+    let _logs = logs_on_failure(cluster, &ns);
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    // miniautoml/test-oom holds ever more memory; the kernel kills it at its cgroup's limit.
+    jobs.create(
+        &PostParams::default(),
+        &training_job(
+            "hog",
+            serde_json::json!({"algorithm": null, "image": "miniautoml/test-oom:1", "resources": {"memory": "32Mi"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    jobs.create(
+        &PostParams::default(),
+        &training_job(
+            "missing",
+            serde_json::json!({"algorithm": null, "image": "miniautoml/not-built:1"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let hog = wait_for(&jobs, "hog", &ns.name, finished).await.status.unwrap();
+    assert_eq!(hog.phase, Some(TrainingPhase::Failed), "{hog:#?}");
+    let condition = hog.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(condition.reason, "OOMKilled", "{condition:?}");
+    let message = hog.message.unwrap();
+    assert!(message.contains("exited with code 137 (OOMKilled)"), "{message}");
+
+    let missing = wait_for(&jobs, "missing", &ns.name, finished)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(missing.phase, Some(TrainingPhase::Failed), "{missing:#?}");
+    let condition = missing.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert!(
+        matches!(condition.reason.as_str(), "ErrImagePull" | "ImagePullBackOff"),
+        "{condition:?}"
+    );
+    assert!(
+        condition
+            .message
+            .contains("cannot get its image miniautoml/not-built:1"),
+        "{condition:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -36,7 +36,7 @@ pub struct Config {
     pub model_version: Option<String>,
 
     /// Address to listen on. In a pod this is its IP (`POD_IP` from the downward API), so that
-    /// pods sharing a host network (the local process node) do not collide.
+    /// pods sharing a host network (`hostNetwork: true`) do not collide.
     #[arg(long, env = "POD_IP", default_value = "0.0.0.0")]
     pub host: String,
 

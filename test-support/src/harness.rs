@@ -8,12 +8,10 @@ use kube::{Api, api::PostParams, runtime::wait::await_condition};
 use miniautoml_api::{Dataset, TrainingJob, TrainingJobStatus, training_job::TrainingPhase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{
-    LocalCluster, OperatorProcess, TestNamespace, free_addr, install_crds, operator_log_path, repo_root,
-};
+use crate::{LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path, repo_root};
 
-/// How long a training run may take: training on the process node takes seconds; building the
-/// snapshot and starting the pod a few more.
+/// How long a training run may take: training takes seconds; building the snapshot and starting
+/// the pod on the node a few more.
 pub const RUN_WAIT: Duration = Duration::from_secs(240);
 
 /// Raw tweet_emotion part 1 or 2 (testdata/).
@@ -94,7 +92,8 @@ pub fn finished(status: &TrainingJobStatus) -> bool {
     )
 }
 
-/// Every container log of `namespace`'s pods on the process node, for failure messages.
+/// Every container log of `namespace`'s pods on the local node (the kubelet's files, CRI
+/// format), for failure messages.
 pub fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
     let mut logs = String::new();
     let Ok(pods) = std::fs::read_dir(&cluster.pod_logs) else {
@@ -135,7 +134,7 @@ pub async fn namespace_with_operator(
     let client = cluster.client().await.unwrap();
     install_crds(&client).await.unwrap();
     let ns = TestNamespace::new(cluster, &client, prefix).await.unwrap();
-    let grpc_addr = free_addr();
+    let grpc_addr = cluster.free_addr();
     let operator = OperatorProcess::start_at(
         binary,
         cluster,
@@ -221,4 +220,22 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// `docker.io/<name>@sha256:…`: the digest reference of an image `make images` built (its
+/// `target/images/digests.tsv`), as the node reports it.
+pub fn image_ref(name: &str) -> String {
+    let path = repo_root().join("target/images/digests.tsv");
+    let digests =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; run make images", path.display()));
+    let prefix = format!("docker.io/{name}:");
+    digests
+        .lines()
+        .find_map(|line| {
+            let (image, digest) = line.split_once('\t')?;
+            image
+                .starts_with(&prefix)
+                .then(|| format!("docker.io/{name}@{digest}"))
+        })
+        .unwrap_or_else(|| panic!("{name} is not in {}", path.display()))
 }

@@ -1,5 +1,6 @@
 //! Test support for integration tests against real components: the local cluster (etcd,
-//! kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes) and its S3 server, started
+//! kube-apiserver, kube-controller-manager, kube-scheduler, a real kubelet + containerd node,
+//! kwok nodes) and its S3 store (SeaweedFS), started
 //! on demand by `hack/cluster.sh up` once per test run and reused, and a fresh namespace per test.
 
 use std::{
@@ -97,9 +98,16 @@ pub struct LocalCluster {
     pub s3_bucket: String,
     /// Directory of the pinned tools (kubectl, ...).
     pub tools_bin: PathBuf,
-    /// Where the process node writes container logs
-    /// (`<namespace>_<pod>_<uid>/<container>/<restart>.log`).
+    /// Where the node's kubelet writes container logs
+    /// (`<namespace>_<pod>_<uid>/<container>/<restart>.log`, CRI format).
     pub pod_logs: PathBuf,
+    /// The node's IP on the pod network (its bridge): host processes that pods must reach
+    /// (the operator's gRPC API, S3) listen here.
+    pub node_ip: std::net::IpAddr,
+    /// The real node's name.
+    pub node_name: String,
+    /// The node's containerd socket (for `ctr` and `crictl`).
+    pub containerd: PathBuf,
 }
 
 impl LocalCluster {
@@ -148,6 +156,11 @@ impl LocalCluster {
             s3_bucket: get("S3_BUCKET")?,
             tools_bin: get("MINIAUTOML_TOOLS_BIN")?.into(),
             pod_logs: get("MINIAUTOML_POD_LOGS")?.into(),
+            node_ip: get("MINIAUTOML_NODE_IP")?
+                .parse()
+                .map_err(|e| Error::Kubeconfig(format!("MINIAUTOML_NODE_IP: {e}")))?,
+            node_name: get("MINIAUTOML_NODE_NAME")?,
+            containerd: get("CONTAINERD_ADDRESS")?.into(),
         })
     }
 
@@ -182,6 +195,21 @@ impl LocalCluster {
     /// An S3 client with the cluster's generated credentials.
     pub fn s3(&self) -> aws_sdk_s3::Client {
         self.s3_with(&self.s3_access_key, &self.s3_secret_key)
+    }
+
+    /// An address on the node IP with a port nothing listens on now: where a host process that
+    /// pods call (the operator's gRPC API) listens.
+    pub fn free_addr(&self) -> std::net::SocketAddr {
+        std::net::TcpListener::bind((self.node_ip, 0))
+            .and_then(|listener| listener.local_addr())
+            .unwrap_or_else(|e| panic!("a free port on {}: {e}", self.node_ip))
+    }
+
+    /// `crictl` against the node's containerd.
+    pub fn crictl(&self) -> Command {
+        let mut command = Command::new(self.tools_bin.join("crictl"));
+        command.arg(format!("--runtime-endpoint=unix://{}", self.containerd.display()));
+        command
     }
 
     /// `kubectl` with the admin kubeconfig.
@@ -227,11 +255,12 @@ impl OperatorProcess {
     /// Starts `binary` (the test's `env!("CARGO_BIN_EXE_miniautoml-operator")`) for `namespace`,
     /// with the cluster's S3 credentials but `secret_key` as the secret (to test refused ones).
     pub fn start(binary: &str, cluster: &LocalCluster, namespace: &str, secret_key: &str) -> OperatorProcess {
-        OperatorProcess::start_at(binary, cluster, namespace, secret_key, free_addr(), &[])
+        OperatorProcess::start_at(binary, cluster, namespace, secret_key, cluster.free_addr(), &[])
     }
 
-    /// As [`OperatorProcess::start`], serving gRPC on `grpc_addr` (a restarted operator keeps
-    /// its address, as a Service would), with `extra` flags.
+    /// As [`OperatorProcess::start`], serving gRPC on `grpc_addr` (on the node IP, so training
+    /// pods reach it; a restarted operator keeps its address, as a Service would), with `extra`
+    /// flags.
     pub fn start_at(
         binary: &str,
         cluster: &LocalCluster,
@@ -249,7 +278,7 @@ impl OperatorProcess {
                 format!("--grpc-namespace={namespace}"),
                 format!("--s3-endpoint={}", cluster.s3_endpoint),
                 format!("--bucket={}", cluster.s3_bucket),
-                // Pods on the process node are local processes: they reach it on loopback.
+                // Training pods reach it over the pod network, at the node IP.
                 format!("--metadata-store-address={grpc_addr}"),
             ])
             .args(extra)

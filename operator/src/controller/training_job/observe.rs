@@ -76,7 +76,7 @@ fn pod_failure(pod: &Pod) -> Option<(String, String)> {
             let reason = waiting.reason.clone().unwrap_or_default();
             if matches!(
                 reason.as_str(),
-                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "UnmappedImage"
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
             ) {
                 return Some((
                     reason.clone(),
@@ -169,7 +169,7 @@ pub fn observe(job: &Job, pods: &[Pod]) -> Observed {
     if let Some((reason, message)) = failure.filter(|(reason, _)| {
         matches!(
             reason.as_str(),
-            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "UnmappedImage"
+            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
         )
     }) {
         return Observed::Failed { reason, message };

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# make images: OCI image archives of what the project ships, built without a daemon or a
+# registry pull, into target/images/<name>-<tag>.oci.tar (import: ctr -n k8s.io images import).
+#
+#   miniautoml/operator, miniautoml/predictor, miniautoml/intent-classification  (VERSION)
+#   miniautoml/pause                  the node's sandbox image (a static C program)
+#   miniautoml/test-tools, test-exit, test-env, test-oom   images the tests run (busybox)
+#
+# The runtime base holds what gcr.io/distroless/cc-debian12:nonroot holds, from Debian 12's
+# packages (libc6, libgcc-s1, ca-certificates, tzdata, netbase) and a nonroot user 65532, so the
+# binaries behave as in the Dockerfiles' images: same paths, user, entrypoint and ports. umoci
+# (hack/versions.env) writes the layouts. Every timestamp is the commit's time and every file
+# sorted and owned numerically, so unchanged inputs give the same digests.
+#
+#   hack/images.sh            build the release binaries, then every image
+#   IMAGES_SKIP_CARGO=1 ...   use the release binaries already in target/release
+set -euo pipefail
+# shellcheck disable=SC1091
+. "$(dirname "$0")/lib.sh"
+require_tools umoci
+# The pause program's static build, objcopy, jq; dpkg-deb and apt-get come with Debian.
+ensure_debian_packages gcc libc6-dev binutils jq
+umoci() { "$TOOLS_BIN/umoci" "$@"; }
+
+OUT=${IMAGES_DIR:-$REPO_ROOT/target/images}
+WORK=$OUT/.work
+DEBS=$MINIAUTOML_CACHE/debs
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -n1)
+REVISION=$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO_ROOT" log -1 --format=%ct 2>/dev/null || echo 0)}
+CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+SOURCE=$(sed -n 's/^repository = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -n1)
+BASE_PACKAGES=(libc6 libgcc-s1 ca-certificates tzdata netbase)
+TEST_PACKAGES=(busybox-static)
+log() { printf '[images] %s\n' "$*" >&2; }
+
+if [ -z "${IMAGES_SKIP_CARGO:-}" ]; then
+  log "release binaries"
+  (cd "$REPO_ROOT" && MINIAUTOML_CODE_VERSION="intent-classification $REVISION" \
+    cargo build --release --locked --quiet -p miniautoml-operator -p miniautoml-predictor \
+    -p miniautoml-intent-classification --bin miniautoml-operator --bin miniautoml-predictor \
+    --bin intent-classification)
+fi
+RELEASE=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
+
+# Debian packages, downloaded once into the cache (apt's current bookworm versions).
+debs() {
+  mkdir -p "$DEBS"
+  local missing=() package
+  for package in "$@"; do
+    compgen -G "$DEBS/${package}_*.deb" >/dev/null || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "downloading ${missing[*]}"
+    (cd "$DEBS" && apt-get download "${missing[@]}" >/dev/null 2>&1) ||
+      (apt-get update >/dev/null && cd "$DEBS" && apt-get download "${missing[@]}" >/dev/null)
+  fi
+}
+
+# layer DIR TAR: a reproducible tar of DIR (sorted, commit-time mtimes, numeric owners).
+layer() {
+  find "$1" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  tar --sort=name --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
+    --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+    -C "$1" -cf "$2" .
+}
+
+# The runtime base: the packages' files (no maintainer scripts run), the CA bundle
+# update-ca-certificates would write, the users distroless has, /tmp and nonroot's home.
+base_rootfs() {
+  local root=$1 deb
+  debs "${BASE_PACKAGES[@]}"
+  mkdir -p "$root"
+  for package in "${BASE_PACKAGES[@]}"; do
+    deb=$(compgen -G "$DEBS/${package}_*.deb" | sort | tail -n1)
+    dpkg-deb -x "$deb" "$root"
+    mkdir -p "$root/var/lib/dpkg/status.d"
+    dpkg-deb -f "$deb" >"$root/var/lib/dpkg/status.d/$package"
+  done
+  rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/lintian" "$root/usr/share/locale"
+  mkdir -p "$root/etc/ssl/certs"
+  find "$root/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs cat >"$root/etc/ssl/certs/ca-certificates.crt"
+  cat >"$root/etc/passwd" <<'EOT'
+root:x:0:0:root:/root:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
+EOT
+  cat >"$root/etc/group" <<'EOT'
+root:x:0:
+nobody:x:65534:
+tty:x:5:
+staff:x:50:
+nonroot:x:65532:
+EOT
+  printf 'NAME="MiniAutoML runtime (Debian GNU/Linux 12 packages)"\nID=debian\nVERSION_ID="12"\n' >"$root/etc/os-release"
+  mkdir -p "$root/tmp" "$root/home/nonroot" "$root/root" "$root/usr/local/bin"
+  chmod 1777 "$root/tmp"
+  chmod 700 "$root/root" "$root/home/nonroot"
+  chown -R 0:0 "$root"
+  chown 65532:65532 "$root/home/nonroot"
+}
+
+# image NAME CONFIG-FLAGS... : a layout holding base + the layers in $LAYERS, tagged VERSION
+# (or $TAG), with the OCI labels and the given umoci config flags; archived as
+# $OUT/<name with / as ->-<tag>.oci.tar.
+image() {
+  local name=$1 tag=${TAG:-$VERSION}
+  shift
+  local layout=$WORK/layout-${name//\//-} archive=$OUT/${name//\//-}-$tag.oci.tar
+  rm -rf "$layout"
+  umoci init --layout "$layout"
+  umoci new --image "$layout:$tag"
+  local part
+  for part in $LAYERS; do
+    umoci raw add-layer --image "$layout:$tag" --history.created "$CREATED" \
+      --history.created_by "hack/images.sh: $part layer" "$WORK/$part.tar"
+  done
+  umoci config --no-history --image "$layout:$tag" --created "$CREATED" \
+    --os linux --architecture amd64 \
+    --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --config.env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    --config.label "org.opencontainers.image.source=$SOURCE" \
+    --config.label "org.opencontainers.image.revision=$REVISION" \
+    --config.label "org.opencontainers.image.version=$tag" \
+    --config.label "org.opencontainers.image.created=$CREATED" \
+    --config.label "org.opencontainers.image.title=$name" \
+    "$@"
+  umoci gc --layout "$layout"
+  # containerd names an imported image after this annotation (else after the bare tag); the
+  # second, digest-named entry gives it the repo digest a registry pull records, which the
+  # kubelet reports as the container's imageID (name@sha256:...).
+  jq -c --arg name "docker.io/$name" --arg tag "$tag" \
+    '.manifests[0] as $m | .manifests = [
+       ($m | .annotations["io.containerd.image.name"] = "\($name):\($tag)"),
+       ($m | .annotations = {"io.containerd.image.name": "\($name)@\($m.digest)"})]' \
+    "$layout/index.json" >"$layout/index.json.new"
+  mv "$layout/index.json.new" "$layout/index.json"
+  rm -f "$layout/oci-layout.lock"
+  layer "$layout" "$archive"
+  printf '%s\t%s\n' "docker.io/$name:$tag" "$(jq -r '.manifests[0].digest' "$layout/index.json")" >>"$OUT/digests.tsv"
+}
+
+rm -rf "$WORK"
+mkdir -p "$WORK" "$OUT"
+: >"$OUT/digests.tsv"
+
+log "runtime base (${BASE_PACKAGES[*]})"
+base_rootfs "$WORK/base"
+layer "$WORK/base" "$WORK/base.tar"
+
+# app NAME BINARY: a layer with target/release/BINARY as /usr/local/bin/BINARY, its DWARF line
+# tables stripped (symbols stay, so backtraces still name functions), as the Dockerfiles do.
+app() {
+  mkdir -p "$WORK/$1/usr/local/bin"
+  objcopy --strip-debug "$RELEASE/$2" "$WORK/$1/usr/local/bin/$2"
+  chmod 0755 "$WORK/$1/usr/local/bin/$2"
+  layer "$WORK/$1" "$WORK/$1.tar"
+}
+app operator miniautoml-operator
+app predictor miniautoml-predictor
+app trainer intent-classification
+
+# What each Dockerfile declares (a test compares them with these archives).
+LAYERS="base operator" image miniautoml/operator --config.user 65532:65532 \
+  --config.entrypoint /usr/local/bin/miniautoml-operator \
+  --config.exposedports 8080/tcp --config.exposedports 51001/tcp --config.workingdir /home/nonroot
+LAYERS="base predictor" image miniautoml/predictor --config.user 65532:65532 \
+  --config.entrypoint /usr/local/bin/miniautoml-predictor \
+  --config.exposedports 8081/tcp --config.exposedports 8080/tcp --config.workingdir /home/nonroot
+LAYERS="base trainer" image miniautoml/intent-classification --config.user 65532:65532 \
+  --config.entrypoint /usr/local/bin/intent-classification --config.workingdir /home/nonroot
+
+# The sandbox ("pause") image: holds a pod's namespaces, reaps orphans, exits on SIGTERM/SIGINT.
+log "pause"
+mkdir -p "$WORK/pause"
+gcc -static -Os -s -o "$WORK/pause/pause" "$HACK_DIR/images/pause.c"
+layer "$WORK/pause" "$WORK/pause.tar"
+TAG=1 LAYERS=pause image miniautoml/pause --config.user 65535:65535 --config.entrypoint /pause
+
+# Test images: busybox (static) on the runtime base.
+log "test images (${TEST_PACKAGES[*]})"
+debs "${TEST_PACKAGES[@]}"
+mkdir -p "$WORK/busybox/bin"
+dpkg-deb --fsys-tarfile "$(compgen -G "$DEBS/busybox-static_*.deb" | sort | tail -n1)" |
+  tar -xO ./bin/busybox >"$WORK/busybox/bin/busybox"
+chmod 0755 "$WORK/busybox/bin/busybox"
+for applet in sh env id cat ls mkdir sleep timeout wget nc nslookup httpd ip hostname head tail sort echo test grep; do
+  ln -s busybox "$WORK/busybox/bin/$applet"
+done
+layer "$WORK/busybox" "$WORK/busybox.tar"
+TAG=1 LAYERS="base busybox" image miniautoml/test-tools --config.user 65532:65532 --config.cmd /bin/sh
+# A training image that fails on purpose, and one that exits 0 without reporting.
+TAG=1 LAYERS="base busybox" image miniautoml/test-exit --config.user 65532:65532 \
+  --config.entrypoint /bin/sh --config.entrypoint -c --config.entrypoint 'echo failing on purpose >&2; exit 3'
+TAG=1 LAYERS="base busybox" image miniautoml/test-env --config.user 65532:65532 --config.entrypoint /bin/env
+# A training image that holds ever more memory (busybox sort keeps its one endless line).
+TAG=1 LAYERS="base busybox" image miniautoml/test-oom --config.user 65532:65532 \
+  --config.entrypoint /bin/sh --config.entrypoint -c \
+  --config.entrypoint 'echo allocating; head -c 2000000000 /dev/zero | sort >/dev/null'
+
+rm -rf "$WORK"
+log "built $(wc -l <"$OUT/digests.tsv") images in $OUT"
+column -t "$OUT/digests.tsv" >&2
+echo "$OUT"
