@@ -193,73 +193,60 @@ async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
     assert_eq!(ran.phase, Some(TrainingPhase::Succeeded), "{ran:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_trainer_ends_failed_with_its_exit_code() {
-    let (cluster, client, ns, _operator) = namespace_with_operator("training-exit", &[]).await;
-    let _logs = logs_on_failure(cluster, &ns);
-    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
-    tweet_emotion(cluster, &datasets, &ns.name).await;
-    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
-    jobs.create(
-        &PostParams::default(),
-        &training_job(
-            "exits",
-            serde_json::json!({"algorithm": null, "image": "miniautoml/test-exit:1"}),
-        ),
+/// A run's end, which must be Failed: its `Failed` condition's reason and the status message.
+fn failure(status: &miniautoml_api::TrainingJobStatus) -> (String, String) {
+    assert_eq!(status.phase, Some(TrainingPhase::Failed), "{status:#?}");
+    let condition = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    (
+        condition.reason.clone(),
+        status.message.clone().unwrap_or_default(),
     )
-    .await
-    .unwrap();
-    let failed = wait_for(&jobs, "exits", &ns.name, finished).await.status.unwrap();
-    assert_eq!(failed.phase, Some(TrainingPhase::Failed), "{failed:#?}");
-    let condition = failed.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
-    assert_eq!(condition.reason, "Error", "{condition:?}");
-    let message = failed.message.unwrap();
-    assert!(message.contains("exited with code 3"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trainer_killed_by_its_memory_limit_and_an_image_not_there_fail_with_the_nodes_reason() {
-    let (cluster, client, ns, _operator) = namespace_with_operator("training-node", &[]).await;
+async fn failing_trainers_end_failed_with_the_reason_the_node_reports() {
+    let (cluster, client, ns, _operator) = namespace_with_operator("training-fail", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     tweet_emotion(cluster, &datasets, &ns.name).await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
-    // miniautoml/test-oom holds ever more memory; the kernel kills it at its cgroup's limit.
-    jobs.create(
-        &PostParams::default(),
-        &training_job(
+    for (name, extra) in [
+        // Exits 3.
+        ("exits", serde_json::json!({"image": "miniautoml/test-exit:1"})),
+        // Holds ever more memory: the kernel kills it at its cgroup's limit.
+        (
             "hog",
-            serde_json::json!({"algorithm": null, "image": "miniautoml/test-oom:1", "resources": {"memory": "32Mi"}}),
+            serde_json::json!({"image": "miniautoml/test-oom:1", "resources": {"memory": "32Mi"}}),
         ),
-    )
-    .await
-    .unwrap();
-    jobs.create(
-        &PostParams::default(),
-        &training_job(
-            "missing",
-            serde_json::json!({"algorithm": null, "image": "miniautoml/not-built:1"}),
-        ),
-    )
-    .await
-    .unwrap();
-    let hog = wait_for(&jobs, "hog", &ns.name, finished).await.status.unwrap();
-    assert_eq!(hog.phase, Some(TrainingPhase::Failed), "{hog:#?}");
-    let condition = hog.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
-    assert_eq!(condition.reason, "OOMKilled", "{condition:?}");
-    let message = hog.message.unwrap();
+        // Not imported into the node (and never pulled).
+        ("missing", serde_json::json!({"image": "miniautoml/not-built:1"})),
+    ] {
+        let mut spec = extra;
+        spec["algorithm"] = serde_json::Value::Null;
+        jobs.create(&PostParams::default(), &training_job(name, spec))
+            .await
+            .unwrap();
+    }
+    let status = |name: &'static str| {
+        let (jobs, ns) = (jobs.clone(), ns.name.clone());
+        async move { wait_for(&jobs, name, &ns, finished).await.status.unwrap() }
+    };
+
+    let (reason, message) = failure(&status("exits").await);
+    assert_eq!(reason, "Error");
+    assert!(message.contains("exited with code 3"), "{message}");
+
+    let (reason, message) = failure(&status("hog").await);
+    assert_eq!(reason, "OOMKilled", "{message}");
     assert!(message.contains("exited with code 137 (OOMKilled)"), "{message}");
 
-    let missing = wait_for(&jobs, "missing", &ns.name, finished)
-        .await
-        .status
-        .unwrap();
-    assert_eq!(missing.phase, Some(TrainingPhase::Failed), "{missing:#?}");
-    let condition = missing.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    let missing = status("missing").await;
+    let (reason, _) = failure(&missing);
     assert!(
-        matches!(condition.reason.as_str(), "ErrImagePull" | "ImagePullBackOff"),
-        "{condition:?}"
+        matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff"),
+        "{missing:#?}"
     );
+    let condition = missing.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
     assert!(
         condition
             .message
