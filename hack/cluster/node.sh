@@ -40,15 +40,28 @@ ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 # The machine's CPUs in millicores and memory in bytes.
 machine_cpu_milli() { echo $(($(nproc) * 1000)); }
 machine_memory_bytes() { echo $(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 1024)); }
-# quantity_bytes 12Gi|512Mi|123 -> bytes; milli 1800m|2 -> millicores.
+# quantity_bytes 12Gi|512Mi|123 -> bytes; milli 1800m|2 -> millicores. Anything else stops
+# `up` with the variable's name and the forms accepted.
 quantity_bytes() {
-  case "$1" in
-    *Gi) echo $((${1%Gi} * 1024 * 1024 * 1024)) ;;
-    *Mi) echo $((${1%Mi} * 1024 * 1024)) ;;
-    *) echo "$1" ;;
-  esac
+  if [[ "$2" =~ ^([0-9]+)(Mi|Gi)?$ ]]; then
+    case "${BASH_REMATCH[2]}" in
+      Gi) echo $((BASH_REMATCH[1] * 1024 * 1024 * 1024)) ;;
+      Mi) echo $((BASH_REMATCH[1] * 1024 * 1024)) ;;
+      *) echo "${BASH_REMATCH[1]}" ;;
+    esac
+    return 0
+  fi
+  log "$1=$2: give a whole number of bytes, Mi or Gi (e.g. 12Gi)"
+  return 1
 }
-milli() { case "$1" in *m) echo "${1%m}" ;; *) echo $(($1 * 1000)) ;; esac }
+milli() {
+  if [[ "$2" =~ ^([0-9]+)(m?)$ ]]; then
+    if [ -n "${BASH_REMATCH[2]}" ]; then echo "${BASH_REMATCH[1]}"; else echo $((BASH_REMATCH[1] * 1000)); fi
+    return 0
+  fi
+  log "$1=$2: give whole CPUs or millicores (e.g. 2 or 1800m)"
+  return 1
+}
 
 node_packages() { ensure_debian_packages "${NODE_PACKAGES[@]}"; }
 
@@ -117,9 +130,11 @@ EOT
 EOT
   # Pods resolve cluster names through CoreDNS and nothing else (no upstream resolvers).
   printf 'nameserver %s\n' "$NODE_IP" | write_config "$NODE_DIR/resolv.conf"
-  local cpu_reserved memory_reserved
-  cpu_reserved=$(($(machine_cpu_milli) - $(milli "$NODE_CPU")))
-  memory_reserved=$(($(machine_memory_bytes) - $(quantity_bytes "$NODE_MEMORY")))
+  local cpu memory cpu_reserved memory_reserved
+  cpu=$(milli NODE_CPU "$NODE_CPU")
+  memory=$(quantity_bytes NODE_MEMORY "$NODE_MEMORY")
+  cpu_reserved=$(($(machine_cpu_milli) - cpu))
+  memory_reserved=$(($(machine_memory_bytes) - memory))
   [ "$cpu_reserved" -ge 0 ] || cpu_reserved=0
   [ "$memory_reserved" -ge 0 ] || memory_reserved=0
   write_config "$NODE_DIR/kubelet/config.yaml" <<EOT
@@ -229,9 +244,8 @@ node_load_images() {
   ctr_ images label docker.io/miniautoml/pause:1 io.cri-containerd.pinned=pinned >/dev/null 2>&1 || true
 }
 
+# After node_packages and node_network, which `up` runs before the API server binds the node IP.
 node_up() {
-  node_packages
-  node_network
   node_certificates
   node_configs
   coredns_rbac
