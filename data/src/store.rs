@@ -181,6 +181,32 @@ impl Store {
         Ok(data.into_bytes().to_vec())
     }
 
+    /// Creates the bucket unless it exists (a new object store, e.g. the Helm chart's bundled
+    /// one). Returns whether it was created.
+    pub async fn ensure_bucket(&self) -> Result<bool, StorageError> {
+        let what = format!("s3://{}", self.bucket);
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => return Ok(false),
+            Err(error) => match StorageError::from_sdk(&what, error) {
+                StorageError::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(true),
+            // Another replica created it first.
+            Err(error)
+                if matches!(
+                    error.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(StorageError::from_sdk(&what, error)),
+        }
+    }
+
     /// Writes a small object whole.
     pub async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<(), StorageError> {
         self.client

@@ -78,6 +78,48 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_BUCKET", default_value = "miniautoml")]
     pub bucket: String,
 
+    /// Image pull Secret given by name to every trainer and predictor pod the operator starts
+    /// (it must exist in the pod's namespace); repeat the flag or separate with commas.
+    #[arg(
+        long = "image-pull-secret",
+        env = "MINIAUTOML_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub image_pull_secrets: Vec<String>,
+
+    /// Seconds the operator keeps serving after SIGTERM, reporting not ready, before it stops:
+    /// time for Services to stop sending it new calls (the chart sets it; 0 stops at once).
+    #[arg(long, env = "MINIAUTOML_SHUTDOWN_DELAY", value_parser = parse_seconds, default_value = "0")]
+    pub shutdown_delay: std::time::Duration,
+
+    /// Create the bucket at start when it does not exist (a new object store, such as the one
+    /// the Helm chart bundles). Retried in the background until the store answers.
+    #[arg(long, env = "MINIAUTOML_CREATE_BUCKET")]
+    pub create_bucket: bool,
+
+    /// Elect a leader on a coordination.k8s.io Lease, for running several replicas: every
+    /// replica serves reads, only the leader reconciles and writes, and followers forward the
+    /// gRPC API's writes to it. Needs POD_NAME and POD_IP (the downward API) in a cluster.
+    #[arg(long, env = "MINIAUTOML_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "MINIAUTOML_LEADER_ELECT_LEASE",
+        default_value = "miniautoml-operator"
+    )]
+    pub leader_elect_lease: String,
+
+    /// Namespace of the leader Lease (default: this pod's namespace, POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_elect_namespace: String,
+
+    /// Seconds a Lease holds without renewal: how long the writes pause when a leader dies
+    /// without releasing it. The leader renews a third of this before it expires.
+    #[arg(long, env = "MINIAUTOML_LEASE_DURATION", value_parser = parse_seconds, default_value = "15")]
+    pub lease_duration: std::time::Duration,
+
     /// Log format.
     #[arg(long, env = "MINIAUTOML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -58,6 +58,10 @@ pub enum Error {
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 
+    /// Joining the leader election failed (the Lease could not be read or created).
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
+
     /// Adding, running or removing a finalizer failed.
     #[error("{0}")]
     Finalizer(String),
@@ -101,6 +105,7 @@ impl Error {
             Error::Serve { .. } => "serve",
             Error::Grpc(_) => "grpc",
             Error::Reflection(_) => "reflection",
+            Error::LeaderElection(_) => "leader_election",
             Error::MissingField { .. } => "missing_field",
             Error::Finalizer(_) => "finalizer",
             Error::Storage(_) => "storage",

@@ -2,6 +2,7 @@
 //! implemented), standard gRPC health checking and server reflection for grpcurl.
 
 pub mod data_management;
+pub mod forward;
 pub mod metadata_store;
 pub mod prediction;
 pub mod training;
@@ -24,6 +25,8 @@ pub struct Services {
     pub training: Option<training::Training>,
     /// `prediction.PredictionService`.
     pub prediction: Option<prediction::Prediction>,
+    /// Whether this replica leads; a follower forwards the methods that write to the leader.
+    pub leadership: crate::leader::Leadership,
 }
 
 /// Serves gRPC on `listener` until `shutdown` fires. Health turns NOT_SERVING first, so clients
@@ -39,6 +42,7 @@ pub async fn serve(
         metadata,
         training,
         prediction,
+        leadership,
     } = services;
     let part = readiness.component("grpc");
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -71,6 +75,7 @@ pub async fn serve(
         }
     };
     Server::builder()
+        .layer(forward::ForwardWritesLayer::new(leadership))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -8,6 +8,7 @@ pub mod controller;
 mod error;
 pub mod grpc;
 pub mod ids;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod preflight;
@@ -20,11 +21,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use crate::error::{Error, Result};
-use crate::{config::Config, controller::Context, metrics::Metrics, readiness::Readiness};
+use crate::{
+    config::Config, controller::Context, leader::Leadership, metrics::Metrics, readiness::Readiness,
+};
 
-/// Runs the operator until `shutdown` fires or a server fails: claims its ports, checks the CRDs
-/// are installed, then serves admin and gRPC and runs the controllers. Every part stops gracefully on shutdown.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+/// Runs the operator until `stop` fires or a server fails: claims its ports, checks the CRDs
+/// are installed, then serves admin and gRPC and runs the controllers. On `stop` it reports not
+/// ready for `--shutdown-delay`, then every part stops gracefully and a leader hands over.
+pub async fn run(config: Config, stop: CancellationToken) -> Result<()> {
+    let shutdown = CancellationToken::new();
     let admin_listener = bind("admin", config.admin_addr).await?;
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let kube_config = kube::Config::infer()
@@ -54,6 +59,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     info!("CRDs installed");
 
     let readiness = Readiness::default();
+    tokio::spawn(drain(
+        stop,
+        config.shutdown_delay,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let store = storage(&config);
     let mut ctx = Context::new(
         client,
@@ -65,6 +76,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.training = training_settings(&config);
     ctx.serving = predictor_settings(&config);
+    let leadership = if config.leader_elect {
+        let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Serve {
+            server: "gRPC",
+            source,
+        })?;
+        Leadership::elect(ctx.client.clone(), election_settings(&config, grpc_addr)).await?
+    } else {
+        Leadership::single()
+    };
+    ctx.leadership = leadership.clone();
+    metrics.set_leader(leadership.is_leading());
+    tokio::spawn({
+        let (metrics, mut gained) = (metrics.clone(), leadership.gained());
+        async move {
+            while gained.changed().await.is_ok() {
+                metrics.set_leader(true);
+            }
+        }
+    });
+    if config.create_bucket
+        && let Some(store) = ctx.store.clone()
+    {
+        tokio::spawn(ensure_bucket(store, shutdown.clone()));
+    }
     let ctx = Arc::new(ctx);
 
     // A server that cannot start stops everything, so the process exits with its error.
@@ -92,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     metadata: Some(metadata),
                     training: Some(training),
                     prediction: Some(prediction),
+                    leadership: leadership.clone(),
                 },
             )
             .await,
@@ -99,7 +135,76 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     let controllers = controller::run(ctx, readiness.clone(), shutdown.clone());
     let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
+    // Only now that no reconcile runs may another replica lead.
+    leadership.step_down().await;
     admin.and(grpc)
+}
+
+/// Once `stop` fires, stays up for `delay` reporting not ready (so that Services take this
+/// replica out before it closes its listeners), then starts the shutdown.
+async fn drain(
+    stop: CancellationToken,
+    delay: std::time::Duration,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        // A server failed: the shutdown is already under way.
+        () = shutdown.cancelled() => return,
+    }
+    if !delay.is_zero() {
+        let _draining = readiness.component("shutdown");
+        info!(delay = ?delay, "stopping: not ready, serving until Services stop sending");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+    shutdown.cancel();
+}
+
+/// This replica in the leader election: named after its pod (else host and process id) and
+/// reached at its pod IP (else the address gRPC listens on, loopback for a wildcard).
+fn election_settings(config: &Config, grpc_addr: std::net::SocketAddr) -> leader::ElectionSettings {
+    let name = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let ip = std::env::var("POD_IP")
+        .ok()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .unwrap_or(if grpc_addr.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            grpc_addr.ip()
+        });
+    leader::ElectionSettings {
+        namespace: config.leader_elect_namespace.clone(),
+        lease: config.leader_elect_lease.clone(),
+        name,
+        grpc_address: std::net::SocketAddr::new(ip, grpc_addr.port()).to_string(),
+        lease_duration: config.lease_duration,
+        renew_before: config.lease_duration / 3,
+    }
+}
+
+/// Creates the bucket when missing, retrying until the object store answers (it may start
+/// after the operator) or `shutdown` fires.
+async fn ensure_bucket(store: miniautoml_data::Store, shutdown: CancellationToken) {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        match store.ensure_bucket().await {
+            Ok(true) => return info!(bucket = store.bucket, "created the bucket"),
+            Ok(false) => return info!(bucket = store.bucket, "the bucket exists"),
+            Err(error) => tracing::warn!(%error, "cannot make sure the bucket exists yet; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// What training runs need, when storage credentials and the metadata store address are set.
@@ -122,6 +227,7 @@ fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
         credentials: (access_key, secret_key),
         id_namespace: config.grpc_namespace.clone(),
         max_concurrent_runs: config.max_concurrent_runs,
+        image_pull_secrets: config.image_pull_secrets.clone(),
     })
 }
 
@@ -138,6 +244,7 @@ fn predictor_settings(config: &Config) -> Option<controller::model_deployment::b
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
         credentials: (access_key, secret_key),
+        image_pull_secrets: config.image_pull_secrets.clone(),
     })
 }
 

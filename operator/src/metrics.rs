@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -53,6 +53,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     api_requests: Family<ApiRequestLabels, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,12 +81,19 @@ impl Default for Metrics {
             "Time spent in one reconcile",
             durations.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the leader (reconciles and takes the gRPC API's writes), else 0",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             durations,
             api_requests,
+            leader,
         }
     }
 }
@@ -105,6 +113,11 @@ impl Metrics {
     /// Counts a request to the Kubernetes API server.
     pub fn api_request(&self, verb: &'static str) {
         self.api_requests.get_or_create(&ApiRequestLabels { verb }).inc();
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Counts a failed reconcile.

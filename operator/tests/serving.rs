@@ -201,10 +201,10 @@ impl ServiceClient {
     }
 }
 
-/// The host pid of the predictor process in the container of the pod at `ip` (its environment
-/// has `POD_IP=<ip>`; the node's containers are processes of this machine).
-fn predictor_pid(ip: &str) -> Option<i32> {
-    let wanted = format!("POD_IP={ip}");
+/// The host pid of the predictor process in the container of pod `pod` (its environment has
+/// `HOSTNAME=<pod>`; the node's containers are processes of this machine).
+fn predictor_pid(pod: &str) -> Option<i32> {
+    let wanted = format!("HOSTNAME={pod}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
         let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
@@ -433,8 +433,7 @@ async fn a_model_deployment_serves_its_run_switches_runs_without_a_failed_reques
 
     // A killed predictor process: the pod restarts it and serving recovers.
     let pod_name = pods[0].name_any();
-    let ip = pods[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
-    let pid = predictor_pid(&ip).unwrap_or_else(|| panic!("no predictor process with POD_IP={ip}"));
+    let pid = predictor_pid(&pod_name).unwrap_or_else(|| panic!("no predictor process in pod {pod_name}"));
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns.name);
     let restarted = await_condition(pods_api, &pod_name, |p: Option<&Pod>| {

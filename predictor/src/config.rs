@@ -35,9 +35,9 @@ pub struct Config {
     #[arg(long, env = "MODEL_VERSION")]
     pub model_version: Option<String>,
 
-    /// Address to listen on. In a pod this is its IP (`POD_IP` from the downward API), so that
-    /// pods sharing a host network (`hostNetwork: true`) do not collide.
-    #[arg(long, env = "POD_IP", default_value = "0.0.0.0")]
+    /// Address to listen on: every interface by default, loopback included, so that `kubectl
+    /// port-forward` (which connects inside the pod to localhost) reaches the predictor.
+    #[arg(long, env = "PREDICTOR_HOST", default_value = "0.0.0.0")]
     pub host: String,
 
     /// gRPC port.

@@ -67,6 +67,17 @@ pub fn repo_root() -> &'static Path {
         .expect("test-support/ sits in the repository root")
 }
 
+/// The directory of the pinned tools (`hack/tools.sh`), built or not, without starting anything.
+pub fn tools_bin() -> PathBuf {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(r#". hack/lib.sh && printf %s "$TOOLS_BIN""#)
+        .current_dir(repo_root())
+        .output()
+        .expect("bash runs");
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// An example manifest from `examples/`, deserialized.
 pub fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
     let path = repo_root().join("examples").join(file);

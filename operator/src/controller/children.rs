@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{EnvVar, EnvVarSource, ResourceRequirements, SecretKeySelector},
+    api::core::v1::{EnvVar, EnvVarSource, LocalObjectReference, ResourceRequirements, SecretKeySelector},
     apimachinery::pkg::api::resource::Quantity,
 };
 
@@ -75,6 +75,17 @@ pub fn credential_entries(credentials: &(String, String)) -> BTreeMap<String, St
         (ACCESS_KEY.to_string(), credentials.0.clone()),
         (SECRET_KEY.to_string(), credentials.1.clone()),
     ])
+}
+
+/// A pod spec's `imagePullSecrets` for the Secrets named (the operator's `--image-pull-secret`),
+/// `None` when there are none.
+pub fn pull_secrets(names: &[String]) -> Option<Vec<LocalObjectReference>> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    })
 }
 
 #[cfg(test)]

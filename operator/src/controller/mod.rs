@@ -84,6 +84,9 @@ pub struct Context {
         std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::apps::v1::Deployment>>,
     /// The predictors' pods, cached likewise (the PredictionService routes to the ready ones).
     pub predictor_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
+    /// Whether this replica leads: every replica watches and caches, only the leader
+    /// reconciles (see `leader`).
+    pub leadership: crate::leader::Leadership,
 }
 
 /// What a training run's pods are given.
@@ -103,6 +106,8 @@ pub struct TrainingSettings {
     pub id_namespace: String,
     /// Most runs at once (0: no limit).
     pub max_concurrent_runs: u32,
+    /// Image pull Secrets of the runs' pods.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Context {
@@ -135,6 +140,7 @@ impl Context {
             model_deployments: Default::default(),
             predictor_deployments: Default::default(),
             predictor_pods: Default::default(),
+            leadership: crate::leader::Leadership::single(),
         }
     }
 }
@@ -458,9 +464,27 @@ async fn run_controller<K, F, Fut>(
         }
     });
     info!(controller = K::CONTROLLER, "controller started");
+    // Followers keep their caches current but leave every object alone; a replica that becomes
+    // the leader reconciles them all.
+    let mut reconcile = reconcile;
+    let leading_reconcile = move |object: Arc<DeserializeGuard<K>>, ctx: Arc<Context>| {
+        let leading = ctx.leadership.is_leading();
+        let run = leading.then(|| reconcile(object, ctx));
+        async move {
+            match run {
+                Some(run) => run.await,
+                None => Ok(Action::await_change()),
+            }
+        }
+    };
+    let gained = futures::stream::unfold(ctx.leadership.gained(), |mut gained| async move {
+        gained.changed().await.ok()?;
+        Some(((), gained))
+    });
     controller
+        .reconcile_all_on(gained)
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, backoff::<K>, ctx)
+        .run(leading_reconcile, backoff::<K>, ctx)
         .for_each(|_| future::ready(()))
         .await;
     info!(controller = K::CONTROLLER, "controller stopped");

@@ -8,8 +8,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-            PodTemplateSpec, Probe, Secret, Service, ServicePort, ServiceSpec,
+            Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Secret, Service,
+            ServicePort, ServiceSpec,
         },
     },
     apimachinery::pkg::{
@@ -21,8 +21,8 @@ use kube::{Resource, ResourceExt};
 use miniautoml_api::{ModelDeployment, model_deployment::Endpoint};
 
 use crate::controller::children::{
-    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, requests_and_limits,
-    truncate,
+    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
+    requests_and_limits, truncate,
 };
 
 /// Label on every object of a ModelDeployment (and its pods): the ModelDeployment's name.
@@ -67,6 +67,8 @@ pub struct PredictorSettings {
     pub s3_region: String,
     /// Storage credentials copied into the ModelDeployment's Secret.
     pub credentials: (String, String),
+    /// Image pull Secrets of the predictor pods.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// Name of the predictors' Deployment and of their Service.
@@ -122,20 +124,6 @@ pub fn build_secret(md: &ModelDeployment, credentials: &(String, String)) -> Sec
     }
 }
 
-fn pod_ip() -> EnvVar {
-    EnvVar {
-        name: "POD_IP".into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -166,7 +154,6 @@ pub fn build_deployment(
         env("MODEL_NAME", md.name_any()),
         env("RUN_ID", &model.run_id),
         env("MODEL_VERSION", &model.version),
-        pod_ip(),
         env("PREDICTOR_GRPC_PORT", GRPC_PORT.to_string()),
         env("PREDICTOR_HTTP_PORT", HTTP_PORT.to_string()),
         env("PREDICTOR_SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS.to_string()),
@@ -206,6 +193,7 @@ pub fn build_deployment(
                 }),
                 spec: Some(PodSpec {
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    image_pull_secrets: pull_secrets(&settings.image_pull_secrets),
                     containers: vec![Container {
                         name: CONTAINER.into(),
                         image: Some(image),
@@ -339,10 +327,11 @@ pub(super) mod tests {
             s3_endpoint: Some("http://minio:9000".into()),
             s3_region: "us-east-1".into(),
             credentials: ("key".into(), "secret".into()),
+            image_pull_secrets: Vec::new(),
         }
     }
 
-    fn env_of(deployment: &Deployment) -> BTreeMap<String, EnvVar> {
+    fn env_of(deployment: &Deployment) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
         let spec = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         spec.containers[0]
             .env
@@ -401,17 +390,8 @@ pub(super) mod tests {
             "twitter-model-predictor-s3"
         );
         assert!(env.values().all(|e| e.value.as_deref() != Some("secret")));
-        assert_eq!(
-            env["POD_IP"]
-                .value_from
-                .as_ref()
-                .unwrap()
-                .field_ref
-                .as_ref()
-                .unwrap()
-                .field_path,
-            "status.podIP"
-        );
+        // The predictor listens on every interface (kubectl port-forward reaches it).
+        assert!(!env.contains_key("PREDICTOR_HOST") && !env.contains_key("POD_IP"));
         let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         assert_eq!(labels[RUN_ID_LABEL], "3");
         // The selector must not name the run, or a new model could not take over the pods.

@@ -542,6 +542,7 @@ mod tests {
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
             credentials: ("k".into(), "s".into()),
+            image_pull_secrets: Vec::new(),
         }
     }
 

@@ -17,8 +17,8 @@ use kube::{Resource, ResourceExt, api::ObjectMeta};
 use miniautoml_api::TrainingJob;
 
 use crate::controller::children::{
-    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, requests_and_limits,
-    truncate,
+    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
+    requests_and_limits, truncate,
 };
 
 /// Label naming the TrainingJob on everything it owns.
@@ -55,6 +55,8 @@ pub struct RunInputs {
     pub s3_endpoint: Option<String>,
     /// S3 region.
     pub s3_region: String,
+    /// Image pull Secrets of the run's pods.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// Name of the run's Job (and of its headless Service).
@@ -217,6 +219,7 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
                     node_selector: (!job.spec.node_selector.is_empty())
                         .then(|| job.spec.node_selector.clone()),
                     tolerations: tolerations(job),
+                    image_pull_secrets: pull_secrets(&inputs.image_pull_secrets),
                     containers: vec![Container {
                         name: CONTAINER.into(),
                         image: Some(inputs.image.clone()),
@@ -275,6 +278,7 @@ mod tests {
             data_path: "datasets/team-a/tweet-emotion/snapshots/hashBg==".into(),
             s3_endpoint: Some("http://minio:9000".into()),
             s3_region: "us-east-1".into(),
+            image_pull_secrets: Vec::new(),
         }
     }
 

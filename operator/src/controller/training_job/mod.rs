@@ -399,6 +399,7 @@ async fn launch_when_ready(
             .to_string(),
         s3_endpoint: settings.s3_endpoint.clone(),
         s3_region: settings.s3_region.clone(),
+        image_pull_secrets: settings.image_pull_secrets.clone(),
     };
 
     if settings.max_concurrent_runs > 0 {
