@@ -2,7 +2,8 @@
 # The local cluster, from real components and no Docker: etcd, kube-apiserver (TLS, RBAC,
 # service-account signing), kube-controller-manager, kube-scheduler, one real node
 # (hack/cluster/node.sh: containerd + runc, CNI, kubelet, kube-proxy, CoreDNS, the images of
-# `make images`), kwok simulating the nodes of hack/cluster/nodes.yaml (GPU nodes included), and
+# `make images`), dynamic volumes (local-path-provisioner, default StorageClass `standard`), kwok
+# simulating the nodes of hack/cluster/nodes.yaml (GPU nodes included), and
 # SeaweedFS as the S3 store with generated credentials and a bucket. Needs root (the node's
 # network, cgroups and mounts).
 #
@@ -141,6 +142,103 @@ s3_credentials() {
   chmod 600 "$STATE/s3.json"
 }
 
+# Dynamic volumes, as kind provides them: rancher's local-path-provisioner (the one kind ships)
+# with the default StorageClass `standard`; each PersistentVolume is a directory under
+# $STATE/node/local-path on the real node, made and removed by a helper pod (busybox).
+LOCAL_PATH_NAMESPACE=local-path-storage
+storage_up() {
+  certificate local-path-provisioner local-path-provisioner ""
+  kubeconfig local-path-provisioner local-path-provisioner
+  mkdir -p "$NODE_DIR/local-path"
+  "${kubectl[@]}" apply --server-side -f - >/dev/null <<EOT
+apiVersion: v1
+kind: Namespace
+metadata: {name: $LOCAL_PATH_NAMESPACE}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: local-path-provisioner-service-account, namespace: $LOCAL_PATH_NAMESPACE}
+automountServiceAccountToken: false
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: local-path-provisioner}
+rules:
+  - apiGroups: [""]
+    resources: [nodes, persistentvolumeclaims, configmaps, pods, pods/log]
+    verbs: [get, list, watch]
+  - apiGroups: [""]
+    resources: [persistentvolumes]
+    verbs: [get, list, watch, create, patch, update, delete]
+  - apiGroups: [""]
+    resources: [events]
+    verbs: [create, patch]
+  - apiGroups: [storage.k8s.io]
+    resources: [storageclasses]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: local-path-provisioner}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: local-path-provisioner}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: local-path-provisioner}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: local-path-provisioner, namespace: $LOCAL_PATH_NAMESPACE}
+rules:
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, watch, create, patch, update, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: local-path-provisioner, namespace: $LOCAL_PATH_NAMESPACE}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: local-path-provisioner}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: local-path-provisioner}]
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: local-path-config, namespace: $LOCAL_PATH_NAMESPACE}
+data:
+  config.json: |-
+    {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["$NODE_DIR/local-path"]}]}
+  setup: |-
+    #!/bin/sh
+    set -eu
+    mkdir -m 0777 -p "\$VOL_DIR"
+  teardown: |-
+    #!/bin/sh
+    set -eu
+    rm -rf "\$VOL_DIR"
+  helperPod.yaml: |-
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: helper-pod}
+    spec:
+      automountServiceAccountToken: false
+      securityContext: {runAsUser: 0, runAsGroup: 0}
+      tolerations: [{key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}]
+      containers:
+        - name: helper-pod
+          image: docker.io/miniautoml/test-tools:1
+          imagePullPolicy: IfNotPresent
+EOT
+  start local-path-provisioner "$TOOLS_BIN/local-path-provisioner" start \
+    --kubeconfig "$STATE/local-path-provisioner.kubeconfig" --namespace "$LOCAL_PATH_NAMESPACE" \
+    --configmap-name local-path-config --service-account-name local-path-provisioner-service-account \
+    --helper-image docker.io/miniautoml/test-tools:1 --provisioner-name rancher.io/local-path
+}
+
 # SeaweedFS (master, volume, filer and S3 gateway in one process) on the node IP, so host
 # processes and pods reach the same endpoint; the bucket is created through the S3 API. Each
 # bucket is a collection that takes 7 volumes when first written: 100 volumes (sparse files, at
@@ -233,8 +331,9 @@ up() {
   wait_for kwok "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node -l type=kwok
 
   node_up
+  storage_up
   wait_for kube-controller-manager "${kubectl[@]}" get serviceaccount default -n default
-  for component in kube-scheduler kwok kubelet kube-proxy coredns seaweedfs; do
+  for component in kube-scheduler kwok kubelet kube-proxy coredns seaweedfs local-path-provisioner; do
     running "$component" || { log "$component exited:"; tail -n 20 "$LOGS/$component.log" >&2; return 1; }
   done
 
@@ -261,6 +360,7 @@ EOT
 }
 
 down() {
+  stop_component local-path-provisioner
   node_down
   for component in seaweedfs kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     stop_component "$component"
@@ -270,7 +370,7 @@ down() {
 }
 
 status() {
-  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok seaweedfs containerd kubelet kube-proxy coredns; do
+  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok seaweedfs containerd kubelet kube-proxy coredns local-path-provisioner; do
     if running "$component"; then echo "$component: running"; else echo "$component: stopped"; fi
   done
   [ -f "$ENV_FILE" ] && echo "env: $ENV_FILE"

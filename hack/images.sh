@@ -3,8 +3,13 @@
 # registry pull, into target/images/<name>-<tag>.oci.tar (import: ctr -n k8s.io images import).
 #
 #   miniautoml/operator, miniautoml/predictor, miniautoml/intent-classification  (VERSION)
+#   miniautoml/operator:VERSION-next  the same operator binary as a distinct image (its own
+#                                     version label and digest): the e2e suite's helm upgrade
+#   miniautoml/seaweedfs              the Helm chart's bundled object store (hack/versions.env's
+#                                     SeaweedFS, tagged <commit date>-<commit>)
 #   miniautoml/pause                  the node's sandbox image (a static C program)
 #   miniautoml/test-tools, test-exit, test-env, test-oom   images the tests run (busybox)
+#   miniautoml/test-client            busybox and grpcurl: the e2e suite's in-cluster client
 #
 # The runtime base holds what gcr.io/distroless/cc-debian12:nonroot holds, from Debian 12's
 # packages (libc6, libgcc-s1, ca-certificates, tzdata, netbase) and a nonroot user 65532, so the
@@ -17,7 +22,7 @@
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"
-require_tools umoci
+require_tools umoci weed grpcurl
 # The pause program's static build, objcopy, jq; dpkg-deb and apt-get come with Debian.
 ensure_debian_packages gcc libc6-dev binutils jq
 umoci() { "$TOOLS_BIN/umoci" "$@"; }
@@ -164,11 +169,25 @@ app trainer intent-classification
 LAYERS="base operator" image miniautoml/operator --config.user 65532:65532 \
   --config.entrypoint /usr/local/bin/miniautoml-operator \
   --config.exposedports 8080/tcp --config.exposedports 51001/tcp --config.workingdir /home/nonroot
+TAG=$VERSION-next LAYERS="base operator" image miniautoml/operator --config.user 65532:65532 \
+  --config.entrypoint /usr/local/bin/miniautoml-operator \
+  --config.exposedports 8080/tcp --config.exposedports 51001/tcp --config.workingdir /home/nonroot
 LAYERS="base predictor" image miniautoml/predictor --config.user 65532:65532 \
   --config.entrypoint /usr/local/bin/miniautoml-predictor \
   --config.exposedports 8081/tcp --config.exposedports 8080/tcp --config.workingdir /home/nonroot
 LAYERS="base trainer" image miniautoml/intent-classification --config.user 65532:65532 \
   --config.entrypoint /usr/local/bin/intent-classification --config.workingdir /home/nonroot
+
+# The chart's bundled object store: SeaweedFS's one binary (master, volume server, filer and S3
+# gateway), built by hack/tools.sh from the pinned module.
+log "seaweedfs"
+mkdir -p "$WORK/seaweedfs/usr/local/bin"
+cp "$TOOLS_BIN/weed" "$WORK/seaweedfs/usr/local/bin/weed"
+chmod 0755 "$WORK/seaweedfs/usr/local/bin/weed"
+layer "$WORK/seaweedfs" "$WORK/seaweedfs.tar"
+TAG=$(seaweedfs_image_tag) LAYERS="base seaweedfs" image miniautoml/seaweedfs --config.user 65532:65532 \
+  --config.entrypoint /usr/local/bin/weed --config.workingdir /home/nonroot \
+  --config.exposedports 8333/tcp --config.exposedports 9333/tcp --config.exposedports 8888/tcp
 
 # The sandbox ("pause") image: holds a pod's namespaces, reaps orphans, exits on SIGTERM/SIGINT.
 log "pause"
@@ -184,11 +203,17 @@ mkdir -p "$WORK/busybox/bin"
 dpkg-deb --fsys-tarfile "$(compgen -G "$DEBS/busybox-static_*.deb" | sort | tail -n1)" |
   tar -xO ./bin/busybox >"$WORK/busybox/bin/busybox"
 chmod 0755 "$WORK/busybox/bin/busybox"
-for applet in sh env id cat ls mkdir sleep timeout wget nc nslookup httpd ip hostname head tail sort echo test grep; do
+for applet in sh env id cat ls mkdir rm chmod sleep timeout wget nc nslookup httpd ip hostname head tail sort echo test grep date expr seq; do
   ln -s busybox "$WORK/busybox/bin/$applet"
 done
 layer "$WORK/busybox" "$WORK/busybox.tar"
 TAG=1 LAYERS="base busybox" image miniautoml/test-tools --config.user 65532:65532 --config.cmd /bin/sh
+# The e2e suite's client inside the cluster (gRPC through Services, as an in-cluster app calls).
+mkdir -p "$WORK/grpcurl/usr/local/bin"
+cp "$TOOLS_BIN/grpcurl" "$WORK/grpcurl/usr/local/bin/grpcurl"
+chmod 0755 "$WORK/grpcurl/usr/local/bin/grpcurl"
+layer "$WORK/grpcurl" "$WORK/grpcurl.tar"
+TAG=1 LAYERS="base busybox grpcurl" image miniautoml/test-client --config.user 65532:65532 --config.cmd /bin/sh
 # A training image that fails on purpose, and one that exits 0 without reporting.
 TAG=1 LAYERS="base busybox" image miniautoml/test-exit --config.user 65532:65532 \
   --config.entrypoint /bin/sh --config.entrypoint -c --config.entrypoint 'echo failing on purpose >&2; exit 3'

@@ -11,8 +11,15 @@ TOOLS_BIN=$TOOLS_DIR/bin
 KWOK_STAGES=$TOOLS_DIR/kwok-stages
 # What the local cluster and the tests need; `make tools` also builds the rest.
 CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm grpcurl
-  crictl coredns umoci weed)
+  crictl coredns umoci weed local-path-provisioner kind kind-config-check)
 OTHER_TOOLS=(kwokctl)
+
+# The tag of the SeaweedFS image (`make images`, the chart's objectStore.image.tag): the pinned
+# pseudo-version's commit date and hash, e.g. v0.0.0-20261109003541-7506e5f91cd6 -> 20261109-7506e5f91cd6.
+seaweedfs_image_tag() {
+  local stamp=${SEAWEEDFS_VERSION#v0.0.0-}
+  echo "${stamp:0:8}-${stamp##*-}"
+}
 
 # require_tools [NAME...]: fails with "run make tools" unless the named tools (default: the
 # cluster's) are built.

@@ -120,6 +120,23 @@ if ! have weed; then
     "$(non_local_replaces_of github.com/seaweedfs/seaweedfs "$SEAWEEDFS_VERSION")" \
     "-s -w" github.com/seaweedfs/seaweedfs/weed
 fi
+# helm install's PVCs (the bundled object store) need a dynamic provisioner, as on kind.
+go_install local-path-provisioner "github.com/rancher/local-path-provisioner@$LOCAL_PATH_PROVISIONER_VERSION"
+# kind itself, and kind's own config loader and validation run over kind-config.yaml: a small
+# main added to a copy of kind's module (its loader is an internal package).
+go_install kind "sigs.k8s.io/kind@$KIND_VERSION"
+if ! have kind-config-check; then
+  log "kind-config-check (kind $KIND_VERSION's config loader)"
+  kind_src=$(go env GOMODCACHE)/sigs.k8s.io/kind@$KIND_VERSION
+  [ -d "$kind_src" ] || go mod download "sigs.k8s.io/kind@$KIND_VERSION"
+  rm -rf "$BUILD/kind-$KIND_VERSION"
+  cp -r "$kind_src" "$BUILD/kind-$KIND_VERSION"
+  chmod -R u+w "$BUILD/kind-$KIND_VERSION"
+  mkdir -p "$BUILD/kind-$KIND_VERSION/pkg/internal/miniautomlcheck"
+  cp "$HACK_DIR/kind-config-check.go" "$BUILD/kind-$KIND_VERSION/pkg/internal/miniautomlcheck/main.go"
+  (cd "$BUILD/kind-$KIND_VERSION" && go build -trimpath -ldflags "-s -w" \
+    -o "$TOOLS_BIN/kind-config-check" ./pkg/internal/miniautomlcheck)
+fi
 if [ "$SCOPE" = all ]; then
   go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
 fi

@@ -1,7 +1,7 @@
 //! Generation of the CustomResourceDefinitions from the Rust types.
 //!
-//! `make generate` writes [`manifests`] to `crds/` and the Helm chart; a test fails when the
-//! committed files differ from what the types generate.
+//! `make generate` writes [`manifests`] to `crds/` and [`chart_manifests`] to the Helm chart; a
+//! test fails when the committed files differ from what the types generate.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -29,6 +29,27 @@ pub fn manifests() -> Result<Vec<(String, String)>, serde_yaml::Error> {
     crds()
         .into_iter()
         .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"));
+            Ok((name, format!("{HEADER}{}", serde_yaml::to_string(&crd)?)))
+        })
+        .collect()
+}
+
+/// Where the chart keeps its CRDs, relative to the repository root: not in the chart's `crds/`,
+/// which Helm installs once and never upgrades, but as files `templates/crds.yaml` renders, so
+/// `helm upgrade` updates them.
+pub const CHART_CRDS_PATH: &str = "charts/miniautoml/files/crds";
+
+/// Each CRD as the chart installs it: as [`manifests`], annotated `helm.sh/resource-policy:
+/// keep` so that `helm uninstall` never deletes the CRDs and with them every user's objects.
+pub fn chart_manifests() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    crds()
+        .into_iter()
+        .map(|mut crd| {
+            crd.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert("helm.sh/resource-policy".into(), "keep".into());
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"));
             Ok((name, format!("{HEADER}{}", serde_yaml::to_string(&crd)?)))
         })

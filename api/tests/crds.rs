@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use miniautoml_api::crd::{crds, manifests, undocumented_fields};
+use miniautoml_api::crd::{CHART_CRDS_PATH, chart_manifests, crds, manifests, undocumented_fields};
 use serde_json::Value;
 
 fn repo_root() -> &'static Path {
@@ -15,9 +15,10 @@ fn repo_root() -> &'static Path {
 
 #[test]
 fn committed_crds_match_the_types() {
-    let manifests = manifests().expect("CRDs serialize");
-    for dir in ["crds", "charts/miniautoml/crds"] {
-        for (name, generated) in &manifests {
+    let plain = manifests().expect("CRDs serialize");
+    let kept = chart_manifests().expect("CRDs serialize");
+    for (dir, manifests) in [("crds", &plain), (CHART_CRDS_PATH, &kept)] {
+        for (name, generated) in manifests {
             let path = repo_root().join(dir).join(name);
             let committed = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}; run `make generate`", path.display()));
@@ -32,6 +33,13 @@ fn committed_crds_match_the_types() {
             .count();
         assert_eq!(files, manifests.len(), "{dir} holds files that no type generates");
     }
+    for (_, yaml) in &kept {
+        assert!(yaml.contains("helm.sh/resource-policy: keep"), "{yaml}");
+    }
+    assert!(
+        !repo_root().join("charts/miniautoml/crds").exists(),
+        "the chart's crds/ is installed once and never upgraded by Helm: the CRDs belong in {CHART_CRDS_PATH}"
+    );
 }
 
 #[test]

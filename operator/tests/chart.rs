@@ -1,0 +1,572 @@
+//! The Helm chart, rendered by the pinned helm (`helm template`, `helm lint --strict`) for every
+//! branch of its values: what each value turns into, and the clear failures for values that
+//! cannot work. No cluster needed (the NOTES are checked where a real install prints them: the
+//! e2e suite).
+
+use std::process::Command;
+
+use miniautoml_test_support::{repo_root, tools_bin};
+use serde_yaml::Value;
+
+const KUBE_VERSION: &str = "1.34.0";
+
+fn helm(args: &[&str]) -> Result<String, String> {
+    let helm = tools_bin().join("helm");
+    let output = Command::new(&helm)
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run make tools", helm.display()));
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// `helm template` of the chart with `--set` values, as documents; `Err` with helm's message.
+fn try_render(sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = vec![
+        "template",
+        "miniautoml",
+        "charts/miniautoml",
+        "--namespace",
+        "ml",
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let text = helm(&args)?;
+    Ok(serde_yaml::Deserializer::from_str(&text)
+        .map(|document| serde::Deserialize::deserialize(document).expect("helm renders YAML"))
+        .filter(|document: &Value| !document.is_null())
+        .collect())
+}
+
+fn render(sets: &[&str]) -> Vec<Value> {
+    try_render(sets).unwrap_or_else(|e| panic!("helm template {sets:?}: {e}"))
+}
+
+fn kinds(documents: &[Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = documents
+        .iter()
+        .map(|d| format!("{}/{}", str(d, "kind"), str(d, "metadata.name")))
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// The value at a dotted path (`spec.template.spec`), or Null.
+fn at<'a>(value: &'a Value, path: &str) -> &'a Value {
+    path.split('.')
+        .filter(|p| !p.is_empty())
+        .fold(value, |v, key| match key.parse::<usize>() {
+            Ok(i) => v.get(i).unwrap_or(&Value::Null),
+            Err(_) => v.get(key).unwrap_or(&Value::Null),
+        })
+}
+
+fn str<'a>(value: &'a Value, path: &str) -> &'a str {
+    at(value, path).as_str().unwrap_or("")
+}
+
+/// An annotation (its key may hold dots).
+fn annotation<'a>(document: &'a Value, key: &str) -> &'a str {
+    at(document, "metadata.annotations")
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| str(d, "kind") == kind && str(d, "metadata.name") == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} in {:?}", kinds(documents)))
+}
+
+fn has(documents: &[Value], kind: &str) -> bool {
+    documents.iter().any(|d| str(d, "kind") == kind)
+}
+
+fn operator(documents: &[Value]) -> &Value {
+    at(
+        find(documents, "Deployment", "miniautoml"),
+        "spec.template.spec.containers.0",
+    )
+}
+
+fn operator_args(documents: &[Value]) -> Vec<String> {
+    at(operator(documents), "args")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn env(container: &Value) -> Vec<String> {
+    at(container, "env")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| serde_yaml::to_string(e).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_chart_lints_strictly() {
+    let out = helm(&[
+        "lint",
+        "--strict",
+        "charts/miniautoml",
+        "--kube-version",
+        KUBE_VERSION,
+    ])
+    .unwrap();
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[test]
+fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
+    let documents = render(&[]);
+    assert_eq!(
+        kinds(&documents),
+        [
+            "ClusterRole/miniautoml",
+            "ClusterRoleBinding/miniautoml",
+            "CustomResourceDefinition/datasets.miniautoml.io",
+            "CustomResourceDefinition/modeldeployments.miniautoml.io",
+            "CustomResourceDefinition/trainingjobs.miniautoml.io",
+            "Deployment/miniautoml",
+            "Lease/miniautoml",
+            "Role/miniautoml-leader-election",
+            "RoleBinding/miniautoml-leader-election",
+            "Secret/miniautoml-object-store-credentials",
+            "Service/miniautoml",
+            "Service/miniautoml-metrics",
+            "Service/miniautoml-object-store",
+            "ServiceAccount/miniautoml",
+            "StatefulSet/miniautoml-object-store",
+        ]
+    );
+    // CRDs are kept by helm uninstall.
+    for crd in documents
+        .iter()
+        .filter(|d| str(d, "kind") == "CustomResourceDefinition")
+    {
+        assert_eq!(annotation(crd, "helm.sh/resource-policy"), "keep");
+    }
+    let args = operator_args(&documents);
+    for expected in [
+        "--leader-elect",
+        "--leader-elect-lease=miniautoml",
+        "--lease-duration=15",
+        "--create-bucket",
+        "--s3-endpoint=http://miniautoml-object-store.ml.svc:8333",
+        "--metadata-store-address=miniautoml.ml.svc:51001",
+        "--grpc-namespace=ml",
+        "--algorithm=intent-classification=docker.io/miniautoml/intent-classification:0.1.0",
+        "--predictor-image=docker.io/miniautoml/predictor:0.1.0",
+        "--shutdown-delay=5",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--watch-namespace")),
+        "{args:?}"
+    );
+    let deployment = find(&documents, "Deployment", "miniautoml");
+    assert_eq!(at(deployment, "spec.replicas").as_u64(), Some(1));
+    assert_eq!(
+        str(operator(&documents), "image"),
+        "docker.io/miniautoml/operator:0.1.0"
+    );
+    let env = env(operator(&documents)).join("");
+    for variable in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_IP",
+        "AWS_ACCESS_KEY_ID",
+        "miniautoml-object-store-credentials",
+    ] {
+        assert!(env.contains(variable), "{variable} not in {env}");
+    }
+    // Secure by default, the object store included.
+    let store = find(&documents, "StatefulSet", "miniautoml-object-store");
+    for pod in [
+        at(deployment, "spec.template.spec"),
+        at(store, "spec.template.spec"),
+    ] {
+        assert_eq!(at(pod, "securityContext.runAsNonRoot").as_bool(), Some(true));
+        assert_eq!(str(pod, "securityContext.seccompProfile.type"), "RuntimeDefault");
+        let container = at(pod, "containers.0");
+        assert_eq!(
+            at(container, "securityContext.readOnlyRootFilesystem").as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            at(container, "securityContext.allowPrivilegeEscalation").as_bool(),
+            Some(false)
+        );
+        assert_eq!(str(container, "securityContext.capabilities.drop.0"), "ALL");
+    }
+    assert_eq!(
+        at(store, "spec.template.spec.automountServiceAccountToken").as_bool(),
+        Some(false)
+    );
+    assert_eq!(
+        str(
+            store,
+            "spec.volumeClaimTemplates.0.spec.resources.requests.storage"
+        ),
+        "10Gi"
+    );
+    assert!(
+        at(store, "spec.volumeClaimTemplates.0.spec.storageClassName").is_null(),
+        "the default class"
+    );
+    // The credentials are generated, kept across upgrades and uninstall, and never in values.
+    let secret = find(&documents, "Secret", "miniautoml-object-store-credentials");
+    assert_eq!(annotation(secret, "helm.sh/resource-policy"), "keep");
+    assert_eq!(
+        str(secret, "data.AWS_SECRET_ACCESS_KEY").len(),
+        56,
+        "40 random characters, base64"
+    );
+    for variable in at(operator(&documents), "env").as_sequence().unwrap() {
+        if str(variable, "name").starts_with("AWS_") {
+            assert!(at(variable, "value").is_null(), "{variable:?} holds a credential");
+            assert!(!at(variable, "valueFrom.secretKeyRef").is_null(), "{variable:?}");
+        }
+    }
+}
+
+#[test]
+fn every_secret_render_is_new_without_a_cluster_to_look_up() {
+    let key = |documents: Vec<Value>| {
+        str(
+            find(&documents, "Secret", "miniautoml-object-store-credentials"),
+            "data.AWS_ACCESS_KEY_ID",
+        )
+        .to_string()
+    };
+    assert_ne!(key(render(&[])), key(render(&[])));
+}
+
+#[test]
+fn one_global_registry_moves_every_image() {
+    let documents = render(&["global.imageRegistry=registry.example.com/mirror"]);
+    assert_eq!(
+        str(operator(&documents), "image"),
+        "registry.example.com/mirror/miniautoml/operator:0.1.0"
+    );
+    let args = operator_args(&documents);
+    assert!(
+        args.contains(&"--predictor-image=registry.example.com/mirror/miniautoml/predictor:0.1.0".into())
+    );
+    assert!(args.contains(
+        &"--algorithm=intent-classification=registry.example.com/mirror/miniautoml/intent-classification:0.1.0".into()
+    ));
+    let store = find(&documents, "StatefulSet", "miniautoml-object-store");
+    assert!(
+        str(store, "spec.template.spec.containers.0.image")
+            .starts_with("registry.example.com/mirror/miniautoml/seaweedfs:")
+    );
+}
+
+#[test]
+fn images_take_registry_repository_tag_digest_and_pull_policy() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let documents = render(&[
+        "image.registry=ghcr.io",
+        "image.repository=acme/operator",
+        "image.tag=1.2.3",
+        "image.pullPolicy=Always",
+        "predictor.image.tag=9.9.9",
+        &format!("algorithms.intent-classification.image.digest={digest}"),
+    ]);
+    assert_eq!(str(operator(&documents), "image"), "ghcr.io/acme/operator:1.2.3");
+    assert_eq!(str(operator(&documents), "imagePullPolicy"), "Always");
+    let args = operator_args(&documents);
+    assert!(
+        args.contains(&"--predictor-image=docker.io/miniautoml/predictor:9.9.9".into()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&format!(
+            "--algorithm=intent-classification=docker.io/miniautoml/intent-classification@{digest}"
+        )),
+        "{args:?}"
+    );
+    let documents = render(&[
+        "algorithms.random-forest.image.repository=acme/forest",
+        "algorithms.random-forest.image.tag=2",
+    ]);
+    assert!(operator_args(&documents).contains(&"--algorithm=random-forest=acme/forest:2".into()));
+}
+
+#[test]
+fn pull_secrets_reach_every_pod_and_the_operators_children() {
+    let documents = render(&[
+        "imagePullSecrets[0]=regcred",
+        "global.imagePullSecrets[0]=regcred",
+        "global.imagePullSecrets[1]=mirror",
+    ]);
+    for (kind, name) in [
+        ("Deployment", "miniautoml"),
+        ("StatefulSet", "miniautoml-object-store"),
+    ] {
+        let secrets = at(
+            find(&documents, kind, name),
+            "spec.template.spec.imagePullSecrets",
+        );
+        assert_eq!(
+            serde_yaml::to_string(secrets).unwrap(),
+            "- name: regcred\n- name: mirror\n",
+            "{kind}"
+        );
+    }
+    let args = operator_args(&documents);
+    assert!(
+        args.contains(&"--image-pull-secret=regcred".into())
+            && args.contains(&"--image-pull-secret=mirror".into())
+    );
+    let none = render(&[]);
+    assert!(
+        at(
+            find(&none, "Deployment", "miniautoml"),
+            "spec.template.spec.imagePullSecrets"
+        )
+        .is_null()
+    );
+}
+
+#[test]
+fn replicas_above_one_get_a_disruption_budget_and_need_leader_election() {
+    let documents = render(&["replicas=3"]);
+    assert_eq!(
+        at(find(&documents, "Deployment", "miniautoml"), "spec.replicas").as_u64(),
+        Some(3)
+    );
+    let pdb = find(&documents, "PodDisruptionBudget", "miniautoml");
+    assert_eq!(at(pdb, "spec.minAvailable").as_u64(), Some(1));
+    let error = try_render(&["replicas=2", "leaderElection.enabled=false"]).unwrap_err();
+    assert!(
+        error.contains("replicas > 1 needs leaderElection.enabled"),
+        "{error}"
+    );
+    let single = render(&["leaderElection.enabled=false"]);
+    assert!(!has(&single, "Lease") && !has(&single, "Role") && !has(&single, "PodDisruptionBudget"));
+    assert!(
+        !operator_args(&single)
+            .iter()
+            .any(|a| a.starts_with("--leader-elect"))
+    );
+    let longer = render(&["leaderElection.leaseDurationSeconds=30"]);
+    assert!(operator_args(&longer).contains(&"--lease-duration=30".into()));
+}
+
+#[test]
+fn crds_can_be_left_to_the_cluster_admin() {
+    let documents = render(&["crds.install=false"]);
+    assert!(!has(&documents, "CustomResourceDefinition"));
+    assert!(has(&documents, "Deployment"));
+}
+
+#[test]
+fn an_existing_object_store_takes_an_endpoint_and_an_existing_secret() {
+    let error = try_render(&["objectStore.enabled=false"]).unwrap_err();
+    assert!(error.contains("storage.existingSecret"), "{error}");
+    let documents = render(&[
+        "objectStore.enabled=false",
+        "storage.endpoint=https://s3.example.com",
+        "storage.existingSecret=s3-keys",
+        "storage.bucket=ml-data",
+        "storage.region=eu-west-1",
+    ]);
+    assert!(!has(&documents, "StatefulSet") && !has(&documents, "Secret"));
+    assert!(!kinds(&documents).contains(&"Service/miniautoml-object-store".to_string()));
+    let args = operator_args(&documents);
+    for expected in [
+        "--s3-endpoint=https://s3.example.com",
+        "--bucket=ml-data",
+        "--s3-region=eu-west-1",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{args:?}");
+    }
+    assert!(
+        !args.contains(&"--create-bucket".into()),
+        "an existing bucket is not created by default"
+    );
+    assert!(env(operator(&documents)).join("").contains("s3-keys"));
+    let creating = render(&[
+        "objectStore.enabled=false",
+        "storage.existingSecret=s3-keys",
+        "storage.createBucket=true",
+    ]);
+    assert!(operator_args(&creating).contains(&"--create-bucket".into()));
+    assert!(
+        !operator_args(&creating)
+            .iter()
+            .any(|a| a.starts_with("--s3-endpoint")),
+        "AWS S3 when no endpoint"
+    );
+}
+
+#[test]
+fn the_object_store_takes_its_storage_class_size_and_placement() {
+    let documents = render(&[
+        "objectStore.persistence.storageClass=fast",
+        "objectStore.persistence.size=50Gi",
+        "objectStore.nodeSelector.disk=ssd",
+        "objectStore.image.tag=custom",
+    ]);
+    let store = find(&documents, "StatefulSet", "miniautoml-object-store");
+    assert_eq!(
+        str(store, "spec.volumeClaimTemplates.0.spec.storageClassName"),
+        "fast"
+    );
+    assert_eq!(
+        str(
+            store,
+            "spec.volumeClaimTemplates.0.spec.resources.requests.storage"
+        ),
+        "50Gi"
+    );
+    assert_eq!(str(store, "spec.template.spec.nodeSelector.disk"), "ssd");
+    assert_eq!(
+        str(store, "spec.template.spec.containers.0.image"),
+        "docker.io/miniautoml/seaweedfs:custom"
+    );
+}
+
+#[test]
+fn the_object_store_image_is_the_one_make_images_builds() {
+    // hack/lib.sh's seaweedfs_image_tag: the pinned pseudo-version's date and commit.
+    let versions = std::fs::read_to_string(repo_root().join("hack/versions.env")).unwrap();
+    let version = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("SEAWEEDFS_VERSION="))
+        .unwrap();
+    let stamp = version.trim_start_matches("v0.0.0-");
+    let tag = format!("{}-{}", &stamp[..8], stamp.rsplit('-').next().unwrap());
+    let documents = render(&[]);
+    let store = find(&documents, "StatefulSet", "miniautoml-object-store");
+    assert_eq!(
+        str(store, "spec.template.spec.containers.0.image"),
+        format!("docker.io/miniautoml/seaweedfs:{tag}")
+    );
+}
+
+#[test]
+fn metrics_get_a_service_and_optionally_a_service_monitor() {
+    let documents = render(&[
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prom",
+    ]);
+    let monitor = find(&documents, "ServiceMonitor", "miniautoml");
+    assert_eq!(str(monitor, "metadata.labels.release"), "prom");
+    assert_eq!(str(monitor, "spec.endpoints.0.port"), "metrics");
+    assert_eq!(str(monitor, "spec.endpoints.0.path"), "/metrics");
+    let service = find(&documents, "Service", "miniautoml-metrics");
+    assert_eq!(str(service, "spec.ports.0.name"), "metrics");
+    let none = render(&["metrics.service.enabled=false"]);
+    assert!(!kinds(&none).contains(&"Service/miniautoml-metrics".to_string()));
+    let error = try_render(&[
+        "metrics.service.enabled=false",
+        "metrics.serviceMonitor.enabled=true",
+    ])
+    .unwrap_err();
+    assert!(error.contains("needs metrics.service.enabled"), "{error}");
+}
+
+#[test]
+fn placement_and_pod_metadata_reach_the_operator_pods() {
+    let documents = render(&[
+        "nodeSelector.pool=system",
+        "tolerations[0].key=dedicated",
+        "tolerations[0].operator=Exists",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=zone",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "priorityClassName=system-cluster-critical",
+        "podAnnotations.team=ml",
+        "podLabels.tier=control",
+        "resources.limits.memory=1Gi",
+        "watchNamespace=team-a",
+        "grpc.namespace=lab",
+        "training.maxConcurrentRuns=4",
+        "logFormat=text",
+    ]);
+    let pod = at(find(&documents, "Deployment", "miniautoml"), "spec.template");
+    assert_eq!(str(pod, "spec.nodeSelector.pool"), "system");
+    assert_eq!(str(pod, "spec.tolerations.0.key"), "dedicated");
+    assert!(!at(pod, "spec.affinity.nodeAffinity").is_null());
+    assert_eq!(
+        str(pod, "spec.topologySpreadConstraints.0.topologyKey"),
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(str(pod, "spec.priorityClassName"), "system-cluster-critical");
+    assert_eq!(str(pod, "metadata.annotations.team"), "ml");
+    assert_eq!(str(pod, "metadata.labels.tier"), "control");
+    assert_eq!(str(pod, "spec.containers.0.resources.limits.memory"), "1Gi");
+    let args = operator_args(&documents);
+    for expected in [
+        "--watch-namespace=team-a",
+        "--grpc-namespace=lab",
+        "--max-concurrent-runs=4",
+        "--log-format=text",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{expected}: {args:?}");
+    }
+}
+
+#[test]
+fn rbac_and_the_service_account_can_come_from_elsewhere() {
+    let documents = render(&[
+        "rbac.create=false",
+        "serviceAccount.create=false",
+        "serviceAccount.name=ops",
+    ]);
+    assert!(!has(&documents, "ClusterRole") && !has(&documents, "ServiceAccount"));
+    let pod = at(find(&documents, "Deployment", "miniautoml"), "spec.template.spec");
+    assert_eq!(str(pod, "serviceAccountName"), "ops");
+    let named = render(&[
+        "serviceAccount.name=miniautoml-operator",
+        "fullnameOverride=mlops",
+    ]);
+    assert_eq!(
+        str(find(&named, "ServiceAccount", "miniautoml-operator"), "kind"),
+        "ServiceAccount"
+    );
+    assert_eq!(str(find(&named, "Deployment", "mlops"), "kind"), "Deployment");
+    let binding = find(&named, "ClusterRoleBinding", "mlops");
+    assert_eq!(str(binding, "subjects.0.name"), "miniautoml-operator");
+    assert_eq!(str(binding, "subjects.0.namespace"), "ml");
+}
+
+#[test]
+fn wrong_keys_and_types_fail_with_the_path_of_the_value() {
+    for (set, expected) in [
+        ("replica=2", "replica"),
+        ("replicas=two", "replicas"),
+        ("objectStore.persistance.size=1Gi", "persistance"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("logFormat=xml", "logFormat"),
+        ("storage.bucket=Not_A_Bucket", "bucket"),
+        ("image.digest=latest", "digest"),
+        ("leaderElection.enabled=yes-please", "enabled"),
+    ] {
+        let error = try_render(&[set]).expect_err(set);
+        assert!(
+            error.contains("values don't meet the specifications of the schema"),
+            "{set}: {error}"
+        );
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+}
