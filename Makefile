@@ -1,9 +1,8 @@
-# MiniAutoML — every entry point a developer or CI uses. Targets whose capability is not built
-# yet say what is missing and exit non-zero.
+# MiniAutoML — every entry point a developer or CI uses.
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test lint demo images tools cluster-up cluster-down run kind-e2e bench-ingest bench-train bench-training bench-predict
+.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -12,11 +11,18 @@ generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md and the gRPC 
 	$(CARGO) run --quiet --locked -p miniautoml-operator --bin crdgen
 	$(CARGO) run --quiet --locked -p miniautoml-proto --features codegen --bin protogen
 
-test: ## Run every test; integration tests start the local cluster on demand (real node, images imported) and reuse it
+test: ## Run every test: unit and integration tests (the local cluster started on demand and reused), then the e2e suite through helm install
 	@hack/tools.sh cluster >/dev/null
 	@hack/images.sh >/dev/null
 	@if hack/cluster.sh status | grep -q '^containerd: running'; then hack/cluster.sh load; fi
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --exclude miniautoml-e2e
+	E2E_IMAGES_BUILT=1 hack/e2e.sh local
+
+e2e: ## The e2e suite through helm install on the local cluster (images imported into its node)
+	hack/e2e.sh local
+
+kind-e2e: ## The same e2e suite on a kind cluster from kind-config.yaml (needs Docker)
+	hack/e2e.sh kind
 
 images: ## Build the OCI image archives (operator, predictor, trainer, pause, test images) into target/images
 	@hack/tools.sh cluster >/dev/null
@@ -60,6 +66,3 @@ cluster-up: ## Start the local cluster (control plane, a real kubelet + containe
 
 cluster-down: ## Stop the local cluster and delete its state
 	@hack/cluster.sh down
-
-kind-e2e: ## Run the e2e suite on a kind cluster (needs Docker)
-	@hack/not-built-yet.sh kind-e2e "the e2e suite through helm install (issue #16)"

@@ -1,0 +1,832 @@
+//! The end-to-end suite: what a team does with MiniAutoML, through the installed chart only, on
+//! whatever cluster `KUBECONFIG` names (the local cluster with its real node: `make e2e`; kind:
+//! `make kind-e2e`). The images must be on the nodes already (the per-cluster step loads the
+//! archives of `make images`).
+//!
+//! `helm install` with the bundled object store → upload tweet_emotion part 1 → `kubectl apply`
+//! the examples → Dataset ingested (2963 examples, 3 labels) → TrainingJob Succeeded in a
+//! container → ModelDeployment rolled out → predictions over Open Inference Protocol v2 REST and
+//! `PredictionService/Predict` through `kubectl port-forward` → the original grpcurl dataset and
+//! training workflow through the operator's Service → `helm upgrade` to a new operator image
+//! while a client in the cluster loops predictions and a run trains → two replicas, the leader
+//! killed mid-training → `helm uninstall` leaves only the kept CRDs and the users' data.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use miniautoml_e2e::{
+    Figures, LogFollower, PortForward, helm, kubectl, kubectl_apply, kubectl_json, logged_at, repo_path,
+    step, testdata, text, try_run, wait_until,
+};
+use serde_json::Value;
+
+/// The release, its namespace (also the gRPC API's namespace) and the users' namespace. The
+/// release is not `make demo`'s, so the two can live on one cluster (the CRDs, cluster-wide,
+/// go to whichever installed last; both take them over).
+const RELEASE: &str = "miniautoml-e2e";
+const NAMESPACE: &str = "miniautoml-e2e";
+const LAB: &str = "miniautoml-e2e-lab";
+/// The chart's default lease duration.
+const LEASE_SECONDS: u64 = 15;
+/// Epochs of the runs that must still be training while the operator is upgraded or its leader
+/// killed (tweet_emotion part 1 trains an epoch in well under a second).
+const LONG_EPOCHS: &str = "400";
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+const SECOND: Duration = Duration::from_secs(1);
+
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+#[test]
+fn the_lab_through_helm_install() {
+    let started = Instant::now();
+    let mut figures = Figures::default();
+    println!("{}", kubectl(&["version"]));
+    println!("{}", helm(&["version", "--short"]));
+    clean_up();
+
+    let t = step("helm install (bundled object store; leader election on)");
+    adopt_crds();
+    let chart = repo_path("charts/miniautoml");
+    let installed = helm(&["install", RELEASE, &chart, "-n", NAMESPACE, "--create-namespace"]);
+    println!("{installed}");
+    for expected in [
+        format!("kubectl rollout status -n {NAMESPACE} deployment/{RELEASE}"),
+        "kubectl apply -f examples/dataset.yaml".into(),
+        format!("kubectl port-forward -n {NAMESPACE} svc/{RELEASE} 51001:51001"),
+        "grpcurl -plaintext 127.0.0.1:51001 list".into(),
+        "prediction.PredictionService/Predict".into(),
+        format!("svc/{RELEASE}-object-store"),
+        "/v2/models/twitter-model/infer".into(),
+    ] {
+        assert!(installed.contains(&expected), "the NOTES lack {expected:?}");
+    }
+    rollout(&format!("deployment/{RELEASE}"));
+    figures.time("helm install to operator Ready", t.elapsed());
+    rollout(&format!("statefulset/{RELEASE}-object-store"));
+    figures.time("helm install to object store Ready", t.elapsed());
+    let leader = wait_until("a leader elected", Duration::from_secs(60), SECOND, || {
+        lease_holder().ok_or_else(|| "no holder".to_string())
+    });
+    println!("leader: {leader}");
+    assert!(
+        kubectl(&[
+            "get",
+            "crd",
+            "datasets.miniautoml.io",
+            "-o",
+            "jsonpath={.metadata.annotations}"
+        ])
+        .contains("keep")
+    );
+
+    let t = step("Upload tweet_emotion part 1 to the bundled object store (kubectl port-forward, curl)");
+    let s3 = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}-object-store"), 8333);
+    let (access_key, secret_key) = credentials();
+    let endpoint = format!("http://{}", s3.addr());
+    wait_until(
+        "the bucket (created by the operator)",
+        Duration::from_secs(120),
+        SECOND,
+        || {
+            s3_put(
+                &endpoint,
+                &access_key,
+                &secret_key,
+                "tweet_emotion_part1.csv",
+                "raw/tweet_emotion/tweet_emotion_part1.csv",
+            )
+        },
+    );
+    figures.time("upload", t.elapsed());
+
+    let applied = step("kubectl apply the examples (Dataset, TrainingJob, ModelDeployment)");
+    kubectl(&["create", "namespace", LAB]);
+    let examples = ["dataset.yaml", "trainingjob.yaml", "modeldeployment.yaml"]
+        .map(|f| repo_path(&format!("examples/{f}")));
+    println!(
+        "{}",
+        kubectl(&[
+            "apply",
+            "-n",
+            LAB,
+            "-f",
+            &examples[0],
+            "-f",
+            &examples[1],
+            "-f",
+            &examples[2]
+        ])
+    );
+
+    step("The Dataset ingests its commit");
+    let dataset = wait_until("the Dataset's commit", Duration::from_secs(180), SECOND, || {
+        let dataset = kubectl_json(&["get", "-n", LAB, "dataset", "tweet-emotion"]);
+        (text(&dataset, "/status/commitCount") == "1")
+            .then_some(dataset.clone())
+            .ok_or_else(|| text(&dataset, "/status"))
+    });
+    assert_eq!(text(&dataset, "/status/commits/0/statistics/numExamples"), "2963");
+    assert_eq!(text(&dataset, "/status/commits/0/statistics/numLabels"), "3");
+    figures.time("kubectl apply to Dataset ingested", applied.elapsed());
+
+    step("The TrainingJob trains in a container");
+    let job = wait_for_run(LAB, "twitter-model");
+    let run_id = text(&job, "/status/runId");
+    assert!(!run_id.is_empty());
+    assert_eq!(
+        job["status"]["epochs"].as_array().map(Vec::len),
+        Some(15),
+        "{job}"
+    );
+    assert!(
+        text(&job, "/status/artifact/uri").starts_with("s3://miniautoml/models/"),
+        "{job}"
+    );
+    let pods = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        LAB,
+        "-l",
+        "miniautoml.io/trainingjob=twitter-model",
+    ]);
+    let image_id = text(&pods, "/items/0/status/containerStatuses/0/imageID");
+    assert!(
+        image_id.contains("miniautoml/intent-classification@sha256:"),
+        "{image_id}"
+    );
+    assert!(text(&job, "/status/codeVersion").contains("sha256:"), "{job}");
+    println!("run {run_id}: {}", text(&job, "/status/message"));
+    figures.time("kubectl apply to TrainingJob Succeeded", applied.elapsed());
+
+    step("The ModelDeployment rolls out a predictor");
+    wait_until("ModelDeployment Ready", Duration::from_secs(240), SECOND, || {
+        let md = kubectl_json(&["get", "-n", LAB, "modeldeployment", "twitter-model"]);
+        let ready = md["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (ready && text(&md, "/status/servedRun") == run_id)
+            .then_some(())
+            .ok_or_else(|| text(&md, "/status"))
+    });
+    println!("{}", kubectl(&["get", "miniautoml", "-n", LAB]));
+
+    step("Predict over the Open Inference Protocol v2 (REST, the predictor's Service)");
+    let rest = PortForward::start(LAB, "svc/twitter-model-predictor", 8080);
+    let answer = infer(&rest.addr(), "I am so happy today!");
+    figures.time("kubectl apply to first prediction", applied.elapsed());
+    println!("{answer}");
+    let labels = ["joy", "anger", "sadness", "optimism"];
+    assert!(labels.iter().any(|l| answer.contains(l)), "{answer}");
+
+    step("Predict through the original PredictionService/Predict (the operator's Service)");
+    let grpc = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}"), 51001);
+    let predicted = predict(&grpc.addr(), &run_id, "this traffic makes me furious");
+    println!("{predicted}");
+    assert!(predicted.contains("result"), "{predicted}");
+
+    let t = step("The original dataset and training workflow through grpcurl (the operator's Service)");
+    let hack_env = [
+        ("GRPC_ADDR", grpc.addr()),
+        ("S3_ENDPOINT", endpoint.clone()),
+        ("S3_BUCKET", "miniautoml".to_string()),
+        ("AWS_ACCESS_KEY_ID", access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", secret_key.clone()),
+    ];
+    let datasets = hack("grpc-datasets.sh", &["tweets-grpc"], &hack_env);
+    assert!(datasets.contains("hashBg=="), "{datasets}");
+    assert!(datasets.contains("\"state\": \"READY\""), "{datasets}");
+    let dataset_id = datasets
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("\"datasetId\": \""))
+        .and_then(|rest| rest.split('"').next())
+        .expect("CreateDataset returns a datasetId")
+        .to_string();
+    let training = hack("grpc-training.sh", &[&dataset_id, "hashBg=="], &hack_env);
+    assert!(training.contains("\"status\": \"succeed\""), "{training}");
+    let grpc_runs = kubectl_json(&["get", "trainingjobs", "-n", NAMESPACE]);
+    assert_eq!(
+        grpc_runs["items"].as_array().map(Vec::len),
+        Some(1),
+        "one run through Train"
+    );
+    figures.time("grpcurl dataset and training workflow", t.elapsed());
+    drop(grpc);
+
+    let t = step("helm upgrade to a new operator image while a client loops predictions and a run trains");
+    start_run("upgrade-run");
+    wait_for_phase(LAB, "upgrade-run", "Running");
+    let client = start_prediction_client(&run_id);
+    let old_pods = operator_pods();
+    assert_eq!(old_pods.len(), 1, "{old_pods:?}");
+    let old_log = LogFollower::start(NAMESPACE, &old_pods[0]);
+    let tag = format!("{}-next", version());
+    upgrade(&chart, &format!("image.tag={tag}"));
+    let new_pods = operator_pods();
+    assert_eq!(new_pods.len(), 1, "{new_pods:?}");
+    let image = kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        NAMESPACE,
+        &new_pods[0],
+        "-o",
+        "jsonpath={.spec.containers[0].image}",
+    ]);
+    assert!(image.ends_with(&format!("miniautoml/operator:{tag}")), "{image}");
+    let new_leader = wait_until(
+        "the new pod to lead",
+        Duration::from_secs(60),
+        SECOND,
+        || match lease_holder() {
+            Some(holder) if holder == new_pods[0] => Ok(holder),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let released =
+        logged_at(&old_log.lines(), "released the leader lease").expect("the old leader released the lease");
+    let new_log: Vec<String> = kubectl(&["logs", "-n", NAMESPACE, &new_leader])
+        .lines()
+        .map(String::from)
+        .collect();
+    let gained = logged_at(&new_log, "became the leader").expect("the new pod logged its leadership");
+    println!("old leader released at {released}, new leader took over at {gained}");
+    assert!(
+        released <= gained,
+        "two writers: the new leader led at {gained}, before the old released at {released}"
+    );
+    figures.note(
+        "upgrade handover (release → lead)",
+        format!("{released} → {gained}"),
+    );
+    let upgraded = wait_for_run(LAB, "upgrade-run");
+    assert_single_run(LAB, "upgrade-run", &upgraded);
+    let (ok, failed) = stop_prediction_client(client);
+    figures.note(
+        "predictions during the upgrade (ok / failed)",
+        format!("{ok} / {failed}"),
+    );
+    assert!(
+        ok > 0 && failed == 0,
+        "predictions failed during the upgrade: {ok} ok, {failed} failed"
+    );
+    figures.time("helm upgrade step", t.elapsed());
+
+    let t = step("Two replicas; the leader is killed mid-training");
+    upgrade(&chart, "replicas=2");
+    kubectl(&["get", "pdb", "-n", NAMESPACE, RELEASE]);
+    start_run("failover-run");
+    wait_for_phase(LAB, "failover-run", "Running");
+    let leader = lease_holder().expect("a leader");
+    let follower = operator_pods()
+        .into_iter()
+        .find(|p| *p != leader)
+        .expect("a second replica");
+    let killed = Instant::now();
+    kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        NAMESPACE,
+        &leader,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    let took_over = wait_until(
+        "the other replica to lead",
+        Duration::from_secs(LEASE_SECONDS * 3),
+        Duration::from_millis(200),
+        || match lease_holder() {
+            Some(holder) if holder == follower => Ok(killed.elapsed()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    figures.time("leader killed to takeover", took_over);
+    // The Lease expires at most its duration after the kill (the last renewal came before it);
+    // the follower reads the Lease every second and takes it at once.
+    assert!(
+        took_over <= Duration::from_secs(LEASE_SECONDS + 3),
+        "takeover took {took_over:?}, more than the lease duration ({LEASE_SECONDS} s)"
+    );
+    let failed_over = wait_for_run(LAB, "failover-run");
+    assert_single_run(LAB, "failover-run", &failed_over);
+    rollout(&format!("deployment/{RELEASE}"));
+    figures.time("failover step", t.elapsed());
+
+    step("Every run once: one Job per TrainingJob, distinct run ids");
+    let mut run_ids = Vec::new();
+    for namespace in [LAB, NAMESPACE] {
+        let jobs = kubectl_json(&["get", "trainingjobs", "-n", namespace]);
+        for job in jobs["items"].as_array().into_iter().flatten() {
+            let name = text(job, "/metadata/name");
+            assert_eq!(text(job, "/status/phase"), "Succeeded", "{name}");
+            assert_single_run(namespace, &name, job);
+            run_ids.push(text(job, "/status/runId"));
+        }
+    }
+    let count = run_ids.len();
+    run_ids.sort();
+    run_ids.dedup();
+    assert_eq!(run_ids.len(), count, "run ids repeat: {run_ids:?}");
+    figures.note("runs (all Succeeded once)", count);
+    drop((rest, s3));
+
+    let t = step("helm uninstall leaves only the kept CRDs and the users' data");
+    helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m"]);
+    // The release's pods stop within their grace period (the garbage collector deletes them).
+    let left = wait_until(
+        "the release's objects to go",
+        Duration::from_secs(180),
+        SECOND,
+        || {
+            let left = release_objects();
+            let unexpected: Vec<&String> = left
+                .iter()
+                .filter(|o| !o.starts_with("customresourcedefinition.apiextensions.k8s.io/"))
+                .filter(|o| **o != format!("persistentvolumeclaim/{NAMESPACE}/data-{RELEASE}-object-store-0"))
+                .filter(|o| **o != format!("secret/{NAMESPACE}/{RELEASE}-object-store-credentials"))
+                .collect();
+            if unexpected.is_empty() {
+                Ok(left.clone())
+            } else {
+                Err(format!("{unexpected:?}"))
+            }
+        },
+    );
+    println!("left by the release: {left:#?}");
+    for crd in ["datasets", "trainingjobs", "modeldeployments"] {
+        assert!(
+            left.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{crd}.miniautoml.io"
+            )),
+            "{left:?}"
+        );
+    }
+    assert!(
+        left.contains(&format!(
+            "persistentvolumeclaim/{NAMESPACE}/data-{RELEASE}-object-store-0"
+        )),
+        "{left:?}"
+    );
+    let kept = kubectl(&[
+        "get",
+        "datasets,trainingjobs,modeldeployments",
+        "-A",
+        "--no-headers",
+    ]);
+    println!("{kept}");
+    for name in [
+        "tweet-emotion",
+        "twitter-model",
+        "upgrade-run",
+        "failover-run",
+        "tweets-grpc",
+    ] {
+        assert!(
+            kept.contains(name),
+            "{name} is gone after helm uninstall:\n{kept}"
+        );
+    }
+    figures.time("helm uninstall", t.elapsed());
+
+    clean_up();
+    figures.time("e2e wall time", started.elapsed());
+    println!("\n[e2e] figures\n{}", figures.table());
+}
+
+/// `helm upgrade` of the release with one more value, then its operator rolled out.
+fn upgrade(chart: &str, set: &str) {
+    helm(&[
+        "upgrade",
+        RELEASE,
+        chart,
+        "-n",
+        NAMESPACE,
+        "--reuse-values",
+        "--set",
+        set,
+    ]);
+    rollout(&format!("deployment/{RELEASE}"));
+}
+
+/// Waits for a rollout of the release's `target` (`deployment/...`, `statefulset/...`).
+fn rollout(target: &str) {
+    kubectl(&["rollout", "status", "-n", NAMESPACE, target, "--timeout=300s"]);
+}
+
+/// The release's operator pods that are not being deleted, by name.
+fn operator_pods() -> Vec<String> {
+    let pods = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        NAMESPACE,
+        "-l",
+        &format!("app.kubernetes.io/component=operator,app.kubernetes.io/instance={RELEASE}"),
+    ]);
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| text(p, "/metadata/name"))
+        .collect()
+}
+
+/// The pod holding the leader Lease now, if any (the holder's identity is `<pod>_<address>`).
+fn lease_holder() -> Option<String> {
+    let lease = kubectl_json(&["get", "lease", "-n", NAMESPACE, RELEASE]);
+    let identity = text(&lease, "/spec/holderIdentity");
+    let (pod, _) = identity.rsplit_once('_')?;
+    Some(pod.to_string())
+}
+
+/// The object store's credentials, from the Secret the chart generated.
+fn credentials() -> (String, String) {
+    let secret = kubectl_json(&[
+        "get",
+        "secret",
+        "-n",
+        NAMESPACE,
+        &format!("{RELEASE}-object-store-credentials"),
+    ]);
+    let decode = |key: &str| {
+        let encoded = text(&secret, &format!("/data/{key}"));
+        let output = Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), encoded.as_bytes())?;
+                child.wait_with_output()
+            });
+        String::from_utf8(output.expect("base64 runs").stdout).expect("a key is text")
+    };
+    (decode("AWS_ACCESS_KEY_ID"), decode("AWS_SECRET_ACCESS_KEY"))
+}
+
+/// Uploads a file of the reference data set with SigV4 (curl), as the chart's NOTES show.
+fn s3_put(endpoint: &str, access: &str, secret: &str, file: &str, key: &str) -> Result<(), String> {
+    let path = testdata(file).display().to_string();
+    try_run(
+        "curl",
+        &[
+            "-fsS",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &format!("{access}:{secret}"),
+            "-H",
+            "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+            "-T",
+            &path,
+            &format!("{endpoint}/miniautoml/{key}"),
+        ],
+    )
+    .map(|_| ())
+}
+
+/// One Open Inference Protocol v2 request to the twitter-model predictor.
+fn infer(addr: &str, text: &str) -> String {
+    let body =
+        serde_json::json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]});
+    let url = format!("http://{addr}/v2/models/twitter-model/infer");
+    wait_until("an inference answer", Duration::from_secs(60), SECOND, || {
+        try_run(
+            "curl",
+            &[
+                "-fsS",
+                "-X",
+                "POST",
+                &url,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body.to_string(),
+            ],
+        )
+    })
+}
+
+/// The original `PredictionService/Predict` through grpcurl.
+fn predict(addr: &str, run: &str, document: &str) -> String {
+    let request = serde_json::json!({"runId": run, "document": document}).to_string();
+    wait_until("a Predict answer", Duration::from_secs(60), SECOND, || {
+        try_run(
+            "grpcurl",
+            &[
+                "-plaintext",
+                "-max-time",
+                "60",
+                "-d",
+                &request,
+                addr,
+                "prediction.PredictionService/Predict",
+            ],
+        )
+    })
+}
+
+/// Runs a hack/ script with `env`, returning its output.
+fn hack(script: &str, args: &[&str], env: &[(&str, String)]) -> String {
+    let output = Command::new(repo_path(&format!("hack/{script}")))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("the script runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{text}");
+    assert!(output.status.success(), "hack/{script} failed: {text}");
+    text
+}
+
+/// A TrainingJob on the example Dataset that trains for a while.
+fn start_run(name: &str) {
+    kubectl_apply(
+        LAB,
+        &format!(
+            "apiVersion: miniautoml.io/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  algorithm: intent-classification
+  dataset: {{name: tweet-emotion}}
+  parameters: {{EPOCHS: \"{LONG_EPOCHS}\", LR: \"4\", SEED: \"7\"}}
+  outputModelName: {name}
+  resources: {{cpu: \"1\", memory: 1Gi}}
+"
+        ),
+    );
+}
+
+fn wait_for_phase(namespace: &str, name: &str, phase: &str) -> Value {
+    wait_until(&format!("{name} {phase}"), RUN_TIMEOUT, SECOND, || {
+        let job = kubectl_json(&["get", "-n", namespace, "trainingjob", name]);
+        match text(&job, "/status/phase").as_str() {
+            p if p == phase => Ok(job),
+            "Failed" => panic!("{name} failed: {}", text(&job, "/status")),
+            _ => Err(text(&job, "/status")),
+        }
+    })
+}
+
+/// Waits for a run to succeed, printing the trainer's log if it fails.
+fn wait_for_run(namespace: &str, name: &str) -> Value {
+    wait_until(&format!("{name} Succeeded"), RUN_TIMEOUT, SECOND, || {
+        let job = kubectl_json(&["get", "-n", namespace, "trainingjob", name]);
+        match text(&job, "/status/phase").as_str() {
+            "Succeeded" => Ok(job),
+            "Failed" => panic!(
+                "{name} failed: {}\n{}",
+                text(&job, "/status"),
+                try_run(
+                    "kubectl",
+                    &[
+                        "logs",
+                        "-n",
+                        namespace,
+                        "-l",
+                        &format!("miniautoml.io/trainingjob={name}")
+                    ]
+                )
+                .unwrap_or_default()
+            ),
+            _ => Err(text(&job, "/status")),
+        }
+    })
+}
+
+/// A run happened once: one Job, epochs without repeats.
+fn assert_single_run(namespace: &str, name: &str, job: &Value) {
+    let jobs = kubectl_json(&[
+        "get",
+        "jobs.batch",
+        "-n",
+        namespace,
+        "-l",
+        &format!("miniautoml.io/trainingjob={name}"),
+    ]);
+    assert_eq!(
+        jobs["items"].as_array().map(Vec::len),
+        Some(1),
+        "{name}: Jobs {jobs}"
+    );
+    let mut epochs: Vec<String> = job["status"]["epochs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| text(e, "/id"))
+        .collect();
+    let count = epochs.len();
+    epochs.sort();
+    epochs.dedup();
+    assert_eq!(epochs.len(), count, "{name}: an epoch recorded twice");
+}
+
+/// A pod in the users' namespace that loops predictions, each on a new connection, through the
+/// operator's Service (`PredictionService/Predict`) and the predictor's Service (REST), until
+/// told to stop (a file), for at most 10 minutes or 3000 rounds.
+fn start_prediction_client(run: &str) -> String {
+    let grpc = format!("{RELEASE}.{NAMESPACE}.svc.cluster.local:51001");
+    let rest =
+        format!("http://twitter-model-predictor.{LAB}.svc.cluster.local:8080/v2/models/twitter-model/infer");
+    let script = format!(
+        r#"ok=0; failed=0; round=0; start=$(date +%s)
+while [ ! -e /tmp/stop ] && [ $round -lt 3000 ] && [ $(( $(date +%s) - start )) -lt 600 ]; do
+  round=$((round + 1))
+  if out=$(grpcurl -plaintext -max-time 10 -d '{{"runId": "{run}", "document": "what a wonderful day"}}' {grpc} prediction.PredictionService/Predict 2>&1) && echo "$out" | grep -q result; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round Predict failed: $out"; fi
+  if out=$(timeout 10 wget -q -O - --header 'Content-Type: application/json' --post-data '{{"inputs": [{{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["so sad"]}}]}}' {rest} 2>&1) && echo "$out" | grep -q outputs; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round REST failed: $out"; fi
+  sleep 0.2
+done
+echo "predictions ok=$ok failed=$failed"
+[ $failed -eq 0 ]"#
+    );
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "prediction-client"},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "activeDeadlineSeconds": 900,
+            "containers": [{
+                "name": "client",
+                "image": "docker.io/miniautoml/test-client:1",
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    });
+    kubectl_apply(LAB, &pod.to_string());
+    kubectl(&[
+        "wait",
+        "-n",
+        LAB,
+        "--for=condition=Ready",
+        "pod/prediction-client",
+        "--timeout=120s",
+    ]);
+    // A few rounds before the upgrade starts.
+    wait_until(
+        "the client's first predictions",
+        Duration::from_secs(60),
+        SECOND,
+        || {
+            let log = kubectl(&["logs", "-n", LAB, "prediction-client"]);
+            if log.contains("failed") {
+                panic!("predictions fail before the upgrade: {log}");
+            }
+            Ok::<_, String>(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    "prediction-client".into()
+}
+
+/// Tells the client to stop and returns its counts (ok, failed).
+fn stop_prediction_client(pod: String) -> (u64, u64) {
+    kubectl(&["exec", "-n", LAB, &pod, "--", "sh", "-c", ": > /tmp/stop"]);
+    wait_until("the client to finish", Duration::from_secs(60), SECOND, || {
+        let phase = kubectl(&["get", "pod", "-n", LAB, &pod, "-o", "jsonpath={.status.phase}"]);
+        matches!(phase.as_str(), "Succeeded" | "Failed")
+            .then_some(())
+            .ok_or(phase)
+    });
+    let log = kubectl(&["logs", "-n", LAB, &pod]);
+    println!("{log}");
+    let summary = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("predictions "))
+        .expect("the client's summary");
+    let count = |key: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .expect("a count")
+    };
+    (count("ok="), count("failed="))
+}
+
+/// Everything of the release still in the cluster, as `kind/namespace/name` (or `kind/name`):
+/// objects with the release's instance label or Helm's release annotation.
+fn release_objects() -> Vec<String> {
+    let kinds = "deployments,statefulsets,replicasets,pods,services,endpoints,configmaps,secrets,serviceaccounts,\
+                 roles,rolebindings,poddisruptionbudgets,leases,persistentvolumeclaims,jobs";
+    let cluster_kinds = "clusterroles,clusterrolebindings,customresourcedefinitions";
+    let mut left = Vec::new();
+    for (kinds, all_namespaces) in [(kinds, true), (cluster_kinds, false)] {
+        let mut args = vec!["get", kinds];
+        if all_namespaces {
+            args.push("-A");
+        }
+        let list = kubectl_json(&args);
+        for item in list["items"].as_array().into_iter().flatten() {
+            let labelled = text(item, "/metadata/labels/app.kubernetes.io~1instance") == RELEASE;
+            let annotated = text(item, "/metadata/annotations/meta.helm.sh~1release-name") == RELEASE
+                && text(item, "/metadata/annotations/meta.helm.sh~1release-namespace") == NAMESPACE;
+            if labelled || annotated {
+                let kind = text(item, "/kind").to_lowercase();
+                let kind = if kind == "customresourcedefinition" {
+                    "customresourcedefinition.apiextensions.k8s.io".to_string()
+                } else {
+                    kind
+                };
+                let namespace = text(item, "/metadata/namespace");
+                let name = text(item, "/metadata/name");
+                left.push(if namespace.is_empty() {
+                    format!("{kind}/{name}")
+                } else {
+                    format!("{kind}/{namespace}/{name}")
+                });
+            }
+        }
+    }
+    left.sort();
+    left
+}
+
+/// CRDs that an earlier `kubectl apply -f crds/` installed are handed to the release the way Helm
+/// documents (its ownership label and annotations), so `helm install` takes them over.
+fn adopt_crds() {
+    for crd in [
+        "datasets.miniautoml.io",
+        "trainingjobs.miniautoml.io",
+        "modeldeployments.miniautoml.io",
+    ] {
+        if try_run("kubectl", &["get", "crd", crd]).is_err() {
+            continue;
+        }
+        let owner = kubectl(&[
+            "get",
+            "crd",
+            crd,
+            "-o",
+            "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name}/{.metadata.annotations.meta\\.helm\\.sh/release-namespace}",
+        ]);
+        if owner == format!("{RELEASE}/{NAMESPACE}") {
+            continue;
+        }
+        println!("adopting CRD {crd} (owner: {owner:?}) into release {RELEASE}");
+        kubectl(&[
+            "label",
+            "crd",
+            crd,
+            "app.kubernetes.io/managed-by=Helm",
+            "--overwrite",
+        ]);
+        kubectl(&[
+            "annotate",
+            "crd",
+            crd,
+            &format!("meta.helm.sh/release-name={RELEASE}"),
+            &format!("meta.helm.sh/release-namespace={NAMESPACE}"),
+            "--overwrite",
+        ]);
+    }
+}
+
+/// Removes what an earlier run left: the release, then the two namespaces with the users' objects
+/// (their finalizers dropped first, as a user abandoning them after `helm uninstall` would: no
+/// operator runs to finish them). The CRDs stay.
+fn clean_up() {
+    if try_run("helm", &["status", RELEASE, "-n", NAMESPACE]).is_ok() {
+        helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m"]);
+    }
+    for namespace in [LAB, NAMESPACE] {
+        if try_run("kubectl", &["get", "namespace", namespace]).is_err() {
+            continue;
+        }
+        for kind in ["datasets", "trainingjobs", "modeldeployments"] {
+            if try_run("kubectl", &["get", "crd", &format!("{kind}.miniautoml.io")]).is_err() {
+                continue;
+            }
+            let names = kubectl(&["get", kind, "-n", namespace, "-o", "name"]);
+            for name in names.lines().filter(|n| !n.is_empty()) {
+                kubectl(&[
+                    "patch",
+                    "-n",
+                    namespace,
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ]);
+            }
+        }
+        kubectl(&["delete", "namespace", namespace, "--wait=true", "--timeout=300s"]);
+    }
+}
