@@ -15,7 +15,7 @@ test: ## Run every test: unit and integration tests (the local cluster started o
 	@hack/tools.sh cluster >/dev/null
 	@hack/images.sh >/dev/null
 	@if hack/cluster.sh status | grep -q '^containerd: running'; then hack/cluster.sh load; fi
-	$(CARGO) test --workspace --locked --exclude miniautoml-e2e
+	$(CARGO) test --workspace --locked --no-fail-fast --exclude miniautoml-e2e
 	E2E_IMAGES_BUILT=1 hack/e2e.sh local
 
 e2e: ## The e2e suite through helm install on the local cluster (images imported into its node)

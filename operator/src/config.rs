@@ -31,6 +31,16 @@ pub struct Config {
     )]
     pub algorithms: Vec<(String, String)>,
 
+    /// Image pull policy of an algorithm's training pods, `NAME=POLICY` (Always, IfNotPresent or
+    /// Never); repeat the flag or separate with commas. Unset: Kubernetes' default for the image.
+    #[arg(
+        long = "algorithm-pull-policy",
+        env = "MINIAUTOML_ALGORITHM_PULL_POLICIES",
+        value_delimiter = ',',
+        value_parser = parse_algorithm_pull_policy
+    )]
+    pub algorithm_pull_policies: Vec<(String, String)>,
+
     /// Namespace of the resources the gRPC API creates and serves (the original API has no
     /// namespaces).
     #[arg(long, env = "MINIAUTOML_GRPC_NAMESPACE", default_value = "default")]
@@ -54,6 +64,11 @@ pub struct Config {
         default_value = "miniautoml/predictor:0.1.0"
     )]
     pub predictor_image: String,
+
+    /// Image pull policy of the predictor pods (Always, IfNotPresent or Never) when they run
+    /// `--predictor-image`. Unset: Kubernetes' default for the image.
+    #[arg(long, env = "MINIAUTOML_PREDICTOR_PULL_POLICY", value_parser = parse_pull_policy)]
+    pub predictor_pull_policy: Option<String>,
 
     /// How long `PredictionService/Predict` waits for the model of a run to be deployed and
     /// ready before answering UNAVAILABLE (it deploys one when none serves the run).
@@ -151,6 +166,26 @@ impl Config {
     }
 }
 
+fn parse_pull_policy(text: &str) -> Result<String, String> {
+    match text.trim() {
+        policy @ ("Always" | "IfNotPresent" | "Never") => Ok(policy.to_string()),
+        other => Err(format!(
+            "{other:?} is not an image pull policy: Always, IfNotPresent or Never"
+        )),
+    }
+}
+
+fn parse_algorithm_pull_policy(text: &str) -> Result<(String, String), String> {
+    let (name, policy) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=POLICY"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{text:?} is not NAME=POLICY: the name is empty"));
+    }
+    Ok((name.to_string(), parse_pull_policy(policy)?))
+}
+
 fn parse_algorithm(text: &str) -> Result<(String, String), String> {
     let (name, image) = text
         .split_once('=')
@@ -199,6 +234,30 @@ mod tests {
         assert_eq!(images.len(), 2);
         assert_eq!(images["a"], "img/a:3");
         assert_eq!(images["b"], "img/b:2");
+    }
+
+    #[test]
+    fn pull_policies_are_checked() {
+        let config = Config::try_parse_from([
+            "miniautoml-operator",
+            "--predictor-pull-policy=Always",
+            "--algorithm-pull-policy=intent-classification=Never",
+        ])
+        .unwrap();
+        assert_eq!(config.predictor_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            config.algorithm_pull_policies,
+            [("intent-classification".to_string(), "Never".to_string())]
+        );
+        let error =
+            Config::try_parse_from(["miniautoml-operator", "--predictor-pull-policy=Sometimes"]).unwrap_err();
+        assert!(
+            error.to_string().contains("is not an image pull policy"),
+            "{error}"
+        );
+        let error =
+            Config::try_parse_from(["miniautoml-operator", "--algorithm-pull-policy=Always"]).unwrap_err();
+        assert!(error.to_string().contains("is not NAME=POLICY"), "{error}");
     }
 
     #[test]

@@ -228,6 +228,7 @@ fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
         id_namespace: config.grpc_namespace.clone(),
         max_concurrent_runs: config.max_concurrent_runs,
         image_pull_secrets: config.image_pull_secrets.clone(),
+        algorithm_pull_policies: config.algorithm_pull_policies.iter().cloned().collect(),
     })
 }
 
@@ -245,6 +246,7 @@ fn predictor_settings(config: &Config) -> Option<controller::model_deployment::b
         s3_region: config.s3_region.clone(),
         credentials: (access_key, secret_key),
         image_pull_secrets: config.image_pull_secrets.clone(),
+        image_pull_policy: config.predictor_pull_policy.clone(),
     })
 }
 

@@ -286,6 +286,8 @@ fn images_take_registry_repository_tag_digest_and_pull_policy() {
         "image.tag=1.2.3",
         "image.pullPolicy=Always",
         "predictor.image.tag=9.9.9",
+        "predictor.image.pullPolicy=Always",
+        "algorithms.intent-classification.image.pullPolicy=IfNotPresent",
         &format!("algorithms.intent-classification.image.digest={digest}"),
     ]);
     assert_eq!(str(operator(&documents), "image"), "ghcr.io/acme/operator:1.2.3");
@@ -300,6 +302,17 @@ fn images_take_registry_repository_tag_digest_and_pull_policy() {
             "--algorithm=intent-classification=docker.io/miniautoml/intent-classification@{digest}"
         )),
         "{args:?}"
+    );
+    for expected in [
+        "--predictor-pull-policy=Always",
+        "--algorithm-pull-policy=intent-classification=IfNotPresent",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{args:?}");
+    }
+    let defaults = operator_args(&render(&[]));
+    assert!(
+        !defaults.iter().any(|a| a.contains("pull-policy")),
+        "Kubernetes' defaults: {defaults:?}"
     );
     let documents = render(&[
         "algorithms.random-forest.image.repository=acme/forest",

@@ -165,7 +165,16 @@ async fn one_leader_writes_followers_forward_and_the_lease_changes_hands() {
         "a released Lease waited for its expiry"
     );
     first.kill();
-    assert_eq!(leading(&second).await, Some(true));
+    // The Lease names it a moment before its metrics do.
+    let mut reports = None;
+    for _ in 0..50 {
+        reports = leading(&second).await;
+        if reports == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reports, Some(true), "the new leader's miniautoml_operator_leader");
 
     // SIGKILL: nobody releases the Lease; a third operator takes it once it expires.
     let third = start(cluster, &ns.name);

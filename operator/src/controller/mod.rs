@@ -108,6 +108,8 @@ pub struct TrainingSettings {
     pub max_concurrent_runs: u32,
     /// Image pull Secrets of the runs' pods.
     pub image_pull_secrets: Vec<String>,
+    /// Algorithm name → image pull policy of its runs' pods.
+    pub algorithm_pull_policies: BTreeMap<String, String>,
 }
 
 impl Context {

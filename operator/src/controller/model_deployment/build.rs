@@ -69,6 +69,8 @@ pub struct PredictorSettings {
     pub credentials: (String, String),
     /// Image pull Secrets of the predictor pods.
     pub image_pull_secrets: Vec<String>,
+    /// Pull policy of `image` (`None`: Kubernetes' default); a spec's own image keeps the default.
+    pub image_pull_policy: Option<String>,
 }
 
 /// Name of the predictors' Deployment and of their Service.
@@ -147,7 +149,10 @@ pub fn build_deployment(
     model: &ServedModel,
     settings: &PredictorSettings,
 ) -> Deployment {
-    let image = md.spec.image.clone().unwrap_or_else(|| settings.image.clone());
+    let (image, image_pull_policy) = match &md.spec.image {
+        Some(image) => (image.clone(), None),
+        None => (settings.image.clone(), settings.image_pull_policy.clone()),
+    };
     let secret = secret_name(md);
     let mut vars = vec![
         env("MODEL_URI", &model.uri),
@@ -197,6 +202,7 @@ pub fn build_deployment(
                     containers: vec![Container {
                         name: CONTAINER.into(),
                         image: Some(image),
+                        image_pull_policy,
                         env: Some(vars),
                         ports: Some(vec![
                             ContainerPort {
@@ -328,6 +334,7 @@ pub(super) mod tests {
             s3_region: "us-east-1".into(),
             credentials: ("key".into(), "secret".into()),
             image_pull_secrets: Vec::new(),
+            image_pull_policy: None,
         }
     }
 
@@ -398,6 +405,35 @@ pub(super) mod tests {
         let selector = spec.selector.match_labels.as_ref().unwrap();
         assert!(!selector.contains_key(RUN_ID_LABEL));
         assert_eq!(template_run(&deployment), Some("3"));
+    }
+
+    #[test]
+    fn the_predictor_images_pull_policy_and_secrets_apply_to_the_configured_image_only() {
+        let mut configured = settings();
+        configured.image_pull_policy = Some("IfNotPresent".into());
+        configured.image_pull_secrets = vec!["regcred".into()];
+        let pod = |md: &ModelDeployment| {
+            build_deployment(md, &model("3"), &configured)
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+        };
+        let default = pod(&fixture());
+        assert_eq!(
+            default.containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+        assert_eq!(default.image_pull_secrets.unwrap()[0].name, "regcred");
+        let mut own = fixture();
+        own.spec.image = Some("registry.example/predictor:2".into());
+        let own = pod(&own);
+        assert_eq!(
+            own.containers[0].image.as_deref(),
+            Some("registry.example/predictor:2")
+        );
+        assert!(own.containers[0].image_pull_policy.is_none());
     }
 
     #[test]

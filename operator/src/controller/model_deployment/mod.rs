@@ -543,6 +543,7 @@ mod tests {
             s3_region: "us-east-1".into(),
             credentials: ("k".into(), "s".into()),
             image_pull_secrets: Vec::new(),
+            image_pull_policy: None,
         }
     }
 

@@ -57,6 +57,8 @@ pub struct RunInputs {
     pub s3_region: String,
     /// Image pull Secrets of the run's pods.
     pub image_pull_secrets: Vec<String>,
+    /// Pull policy of the training image (`None`: Kubernetes' default).
+    pub image_pull_policy: Option<String>,
 }
 
 /// Name of the run's Job (and of its headless Service).
@@ -223,6 +225,7 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
                     containers: vec![Container {
                         name: CONTAINER.into(),
                         image: Some(inputs.image.clone()),
+                        image_pull_policy: inputs.image_pull_policy.clone(),
                         env: Some(contract_env(job, inputs)),
                         resources: resources(job),
                         ..Default::default()
@@ -279,6 +282,7 @@ mod tests {
             s3_endpoint: Some("http://minio:9000".into()),
             s3_region: "us-east-1".into(),
             image_pull_secrets: Vec::new(),
+            image_pull_policy: None,
         }
     }
 
@@ -347,6 +351,20 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!(resources.limits.unwrap()["cpu"], Quantity("1".into()));
+    }
+
+    #[test]
+    fn pull_secrets_and_policy_reach_the_trainer_pods() {
+        let mut configured = inputs();
+        configured.image_pull_secrets = vec!["regcred".into()];
+        configured.image_pull_policy = Some("Always".into());
+        let built = build_job(&fixture(), &configured);
+        let pod = built.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(pod.containers[0].image_pull_policy.as_deref(), Some("Always"));
+        let default = build_job(&fixture(), &inputs());
+        let pod = default.spec.unwrap().template.spec.unwrap();
+        assert!(pod.image_pull_secrets.is_none() && pod.containers[0].image_pull_policy.is_none());
     }
 
     #[test]

@@ -400,6 +400,11 @@ async fn launch_when_ready(
         s3_endpoint: settings.s3_endpoint.clone(),
         s3_region: settings.s3_region.clone(),
         image_pull_secrets: settings.image_pull_secrets.clone(),
+        // A spec naming its own image keeps Kubernetes' default policy.
+        image_pull_policy: match (&job.spec.image, &job.spec.algorithm) {
+            (None, Some(algorithm)) => settings.algorithm_pull_policies.get(algorithm).cloned(),
+            _ => None,
+        },
     };
 
     if settings.max_concurrent_runs > 0 {
