@@ -464,9 +464,11 @@ async fn a_run_limit_queues_runs_first_come_first_served() {
     tweet_emotion(cluster, &datasets, &ns.name).await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
     let names = ["first", "second", "third", "fourth"];
+    // The first run holds the only slot while the others queue (a 3-epoch run can end within
+    // the seconds it takes to create them), so it trains longer.
     jobs.create(
         &PostParams::default(),
-        &training_job("first", serde_json::json!({})),
+        &training_job("first", serde_json::json!({"parameters": {"EPOCHS": "60"}})),
     )
     .await
     .unwrap();
