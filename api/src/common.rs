@@ -7,6 +7,9 @@ use kube::KubeSchema;
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+/// Condition of every resource: whether the operator accepted the current spec.
+pub const ACCEPTED: &str = "Accepted";
+
 /// The most conditions a status carries; one per condition type.
 pub const MAX_CONDITIONS: u64 = 16;
 

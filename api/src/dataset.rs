@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{ObjectSource, RetainPolicy, Tags, conditions_schema, tags_schema};
 
+/// Condition: every entry of `spec.commits` is processed and storage works.
+pub const READY: &str = "Ready";
+/// Condition: the outcome of the latest ingestion.
+pub const INGESTED: &str = "Ingested";
+
 /// The most commits one Dataset holds. Commit ids are bits of the snapshot version hash, and the
 /// CEL append-only rule compares every old commit, so the list is bounded.
 pub const MAX_COMMITS: u64 = 256;
@@ -235,4 +240,70 @@ pub enum SnapshotState {
     Ready,
     // Failed; asking for it again retries.
     Failed,
+}
+
+impl Dataset {
+    /// The first `spec.commits` entry neither ingested nor rejected.
+    pub fn next_entry(&self) -> Option<usize> {
+        let status = self.status.as_ref();
+        let processed = |index: u32| {
+            status.is_some_and(|s| {
+                s.commits.iter().any(|c| c.entry == index) || s.rejected.iter().any(|r| r.entry == index)
+            })
+        };
+        (0..self.spec.commits.len()).find(|&index| !processed(index as u32))
+    }
+}
+
+impl DatasetStatus {
+    /// Puts `snapshot` in (replacing the entry of its hash), dropping the oldest finished entries
+    /// beyond [`MAX_STATUS_SNAPSHOTS`].
+    pub fn upsert_snapshot(&mut self, snapshot: SnapshotStatus) {
+        self.snapshots.retain(|s| s.version_hash != snapshot.version_hash);
+        self.snapshots.push(snapshot);
+        while self.snapshots.len() > MAX_STATUS_SNAPSHOTS as usize {
+            match self
+                .snapshots
+                .iter()
+                .position(|s| s.state != SnapshotState::Running)
+            {
+                Some(oldest) => {
+                    self.snapshots.remove(oldest);
+                }
+                None => break,
+            }
+        }
+        self.last_updated_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(hash: &str, state: SnapshotState) -> SnapshotStatus {
+        SnapshotStatus {
+            version_hash: hash.into(),
+            state,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_status_keeps_a_bounded_window_of_snapshots() {
+        let mut status = DatasetStatus::default();
+        status.upsert_snapshot(snapshot("hashAg==", SnapshotState::Running));
+        status.upsert_snapshot(snapshot("hashAg==", SnapshotState::Ready));
+        assert_eq!(status.snapshots.len(), 1, "one entry per hash");
+        assert_eq!(status.snapshots[0].state, SnapshotState::Ready);
+        for i in 0..40 {
+            status.upsert_snapshot(snapshot(&format!("h{i}"), SnapshotState::Ready));
+        }
+        assert_eq!(status.snapshots.len(), MAX_STATUS_SNAPSHOTS as usize);
+        assert_eq!(
+            status.snapshots.last().unwrap().version_hash,
+            "h39",
+            "most recent last"
+        );
+    }
 }

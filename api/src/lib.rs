@@ -7,6 +7,7 @@
 pub mod common;
 pub mod crd;
 pub mod dataset;
+pub mod labels;
 pub mod model_deployment;
 pub mod reference;
 pub mod training_job;

@@ -4,7 +4,18 @@ use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Co
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::conditions_schema;
+use crate::{TrainingJob, common::conditions_schema, labels::RUN_ID_LABEL, training_job::TrainingPhase};
+
+/// Condition: the referenced model can be served (its TrainingJob Succeeded with an artifact).
+pub const MODEL_READY: &str = "ModelReady";
+/// Condition: every replica serves the referenced model and is ready.
+pub const READY: &str = "Ready";
+/// Condition: at least one replica is ready to serve (the current or the previous model).
+pub const AVAILABLE: &str = "Available";
+/// gRPC port of a predictor (and of its Service).
+pub const GRPC_PORT: i32 = 8081;
+/// HTTP port of a predictor (and of its Service).
+pub const HTTP_PORT: i32 = 8080;
 
 /// The most predictor replicas one ModelDeployment may run.
 pub const MAX_REPLICAS: i32 = 32;
@@ -132,4 +143,67 @@ pub struct Endpoint {
     pub grpc: String,
     /// Base URL of the HTTP (Open Inference Protocol v2) API.
     pub http: String,
+}
+
+/// The trained model a ModelDeployment serves, resolved from its TrainingJob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedModel {
+    /// Run id.
+    pub run_id: String,
+    /// The TrainingJob's name.
+    pub training_job: String,
+    /// `s3://bucket/models/…/` (the TrainingJob's `status.artifact.uri`).
+    pub uri: String,
+    /// Artifact version.
+    pub version: String,
+}
+
+/// Why a model cannot be served (yet): `(reason, message)` for the `ModelReady` condition.
+pub type NotServable = (&'static str, String);
+
+impl TrainingJob {
+    /// The model this run offers for serving: only a Succeeded run with an artifact has one.
+    pub fn served_model(&self) -> Result<ServedModel, NotServable> {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        let status = self.status.clone().unwrap_or_default();
+        match status.phase {
+            Some(TrainingPhase::Succeeded) => {}
+            Some(TrainingPhase::Failed) => {
+                return Err((
+                    "TrainingFailed",
+                    format!(
+                        "TrainingJob {name} failed ({}); point spec.model at a succeeded run",
+                        status.message.unwrap_or_default()
+                    ),
+                ));
+            }
+            phase => {
+                let phase = phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
+                return Err((
+                    "TrainingNotSucceeded",
+                    format!("TrainingJob {name} is {phase}; the model is deployed once it has Succeeded"),
+                ));
+            }
+        }
+        let Some(artifact) = status.artifact else {
+            return Err((
+                "NoArtifact",
+                format!("TrainingJob {name} Succeeded but recorded no artifact"),
+            ));
+        };
+        let run_id = self
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(RUN_ID_LABEL))
+            .cloned()
+            .or(status.run_id)
+            .ok_or_else(|| ("NoRunId", format!("TrainingJob {name} has no run id")))?;
+        Ok(ServedModel {
+            run_id,
+            training_job: name,
+            uri: artifact.uri,
+            version: artifact.version,
+        })
+    }
 }

@@ -14,6 +14,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{RetainPolicy, Tags, conditions_schema, tags_schema};
 
+/// Condition: the dataset snapshot is Ready.
+pub const DATASET_READY: &str = "DatasetReady";
+/// Condition: the workers run (or ran).
+pub const RUNNING: &str = "Running";
+/// Condition: the run succeeded.
+pub const SUCCEEDED: &str = "Succeeded";
+/// Condition: the run failed.
+pub const FAILED: &str = "Failed";
+
 /// Environment variables of the training-image contract that the operator sets; a
 /// hyperparameter cannot override them (nor `AWS_*` or `MINIAUTOML_*`).
 pub const CONTRACT_VARIABLES: [&str; 16] = [
@@ -311,5 +320,17 @@ impl TrainingJobSpec {
     /// Requested epochs, when `EPOCHS` is set and well-formed.
     pub fn epochs(&self) -> Option<u32> {
         self.parameters.get("EPOCHS")?.parse().ok()
+    }
+}
+
+impl TrainingJob {
+    /// The numeric run id in the run-id label, once the operator assigned one.
+    pub fn run_id(&self) -> Option<u64> {
+        self.metadata
+            .labels
+            .as_ref()?
+            .get(crate::labels::RUN_ID_LABEL)?
+            .parse()
+            .ok()
     }
 }

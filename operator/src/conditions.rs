@@ -2,8 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Condition saying whether the operator accepted the current spec.
-pub const ACCEPTED: &str = "Accepted";
+pub use miniautoml_api::common::ACCEPTED;
 
 /// A condition's status value.
 pub fn status_str(ok: bool) -> &'static str {

@@ -14,6 +14,11 @@ use tokio::sync::oneshot;
 
 use crate::{Error, Result};
 
+/// ConfigMap (in the gRPC namespace) counting dataset ids.
+pub const DATASET_IDS: &str = "miniautoml-dataset-ids";
+/// ConfigMap (in the gRPC namespace) counting run ids.
+pub const RUN_IDS: &str = "miniautoml-run-ids";
+
 /// Allocates ids for one operator process. Concurrent allocations from the same counter are
 /// grouped: whoever holds the counter's lock reserves ids for every caller waiting at that
 /// moment with one compare-and-swap, so a burst of N TrainingJobs costs a few API round trips,

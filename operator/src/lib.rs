@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod conditions;
 pub mod config;
+pub mod context;
 pub mod controller;
 mod error;
 pub mod grpc;
@@ -14,6 +15,7 @@ pub mod names;
 pub mod preflight;
 pub mod readiness;
 pub mod snapshots;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -22,7 +24,11 @@ use tracing::info;
 
 pub use crate::error::{Error, Result};
 use crate::{
-    config::Config, controller::Context, leader::Leadership, metrics::Metrics, readiness::Readiness,
+    config::Config,
+    context::{Context, PredictorSettings, TrainingSettings},
+    leader::Leadership,
+    metrics::Metrics,
+    readiness::Readiness,
 };
 
 /// Runs the operator until `stop` fires or a server fails: claims its ports, checks the CRDs
@@ -66,12 +72,15 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     let store = storage(&config);
+    // Every replica watches; the caches serve the gRPC API as much as the controllers.
+    let (caches, triggers) = controller::watch(&client, config.watch_namespace.as_deref());
     let mut ctx = Context::new(
         client,
         metrics.clone(),
         config.algorithm_images(),
         store,
         std::env::var("POD_NAME").ok(),
+        caches,
     );
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.training = training_settings(&config);
@@ -133,7 +142,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<()> {
             .await,
         )
     };
-    let controllers = controller::run(ctx, readiness.clone(), shutdown.clone());
+    let controllers = controller::run(ctx, triggers, readiness.clone(), shutdown.clone());
     let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
     // Only now that no reconcile runs may another replica lead.
     leadership.step_down().await;
@@ -208,7 +217,7 @@ async fn ensure_bucket(store: miniautoml_data::Store, shutdown: CancellationToke
 }
 
 /// What training runs need, when storage credentials and the metadata store address are set.
-fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
+fn training_settings(config: &Config) -> Option<TrainingSettings> {
     let (Ok(access_key), Ok(secret_key)) = (
         std::env::var("AWS_ACCESS_KEY_ID"),
         std::env::var("AWS_SECRET_ACCESS_KEY"),
@@ -219,7 +228,7 @@ fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
         tracing::warn!("no --metadata-store-address: TrainingJobs will wait until one is configured");
         return None;
     };
-    Some(controller::TrainingSettings {
+    Some(TrainingSettings {
         metadata_store_address: address,
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
@@ -233,14 +242,14 @@ fn training_settings(config: &Config) -> Option<controller::TrainingSettings> {
 }
 
 /// What predictors need, when storage credentials are set.
-fn predictor_settings(config: &Config) -> Option<controller::model_deployment::build::PredictorSettings> {
+fn predictor_settings(config: &Config) -> Option<PredictorSettings> {
     let (Ok(access_key), Ok(secret_key)) = (
         std::env::var("AWS_ACCESS_KEY_ID"),
         std::env::var("AWS_SECRET_ACCESS_KEY"),
     ) else {
         return None;
     };
-    Some(controller::model_deployment::build::PredictorSettings {
+    Some(PredictorSettings {
         image: config.predictor_image.clone(),
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),

@@ -2,7 +2,8 @@
 //! them. The original accepted any name (`"tweet_emotion"`, `"Intent Classifier #1"`); a
 //! Kubernetes object name must be a DNS-1123 label here, so the object gets a name derived from
 //! the caller's and the caller's own is kept verbatim in the annotation [`NAME_ANNOTATION`],
-//! which the API returns. A leaf module: it uses nothing else of the crate.
+//! which the API returns. Also the names derived for objects both a controller and the gRPC API
+//! reach (a run's Secret). A leaf module: it uses nothing else of the crate.
 
 /// Annotation holding the name a gRPC caller gave a Dataset or a TrainingJob, verbatim.
 pub const NAME_ANNOTATION: &str = "miniautoml.io/name";
@@ -13,6 +14,28 @@ pub const MAX_NAME_BYTES: usize = 253;
 
 /// The longest object name derived here: a DNS-1123 label, so the name also fits a label value.
 pub const MAX_OBJECT_NAME: usize = 63;
+
+/// Key of the run token in a run's Secret.
+pub const RUN_TOKEN_KEY: &str = "token";
+
+/// The longest prefix of `name` of at most `max` bytes, without a trailing `-`, so that a
+/// suffix keeps a derived name within Kubernetes' limits.
+pub fn truncate(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches('-')
+}
+
+/// Name of a run's Secret (its token under [`RUN_TOKEN_KEY`], and the storage credentials):
+/// the TrainingJob controller creates it, the metadata store checks tokens against it.
+pub fn run_secret(job: &miniautoml_api::TrainingJob) -> String {
+    format!(
+        "{}-run",
+        truncate(job.metadata.name.as_deref().unwrap_or_default(), 50)
+    )
+}
 
 /// Checks a caller's name: any UTF-8 up to [`MAX_NAME_BYTES`] bytes, the empty name included.
 pub fn check(field: &str, name: &str) -> Result<(), String> {
@@ -80,6 +103,13 @@ pub fn dataset_candidates(name: &str, id: u64) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_cut_on_a_character_boundary_without_a_trailing_dash() {
+        assert_eq!(truncate("abc-def", 4), "abc");
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+    }
 
     fn is_dns_label(name: &str) -> bool {
         !name.is_empty()

@@ -11,99 +11,21 @@
 //! in-flight requests finish.
 
 pub mod config;
+mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod model;
+mod state;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 pub use config::Config;
+pub use error::{Error, Result};
 pub use model::{Model, Rejection, Source};
+pub use state::State;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// What can stop the predictor.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A flag or variable is wrong.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// The model could not be fetched, verified or loaded.
-    #[error("model: {0}")]
-    Model(String),
-    /// A listener could not be opened or failed.
-    #[error("{server} server on {addr}: {source}")]
-    Serve {
-        /// `gRPC` or `HTTP`.
-        server: &'static str,
-        /// Its address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
-/// Result with the predictor's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What the servers share.
-pub struct State {
-    model: OnceLock<Arc<Model>>,
-    stopping: AtomicBool,
-    /// Request counters and latencies.
-    pub metrics: metrics::Metrics,
-    /// Model name before the model is loaded (the HTTP API answers 503 for it meanwhile).
-    pub model_name: String,
-    /// Longest document accepted.
-    pub max_document_bytes: usize,
-}
-
-impl State {
-    /// A state with no model loaded yet.
-    pub fn new(config: &Config) -> State {
-        State {
-            model: OnceLock::new(),
-            stopping: AtomicBool::new(false),
-            metrics: metrics::Metrics::default(),
-            model_name: config.model_name.clone(),
-            max_document_bytes: config.max_document_bytes,
-        }
-    }
-
-    /// The model, once loaded and while not shutting down.
-    pub fn ready_model(&self) -> Option<&Arc<Model>> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.model.get()
-    }
-
-    /// The model once loaded, shutting down or not (in-flight and late requests are still
-    /// served during the shutdown delay).
-    pub fn model(&self) -> Option<&Arc<Model>> {
-        self.model.get()
-    }
-
-    /// Whether the predictor should receive traffic.
-    pub fn is_ready(&self) -> bool {
-        self.ready_model().is_some()
-    }
-
-    fn set_model(&self, model: Model) {
-        self.metrics.set_model(&model);
-        let _ = self.model.set(Arc::new(model));
-    }
-}
 
 /// The bound listeners, so that tests can use port 0.
 pub struct Listeners {
@@ -203,7 +125,7 @@ pub async fn serve(
         result = &mut grpc => return server_ended("gRPC", result),
         result = &mut http => return server_ended("HTTP", result),
     }
-    state.stopping.store(true, Ordering::Relaxed);
+    state.stop();
     grpc::set_serving(&health_reporter, false).await;
     tracing::info!(
         delay_seconds = config.shutdown_delay.as_secs_f64(),

@@ -1,5 +1,4 @@
-//! Pure pieces the controllers' object builders share: bounded names, environment variables,
-//! compute requests and the storage credentials put into Secrets.
+//! Pure pieces the controllers' object builders share: environment variables, compute requests and the storage credentials put into Secrets.
 
 use std::collections::BTreeMap;
 
@@ -7,16 +6,6 @@ use k8s_openapi::{
     api::core::v1::{EnvVar, EnvVarSource, LocalObjectReference, ResourceRequirements, SecretKeySelector},
     apimachinery::pkg::api::resource::Quantity,
 };
-
-/// The longest prefix of `name` of at most `max` bytes, without a trailing `-`, so that a
-/// suffix keeps a derived name within Kubernetes' limits.
-pub fn truncate(name: &str, max: usize) -> &str {
-    let mut end = name.len().min(max);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].trim_end_matches('-')
-}
 
 /// `name=value`.
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -91,13 +80,6 @@ pub fn pull_secrets(names: &[String]) -> Option<Vec<LocalObjectReference>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_cut_on_a_character_boundary_without_a_trailing_dash() {
-        assert_eq!(truncate("abc-def", 4), "abc");
-        assert_eq!(truncate("abc", 10), "abc");
-        assert_eq!(truncate("aé", 2), "a");
-    }
 
     #[test]
     fn no_quantity_means_no_requirements() {

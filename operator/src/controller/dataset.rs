@@ -21,33 +21,22 @@ use kube::{
         finalizer::{Event as Finalizer, finalizer},
     },
 };
-use miniautoml_api::{Dataset, DatasetCommitStatus, DatasetStatus, RejectedCommit, RetainPolicy};
+use miniautoml_api::{
+    Dataset, DatasetCommitStatus, DatasetStatus, RejectedCommit, RetainPolicy,
+    dataset::{INGESTED, READY},
+};
 use miniautoml_data::{IngestError, ingest_commit, layout};
 
-use super::{Context, modify_status, publish, reconciled, report_unreadable};
+use super::reconciled::report_unreadable;
 use crate::{
     Error, Result,
     conditions::{self, ACCEPTED},
+    context::Context,
+    status::modify_status,
 };
-
-reconciled!(Dataset, "dataset");
 
 /// Finalizer that removes a Dataset's objects before the Dataset goes.
 pub const FINALIZER: &str = "miniautoml.io/dataset-storage";
-/// Condition: every entry of `spec.commits` is processed and storage works.
-pub const READY: &str = "Ready";
-/// Condition: the outcome of the latest ingestion.
-pub const INGESTED: &str = "Ingested";
-
-/// The first `spec.commits` entry neither ingested nor rejected.
-pub fn next_entry(dataset: &Dataset) -> Option<usize> {
-    let status = dataset.status.clone().unwrap_or_default();
-    (0..dataset.spec.commits.len()).find(|&index| {
-        let index = index as u32;
-        !status.commits.iter().any(|c| c.entry == index) && !status.rejected.iter().any(|r| r.entry == index)
-    })
-}
-
 /// Describes where an entry's data comes from.
 fn source_text(dataset: &Dataset, entry: usize) -> String {
     let source = &dataset.spec.commits[entry].source;
@@ -174,7 +163,7 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
     let name = dataset.name_any();
     let namespace = dataset.namespace().unwrap_or_default();
     let generation = dataset.metadata.generation;
-    let Some(entry) = next_entry(dataset) else {
+    let Some(entry) = dataset.next_entry() else {
         let status = dataset.status.clone().unwrap_or_default();
         let message = format!(
             "{} commits ingested ({} examples); {} entries rejected",
@@ -249,7 +238,7 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
                 "Commit {id} from {source}: {} examples, {} labels",
                 written.statistics.num_examples, written.statistics.num_labels
             );
-            publish(ctx, dataset, EventType::Normal, "Ingested", note).await;
+            ctx.publish(dataset, EventType::Normal, "Ingested", note).await;
             Ok(Action::requeue(Duration::ZERO))
         }
         Err(IngestError::Rejected(message)) => {
@@ -264,7 +253,7 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
             })
             .await?;
             let note = format!("spec.commits[{entry}] rejected: {message}");
-            publish(ctx, dataset, EventType::Warning, "Rejected", note).await;
+            ctx.publish(dataset, EventType::Warning, "Rejected", note).await;
             Ok(Action::requeue(Duration::ZERO))
         }
         Err(error @ (IngestError::Denied(_) | IngestError::Unavailable(_))) => {
@@ -278,7 +267,7 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
                 set(status, READY, false, reason, message.clone(), generation)
             })
             .await?;
-            publish(ctx, dataset, EventType::Warning, reason, message).await;
+            ctx.publish(dataset, EventType::Warning, reason, message).await;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
     }
@@ -329,20 +318,20 @@ mod tests {
     #[test]
     fn entries_are_taken_in_order_skipping_processed_ones() {
         let mut d = dataset(3);
-        assert_eq!(next_entry(&d), Some(0));
+        assert_eq!(d.next_entry(), Some(0));
         let mut status = DatasetStatus::default();
         assert!(record_commit(&mut status, &d, 0, commit(1, 0)));
         d.status = Some(status.clone());
-        assert_eq!(next_entry(&d), Some(1));
+        assert_eq!(d.next_entry(), Some(1));
         assert!(record_rejection(&mut status, &d, 1, "line 3: empty text"));
         d.status = Some(status.clone());
-        assert_eq!(next_entry(&d), Some(2), "a rejected entry is done");
+        assert_eq!(d.next_entry(), Some(2), "a rejected entry is done");
         assert!(
             record_commit(&mut status, &d, 2, commit(2, 2)),
             "the rejection took no id"
         );
         d.status = Some(status.clone());
-        assert_eq!(next_entry(&d), None);
+        assert_eq!(d.next_entry(), None);
         assert_eq!(status.commit_count, 2);
         let ingested = conditions::find(&status.conditions, INGESTED).unwrap();
         assert_eq!(ingested.status, "True");

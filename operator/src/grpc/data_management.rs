@@ -15,22 +15,18 @@ use kube::{
 };
 use miniautoml_api::{
     Dataset, DatasetCommitStatus, DatasetSpec, DatasetStatistics, DatasetType, ObjectSource, SnapshotState,
-    Tags, dataset::DatasetCommitSpec,
+    Tags, dataset::DatasetCommitSpec, labels::DATASET_ID_LABEL,
 };
 use miniautoml_data::SnapshotSelector;
 use miniautoml_proto::data_management::{self as pb, data_management_service_server::DataManagementService};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    controller::Context,
+    context::Context,
+    ids::DATASET_IDS,
     names::{self, NAME_ANNOTATION},
-    snapshots::{self, SnapshotError},
+    snapshots::SnapshotError,
 };
-
-/// Label holding a Dataset's numeric id.
-pub const DATASET_ID_LABEL: &str = "miniautoml.io/dataset-id";
-/// ConfigMap holding the next id.
-pub const ID_COUNTER: &str = "miniautoml-dataset-ids";
 /// How long CreateDataset and UpdateDataset wait for the commit to be ingested.
 const INGEST_WAIT: Duration = Duration::from_secs(300);
 
@@ -54,7 +50,7 @@ impl DataManagement {
     async fn allocate_id(&self) -> Result<u64, Status> {
         self.ctx
             .ids
-            .allocate(&self.ctx.client, &self.namespace, ID_COUNTER)
+            .allocate(&self.ctx.client, &self.namespace, DATASET_IDS)
             .await
             .map_err(|e| match e {
                 crate::Error::IdConflict(_) => {
@@ -400,7 +396,9 @@ impl DataManagementService for DataManagement {
             tags: tags(&request.tags),
         };
         let snapshot =
-            snapshots::prepare(&self.ctx, &dataset, &selector)
+            self.ctx
+                .snapshots
+                .prepare(&dataset, &selector)
                 .await
                 .map_err(|error| match error {
                     SnapshotError::Selection(e) => Status::not_found(e.to_string()),

@@ -21,17 +21,19 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt};
 use miniautoml_api::{
     TrainingJob, TrainingJobStatus,
-    training_job::{ArtifactStatus, EpochStatus, MAX_STATUS_EPOCHS},
+    labels::RUN_ID_LABEL,
+    training_job::{ArtifactStatus, EpochStatus, FAILED, MAX_STATUS_EPOCHS},
 };
 use miniautoml_data::{Store, layout};
 use miniautoml_proto::data_management::FileInfo;
 use miniautoml_proto::metadata_store::{self as pb, metadata_store_service_server::MetadataStoreService};
 use tonic::{Request, Response, Status};
 
-use crate::conditions;
-use crate::controller::{
-    Context, modify_cached_status,
-    training_job::{FAILED, build::RUN_ID_LABEL, build::TOKEN_KEY, build::secret_name},
+use crate::{
+    conditions,
+    context::Context,
+    names::{RUN_TOKEN_KEY, run_secret},
+    status::modify_cached_status,
 };
 
 /// How long epochs wait to be written together.
@@ -175,10 +177,10 @@ impl MetadataStore {
         }
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(self.ctx.client.clone(), &job.namespace().unwrap_or_default());
-        let secret = secrets.get_opt(&secret_name(&job)).await.map_err(internal)?;
+        let secret = secrets.get_opt(&run_secret(&job)).await.map_err(internal)?;
         let expected = secret
             .and_then(|s| s.data)
-            .and_then(|d| d.get(TOKEN_KEY).cloned())
+            .and_then(|d| d.get(RUN_TOKEN_KEY).cloned())
             .map(|b| b.0)
             .unwrap_or_default();
         if expected.is_empty() || !constant_time_eq(presented.as_bytes(), &expected) {

@@ -22,7 +22,11 @@ use kube::{
     Api, ResourceExt,
     api::{ObjectMeta, PostParams},
 };
-use miniautoml_api::{ModelDeployment, ModelDeploymentSpec, TrainingJob, model_deployment::ModelReference};
+use miniautoml_api::{
+    ModelDeployment, ModelDeploymentSpec, TrainingJob,
+    labels::{CREATED_BY_LABEL, MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL as SERVED_RUN_LABEL},
+    model_deployment::{GRPC_PORT, ModelReference, READY},
+};
 use miniautoml_proto::prediction::{
     PredictRequest, PredictResponse, PredictorPredictRequest, prediction_service_server::PredictionService,
     predictor_client::PredictorClient,
@@ -32,20 +36,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::{
-    conditions,
-    controller::{
-        Context,
-        model_deployment::{
-            READY,
-            build::{GRPC_PORT, MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL as SERVED_RUN_LABEL},
-            served_model,
-        },
-    },
-};
-
-/// Label on ModelDeployments this service created.
-pub const CREATED_BY_LABEL: &str = "miniautoml.io/created-by";
+use crate::{conditions, context::Context};
 
 /// How often a waiting request looks for a ready predictor.
 const POLL: Duration = Duration::from_millis(200);
@@ -98,7 +89,7 @@ impl Prediction {
     /// API server (the cache may lag the last status write).
     async fn find(&self, run: &str) -> Result<TrainingJob, Status> {
         self.ctx
-            .find_run(run, |job| served_model(job).is_ok())
+            .find_run(run, |job| job.served_model().is_ok())
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("run {run} does not exist")))
@@ -106,10 +97,10 @@ impl Prediction {
 
     /// Ready predictor pods serving `run`: `ip`s.
     fn ready_predictors(&self, namespace: &str, run: &str) -> Vec<String> {
-        let Some(pods) = self.ctx.predictor_pods.get() else {
-            return Vec::new();
-        };
-        let mut ips: Vec<String> = pods
+        let mut ips: Vec<String> = self
+            .ctx
+            .caches
+            .predictor_pods
             .state()
             .iter()
             .filter(|pod| pod.namespace().as_deref() == Some(namespace) && serves(pod, run))
@@ -121,14 +112,18 @@ impl Prediction {
 
     /// A ModelDeployment in `namespace` referencing the run (by run id or TrainingJob name).
     fn deployment_of(&self, namespace: &str, run: &str, job: &str) -> Option<ModelDeployment> {
-        let store = self.ctx.model_deployments.get()?;
-        store.state().iter().find_map(|guard| {
-            let md = guard.0.as_ref().ok()?;
-            let model = &md.spec.model;
-            (md.namespace().as_deref() == Some(namespace)
-                && (model.run_id.as_deref() == Some(run) || model.training_job.as_deref() == Some(job)))
-            .then(|| md.clone())
-        })
+        self.ctx
+            .caches
+            .model_deployments
+            .state()
+            .iter()
+            .find_map(|guard| {
+                let md = guard.0.as_ref().ok()?;
+                let model = &md.spec.model;
+                (md.namespace().as_deref() == Some(namespace)
+                    && (model.run_id.as_deref() == Some(run) || model.training_job.as_deref() == Some(job)))
+                .then(|| md.clone())
+            })
     }
 
     /// Creates `run-<id>` serving the run (an existing one of that name is left as it is).
@@ -241,7 +236,7 @@ impl PredictionService for Prediction {
             return Err(Status::invalid_argument("document is empty"));
         }
         let job = self.find(run).await?;
-        if let Err((_, message)) = served_model(&job) {
+        if let Err((_, message)) = job.served_model() {
             return Err(Status::failed_precondition(format!(
                 "run {run} cannot serve predictions: {message}"
             )));

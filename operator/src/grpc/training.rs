@@ -12,23 +12,21 @@ use kube::{
     Api, ResourceExt,
     api::{ListParams, ObjectMeta, PostParams},
 };
-use miniautoml_api::{Dataset, TrainingJob, TrainingJobSpec, training_job::TrainingPhase};
+use miniautoml_api::{
+    Dataset, TrainingJob, TrainingJobSpec,
+    labels::{DATASET_ID_ANNOTATION, DATASET_ID_LABEL, RUN_ID_LABEL},
+    training_job::TrainingPhase,
+};
 use miniautoml_proto::training::{
     self as pb, TrainingStatus, training_service_server::TrainingService as Service,
 };
 use tonic::{Request, Response, Status};
 
-use super::data_management::DATASET_ID_LABEL;
 use crate::{
-    controller::{
-        Context,
-        training_job::{RUN_ID_COUNTER, build::RUN_ID_LABEL},
-    },
+    context::Context,
+    ids::RUN_IDS,
     names::{self, NAME_ANNOTATION},
 };
-
-/// Annotation keeping the dataset id a Train request named.
-pub const DATASET_ID_ANNOTATION: &str = "miniautoml.io/dataset-id";
 
 /// The service.
 pub struct Training {
@@ -140,7 +138,7 @@ impl Service for Training {
         let run_id = self
             .ctx
             .ids
-            .allocate(&self.ctx.client, &self.namespace, RUN_ID_COUNTER)
+            .allocate(&self.ctx.client, &self.namespace, RUN_IDS)
             .await
             .map_err(internal)?;
         let job = TrainingJob {

@@ -4,33 +4,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
 use miniautoml_intent_model::Classifier;
 
 use crate::data::Examples;
 use crate::hyperparameters::Hyperparameters;
 use crate::package::{Provenance, evaluate_file, package};
-use crate::train::{EpochReport, train as train_model};
+use crate::train::{describe_epoch, train as train_model, training_device};
 use crate::{Error, Result};
-
-/// The device to train on: the first CUDA GPU when built with the `cuda` feature and one is
-/// present, else the CPU.
-pub fn training_device() -> Result<Device> {
-    Ok(Device::cuda_if_available(0)?)
-}
-
-/// One line per epoch.
-pub fn describe_epoch(report: &EpochReport) -> String {
-    let mut line = format!("epoch {:>3}  train loss {:.4}", report.epoch, report.train_loss);
-    if let Some((scores, loss)) = report.validation {
-        line.push_str(&format!(
-            "  validation loss {loss:.4} accuracy {:.3} macro-F1 {:.3}",
-            scores.accuracy, scores.macro_f1
-        ));
-    }
-    line.push_str(&format!("  {:.0} examples/s", report.examples_per_second));
-    line
-}
 
 /// `train --data … --out DIR --param NAME=VALUE…`.
 pub fn train(data: &[PathBuf], out: &Path, params: &[String]) -> Result<()> {
@@ -92,23 +72,5 @@ pub fn eval(model: &Path, data: &Path) -> Result<()> {
     println!("examples {rows}");
     println!("accuracy {:.4}", scores.accuracy);
     println!("macro-F1 {:.4}", scores.macro_f1);
-    Ok(())
-}
-
-/// Runs one training job from the environment.
-pub fn job_from_env() -> Result<()> {
-    let config = match crate::contract::JobConfig::from_lookup(|name| std::env::var(name).ok()) {
-        Ok(config) => config,
-        Err(error) => {
-            if let (Ok(job_id), Ok(server)) =
-                (std::env::var("JOB_ID"), std::env::var("METADATA_STORE_SERVER"))
-            {
-                crate::job::report_early_failure(&job_id, &server, &error.to_string());
-            }
-            return Err(error);
-        }
-    };
-    let outcome = crate::job::run(&config)?;
-    println!("run {} done: {}", config.job_id, outcome.message);
     Ok(())
 }

@@ -25,11 +25,10 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cli::{describe_epoch, training_device};
 use crate::contract::{JobConfig, endpoint_url};
 use crate::data::Examples;
 use crate::package::{CODE_VERSION, Provenance, package};
-use crate::train::{EpochReport, train};
+use crate::train::{EpochReport, describe_epoch, train, training_device};
 use crate::{Error, Result};
 
 /// Sends the run's token with every call.
@@ -105,6 +104,24 @@ where
             }
         }
     }
+}
+
+/// Runs one training job from the environment.
+pub fn run_from_env() -> Result<()> {
+    let config = match JobConfig::from_lookup(|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(error) => {
+            if let (Ok(job_id), Ok(server)) =
+                (std::env::var("JOB_ID"), std::env::var("METADATA_STORE_SERVER"))
+            {
+                report_early_failure(&job_id, &server, &error.to_string());
+            }
+            return Err(error);
+        }
+    };
+    let outcome = run(&config)?;
+    println!("run {} done: {}", config.job_id, outcome.message);
+    Ok(())
 }
 
 /// Runs the job described by `config`.

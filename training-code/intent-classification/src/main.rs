@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use miniautoml_intent_classification::{cli, hyperparameters::HYPERPARAMETERS};
+use miniautoml_intent_classification::{cli, hyperparameters::HYPERPARAMETERS, job};
 
 #[derive(Parser)]
 #[command(version, about, after_help = hyperparameter_help())]
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     keep_tensors_on_the_heap();
     let args = Args::parse();
     let outcome = match args.command.unwrap_or(Command::Job) {
-        Command::Job => cli::job_from_env(),
+        Command::Job => job::run_from_env(),
         Command::Train { data, out, params } => cli::train(&data, &out, &params),
         Command::Eval { model, data } => cli::eval(&model, &data),
     };

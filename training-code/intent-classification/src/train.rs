@@ -35,6 +35,25 @@ pub struct EpochReport {
     pub examples_per_second: f64,
 }
 
+/// The device to train on: the first CUDA GPU when built with the `cuda` feature and one is
+/// present, else the CPU.
+pub fn training_device() -> Result<Device> {
+    Ok(Device::cuda_if_available(0)?)
+}
+
+/// One line per epoch.
+pub fn describe_epoch(report: &EpochReport) -> String {
+    let mut line = format!("epoch {:>3}  train loss {:.4}", report.epoch, report.train_loss);
+    if let Some((scores, loss)) = report.validation {
+        line.push_str(&format!(
+            "  validation loss {loss:.4} accuracy {:.3} macro-F1 {:.3}",
+            scores.accuracy, scores.macro_f1
+        ));
+    }
+    line.push_str(&format!("  {:.0} examples/s", report.examples_per_second));
+    line
+}
+
 /// A trained model.
 #[derive(Clone, Debug)]
 pub struct Trained {

@@ -18,60 +18,30 @@ use k8s_openapi::{
     },
 };
 use kube::{Resource, ResourceExt};
-use miniautoml_api::{ModelDeployment, model_deployment::Endpoint};
-
-use crate::controller::children::{
-    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
-    requests_and_limits, truncate,
+use miniautoml_api::{
+    ModelDeployment,
+    labels::{MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL},
+    model_deployment::{Endpoint, GRPC_PORT, HTTP_PORT, ServedModel},
 };
 
-/// Label on every object of a ModelDeployment (and its pods): the ModelDeployment's name.
-pub const MODEL_DEPLOYMENT_LABEL: &str = "miniautoml.io/modeldeployment";
-/// Label on predictor pods: the run whose model they serve (the TrainingJob's run-id label).
-pub use crate::controller::training_job::build::RUN_ID_LABEL;
+use crate::{
+    context::PredictorSettings,
+    controller::children::{
+        ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
+        requests_and_limits,
+    },
+    names::truncate,
+};
+
 /// Annotation on predictor pods: the artifact URI they load.
 pub const MODEL_URI_ANNOTATION: &str = "miniautoml.io/model-uri";
 /// The predictor container's name.
 pub const CONTAINER: &str = "predictor";
-/// gRPC port of a predictor (and of the Service).
-pub const GRPC_PORT: i32 = 8081;
-/// HTTP port of a predictor (and of the Service).
-pub const HTTP_PORT: i32 = 8080;
 /// How long a stopping predictor keeps serving while it reports not ready, in seconds (the
 /// time endpoints need to drop it); well inside the termination grace period.
 pub const SHUTDOWN_DELAY_SECONDS: i64 = 5;
 /// The pods' termination grace period.
 pub const TERMINATION_GRACE_SECONDS: i64 = 30;
-
-/// The trained model a ModelDeployment serves, resolved from its TrainingJob.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServedModel {
-    /// Run id.
-    pub run_id: String,
-    /// The TrainingJob's name.
-    pub training_job: String,
-    /// `s3://bucket/models/…/` (the TrainingJob's `status.artifact.uri`).
-    pub uri: String,
-    /// Artifact version.
-    pub version: String,
-}
-
-/// What predictors are given, from the operator's configuration.
-#[derive(Clone, Debug)]
-pub struct PredictorSettings {
-    /// Image used unless the spec names one.
-    pub image: String,
-    /// S3 endpoint URL (`None`: AWS S3).
-    pub s3_endpoint: Option<String>,
-    /// S3 region.
-    pub s3_region: String,
-    /// Storage credentials copied into the ModelDeployment's Secret.
-    pub credentials: (String, String),
-    /// Image pull Secrets of the predictor pods.
-    pub image_pull_secrets: Vec<String>,
-    /// Pull policy of `image` (`None`: Kubernetes' default); a spec's own image keeps the default.
-    pub image_pull_policy: Option<String>,
-}
 
 /// Name of the predictors' Deployment and of their Service.
 pub fn deployment_name(md: &ModelDeployment) -> String {

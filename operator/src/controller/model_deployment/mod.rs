@@ -26,88 +26,33 @@ use kube::{
     api::{PartialObjectMeta, Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt, controller::Action, events::EventType, reflector::ObjectRef, watcher,
+        Controller,
+        controller::Action,
+        events::EventType,
+        reflector::{self, ObjectRef},
     },
 };
-use miniautoml_api::{ModelDeployment, ModelDeploymentStatus, TrainingJob, training_job::TrainingPhase};
+use miniautoml_api::{
+    ModelDeployment, ModelDeploymentStatus, TrainingJob,
+    labels::{MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL},
+    model_deployment::{AVAILABLE, MODEL_READY, NotServable, READY, ServedModel},
+};
 use sha2::{Digest, Sha256};
 
 use self::build::{
-    MODEL_DEPLOYMENT_LABEL, PredictorSettings, RUN_ID_LABEL, ServedModel, build_deployment, build_secret,
-    build_service, deployment_name, endpoint, rollout, template_run,
+    build_deployment, build_secret, build_service, deployment_name, endpoint, rollout, template_run,
 };
-use super::{
-    Context, Verdict, labelled_cache, modify_cached_status, publish, reconciled, report_unreadable, trim_pod,
-};
+use super::{reconciled::report_unreadable, watches::Events};
 use crate::{
     Result,
     conditions::{self, ACCEPTED},
-    controller::MANAGER,
+    context::{Context, MANAGER, PredictorSettings},
+    status::modify_cached_status,
 };
 
-/// Condition: the referenced model can be served (its TrainingJob Succeeded with an artifact).
-pub const MODEL_READY: &str = "ModelReady";
-/// Condition: every replica serves the referenced model and is ready.
-pub const READY: &str = "Ready";
-/// Condition: at least one replica is ready to serve (the current or the previous model).
-pub const AVAILABLE: &str = "Available";
 /// Annotation on the Deployment: digest of what the operator last applied, so an unchanged
 /// spec is not applied again.
 pub const APPLIED_ANNOTATION: &str = "miniautoml.io/applied-digest";
-
-reconciled!(ModelDeployment, "modeldeployment");
-
-/// Validation beyond the schema: none is needed (the schema and CEL rules enforce exactly one
-/// model reference and bounded replicas).
-pub fn validate(_deployment: &ModelDeployment, _ctx: &Context) -> Verdict {
-    Verdict::Valid
-}
-
-/// Why a model cannot be served (yet): `(reason, message)`.
-pub type NotServable = (&'static str, String);
-
-/// The model a succeeded TrainingJob offers.
-pub fn served_model(job: &TrainingJob) -> Result<ServedModel, NotServable> {
-    let name = job.name_any();
-    let status = job.status.clone().unwrap_or_default();
-    match status.phase {
-        Some(TrainingPhase::Succeeded) => {}
-        Some(TrainingPhase::Failed) => {
-            return Err((
-                "TrainingFailed",
-                format!(
-                    "TrainingJob {name} failed ({}); point spec.model at a succeeded run",
-                    status.message.unwrap_or_default()
-                ),
-            ));
-        }
-        phase => {
-            let phase = phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "new".into());
-            return Err((
-                "TrainingNotSucceeded",
-                format!("TrainingJob {name} is {phase}; the model is deployed once it has Succeeded"),
-            ));
-        }
-    }
-    let Some(artifact) = status.artifact else {
-        return Err((
-            "NoArtifact",
-            format!("TrainingJob {name} Succeeded but recorded no artifact"),
-        ));
-    };
-    let run_id = job
-        .labels()
-        .get(RUN_ID_LABEL)
-        .cloned()
-        .or(status.run_id)
-        .ok_or_else(|| ("NoRunId", format!("TrainingJob {name} has no run id")))?;
-    Ok(ServedModel {
-        run_id,
-        training_job: name,
-        uri: artifact.uri,
-        version: artifact.version,
-    })
-}
 
 /// Reconciles one ModelDeployment.
 #[tracing::instrument(skip_all, fields(modeldeployment = %ObjectRef::from_obj(guard.as_ref())))]
@@ -121,36 +66,29 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<ModelDeployment>>, ctx: Arc<C
     }
 }
 
-/// The predictors' Deployments and pods are cached, and wake their ModelDeployment when they
-/// change; a TrainingJob's change wakes the ModelDeployments that reference it.
-pub fn watches(
-    controller: Controller<DeserializeGuard<ModelDeployment>>,
-    ctx: &Context,
+/// The ModelDeployment controller on the watches of ModelDeployments, of the predictors'
+/// Deployments and pods (which wake their ModelDeployment when they change) and of
+/// TrainingJobs (a change wakes the ModelDeployments that reference it).
+pub fn controller(
+    model_deployments: Events<DeserializeGuard<ModelDeployment>>,
+    cache: reflector::Store<DeserializeGuard<ModelDeployment>>,
+    predictor_deployments: Events<Deployment>,
+    predictor_pods: Events<Pod>,
+    training_jobs: Events<PartialObjectMeta<TrainingJob>>,
 ) -> Controller<DeserializeGuard<ModelDeployment>> {
-    let (deployment_cache, deployment_events) =
-        labelled_cache(ctx.watched::<Deployment>(), MODEL_DEPLOYMENT_LABEL, |_| {});
-    // Routing needs the labels, IP and readiness.
-    let (pod_cache, pod_events) = labelled_cache(ctx.watched::<Pod>(), MODEL_DEPLOYMENT_LABEL, trim_pod);
-    let jobs: Api<PartialObjectMeta<TrainingJob>> = ctx.watched();
-    let _ = ctx.predictor_deployments.set(deployment_cache);
-    let _ = ctx.predictor_pods.set(pod_cache);
-    let _ = ctx.model_deployments.set(controller.store());
-    let model_deployments = controller.store();
-    let job_events = watcher(jobs, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .touched_objects();
-    controller
-        .owns_stream(deployment_events)
-        .watches_stream(pod_events, |pod| {
+    let referencing = cache.clone();
+    Controller::for_stream(model_deployments, cache)
+        .owns_stream(predictor_deployments)
+        .watches_stream(predictor_pods, |pod| {
             let name = pod.labels().get(MODEL_DEPLOYMENT_LABEL)?;
             Some(ObjectRef::new(name).within(&pod.namespace()?))
         })
-        .watches_stream(job_events, move |job| {
+        .watches_stream(training_jobs, move |job| {
             // Every ModelDeployment referencing this TrainingJob, by name or run id.
             let namespace = job.namespace().unwrap_or_default();
             let name = job.name_any();
             let run = job.labels().get(RUN_ID_LABEL).cloned();
-            model_deployments
+            referencing
                 .state()
                 .into_iter()
                 .filter_map(|guard| guard.0.as_ref().ok().cloned())
@@ -180,7 +118,7 @@ async fn resolve(md: &ModelDeployment, ctx: &Context) -> Result<Result<TrainingJ
     let run = md.spec.model.run_id.clone().unwrap_or_default();
     // Run ids are unique across namespaces; the run must be in this one.
     let found = ctx
-        .find_run(&run, |job| served_model(job).is_ok())
+        .find_run(&run, |job| job.served_model().is_ok())
         .await?
         .filter(|job| job.namespace().as_deref() == Some(namespace.as_str()));
     Ok(found.ok_or_else(|| {
@@ -364,12 +302,15 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Arc<Context>) -> Resul
     let namespace = md.namespace().unwrap_or_default();
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let job = resolve(md, ctx).await?;
-    let model = job.as_ref().map_err(Clone::clone).and_then(served_model);
+    let model = job
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|job| job.served_model());
     let name = deployment_name(md);
     let cached = ctx
+        .caches
         .predictor_deployments
-        .get()
-        .and_then(|store| store.get(&ObjectRef::new(&name).within(&namespace)))
+        .get(&ObjectRef::new(&name).within(&namespace))
         .map(|d| (*d).clone());
     let mut deployment = cached.clone();
     let mut blocked = None;
@@ -388,19 +329,15 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Arc<Context>) -> Resul
         (Err(_), _) => {}
     }
     let pods: Vec<Arc<Pod>> = ctx
+        .caches
         .predictor_pods
-        .get()
-        .map(|store| {
-            store
-                .state()
-                .into_iter()
-                .filter(|p| {
-                    p.namespace().as_deref() == Some(namespace.as_str())
-                        && p.labels().get(MODEL_DEPLOYMENT_LABEL) == Some(&md.name_any())
-                })
-                .collect()
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(namespace.as_str())
+                && p.labels().get(MODEL_DEPLOYMENT_LABEL) == Some(&md.name_any())
         })
-        .unwrap_or_default();
+        .collect();
     let observed = Observed {
         model: &model,
         deployment: deployment.as_ref(),
@@ -437,8 +374,7 @@ async fn announce(
     if after.served_run != before.served_run
         && let Some(run) = &after.served_run
     {
-        publish(
-            ctx,
+        ctx.publish(
             md,
             EventType::Normal,
             "RolledOut",
@@ -451,7 +387,8 @@ async fn announce(
         && condition.status == "False"
         && model(before).map(|c| c.reason) != Some(condition.reason.clone())
     {
-        publish(ctx, md, EventType::Warning, &condition.reason, condition.message).await;
+        ctx.publish(md, EventType::Warning, &condition.reason, condition.message)
+            .await;
     }
 }
 
@@ -500,7 +437,7 @@ async fn apply(
             Some(previous) => format!("rolling out run {} (replacing run {previous})", model.run_id),
             None => format!("deploying run {} ({})", model.run_id, model.uri),
         };
-        publish(ctx, md, EventType::Normal, "Deploying", note).await;
+        ctx.publish(md, EventType::Normal, "Deploying", note).await;
     }
     Ok(written)
 }
@@ -508,7 +445,10 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::DeploymentStatus;
-    use miniautoml_api::{TrainingJobStatus, training_job::ArtifactStatus};
+    use miniautoml_api::{
+        TrainingJobStatus,
+        training_job::{ArtifactStatus, TrainingPhase},
+    };
 
     use super::*;
 
@@ -548,7 +488,7 @@ mod tests {
     }
 
     fn deployed(run: &str, replicas: i32, updated: i32, available: i32) -> Deployment {
-        let model = served_model(&job(TrainingPhase::Succeeded, run)).unwrap();
+        let model = job(TrainingPhase::Succeeded, run).served_model().unwrap();
         let mut deployment = build_deployment(&md(), &model, &settings());
         deployment.metadata.generation = Some(1);
         deployment.status = Some(DeploymentStatus {
@@ -569,25 +509,25 @@ mod tests {
 
     #[test]
     fn only_a_succeeded_run_with_an_artifact_is_servable() {
-        let model = served_model(&job(TrainingPhase::Succeeded, "3")).unwrap();
+        let model = job(TrainingPhase::Succeeded, "3").served_model().unwrap();
         assert_eq!(model.run_id, "3");
         assert_eq!(model.uri, "s3://b/models/team-a/twitter-model/3/");
         assert_eq!(
-            served_model(&job(TrainingPhase::Running, "3")).unwrap_err().0,
+            job(TrainingPhase::Running, "3").served_model().unwrap_err().0,
             "TrainingNotSucceeded"
         );
         assert_eq!(
-            served_model(&job(TrainingPhase::Failed, "3")).unwrap_err().0,
+            job(TrainingPhase::Failed, "3").served_model().unwrap_err().0,
             "TrainingFailed"
         );
         let mut no_artifact = job(TrainingPhase::Succeeded, "3");
         no_artifact.status.as_mut().unwrap().artifact = None;
-        assert_eq!(served_model(&no_artifact).unwrap_err().0, "NoArtifact");
+        assert_eq!(no_artifact.served_model().unwrap_err().0, "NoArtifact");
     }
 
     #[test]
     fn nothing_is_deployed_while_training_runs() {
-        let model = served_model(&job(TrainingPhase::Running, "3"));
+        let model = job(TrainingPhase::Running, "3").served_model();
         let mut status = ModelDeploymentStatus::default();
         let observed = Observed {
             model: &model,
@@ -616,7 +556,7 @@ mod tests {
     #[test]
     fn served_run_changes_only_when_the_rollout_completes() {
         let md = md();
-        let run3 = served_model(&job(TrainingPhase::Succeeded, "3"));
+        let run3 = job(TrainingPhase::Succeeded, "3").served_model();
         let mut status = ModelDeploymentStatus::default();
         fn observe<'a>(
             model: &'a Result<ServedModel, NotServable>,
@@ -640,7 +580,7 @@ mod tests {
         );
 
         // Switched to run 4: a surge pod starts next to the old one.
-        let run4 = served_model(&job(TrainingPhase::Succeeded, "4"));
+        let run4 = job(TrainingPhase::Succeeded, "4").served_model();
         record(&md, &mut status, &observe(&run4, Some(&deployed("4", 2, 1, 1))));
         assert_eq!(status.served_run.as_deref(), Some("3"));
         assert_eq!(condition(&status, READY), ("False".into(), "RollingOut".into()));
@@ -655,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_reference_to_an_unfinished_run_keeps_the_current_model() {
-        let running = served_model(&job(TrainingPhase::Running, "5"));
+        let running = job(TrainingPhase::Running, "5").served_model();
         let mut status = ModelDeploymentStatus {
             served_run: Some("3".into()),
             ..Default::default()

@@ -14,19 +14,19 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use kube::{Resource, ResourceExt, api::ObjectMeta};
-use miniautoml_api::TrainingJob;
-
-use crate::controller::children::{
-    ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
-    requests_and_limits, truncate,
+use miniautoml_api::{
+    TrainingJob,
+    labels::{RUN_ID_LABEL, TRAINING_JOB_LABEL},
 };
 
-/// Label naming the TrainingJob on everything it owns.
-pub const TRAINING_JOB_LABEL: &str = "miniautoml.io/trainingjob";
-/// Label holding a TrainingJob's numeric run id.
-pub const RUN_ID_LABEL: &str = "miniautoml.io/run-id";
-/// Key of the run token in the per-run Secret.
-pub const TOKEN_KEY: &str = "token";
+use crate::{
+    controller::children::{
+        ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
+        requests_and_limits,
+    },
+    names::{RUN_TOKEN_KEY as TOKEN_KEY, run_secret as secret_name, truncate},
+};
+
 /// Annotation on a run's Job: the dataset snapshot it trains on.
 pub const VERSION_HASH_ANNOTATION: &str = "miniautoml.io/dataset-version-hash";
 /// The port rank 0 listens on for the other ranks.
@@ -64,11 +64,6 @@ pub struct RunInputs {
 /// Name of the run's Job (and of its headless Service).
 pub fn job_name(job: &TrainingJob) -> String {
     format!("{}-train", truncate(&job.name_any(), 50))
-}
-
-/// Name of the run's Secret (token and storage credentials).
-pub fn secret_name(job: &TrainingJob) -> String {
-    format!("{}-run", truncate(&job.name_any(), 50))
 }
 
 fn labels(job: &TrainingJob, run_id: u64) -> BTreeMap<String, String> {

@@ -33,40 +33,28 @@ use kube::{
 };
 use miniautoml_api::{
     Dataset, RetainPolicy, SnapshotState, SnapshotStatus, TrainingJob, TrainingJobSpec, TrainingJobStatus,
-    training_job::TrainingPhase,
+    labels::{DATASET_ID_LABEL, RUN_ID_LABEL, TRAINING_JOB_LABEL},
+    training_job::{DATASET_READY, FAILED, RUNNING, SUCCEEDED, TrainingPhase},
 };
 use miniautoml_data::{SnapshotSelector, layout};
 
-use self::build::{
-    RUN_ID_LABEL, RunInputs, TRAINING_JOB_LABEL, build_job, build_secret, build_service, job_name,
-    launched_version_hash,
-};
+use self::build::{RunInputs, build_job, build_secret, build_service, job_name, launched_version_hash};
 use self::observe::{Observed, image_digest, observe};
 use super::{
-    Context, MANAGER, TrainingSettings, Verdict, dataset::next_entry, labelled_cache, modify_cached_status,
-    publish, reconciled, report_unreadable, trim_pod,
+    reconciled::{Verdict, report_unreadable},
+    watches::Events,
 };
 use crate::{
     Result,
     conditions::{self, ACCEPTED},
-    grpc::data_management::DATASET_ID_LABEL,
-    snapshots::{self, SnapshotError},
+    context::{Context, MANAGER, TrainingSettings},
+    ids::RUN_IDS,
+    snapshots::SnapshotError,
+    status::modify_cached_status,
 };
 
-/// Condition: the dataset snapshot is Ready.
-pub const DATASET_READY: &str = "DatasetReady";
-/// Condition: the workers run (or ran).
-pub const RUNNING: &str = "Running";
-/// Condition: the run succeeded.
-pub const SUCCEEDED: &str = "Succeeded";
-/// Condition: the run failed.
-pub const FAILED: &str = "Failed";
 /// Finalizer of TrainingJobs whose run objects are deleted with them.
 pub const FINALIZER: &str = "miniautoml.io/trainingjob-artifacts";
-/// ConfigMap (in the operator's gRPC namespace) counting run ids.
-pub const RUN_ID_COUNTER: &str = "miniautoml-run-ids";
-
-reconciled!(TrainingJob, "trainingjob");
 
 /// The image a TrainingJob runs: `spec.image`, or its algorithm's configured image.
 pub fn resolve_image<'a>(
@@ -130,21 +118,17 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
     }
 }
 
-/// A run's Job and pods wake its TrainingJob when they change, so a run is followed by watch
-/// events, not by polling.
-pub fn watches(
-    controller: Controller<DeserializeGuard<TrainingJob>>,
-    ctx: &Context,
+/// The TrainingJob controller on the watches of TrainingJobs and of the runs' Jobs and pods: a
+/// run is followed by watch events, not by polling.
+pub fn controller(
+    jobs: Events<DeserializeGuard<TrainingJob>>,
+    cache: reflector::Store<DeserializeGuard<TrainingJob>>,
+    run_jobs: Events<Job>,
+    run_pods: Events<Pod>,
 ) -> Controller<DeserializeGuard<TrainingJob>> {
-    let _ = ctx.training_jobs.set(controller.store());
-    // Both are cached, so a reconcile reads them from memory.
-    let (job_cache, job_events) = labelled_cache(ctx.watched::<Job>(), TRAINING_JOB_LABEL, |_| {});
-    let (pod_cache, pod_events) = labelled_cache(ctx.watched::<Pod>(), TRAINING_JOB_LABEL, trim_pod);
-    let _ = ctx.run_jobs.set(job_cache);
-    let _ = ctx.run_pods.set(pod_cache);
-    controller
-        .owns_stream(job_events)
-        .watches_stream(pod_events, |pod| {
+    Controller::for_stream(jobs, cache)
+        .owns_stream(run_jobs)
+        .watches_stream(run_pods, |pod| {
             let name = pod.labels().get(TRAINING_JOB_LABEL)?;
             Some(ObjectRef::new(name).within(&pod.namespace()?))
         })
@@ -256,7 +240,8 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
             })
             .await?;
             if before != written.status {
-                publish(ctx, job, EventType::Warning, reason, message.clone()).await;
+                ctx.publish(job, EventType::Warning, reason, message.clone())
+                    .await;
             }
             return Ok(Action::await_change());
         }
@@ -264,7 +249,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
     };
     // The id goes into status with the next status write (see `write`).
     let labelled;
-    let (run_id, job) = match run_id(job) {
+    let (run_id, job) = match job.run_id() {
         Some(id) => (id, job),
         None => {
             labelled = assign_run_id(job, ctx, &api).await?;
@@ -286,9 +271,9 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = job_name(job);
     let cached = ctx
+        .caches
         .run_jobs
-        .get()
-        .and_then(|cache| cache.get(&ObjectRef::new(&name).within(&namespace)))
+        .get(&ObjectRef::new(&name).within(&namespace))
         .map(|job| (*job).clone());
     // Not cached yet (just created, or the cache is still filling): ask the API server.
     let existing = match cached {
@@ -349,7 +334,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Arc<Context>) -> Result<Action> 
                 .as_ref()
                 .and_then(|s| s.message.clone())
                 .unwrap_or_default();
-            publish(ctx, job, type_, reason, message).await;
+            ctx.publish(job, type_, reason, message).await;
             Ok(Action::await_change())
         }
         // The Job and pod watches wake an active run; this is only a safety net.
@@ -477,7 +462,7 @@ async fn ready_snapshot(
     };
     // Without a pinned commit the run trains on every commit of the spec, so it waits for them.
     if job.spec.dataset.commit.is_none()
-        && let Some(entry) = next_entry(&dataset)
+        && let Some(entry) = dataset.next_entry()
     {
         return wait(
             "DatasetIngesting",
@@ -515,7 +500,7 @@ async fn ready_snapshot(
             return wait("NoSuchCommits", format!("Dataset {dataset_name:?}: {error}"), 15).await;
         }
     }
-    let snapshot = match snapshots::prepare(ctx, &dataset, &selector).await {
+    let snapshot = match ctx.snapshots.prepare(&dataset, &selector).await {
         Ok(snapshot) => snapshot,
         Err(SnapshotError::Selection(error)) => {
             return wait("NoSuchCommits", format!("Dataset {dataset_name:?}: {error}"), 15).await;
@@ -559,7 +544,7 @@ async fn run_pods(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<Pod>
     let ready = |cache: &&reflector::Store<Pod>| {
         futures::FutureExt::now_or_never(cache.wait_until_ready()).is_some_and(|r| r.is_ok())
     };
-    if let Some(cache) = ctx.run_pods.get().filter(ready) {
+    if let Some(cache) = Some(&ctx.caches.run_pods).filter(ready) {
         return Ok(cache
             .state()
             .iter()
@@ -589,8 +574,7 @@ async fn launch(
     let created = jobs
         .patch(name, &apply, &Patch::Apply(&build_job(job, inputs)))
         .await?;
-    publish(
-        ctx,
+    ctx.publish(
         job,
         EventType::Normal,
         "Launched",
@@ -717,11 +701,6 @@ fn record(status: &mut TrainingJobStatus, generation: Option<i64>, observed: &Ob
     *status != before
 }
 
-/// The run id in the TrainingJob's label.
-pub fn run_id(job: &TrainingJob) -> Option<u64> {
-    job.labels().get(RUN_ID_LABEL).and_then(|id| id.parse().ok())
-}
-
 /// Labels `job` with a new run id; returns the id and the labelled object.
 async fn assign_run_id(
     job: &TrainingJob,
@@ -731,7 +710,7 @@ async fn assign_run_id(
     // The watch cache can lag behind the label this process wrote (a Job or pod event may
     // wake the run first), so the label is looked up once more at the source.
     let fresh = api.get(&job.name_any()).await?;
-    if let Some(id) = run_id(&fresh) {
+    if let Some(id) = fresh.run_id() {
         return Ok((id, fresh));
     }
     let job = &fresh;
@@ -740,7 +719,7 @@ async fn assign_run_id(
         .as_ref()
         .map(|t| t.id_namespace.clone())
         .unwrap_or_else(|| job.namespace().unwrap_or_default());
-    let id = ctx.ids.allocate(&ctx.client, &namespace, RUN_ID_COUNTER).await?;
+    let id = ctx.ids.allocate(&ctx.client, &namespace, RUN_IDS).await?;
     // Against the version read: a reconcile that saw a stale object (no label yet) is refused
     // instead of labelling the run a second time.
     let patch = serde_json::json!({"metadata": {

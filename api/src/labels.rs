@@ -1,0 +1,16 @@
+//! The labels and annotations users select on: kept stable, since `kubectl get -l` commands,
+//! dashboards and the operator's own watches depend on them.
+
+/// Label holding a Dataset's numeric id (the DataManagementService's `dataset_id`).
+pub const DATASET_ID_LABEL: &str = "miniautoml.io/dataset-id";
+/// Label holding a TrainingJob's numeric run id; predictor pods carry the run they serve.
+pub const RUN_ID_LABEL: &str = "miniautoml.io/run-id";
+/// Label naming the TrainingJob on everything it owns (its Secret, Job, Service and pods).
+pub const TRAINING_JOB_LABEL: &str = "miniautoml.io/trainingjob";
+/// Label naming the ModelDeployment on everything it owns (its Secret, Deployment, Service and
+/// pods).
+pub const MODEL_DEPLOYMENT_LABEL: &str = "miniautoml.io/modeldeployment";
+/// Label on objects the gRPC API created for a caller (its value names the service).
+pub const CREATED_BY_LABEL: &str = "miniautoml.io/created-by";
+/// Annotation on a TrainingJob created by `TrainingService/Train`: the dataset id it named.
+pub const DATASET_ID_ANNOTATION: &str = "miniautoml.io/dataset-id";

@@ -1,0 +1,209 @@
+//! What every reconcile and every gRPC method can use: the client, the event recorder, the
+//! bucket, the operator's settings, the watch caches and the services built on them. Plain
+//! shared state: it depends on no controller and no gRPC service.
+
+use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
+
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Pod};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::ListParams,
+    core::DeserializeGuard,
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
+    },
+};
+use miniautoml_api::{ModelDeployment, TrainingJob, labels::RUN_ID_LABEL};
+use tracing::warn;
+
+use crate::{Result, ids::Ids, leader::Leadership, metrics::Metrics, snapshots::Snapshots};
+
+/// Field manager of everything the operator writes with server-side apply, and the controller
+/// name on its events.
+pub const MANAGER: &str = "miniautoml-operator";
+
+/// The watch caches every replica keeps, leader or not (`controller::watch` builds them; the
+/// controllers' watches fill them). A cache still filling answers nothing, and readers fall
+/// back to the API server.
+#[derive(Clone)]
+pub struct Caches {
+    /// TrainingJobs (the metadata store finds runs here instead of asking the API server on
+    /// every write).
+    pub training_jobs: Store<DeserializeGuard<TrainingJob>>,
+    /// The runs' Jobs (label `miniautoml.io/trainingjob`).
+    pub run_jobs: Store<Job>,
+    /// The runs' pods, trimmed.
+    pub run_pods: Store<Pod>,
+    /// ModelDeployments (the PredictionService finds deployments here).
+    pub model_deployments: Store<DeserializeGuard<ModelDeployment>>,
+    /// The predictors' Deployments (label `miniautoml.io/modeldeployment`).
+    pub predictor_deployments: Store<Deployment>,
+    /// The predictors' pods, trimmed (the PredictionService routes to the ready ones).
+    pub predictor_pods: Store<Pod>,
+}
+
+/// What a training run's pods are given.
+#[derive(Clone, Debug)]
+pub struct TrainingSettings {
+    /// `host:port` of this operator's gRPC server as the pods reach it.
+    pub metadata_store_address: String,
+    /// S3 endpoint URL for the trainers (`None`: AWS S3).
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: String,
+    /// The bucket of data and models.
+    pub bucket: String,
+    /// Storage credentials copied into each run's Secret.
+    pub credentials: (String, String),
+    /// Namespace of the run-id counter.
+    pub id_namespace: String,
+    /// Most runs at once (0: no limit).
+    pub max_concurrent_runs: u32,
+    /// Image pull Secrets of the runs' pods.
+    pub image_pull_secrets: Vec<String>,
+    /// Algorithm name → image pull policy of its runs' pods.
+    pub algorithm_pull_policies: BTreeMap<String, String>,
+}
+
+/// What predictors are given, from the operator's configuration.
+#[derive(Clone, Debug)]
+pub struct PredictorSettings {
+    /// Image used unless the spec names one.
+    pub image: String,
+    /// S3 endpoint URL (`None`: AWS S3).
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: String,
+    /// Storage credentials copied into the ModelDeployment's Secret.
+    pub credentials: (String, String),
+    /// Image pull Secrets of the predictor pods.
+    pub image_pull_secrets: Vec<String>,
+    /// Pull policy of `image` (`None`: Kubernetes' default); a spec's own image keeps the default.
+    pub image_pull_policy: Option<String>,
+}
+
+/// What every reconcile and gRPC method can use.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes events users see in `kubectl describe`.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Algorithm name → training image (operator configuration).
+    pub algorithm_images: BTreeMap<String, String>,
+    /// The bucket of datasets and models; `None` when no credentials are configured.
+    pub store: Option<miniautoml_data::Store>,
+    /// The namespace the controllers watch; `None`: every namespace.
+    pub watch_namespace: Option<String>,
+    /// Training snapshots, built once each.
+    pub snapshots: Snapshots,
+    /// What training runs need; `None` until storage and the metadata store address are
+    /// configured (TrainingJobs then wait with a condition).
+    pub training: Option<TrainingSettings>,
+    /// What predictors need; `None` until storage is configured (ModelDeployments then wait
+    /// with a condition).
+    pub serving: Option<PredictorSettings>,
+    /// Numeric ids (dataset ids, run ids) handed out by this process.
+    pub ids: Ids,
+    /// The watch caches.
+    pub caches: Caches,
+    /// Whether this replica leads: every replica watches and caches, only the leader
+    /// reconciles (see `leader`).
+    pub leadership: Leadership,
+}
+
+impl Context {
+    /// A context publishing events as `reporter_instance` (the pod name, when known), reading
+    /// `caches`.
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        algorithm_images: BTreeMap<String, String>,
+        store: Option<miniautoml_data::Store>,
+        reporter_instance: Option<String>,
+        caches: Caches,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: reporter_instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            snapshots: Snapshots::new(client.clone(), store.clone()),
+            client,
+            metrics,
+            algorithm_images,
+            store,
+            watch_namespace: None,
+            training: None,
+            serving: None,
+            ids: Ids::default(),
+            caches,
+            leadership: Leadership::single(),
+        }
+    }
+
+    /// An API over the watched namespace, or over every namespace when none is set.
+    pub fn watched<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        scoped(&self.client, self.watch_namespace.as_deref())
+    }
+
+    /// The TrainingJob of run `run`: from the watch cache when the cached object satisfies
+    /// `fresh_enough` (the cache may lag the last write), else from the API server; `None` when
+    /// no TrainingJob has that run id.
+    pub async fn find_run(
+        &self,
+        run: &str,
+        fresh_enough: impl Fn(&TrainingJob) -> bool,
+    ) -> Result<Option<TrainingJob>> {
+        let cached = self.caches.training_jobs.state().iter().find_map(|guard| {
+            let job = guard.0.as_ref().ok()?;
+            (job.labels().get(RUN_ID_LABEL).map(String::as_str) == Some(run)).then(|| job.clone())
+        });
+        if let Some(job) = cached.filter(|job| fresh_enough(job)) {
+            return Ok(Some(job));
+        }
+        let api: Api<TrainingJob> = self.watched();
+        let params = ListParams::default().labels(&format!("{RUN_ID_LABEL}={run}"));
+        Ok(api.list(&params).await?.items.into_iter().next())
+    }
+
+    /// Publishes an event about `object`; a failure is logged, not returned (an event is never
+    /// worth failing a reconcile or a request).
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(%error, "publishing an event failed");
+        }
+    }
+}
+
+/// An API over `namespace`, or over every namespace.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
