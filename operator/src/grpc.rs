@@ -2,6 +2,7 @@
 //! implemented), standard gRPC health checking and server reflection for grpcurl.
 
 pub mod data_management;
+mod errors;
 pub mod forward;
 pub mod metadata_store;
 pub mod prediction;

@@ -21,6 +21,7 @@ use miniautoml_data::SnapshotSelector;
 use miniautoml_proto::data_management::{self as pb, data_management_service_server::DataManagementService};
 use tonic::{Request, Response, Status};
 
+use super::errors::internal;
 use crate::{
     context::Context,
     ids::DATASET_IDS,
@@ -141,10 +142,6 @@ impl DataManagement {
         }
         Ok(dataset)
     }
-}
-
-fn internal(error: impl std::fmt::Display) -> Status {
-    Status::internal(error.to_string())
 }
 
 fn tags(tags: &[pb::Tag]) -> Tags {

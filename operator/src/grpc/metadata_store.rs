@@ -29,6 +29,7 @@ use miniautoml_proto::data_management::FileInfo;
 use miniautoml_proto::metadata_store::{self as pb, metadata_store_service_server::MetadataStoreService};
 use tonic::{Request, Response, Status};
 
+use super::errors::internal;
 use crate::{
     conditions,
     context::Context,
@@ -49,10 +50,6 @@ pub struct MetadataStore {
     /// Run tokens already checked against their Secret, by TrainingJob uid (a run's token never
     /// changes).
     tokens: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-}
-
-fn internal(error: impl std::fmt::Display) -> Status {
-    Status::internal(error.to_string())
 }
 
 /// An epoch's metrics as numbers. The original stored them as strings; status holds numbers, so

@@ -36,6 +36,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use super::errors::internal;
 use crate::{conditions, context::Context};
 
 /// How often a waiting request looks for a ready predictor.
@@ -47,10 +48,6 @@ pub struct Prediction {
     deploy_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
     next: AtomicUsize,
-}
-
-fn internal(error: impl std::fmt::Display) -> Status {
-    Status::internal(error.to_string())
 }
 
 /// Whether a predictor pod can take requests for `run`.

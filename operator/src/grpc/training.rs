@@ -22,6 +22,7 @@ use miniautoml_proto::training::{
 };
 use tonic::{Request, Response, Status};
 
+use super::errors::internal;
 use crate::{
     context::Context,
     ids::RUN_IDS,
@@ -32,10 +33,6 @@ use crate::{
 pub struct Training {
     ctx: Arc<Context>,
     namespace: String,
-}
-
-fn internal(error: impl std::fmt::Display) -> Status {
-    Status::internal(error.to_string())
 }
 
 /// The commit a snapshot's commits `1..=n` amount to, when they are exactly that.
