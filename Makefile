@@ -8,7 +8,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md and the gRPC code in proto/src/generated
-	$(CARGO) run --quiet --locked -p miniautoml-operator --bin crdgen
+	$(CARGO) run --quiet --locked -p miniautoml-api --bin crdgen
 	$(CARGO) run --quiet --locked -p miniautoml-proto --features codegen --bin protogen
 
 test: ## Run every test: unit and integration tests (the local cluster started on demand and reused), then the e2e suite through helm install

@@ -64,47 +64,6 @@ pub fn reference() -> String {
     crate::reference::markdown(&crds())
 }
 
-/// JSON paths of schema properties that have no description (so `kubectl explain` would show
-/// nothing for them).
-pub fn undocumented_fields(crd: &CustomResourceDefinition) -> Vec<String> {
-    let mut missing = Vec::new();
-    for version in &crd.spec.versions {
-        let Some(schema) = version
-            .schema
-            .as_ref()
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-        else {
-            missing.push(format!("{}: no schema", version.name));
-            continue;
-        };
-        let schema = serde_json::to_value(schema).unwrap_or_default();
-        collect_undocumented(&schema, &version.name, &mut missing);
-    }
-    missing
-}
-
-fn collect_undocumented(schema: &Value, path: &str, missing: &mut Vec<String>) {
-    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
-        for (name, property) in properties {
-            let child = format!("{path}.{name}");
-            if property
-                .get("description")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                missing.push(child.clone());
-            }
-            collect_undocumented(property, &child, missing);
-        }
-    }
-    if let Some(items) = schema.get("items") {
-        collect_undocumented(items, &format!("{path}[]"), missing);
-    }
-    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
-        collect_undocumented(values, &format!("{path}{{}}"), missing);
-    }
-}
-
 /// Fills in what the derive leaves out: descriptions of the standard root fields and string
 /// bounds under `spec`.
 fn finish(crd: CustomResourceDefinition) -> CustomResourceDefinition {

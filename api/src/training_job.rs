@@ -323,6 +323,31 @@ impl TrainingJobSpec {
     }
 }
 
+impl TrainingJobStatus {
+    /// Merges the trainer's reported `epochs` into the status list (same id replaced), keeping
+    /// the most recent [`MAX_STATUS_EPOCHS`], and updates `progress` from rank 0's latest epoch
+    /// (of `requested` epochs, when known).
+    pub fn merge_epochs(&mut self, epochs: &[EpochStatus], requested: Option<u32>) {
+        for epoch in epochs {
+            self.epochs.retain(|e| e.id != epoch.id);
+            self.epochs.push(epoch.clone());
+        }
+        let excess = self.epochs.len().saturating_sub(MAX_STATUS_EPOCHS as usize);
+        self.epochs.drain(..excess);
+        let done = self
+            .epochs
+            .iter()
+            .filter_map(|e| e.id.strip_prefix("0-")?.parse::<u32>().ok())
+            .max();
+        if let Some(done) = done {
+            self.progress = Some(match requested {
+                Some(total) => format!("{done}/{total}"),
+                None => done.to_string(),
+            });
+        }
+    }
+}
+
 impl TrainingJob {
     /// The numeric run id in the run-id label, once the operator assigned one.
     pub fn run_id(&self) -> Option<u64> {
@@ -332,5 +357,30 @@ impl TrainingJob {
             .get(crate::labels::RUN_ID_LABEL)?
             .parse()
             .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(id: &str) -> EpochStatus {
+        EpochStatus {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn epochs_are_bounded_and_progress_follows_rank_zero() {
+        let mut status = TrainingJobStatus::default();
+        let epochs: Vec<EpochStatus> = (1..=40).map(|i| epoch(&format!("0-{i}"))).collect();
+        status.merge_epochs(&epochs, Some(50));
+        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
+        assert_eq!(status.epochs.last().unwrap().id, "0-40");
+        assert_eq!(status.progress.as_deref(), Some("40/50"));
+        status.merge_epochs(&[epoch("1-41"), epoch("0-40")], Some(50));
+        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
+        assert_eq!(status.progress.as_deref(), Some("40/50"));
     }
 }

@@ -223,23 +223,17 @@ impl Store {
 
     /// Keys under `prefix` in `bucket` (every page).
     pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
         let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{prefix}"), e))?;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{prefix}"), e))?;
             keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
-                _ => break,
-            }
         }
         Ok(keys)
     }

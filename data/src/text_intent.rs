@@ -196,23 +196,13 @@ fn quoted(out: &mut Vec<u8>, text: &[u8]) {
 
 /// Appends `"1;2"`: ids as a quoted, `;`-separated field.
 fn quoted_ids(out: &mut Vec<u8>, ids: &[u32]) {
+    let mut digits = itoa::Buffer::new();
     out.push(b'"');
     for (index, id) in ids.iter().enumerate() {
         if index > 0 {
             out.push(b';');
         }
-        let mut digits = [0u8; 10];
-        let mut at = digits.len();
-        let mut value = *id;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[at..]);
+        out.extend_from_slice(digits.format(*id).as_bytes());
     }
     out.push(b'"');
 }

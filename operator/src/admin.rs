@@ -13,7 +13,7 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result, metrics::Metrics, readiness::Readiness};
+use crate::{StartupError, metrics::Metrics, readiness::Readiness};
 
 #[derive(Clone)]
 struct AdminState {
@@ -58,8 +58,8 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     readiness: Readiness,
     shutdown: CancellationToken,
-) -> Result<()> {
-    let addr = listener.local_addr().map_err(|source| Error::Serve {
+) -> Result<(), StartupError> {
+    let addr = listener.local_addr().map_err(|source| StartupError::Serve {
         server: "admin",
         source,
     })?;
@@ -67,7 +67,7 @@ pub async fn serve(
     axum::serve(listener, router(metrics, readiness))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(|source| Error::Serve {
+        .map_err(|source| StartupError::Serve {
             server: "admin",
             source,
         })

@@ -138,6 +138,48 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "MINIAUTOML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Object storage credentials, from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY only (never
+    /// flags, which `ps` would show); read once, with the configuration.
+    #[arg(skip = Credentials::from_env())]
+    pub credentials: Option<Credentials>,
+
+    /// This pod's name (POD_NAME, from the downward API): the leader election's identity and the
+    /// reporting instance of events.
+    #[arg(skip = std::env::var("POD_NAME").ok().filter(|name| !name.is_empty()))]
+    pub pod_name: Option<String>,
+
+    /// This pod's IP (POD_IP): where the other replicas forward gRPC writes to the leader.
+    #[arg(skip = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok()))]
+    pub pod_ip: Option<std::net::IpAddr>,
+}
+
+/// Object storage credentials. `Debug` shows the access key id, never the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// AWS_ACCESS_KEY_ID.
+    pub access_key_id: String,
+    /// AWS_SECRET_ACCESS_KEY.
+    pub secret_access_key: String,
+}
+
+impl Credentials {
+    /// Both variables from the environment, when both are set.
+    pub fn from_env() -> Option<Credentials> {
+        Some(Credentials {
+            access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok()?,
+            secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+        })
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
@@ -202,6 +244,20 @@ fn parse_algorithm(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret_key() {
+        let credentials = Credentials {
+            access_key_id: "AKIAEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI".into(),
+        };
+        let shown = format!("{credentials:?}");
+        assert!(shown.contains("AKIAEXAMPLE"), "{shown}");
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        let mut config = Config::try_parse_from(["miniautoml-operator"]).unwrap();
+        config.credentials = Some(credentials);
+        assert!(!format!("{config:?}").contains("wJalrXUtnFEMI"));
+    }
 
     #[test]
     fn defaults_serve_grpc_on_51001() {

@@ -17,7 +17,9 @@ use kube::{
 use miniautoml_api::{ModelDeployment, TrainingJob, labels::RUN_ID_LABEL};
 use tracing::warn;
 
-use crate::{Result, ids::Ids, leader::Leadership, metrics::Metrics, snapshots::Snapshots};
+use crate::{
+    Result, config::Credentials, ids::Ids, leader::Leadership, metrics::Metrics, snapshots::Snapshots,
+};
 
 /// Field manager of everything the operator writes with server-side apply, and the controller
 /// name on its events.
@@ -55,7 +57,7 @@ pub struct TrainingSettings {
     /// The bucket of data and models.
     pub bucket: String,
     /// Storage credentials copied into each run's Secret.
-    pub credentials: (String, String),
+    pub credentials: Credentials,
     /// Namespace of the run-id counter.
     pub id_namespace: String,
     /// Most runs at once (0: no limit).
@@ -76,7 +78,7 @@ pub struct PredictorSettings {
     /// S3 region.
     pub s3_region: String,
     /// Storage credentials copied into the ModelDeployment's Secret.
-    pub credentials: (String, String),
+    pub credentials: Credentials,
     /// Image pull Secrets of the predictor pods.
     pub image_pull_secrets: Vec<String>,
     /// Pull policy of `image` (`None`: Kubernetes' default); a spec's own image keeps the default.

@@ -1,15 +1,24 @@
-//! The operator's error type.
+//! The operator's two error types: [`StartupError`] stops the process (it cannot start, or a
+//! server it runs failed); [`Error`] fails one reconcile or one call, which is retried.
 
-/// Everything that can go wrong in the operator library.
+use std::sync::Arc;
+
+use miniautoml_data::StorageError;
+
+/// Why the operator cannot start or keep serving; the process exits with it.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum StartupError {
     /// A call to the Kubernetes API failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 
-    /// Building a client from kubeconfig or the in-cluster environment failed.
+    /// No kubeconfig or in-cluster environment was found.
     #[error("no usable Kubernetes configuration (set KUBECONFIG, or run in a cluster): {0}")]
-    KubeConfig(String),
+    KubeConfig(#[source] kube::config::InferConfigError),
+
+    /// The configuration found cannot build a client.
+    #[error("the Kubernetes configuration cannot build a client: {0}")]
+    KubeClient(#[source] kube::Error),
 
     /// The Kubernetes API server did not answer.
     #[error(
@@ -61,22 +70,43 @@ pub enum Error {
     /// Joining the leader election failed (the Lease could not be read or created).
     #[error("leader election: {0}")]
     LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
+}
 
-    /// Adding, running or removing a finalizer failed.
-    #[error("{0}")]
-    Finalizer(String),
+/// What fails one reconcile or one gRPC call; the controller retries it with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    /// Adding or removing a finalizer failed.
+    #[error("{action} finalizer: {source}")]
+    Finalizer {
+        /// `adding` or `removing`.
+        action: &'static str,
+        /// What failed.
+        source: kube::Error,
+    },
+
+    /// kube refused a finalizer name as a JSON patch path (the names are constants, so a bug).
+    #[error("invalid finalizer name")]
+    InvalidFinalizer,
 
     /// Allocating a numeric id kept losing compare-and-swap races.
     #[error("allocating an id from ConfigMap {0} kept conflicting")]
     IdConflict(String),
 
-    /// Allocating a numeric id failed (the message says why).
+    /// Allocating a batch of ids failed; every caller waiting on the batch gets the cause.
     #[error("allocating an id: {0}")]
-    IdAllocation(String),
+    IdAllocation(#[source] Arc<Error>),
 
-    /// Object storage failed in a way worth retrying.
+    /// Object storage failed.
     #[error("object storage: {0}")]
-    Storage(String),
+    Storage(#[from] StorageError),
+
+    /// The operating system gave no randomness (for a run's token).
+    #[error("no randomness for a run token: {0}")]
+    Randomness(#[source] getrandom::Error),
 
     /// An object from the API server lacks a field every such object has.
     #[error("{kind} {name} has no {field}")]
@@ -90,7 +120,7 @@ pub enum Error {
     },
 }
 
-/// Result with the operator's [`Error`].
+/// Result with the reconcile [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
@@ -98,19 +128,35 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::KubeConfig(_) => "kubeconfig",
-            Error::Unreachable { .. } => "unreachable",
-            Error::CrdsMissing(_) => "crds_missing",
-            Error::Bind { .. } => "bind",
-            Error::Serve { .. } => "serve",
-            Error::Grpc(_) => "grpc",
-            Error::Reflection(_) => "reflection",
-            Error::LeaderElection(_) => "leader_election",
-            Error::MissingField { .. } => "missing_field",
-            Error::Finalizer(_) => "finalizer",
-            Error::Storage(_) => "storage",
+            Error::Finalizer { .. } | Error::InvalidFinalizer => "finalizer",
             Error::IdConflict(_) => "id_conflict",
             Error::IdAllocation(_) => "id_allocation",
+            Error::Storage(_) => "storage",
+            Error::Randomness(_) => "randomness",
+            Error::MissingField { .. } => "missing_field",
+        }
+    }
+
+    /// The error of a reconcile run under `kube::runtime::finalizer`: the reconcile's own error,
+    /// or the finalizer patch that failed.
+    pub fn from_finalizer(error: kube::runtime::finalizer::Error<Error>) -> Error {
+        use kube::runtime::finalizer::Error as Finalizer;
+        match error {
+            Finalizer::ApplyFailed(error) | Finalizer::CleanupFailed(error) => error,
+            Finalizer::AddFinalizer(source) => Error::Finalizer {
+                action: "adding",
+                source,
+            },
+            Finalizer::RemoveFinalizer(source) => Error::Finalizer {
+                action: "removing",
+                source,
+            },
+            Finalizer::UnnamedObject => Error::MissingField {
+                kind: "object",
+                name: String::new(),
+                field: "metadata.name",
+            },
+            Finalizer::InvalidFinalizer => Error::InvalidFinalizer,
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
-use crate::{Error, Result, readiness::Readiness};
+use crate::{StartupError, readiness::Readiness};
 
 /// The original system's services this server runs (tests of the bare server leave them out).
 #[derive(Default)]
@@ -37,7 +37,7 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: CancellationToken,
     services: Services,
-) -> Result<()> {
+) -> Result<(), StartupError> {
     let Services {
         data,
         metadata,
@@ -56,7 +56,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(miniautoml_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let addr = listener.local_addr().map_err(|source| Error::Serve {
+    let addr = listener.local_addr().map_err(|source| StartupError::Serve {
         server: "gRPC",
         source,
     })?;

@@ -12,7 +12,10 @@ use kube::{
 
 use tokio::sync::oneshot;
 
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    status::{is_conflict, retry_on_conflict},
+};
 
 /// ConfigMap (in the gRPC namespace) counting dataset ids.
 pub const DATASET_IDS: &str = "miniautoml-dataset-ids";
@@ -58,10 +61,15 @@ impl Ids {
                     let _ = waiter.send(Ok(first + offset as u64));
                 }
             }
-            Err(error) => {
-                let message = error.to_string();
+            Err(Error::IdConflict(counter)) => {
                 for waiter in batch {
-                    let _ = waiter.send(Err(Error::IdAllocation(message.clone())));
+                    let _ = waiter.send(Err(Error::IdConflict(counter.clone())));
+                }
+            }
+            Err(error) => {
+                let error = Arc::new(error);
+                for waiter in batch {
+                    let _ = waiter.send(Err(Error::IdAllocation(error.clone())));
                 }
             }
         }
@@ -75,40 +83,35 @@ impl Ids {
 /// the first.
 async fn reserve(client: &Client, namespace: &str, counter: &str, count: u64) -> Result<u64> {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    for _ in 0..20 {
-        match maps.get_opt(counter).await? {
-            None => {
-                let map = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(counter.into()),
-                        ..Default::default()
-                    },
-                    data: Some([("next".to_string(), (1 + count).to_string())].into()),
+    let reserved = retry_on_conflict(|| async {
+        let Some(mut map) = maps.get_opt(counter).await? else {
+            let map = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(counter.into()),
                     ..Default::default()
-                };
-                match maps.create(&PostParams::default(), &map).await {
-                    Ok(_) => return Ok(1),
-                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(error) => return Err(error.into()),
-                }
-            }
-            Some(mut map) => {
-                let next: u64 = map
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("next"))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(1);
-                map.data
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert("next".into(), (next + count).to_string());
-                match maps.replace(counter, &PostParams::default(), &map).await {
-                    Ok(_) => return Ok(next),
-                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(error) => return Err(error.into()),
-                }
-            }
-        }
+                },
+                data: Some([("next".to_string(), (1 + count).to_string())].into()),
+                ..Default::default()
+            };
+            // Another process creating it first is a conflict too: read it again.
+            return maps.create(&PostParams::default(), &map).await.map(|_| 1);
+        };
+        let next: u64 = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get("next"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        map.data
+            .get_or_insert_with(BTreeMap::new)
+            .insert("next".into(), (next + count).to_string());
+        maps.replace(counter, &PostParams::default(), &map)
+            .await
+            .map(|_| next)
+    })
+    .await;
+    match reserved {
+        Err(error) if is_conflict(&error) => Err(Error::IdConflict(counter.to_string())),
+        other => Ok(other?),
     }
-    Err(Error::IdConflict(counter.to_string()))
 }

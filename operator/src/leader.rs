@@ -161,11 +161,6 @@ impl Leadership {
         self.inner.leading.load(Ordering::Acquire)
     }
 
-    /// Whether elections run (more than one replica may be up).
-    pub fn elects(&self) -> bool {
-        self.inner.election.is_some()
-    }
-
     /// This replica's name in the election, when elections run.
     pub fn name(&self) -> Option<&str> {
         self.inner.election.as_ref().map(|e| e.settings.name.as_str())
@@ -378,7 +373,7 @@ mod tests {
     fn a_single_replica_always_leads() {
         let single = Leadership::single();
         assert!(single.is_leading());
-        assert!(!single.elects());
+        assert_eq!(single.name(), None);
         assert_eq!(*single.gained().borrow(), 1);
     }
 }

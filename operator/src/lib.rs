@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use crate::error::{Error, Result};
+pub use crate::error::{Error, Result, StartupError};
 use crate::{
     config::Config,
     context::{Context, PredictorSettings, TrainingSettings},
@@ -30,17 +30,16 @@ use crate::{
     metrics::Metrics,
     readiness::Readiness,
 };
+pub use miniautoml_proto::shutdown::termination_signal;
 
 /// Runs the operator until `stop` fires or a server fails: claims its ports, checks the CRDs
 /// are installed, then serves admin and gRPC and runs the controllers. On `stop` it reports not
 /// ready for `--shutdown-delay`, then every part stops gracefully and a leader hands over.
-pub async fn run(config: Config, stop: CancellationToken) -> Result<()> {
+pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupError> {
     let shutdown = CancellationToken::new();
     let admin_listener = bind("admin", config.admin_addr).await?;
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
-    let kube_config = kube::Config::infer()
-        .await
-        .map_err(|e| Error::KubeConfig(e.to_string()))?;
+    let kube_config = kube::Config::infer().await.map_err(StartupError::KubeConfig)?;
     let api_url = kube_config.cluster_url.to_string();
     let metrics = Arc::new(Metrics::default());
     // Every API request is counted (`miniautoml_operator_kube_api_requests_total`).
@@ -51,14 +50,14 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<()> {
             request
         });
     let client = kube::client::ClientBuilder::try_from(kube_config)
-        .map_err(|e| Error::KubeConfig(e.to_string()))?
+        .map_err(StartupError::KubeClient)?
         .with_layer(&counting)
         .build();
     preflight::check_crds(&client)
         .await
         .map_err(|error| match error {
-            Error::Kube(source @ (kube::Error::Service(_) | kube::Error::HyperError(_))) => {
-                Error::Unreachable { url: api_url, source }
+            StartupError::Kube(source @ (kube::Error::Service(_) | kube::Error::HyperError(_))) => {
+                StartupError::Unreachable { url: api_url, source }
             }
             other => other,
         })?;
@@ -79,14 +78,14 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<()> {
         metrics.clone(),
         config.algorithm_images(),
         store,
-        std::env::var("POD_NAME").ok(),
+        config.pod_name.clone(),
         caches,
     );
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.training = training_settings(&config);
     ctx.serving = predictor_settings(&config);
     let leadership = if config.leader_elect {
-        let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Serve {
+        let grpc_addr = grpc_listener.local_addr().map_err(|source| StartupError::Serve {
             server: "gRPC",
             source,
         })?;
@@ -112,7 +111,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<()> {
     let ctx = Arc::new(ctx);
 
     // A server that cannot start stops everything, so the process exits with its error.
-    let stop_on_error = |result: Result<()>| {
+    let stop_on_error = |result: Result<(), StartupError>| {
         if result.is_err() {
             shutdown.cancel();
         }
@@ -176,18 +175,15 @@ async fn drain(
 /// This replica in the leader election: named after its pod (else host and process id) and
 /// reached at its pod IP (else the address gRPC listens on, loopback for a wildcard).
 fn election_settings(config: &Config, grpc_addr: std::net::SocketAddr) -> leader::ElectionSettings {
-    let name = std::env::var("POD_NAME").unwrap_or_else(|_| {
+    let name = config.pod_name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let ip = std::env::var("POD_IP")
-        .ok()
-        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-        .unwrap_or(if grpc_addr.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            grpc_addr.ip()
-        });
+    let ip = config.pod_ip.unwrap_or(if grpc_addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        grpc_addr.ip()
+    });
     leader::ElectionSettings {
         namespace: config.leader_elect_namespace.clone(),
         lease: config.leader_elect_lease.clone(),
@@ -218,12 +214,7 @@ async fn ensure_bucket(store: miniautoml_data::Store, shutdown: CancellationToke
 
 /// What training runs need, when storage credentials and the metadata store address are set.
 fn training_settings(config: &Config) -> Option<TrainingSettings> {
-    let (Ok(access_key), Ok(secret_key)) = (
-        std::env::var("AWS_ACCESS_KEY_ID"),
-        std::env::var("AWS_SECRET_ACCESS_KEY"),
-    ) else {
-        return None;
-    };
+    let credentials = config.credentials.clone()?;
     let Some(address) = config.metadata_store_address.clone() else {
         tracing::warn!("no --metadata-store-address: TrainingJobs will wait until one is configured");
         return None;
@@ -233,7 +224,7 @@ fn training_settings(config: &Config) -> Option<TrainingSettings> {
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
         bucket: config.bucket.clone(),
-        credentials: (access_key, secret_key),
+        credentials,
         id_namespace: config.grpc_namespace.clone(),
         max_concurrent_runs: config.max_concurrent_runs,
         image_pull_secrets: config.image_pull_secrets.clone(),
@@ -243,17 +234,12 @@ fn training_settings(config: &Config) -> Option<TrainingSettings> {
 
 /// What predictors need, when storage credentials are set.
 fn predictor_settings(config: &Config) -> Option<PredictorSettings> {
-    let (Ok(access_key), Ok(secret_key)) = (
-        std::env::var("AWS_ACCESS_KEY_ID"),
-        std::env::var("AWS_SECRET_ACCESS_KEY"),
-    ) else {
-        return None;
-    };
+    let credentials = config.credentials.clone()?;
     Some(PredictorSettings {
         image: config.predictor_image.clone(),
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
-        credentials: (access_key, secret_key),
+        credentials,
         image_pull_secrets: config.image_pull_secrets.clone(),
         image_pull_policy: config.predictor_pull_policy.clone(),
     })
@@ -262,10 +248,7 @@ fn predictor_settings(config: &Config) -> Option<PredictorSettings> {
 /// The bucket, when credentials are in the environment (AWS_ACCESS_KEY_ID and
 /// AWS_SECRET_ACCESS_KEY; never flags, which `ps` would show).
 fn storage(config: &Config) -> Option<miniautoml_data::Store> {
-    let (Ok(access_key), Ok(secret_key)) = (
-        std::env::var("AWS_ACCESS_KEY_ID"),
-        std::env::var("AWS_SECRET_ACCESS_KEY"),
-    ) else {
+    let Some(credentials) = &config.credentials else {
         tracing::warn!("no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: object storage is not configured");
         return None;
     };
@@ -273,31 +256,17 @@ fn storage(config: &Config) -> Option<miniautoml_data::Store> {
     Some(miniautoml_data::Store::with_credentials(
         config.s3_endpoint.as_deref(),
         &config.s3_region,
-        &access_key,
-        &secret_key,
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
         &config.bucket,
     ))
 }
 
-async fn bind(server: &'static str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+async fn bind(
+    server: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, StartupError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { server, addr, source })
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM received, shutting down"),
-                _ = int.recv() => info!("SIGINT received, shutting down"),
-            }
-        }
-        _ => {
-            // Without signal handlers the default action (exit) still stops the process.
-            std::future::pending::<()>().await;
-        }
-    }
+        .map_err(|source| StartupError::Bind { server, addr, source })
 }

@@ -3,7 +3,7 @@
 use kube::Client;
 use miniautoml_api::{GROUP, VERSION};
 
-use crate::{Error, Result};
+use crate::StartupError;
 
 /// Names (`<plural>.<group>`) of the CRDs the operator needs that are not among `served`, the
 /// plural resource names the apiserver serves for `miniautoml.io/v1alpha1`.
@@ -17,7 +17,7 @@ pub fn missing_crds(served: &[String]) -> Vec<String> {
 
 /// Fails with the names of the missing CRDs and how to install them, unless the apiserver serves
 /// every MiniAutoML resource. Uses discovery, which needs no extra RBAC.
-pub async fn check_crds(client: &Client) -> Result<()> {
+pub async fn check_crds(client: &Client) -> Result<(), StartupError> {
     let served = match client
         .list_api_group_resources(&format!("{GROUP}/{VERSION}"))
         .await
@@ -31,7 +31,7 @@ pub async fn check_crds(client: &Client) -> Result<()> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::CrdsMissing(missing))
+        Err(StartupError::CrdsMissing(missing))
     }
 }
 
@@ -56,7 +56,7 @@ mod tests {
         ];
         let missing = missing_crds(&served);
         assert_eq!(missing, ["trainingjobs.miniautoml.io"]);
-        let message = Error::CrdsMissing(missing).to_string();
+        let message = StartupError::CrdsMissing(missing).to_string();
         assert!(message.contains("trainingjobs.miniautoml.io"), "{message}");
         assert!(message.contains("kubectl apply -f crds/"), "{message}");
     }

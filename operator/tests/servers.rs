@@ -22,7 +22,10 @@ use tonic_reflection::pb::v1::{
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
 /// Fires `shutdown` and waits for `server` to return without an error.
-async fn stop(shutdown: CancellationToken, server: JoinHandle<miniautoml_operator::Result<()>>) {
+async fn stop(
+    shutdown: CancellationToken,
+    server: JoinHandle<Result<(), miniautoml_operator::StartupError>>,
+) {
     shutdown.cancel();
     let finished = tokio::time::timeout(HANG_GUARD, server)
         .await

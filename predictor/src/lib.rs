@@ -22,6 +22,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use miniautoml_proto::shutdown::termination_signal;
 pub use model::{Model, Rejection, Source};
 pub use state::State;
 use tokio::net::TcpListener;
@@ -168,18 +169,4 @@ fn server_ended(server: &'static str, result: Joined) -> Result<()> {
         addr: "-".into(),
         source: std::io::Error::other("stopped unexpectedly"),
     })
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }

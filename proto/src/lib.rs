@@ -33,6 +33,7 @@ pub mod prediction {
 
 #[cfg(feature = "codegen")]
 pub mod codegen;
+pub mod shutdown;
 
 /// The encoded `FileDescriptorSet` of the four API files and their imports, for gRPC reflection
 /// (`tonic_reflection::server::Builder::register_encoded_file_descriptor_set`).

@@ -7,6 +7,8 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 
+use crate::config::Credentials;
+
 /// `name=value`.
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -59,10 +61,10 @@ pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 
 /// The Secret entries holding the storage credentials `(access key, secret key)`.
-pub fn credential_entries(credentials: &(String, String)) -> BTreeMap<String, String> {
+pub fn credential_entries(credentials: &Credentials) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (ACCESS_KEY.to_string(), credentials.0.clone()),
-        (SECRET_KEY.to_string(), credentials.1.clone()),
+        (ACCESS_KEY.to_string(), credentials.access_key_id.clone()),
+        (SECRET_KEY.to_string(), credentials.secret_access_key.clone()),
     ])
 }
 

@@ -152,11 +152,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
         }
     })
     .await
-    .map_err(|error| match error {
-        kube::runtime::finalizer::Error::ApplyFailed(error)
-        | kube::runtime::finalizer::Error::CleanupFailed(error) => error,
-        other => Error::Finalizer(other.to_string()),
-    })
+    .map_err(Error::from_finalizer)
 }
 
 async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<Action> {
@@ -282,10 +278,7 @@ async fn cleanup(dataset: &Dataset, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     };
     let prefix = layout::dataset_prefix(&dataset.namespace().unwrap_or_default(), &dataset.name_any());
-    let deleted = store
-        .delete_prefix(&prefix)
-        .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
+    let deleted = store.delete_prefix(&prefix).await?;
     tracing::info!(deleted, prefix, "dataset objects deleted");
     Ok(Action::await_change())
 }

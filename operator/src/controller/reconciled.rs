@@ -1,5 +1,5 @@
-//! What the three controllers share: the bound on the resources they reconcile, the verdict of
-//! validating a spec, and the report of an object the operator cannot read.
+//! What the three controllers share: the bound on the resources they reconcile and the report
+//! of an object the operator cannot read.
 
 use std::fmt::Debug;
 
@@ -41,20 +41,6 @@ impl Reconciled for miniautoml_api::TrainingJob {
 
 impl Reconciled for miniautoml_api::ModelDeployment {
     const CONTROLLER: &'static str = "modeldeployment";
-}
-
-/// Outcome of validating a spec beyond what the CRD schema and CEL rules check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The spec can be acted on.
-    Valid,
-    /// The spec cannot be acted on until the user changes it.
-    Invalid {
-        /// CamelCase reason for the condition and event.
-        reason: &'static str,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
 }
 
 /// Reports an object the operator cannot read (its stored form does not match the types, e.g.

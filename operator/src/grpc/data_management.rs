@@ -27,6 +27,7 @@ use crate::{
     ids::DATASET_IDS,
     names::{self, NAME_ANNOTATION},
     snapshots::SnapshotError,
+    status::{is_conflict, retry_on_conflict},
 };
 /// How long CreateDataset and UpdateDataset wait for the commit to be ingested.
 const INGEST_WAIT: Duration = Duration::from_secs(300);
@@ -356,8 +357,7 @@ impl DataManagementService for DataManagement {
             tags(&request.tags),
         )?;
         let api = self.api();
-        let mut attempts = 0;
-        let (name, entry) = loop {
+        let (name, entry) = retry_on_conflict(|| async {
             let (_, mut dataset) = self.find(&request.dataset_id).await?;
             let index = dataset.spec.commits.len() as u32;
             dataset.spec.commits.push(new.clone());
@@ -365,12 +365,16 @@ impl DataManagementService for DataManagement {
                 .replace(&dataset.name_any(), &PostParams::default(), &dataset)
                 .await
             {
-                Ok(written) => break (written.name_any(), index),
-                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 10 => attempts += 1,
-                Err(kube::Error::Api(s)) if s.code == 422 => return Err(Status::invalid_argument(s.message)),
-                Err(error) => return Err(internal(error)),
+                Ok(written) => Ok((written.name_any(), index)),
+                Err(error) if is_conflict(&error) => Err(Status::aborted(format!(
+                    "dataset {} kept changing while the commit was added; try again",
+                    request.dataset_id
+                ))),
+                Err(kube::Error::Api(s)) if s.code == 422 => Err(Status::invalid_argument(s.message)),
+                Err(error) => Err(internal(error)),
             }
-        };
+        })
+        .await?;
         let dataset = self.ingested(&name, entry).await?;
         Ok(Response::new(summary(id, &dataset)))
     }

@@ -20,9 +20,9 @@ use std::time::Duration;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt};
 use miniautoml_api::{
-    TrainingJob, TrainingJobStatus,
+    TrainingJob,
     labels::RUN_ID_LABEL,
-    training_job::{ArtifactStatus, EpochStatus, FAILED, MAX_STATUS_EPOCHS},
+    training_job::{ArtifactStatus, EpochStatus, FAILED},
 };
 use miniautoml_data::{Store, layout};
 use miniautoml_proto::data_management::FileInfo;
@@ -86,28 +86,6 @@ fn parse_time(text: &str) -> Option<Time> {
 
 fn time_text(time: &Option<Time>) -> String {
     time.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
-}
-
-/// Merges `epochs` into the status list (same id replaced), keeping the most recent
-/// [`MAX_STATUS_EPOCHS`], and updates `progress` from rank 0's latest epoch.
-pub fn merge_epochs(status: &mut TrainingJobStatus, epochs: &[EpochStatus], requested: Option<u32>) {
-    for epoch in epochs {
-        status.epochs.retain(|e| e.id != epoch.id);
-        status.epochs.push(epoch.clone());
-    }
-    let excess = status.epochs.len().saturating_sub(MAX_STATUS_EPOCHS as usize);
-    status.epochs.drain(..excess);
-    let done = status
-        .epochs
-        .iter()
-        .filter_map(|e| e.id.strip_prefix("0-")?.parse::<u32>().ok())
-        .max();
-    if let Some(done) = done {
-        status.progress = Some(match requested {
-            Some(total) => format!("{done}/{total}"),
-            None => done.to_string(),
-        });
-    }
 }
 
 /// `0.712` from the original's `"test accuracy 0.712"`.
@@ -225,11 +203,10 @@ impl MetadataStore {
         }
         let requested = job.spec.epochs();
         self.update(job, |current| {
-            merge_epochs(
-                current.status.get_or_insert_with(Default::default),
-                &epochs,
-                requested,
-            );
+            current
+                .status
+                .get_or_insert_with(Default::default)
+                .merge_epochs(&epochs, requested);
             true
         })
         .await?;
@@ -263,8 +240,9 @@ impl MetadataStore {
     }
 }
 
+/// Whether two tokens are equal, in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// The original's RunInfo of a TrainingJob.
@@ -549,26 +527,6 @@ impl MetadataStoreService for MetadataStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn epoch(id: &str) -> EpochStatus {
-        EpochStatus {
-            id: id.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn epochs_are_bounded_and_progress_follows_rank_zero() {
-        let mut status = TrainingJobStatus::default();
-        let epochs: Vec<EpochStatus> = (1..=40).map(|i| epoch(&format!("0-{i}"))).collect();
-        merge_epochs(&mut status, &epochs, Some(50));
-        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
-        assert_eq!(status.epochs.last().unwrap().id, "0-40");
-        assert_eq!(status.progress.as_deref(), Some("40/50"));
-        merge_epochs(&mut status, &[epoch("1-41"), epoch("0-40")], Some(50));
-        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
-        assert_eq!(status.progress.as_deref(), Some("40/50"));
-    }
 
     #[test]
     fn metrics_are_numbers_and_non_finite_ones_are_left_out() {

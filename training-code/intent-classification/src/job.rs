@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use backon::{ExponentialBuilder, Retryable};
 use miniautoml_data::Store;
 use miniautoml_intent_model::ARTIFACT_FILES;
 use miniautoml_proto::data_management::FileInfo;
@@ -85,25 +86,24 @@ where
     F: Fn(Client, R) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let mut delay = Duration::from_millis(250);
-    let mut waited = Duration::ZERO;
-    loop {
-        match send(client.clone(), request.clone()).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status) if retryable(&status) && waited < Duration::from_secs(60) => {
-                tokio::time::sleep(delay).await;
-                waited += delay;
-                delay = (delay * 2).min(Duration::from_secs(4));
-            }
-            Err(status) => {
-                return Err(Error::Metadata(format!(
-                    "metadata store {what}: {:?}: {}",
-                    status.code(),
-                    status.message()
-                )));
-            }
-        }
-    }
+    // 250 ms doubling to 4 s, for at most about a minute in all.
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(4))
+        .with_total_delay(Some(Duration::from_secs(60)))
+        .without_max_times();
+    let response = (|| send(client.clone(), request.clone()))
+        .retry(backoff)
+        .when(retryable)
+        .await
+        .map_err(|status| {
+            Error::Metadata(format!(
+                "metadata store {what}: {:?}: {}",
+                status.code(),
+                status.message()
+            ))
+        })?;
+    Ok(response.into_inner())
 }
 
 /// Runs one training job from the environment.

@@ -4,8 +4,8 @@
 //! trainer; sharing one implementation makes that impossible.)
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -64,12 +64,12 @@ struct Index {
 
 /// Term → feature id. Terms of up to 15 bytes (nearly all character n-grams and most words) are
 /// keys inline, bytes and length packed in a `u128`, so a lookup reads one bucket and no string
-/// elsewhere in memory; longer terms are strings. Hashed with FxHash: the keys are our own terms,
+/// elsewhere in memory; longer terms are strings. Hashed with rustc's FxHash (`rustc-hash`): the keys are our own terms,
 /// not an attacker's, and SipHash costs more than the lookup.
 #[derive(Clone, Debug, Default)]
 struct TermIndex {
-    short: HashMap<u128, u32, BuildHasherDefault<FxHasher>>,
-    long: HashMap<String, u32, BuildHasherDefault<FxHasher>>,
+    short: FxHashMap<u128, u32>,
+    long: FxHashMap<String, u32>,
 }
 
 impl TermIndex {
@@ -97,41 +97,6 @@ impl TermIndex {
             Some(key) => self.short.get(&key),
             None => self.long.get(term),
         }
-    }
-}
-
-/// FxHash (as in rustc): a rotate, xor and multiply per 8 bytes.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, value: u8) {
-        self.write_u64(value.into());
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.write_u64(value as u64);
-        self.write_u64((value >> 64) as u64);
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
     }
 }
 

@@ -23,8 +23,10 @@ use miniautoml_api::{
     labels::{MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL},
     model_deployment::{Endpoint, GRPC_PORT, HTTP_PORT, ServedModel},
 };
+use sha2::{Digest, Sha256};
 
 use crate::{
+    config::Credentials,
     context::PredictorSettings,
     controller::children::{
         ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
@@ -33,6 +35,9 @@ use crate::{
     names::truncate,
 };
 
+/// Annotation on the Deployment: digest of what the operator last applied, so an unchanged
+/// spec is not applied again.
+pub const APPLIED_ANNOTATION: &str = "miniautoml.io/applied-digest";
 /// Annotation on predictor pods: the artifact URI they load.
 pub const MODEL_URI_ANNOTATION: &str = "miniautoml.io/model-uri";
 /// The predictor container's name.
@@ -87,7 +92,7 @@ fn owned_meta(md: &ModelDeployment, name: String) -> ObjectMeta {
 }
 
 /// The predictors' storage credentials.
-pub fn build_secret(md: &ModelDeployment, credentials: &(String, String)) -> Secret {
+pub fn build_secret(md: &ModelDeployment, credentials: &Credentials) -> Secret {
     Secret {
         metadata: owned_meta(md, secret_name(md)),
         string_data: Some(credential_entries(credentials)),
@@ -273,6 +278,48 @@ pub fn rollout(deployment: &Deployment, desired: i32) -> Rollout {
     }
 }
 
+/// Everything a ModelDeployment runs, to apply together.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// The predictors' storage credentials.
+    pub secret: Secret,
+    /// The Service in front of the predictors.
+    pub service: Service,
+    /// The predictors, annotated with the digest of all three ([`APPLIED_ANNOTATION`]).
+    pub deployment: Deployment,
+}
+
+impl Desired {
+    /// The digest of what was applied, as the Deployment carries it.
+    pub fn digest(&self) -> Option<&String> {
+        self.deployment.annotations().get(APPLIED_ANNOTATION)
+    }
+}
+
+/// The predictors' Secret, Service and Deployment for serving `model`.
+pub fn desired(md: &ModelDeployment, model: &ServedModel, settings: &PredictorSettings) -> Desired {
+    let secret = build_secret(md, &settings.credentials);
+    let service = build_service(md);
+    let mut deployment = build_deployment(md, model, settings);
+    let mut hasher = Sha256::new();
+    for object in [
+        serde_json::to_value(&secret).expect("a Secret serialises"),
+        serde_json::to_value(&service).expect("a Service serialises"),
+        serde_json::to_value(&deployment).expect("a Deployment serialises"),
+    ] {
+        hasher.update(object.to_string().as_bytes());
+    }
+    let digest = hex::encode(&hasher.finalize()[..12]);
+    deployment
+        .annotations_mut()
+        .insert(APPLIED_ANNOTATION.into(), digest);
+    Desired {
+        secret,
+        service,
+        deployment,
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use k8s_openapi::api::apps::v1::DeploymentStatus;
@@ -302,7 +349,10 @@ pub(super) mod tests {
             image: "miniautoml/predictor:0.1.0".into(),
             s3_endpoint: Some("http://minio:9000".into()),
             s3_region: "us-east-1".into(),
-            credentials: ("key".into(), "secret".into()),
+            credentials: Credentials {
+                access_key_id: "key".into(),
+                secret_access_key: "secret".into(),
+            },
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
         }
@@ -455,7 +505,11 @@ pub(super) mod tests {
                 http: "http://twitter-model-predictor.team-a.svc:8080".into(),
             }
         );
-        let secret = build_secret(&md, &("k".into(), "s".into()));
+        let credentials = Credentials {
+            access_key_id: "k".into(),
+            secret_access_key: "s".into(),
+        };
+        let secret = build_secret(&md, &credentials);
         assert_eq!(
             secret.metadata.name.as_deref(),
             Some("twitter-model-predictor-s3")

@@ -15,11 +15,13 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use miniautoml_api::{
-    TrainingJob,
-    labels::{RUN_ID_LABEL, TRAINING_JOB_LABEL},
+    Dataset, SnapshotStatus, TrainingJob,
+    labels::{DATASET_ID_LABEL, RUN_ID_LABEL, TRAINING_JOB_LABEL},
 };
 
 use crate::{
+    config::Credentials,
+    context::TrainingSettings,
     controller::children::{
         ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
         requests_and_limits,
@@ -61,6 +63,42 @@ pub struct RunInputs {
     pub image_pull_policy: Option<String>,
 }
 
+/// What a run is launched with: its id and image, the snapshot, and the operator's settings.
+pub fn run_inputs(
+    job: &TrainingJob,
+    run_id: u64,
+    image: &str,
+    (dataset, snapshot): (&Dataset, &SnapshotStatus),
+    settings: &TrainingSettings,
+) -> RunInputs {
+    RunInputs {
+        run_id,
+        image: image.to_string(),
+        metadata_store: settings.metadata_store_address.clone(),
+        dataset_id: dataset
+            .labels()
+            .get(DATASET_ID_LABEL)
+            .cloned()
+            .unwrap_or_else(|| dataset.name_any()),
+        version_hash: snapshot.version_hash.clone(),
+        bucket: settings.bucket.clone(),
+        data_path: snapshot
+            .root
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string(),
+        s3_endpoint: settings.s3_endpoint.clone(),
+        s3_region: settings.s3_region.clone(),
+        image_pull_secrets: settings.image_pull_secrets.clone(),
+        // A spec naming its own image keeps Kubernetes' default policy.
+        image_pull_policy: match (&job.spec.image, &job.spec.algorithm) {
+            (None, Some(algorithm)) => settings.algorithm_pull_policies.get(algorithm).cloned(),
+            _ => None,
+        },
+    }
+}
+
 /// Name of the run's Job (and of its headless Service).
 pub fn job_name(job: &TrainingJob) -> String {
     format!("{}-train", truncate(&job.name_any(), 50))
@@ -89,7 +127,7 @@ fn owned_meta(job: &TrainingJob, name: String, run_id: u64) -> ObjectMeta {
 
 /// The run's Secret: the token only this run's pods can read (the metadata store checks it) and
 /// the storage credentials the trainer uses.
-pub fn build_secret(job: &TrainingJob, run_id: u64, token: &str, credentials: &(String, String)) -> Secret {
+pub fn build_secret(job: &TrainingJob, run_id: u64, token: &str, credentials: &Credentials) -> Secret {
     Secret {
         metadata: owned_meta(job, secret_name(job), run_id),
         string_data: Some({

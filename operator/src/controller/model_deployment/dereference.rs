@@ -1,0 +1,62 @@
+//! What a ModelDeployment's reconcile reads: the TrainingJob it references (by name or run id),
+//! the predictors' Deployment and their pods. Nothing here writes.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
+use miniautoml_api::{
+    ModelDeployment, TrainingJob, labels::MODEL_DEPLOYMENT_LABEL, model_deployment::NotServable,
+};
+
+use super::build::deployment_name;
+use crate::{Result, context::Context};
+
+/// The TrainingJob `md` references, or why there is none.
+pub async fn training_job(md: &ModelDeployment, ctx: &Context) -> Result<Result<TrainingJob, NotServable>> {
+    let namespace = md.namespace().unwrap_or_default();
+    let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(name) = &md.spec.model.training_job {
+        // A direct read: the TrainingJob controller's cache may not have seen the latest phase.
+        return Ok(api.get_opt(name).await?.ok_or_else(|| {
+            (
+                "TrainingJobNotFound",
+                format!("TrainingJob {name} does not exist in namespace {namespace}"),
+            )
+        }));
+    }
+    let run = md.spec.model.run_id.clone().unwrap_or_default();
+    // Run ids are unique across namespaces; the run must be in this one.
+    let found = ctx
+        .find_run(&run, |job| job.served_model().is_ok())
+        .await?
+        .filter(|job| job.namespace().as_deref() == Some(namespace.as_str()));
+    Ok(found.ok_or_else(|| {
+        (
+            "RunNotFound",
+            format!("no TrainingJob in namespace {namespace} has run id {run}"),
+        )
+    }))
+}
+
+/// The predictors' Deployment as the watch cache has it.
+pub fn cached_deployment(md: &ModelDeployment, ctx: &Context) -> Option<Deployment> {
+    let namespace = md.namespace().unwrap_or_default();
+    ctx.caches
+        .predictor_deployments
+        .get(&ObjectRef::new(&deployment_name(md)).within(&namespace))
+        .map(|d| (*d).clone())
+}
+
+/// The predictors' pods, from the watch cache.
+pub fn predictor_pods(md: &ModelDeployment, ctx: &Context) -> Vec<Arc<Pod>> {
+    let namespace = md.namespace();
+    ctx.caches
+        .predictor_pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace() == namespace && p.labels().get(MODEL_DEPLOYMENT_LABEL) == Some(&md.name_any())
+        })
+        .collect()
+}

@@ -1,0 +1,260 @@
+//! Everything a run's reconcile reads besides the TrainingJob itself: its Job (once launched),
+//! the Job's pods, its Dataset and snapshot, and its place in the queue. Nothing here writes.
+
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use kube::{
+    Api, ResourceExt,
+    api::ListParams,
+    runtime::reflector::{self, ObjectRef},
+};
+use miniautoml_api::{Dataset, SnapshotState, SnapshotStatus, TrainingJob};
+use miniautoml_data::SnapshotSelector;
+
+use super::status::finished;
+use crate::{
+    Result,
+    conditions::{self, ACCEPTED},
+    context::Context,
+    snapshots::SnapshotError,
+};
+
+/// Why a run cannot launch yet, and when to look again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// Condition reason.
+    pub reason: &'static str,
+    /// For the user.
+    pub message: String,
+    /// Seconds until the next look (the watches usually come first).
+    pub retry: u64,
+}
+
+fn waiting(
+    reason: &'static str,
+    message: String,
+    retry: u64,
+) -> Result<Result<(Dataset, SnapshotStatus), Waiting>> {
+    Ok(Err(Waiting {
+        reason,
+        message,
+        retry,
+    }))
+}
+
+/// The run's Job `name`, from the cache, else (just created, or the cache is still filling)
+/// from the API server.
+pub async fn existing_run(ctx: &Context, namespace: &str, name: &str) -> Result<Option<Job>> {
+    let cached = ctx
+        .caches
+        .run_jobs
+        .get(&ObjectRef::new(name).within(namespace))
+        .map(|job| (*job).clone());
+    match cached {
+        Some(job) => Ok(Some(job)),
+        None => Ok(Api::<Job>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await?),
+    }
+}
+
+/// The pods of the run's Job `name`: from the pod cache once it is filled, else from the API
+/// server.
+pub async fn run_pods(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<Pod>> {
+    let ready = |cache: &&reflector::Store<Pod>| {
+        futures::FutureExt::now_or_never(cache.wait_until_ready()).is_some_and(|r| r.is_ok())
+    };
+    if let Some(cache) = Some(&ctx.caches.run_pods).filter(ready) {
+        return Ok(cache
+            .state()
+            .iter()
+            .filter(|pod| {
+                pod.namespace().as_deref() == Some(namespace)
+                    && pod.labels().get("job-name").map(String::as_str) == Some(name)
+            })
+            .map(|pod| (**pod).clone())
+            .collect());
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(pods
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await?
+        .items)
+}
+
+/// The Dataset and its Ready snapshot for `job`, or why not: the Dataset is missing, still
+/// ingesting the commits a run on its latest data needs, has no matching commits, or the
+/// snapshot is being built or failed. Asking for the snapshot starts its build.
+pub async fn ready_snapshot(
+    job: &TrainingJob,
+    ctx: &Context,
+) -> Result<Result<(Dataset, SnapshotStatus), Waiting>> {
+    let namespace = job.namespace().unwrap_or_default();
+    let datasets: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
+    let dataset_name = &job.spec.dataset.name;
+    let Some(dataset) = datasets.get_opt(dataset_name).await? else {
+        return waiting(
+            "DatasetNotFound",
+            format!("Dataset {dataset_name:?} does not exist in namespace {namespace}"),
+            10,
+        );
+    };
+    // Without a pinned commit the run trains on every commit of the spec, so it waits for them.
+    if job.spec.dataset.commit.is_none()
+        && let Some(entry) = dataset.next_entry()
+    {
+        return waiting(
+            "DatasetIngesting",
+            format!(
+                "Dataset {dataset_name:?} is still ingesting spec.commits[{entry}]; the run trains on \
+                 every commit once they are in"
+            ),
+            2,
+        );
+    }
+    let selector = SnapshotSelector {
+        up_to: job.spec.dataset.commit,
+        tags: job.spec.dataset.tags.clone(),
+    };
+    let status = dataset.status.clone().unwrap_or_default();
+    match selector.select(&status.commits) {
+        Ok(ids) if ids.is_empty() => {
+            return waiting(
+                "NoCommits",
+                format!(
+                    "Dataset {dataset_name:?} has no ingested commits{}; add data to spec.commits",
+                    if selector.tags.is_empty() {
+                        ""
+                    } else {
+                        " with the selected tags"
+                    }
+                ),
+                10,
+            );
+        }
+        Ok(_) => {}
+        Err(error) => {
+            return waiting("NoSuchCommits", format!("Dataset {dataset_name:?}: {error}"), 15);
+        }
+    }
+    let snapshot = match ctx.snapshots.prepare(&dataset, &selector).await {
+        Ok(snapshot) => snapshot,
+        Err(SnapshotError::Selection(error)) => {
+            return waiting("NoSuchCommits", format!("Dataset {dataset_name:?}: {error}"), 15);
+        }
+        Err(SnapshotError::NoStorage) => {
+            return waiting("NotConfigured", "object storage is not configured".into(), 60);
+        }
+        Err(SnapshotError::Operator(error)) => return Err(error),
+    };
+    match snapshot.state {
+        SnapshotState::Running => waiting(
+            "SnapshotBuilding",
+            format!(
+                "snapshot {} of Dataset {dataset_name:?} is being built",
+                snapshot.version_hash
+            ),
+            2,
+        ),
+        SnapshotState::Failed => {
+            let why = snapshot.message.clone().unwrap_or_default();
+            waiting(
+                "SnapshotFailed",
+                format!(
+                    "snapshot {} of Dataset {dataset_name:?} failed: {why}; retrying",
+                    snapshot.version_hash
+                ),
+                15,
+            )
+        }
+        SnapshotState::Ready => Ok(Ok((dataset, snapshot))),
+    }
+}
+
+/// `(queued runs ahead of job, runs holding a slot)` among every run the operator watches.
+pub async fn queue(job: &TrainingJob, ctx: &Context) -> Result<(usize, usize)> {
+    let scope: Api<TrainingJob> = ctx.watched();
+    let all = scope.list(&ListParams::default()).await?.items;
+    Ok(queue_position(job, &all))
+}
+
+/// `(queued runs ahead of job, runs holding a slot)` among `all`: runs hold a slot from their
+/// Job's creation to their end; the queue is first created, first served.
+pub fn queue_position(job: &TrainingJob, all: &[TrainingJob]) -> (usize, usize) {
+    let key = |j: &TrainingJob| (j.creation_timestamp().map(|t| t.0), j.namespace(), j.name_any());
+    let mine = key(job);
+    let mut ahead = 0;
+    let mut active = 0;
+    for other in all {
+        if finished(other) || other.metadata.deletion_timestamp.is_some() || other.uid() == job.uid() {
+            continue;
+        }
+        let status = other.status.as_ref();
+        if status.and_then(|s| s.job_name.as_ref()).is_some() {
+            active += 1;
+        } else if key(other) < mine
+            && !status.is_some_and(|s| {
+                conditions::find(&s.conditions, ACCEPTED).is_some_and(|c| c.status == "False")
+            })
+        {
+            ahead += 1;
+        }
+    }
+    (ahead, active)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+    use miniautoml_api::{TrainingJobStatus, training_job::TrainingPhase};
+
+    use super::*;
+
+    fn queued_job(
+        name: &str,
+        second: i64,
+        job_name: Option<&str>,
+        phase: Option<TrainingPhase>,
+    ) -> TrainingJob {
+        let mut job: TrainingJob =
+            serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
+        job.metadata.name = Some(name.into());
+        job.metadata.uid = Some(name.into());
+        job.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));
+        job.status = Some(TrainingJobStatus {
+            job_name: job_name.map(String::from),
+            phase,
+            ..Default::default()
+        });
+        job
+    }
+
+    #[test]
+    fn the_queue_is_first_created_first_served() {
+        let all = vec![
+            queued_job("running", 1, Some("running-train"), Some(TrainingPhase::Running)),
+            queued_job("done", 0, Some("done-train"), Some(TrainingPhase::Succeeded)),
+            queued_job("a", 2, None, Some(TrainingPhase::Queued)),
+            queued_job("b", 3, None, Some(TrainingPhase::Queued)),
+            queued_job("c", 4, None, None),
+        ];
+        assert_eq!(queue_position(&all[2], &all), (0, 1));
+        assert_eq!(queue_position(&all[3], &all), (1, 1));
+        assert_eq!(queue_position(&all[4], &all), (2, 1));
+        // An invalid run holds no place.
+        let mut invalid = all.clone();
+        invalid[2]
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .push(conditions::condition(
+                ACCEPTED,
+                false,
+                "UnknownAlgorithm",
+                "",
+                None,
+                Time(Timestamp::from_second(0).unwrap()),
+            ));
+        assert_eq!(queue_position(&invalid[3], &invalid), (0, 1));
+    }
+}

@@ -1,0 +1,346 @@
+//! The status of a TrainingJob, computed once per reconcile by a pure function from what the
+//! reconcile found ([`Found`]). The metadata store writes the other half — what the trainer
+//! reports: start time, epochs ([`TrainingJobStatus::merge_epochs`]), message, artifact — and
+//! both write read-modify-write against the resourceVersion read (`crate::status`), so neither
+//! overwrites the other's fields.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use miniautoml_api::{
+    TrainingJob, TrainingJobStatus,
+    labels::RUN_ID_LABEL,
+    training_job::{DATASET_READY, FAILED, RUNNING, SUCCEEDED, TrainingPhase},
+};
+
+use super::{observe::Observed, validate::Invalid};
+use crate::conditions::{self, ACCEPTED};
+
+/// What one reconcile of a run found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Found<'a> {
+    /// The spec cannot be acted on.
+    Invalid(&'a Invalid),
+    /// The operator has no object storage or metadata store address configured.
+    NotConfigured,
+    /// The run waits for its Dataset or snapshot.
+    WaitingForDataset {
+        /// Why, as a condition reason.
+        reason: &'static str,
+        /// Why, for the user.
+        message: &'a str,
+    },
+    /// The snapshot is ready; the run waits for one of `max` slots.
+    WaitingForSlot {
+        /// The snapshot it will train on.
+        version_hash: &'a str,
+        /// Runs holding a slot.
+        active: usize,
+        /// Runs queued ahead of this one.
+        ahead: usize,
+        /// `--max-concurrent-runs`.
+        max: u32,
+    },
+    /// The run's Job exists.
+    Launched {
+        /// The snapshot it trains on.
+        version_hash: &'a str,
+        /// The Job's name.
+        job_name: &'a str,
+        /// The trainer image's digest, once the runtime resolved it.
+        code_version: Option<&'a str>,
+        /// What the Job and its pods say.
+        workers: &'a Observed,
+    },
+}
+
+/// The phase recorded so far.
+pub fn phase(job: &TrainingJob) -> Option<TrainingPhase> {
+    job.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Whether the run has ended (a finished run is never touched again).
+pub fn finished(job: &TrainingJob) -> bool {
+    matches!(phase(job), Some(TrainingPhase::Succeeded | TrainingPhase::Failed))
+}
+
+/// Writes what `found` says into `job`'s status, observed at `now`; returns whether anything
+/// changed. `job` is the object as last read (a retry after a conflict calls this again on a
+/// fresh read), so fields other writers own are kept.
+pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
+    let generation = job.metadata.generation;
+    let run_id = job.labels().get(RUN_ID_LABEL).cloned();
+    let status = job.status.get_or_insert_with(Default::default);
+    let before = status.clone();
+    status.observed_generation = generation;
+    if run_id.is_some() {
+        status.run_id = run_id;
+    }
+    let set = |status: &mut TrainingJobStatus, type_: &str, ok: bool, reason: &str, message: &str| {
+        conditions::upsert(
+            &mut status.conditions,
+            conditions::condition(type_, ok, reason, message, generation, now.clone()),
+        );
+    };
+    let valid = |status: &mut TrainingJobStatus| {
+        conditions::upsert(
+            &mut status.conditions,
+            conditions::condition(
+                ACCEPTED,
+                true,
+                "Valid",
+                "The spec is valid",
+                generation,
+                now.clone(),
+            ),
+        );
+    };
+    match found {
+        Found::Invalid(Invalid { reason, message }) => set(status, ACCEPTED, false, reason, message),
+        Found::NotConfigured => {
+            valid(status);
+            set(
+                status,
+                RUNNING,
+                false,
+                "NotConfigured",
+                "the operator has no object storage or metadata store address \
+                 (--metadata-store-address) configured",
+            );
+            status.phase = Some(TrainingPhase::Queued);
+        }
+        Found::WaitingForDataset { reason, message } => {
+            valid(status);
+            set(status, DATASET_READY, false, reason, message);
+            status.phase = Some(TrainingPhase::Queued);
+        }
+        Found::WaitingForSlot {
+            version_hash,
+            active,
+            ahead,
+            max,
+        } => {
+            valid(status);
+            let ready = format!("snapshot {version_hash} is ready");
+            set(status, DATASET_READY, true, "Ready", &ready);
+            let message =
+                format!("{active} of at most {max} runs are running; {ahead} queued ahead of this one");
+            set(status, RUNNING, false, "WaitingForSlot", &message);
+            status.phase = Some(TrainingPhase::Queued);
+            status.position_in_queue = Some(*ahead as u32);
+        }
+        Found::Launched {
+            version_hash,
+            job_name,
+            code_version,
+            workers,
+        } => {
+            valid(status);
+            let ready = format!("snapshot {version_hash} is ready");
+            set(status, DATASET_READY, true, "Ready", &ready);
+            status.dataset_version_hash = Some(version_hash.to_string());
+            status.job_name = Some(job_name.to_string());
+            if let Some(digest) = code_version {
+                status.code_version = Some(digest.to_string());
+            }
+            status.position_in_queue = None;
+            record_workers(status, generation, workers, now);
+        }
+    }
+    *status != before
+}
+
+/// Records what the workers do.
+fn record_workers(status: &mut TrainingJobStatus, generation: Option<i64>, observed: &Observed, now: &Time) {
+    let set = |status: &mut TrainingJobStatus, type_: &str, ok: bool, reason: &str, message: &str| {
+        conditions::upsert(
+            &mut status.conditions,
+            conditions::condition(type_, ok, reason, message, generation, now.clone()),
+        );
+    };
+    match observed {
+        Observed::Launching { reason, message } => {
+            status.phase = Some(TrainingPhase::Launching);
+            set(status, RUNNING, false, reason, message);
+        }
+        Observed::Running => {
+            status.phase = Some(TrainingPhase::Running);
+            status.start_time.get_or_insert_with(|| now.clone());
+            set(status, RUNNING, true, "WorkersRunning", "the workers run");
+        }
+        Observed::Completed => {
+            status.start_time.get_or_insert_with(|| now.clone());
+            status.completion_time.get_or_insert_with(|| now.clone());
+            set(status, RUNNING, false, "Completed", "every worker exited 0");
+            if status.artifact.is_some() {
+                status.phase = Some(TrainingPhase::Succeeded);
+                let message = status
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "the model is recorded".into());
+                set(status, SUCCEEDED, true, "ArtifactRecorded", &message);
+            } else {
+                status.phase = Some(TrainingPhase::Failed);
+                let message = "every worker exited 0 but no model artifact was recorded (the trainer never called CreateArtifact)";
+                status.message = Some(message.into());
+                set(status, FAILED, true, "NoArtifact", message);
+            }
+        }
+        Observed::Failed { reason, message } => {
+            status.phase = Some(TrainingPhase::Failed);
+            status.completion_time.get_or_insert_with(|| now.clone());
+            // The trainer's own reason (LogRunEnd(false, …)) says more than an exit code.
+            let trainer = status.message.clone().filter(|_| {
+                conditions::find(&status.conditions, FAILED).is_some_and(|c| c.reason == "TrainerFailed")
+            });
+            let message = match trainer {
+                Some(trainer) => format!("{message}: {trainer}"),
+                None => message.clone(),
+            };
+            status.message = Some(message.clone());
+            set(status, RUNNING, false, reason, &message);
+            set(status, FAILED, true, reason, &message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+    use miniautoml_api::training_job::ArtifactStatus;
+
+    use super::*;
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    fn job() -> TrainingJob {
+        let mut job: TrainingJob =
+            serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
+        job.metadata.generation = Some(1);
+        job.labels_mut().insert(RUN_ID_LABEL.into(), "7".into());
+        job
+    }
+
+    fn condition(job: &TrainingJob, type_: &str) -> (String, String) {
+        let c = conditions::find(&job.status.as_ref().unwrap().conditions, type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn an_invalid_spec_only_sets_accepted() {
+        let mut job = job();
+        let invalid = Invalid {
+            reason: "UnknownAlgorithm",
+            message: "no".into(),
+        };
+        assert!(record(&mut job, &Found::Invalid(&invalid), &at(1)));
+        assert_eq!(
+            condition(&job, ACCEPTED),
+            ("False".into(), "UnknownAlgorithm".into())
+        );
+        let status = job.status.as_ref().unwrap();
+        assert_eq!((status.phase, status.run_id.as_deref()), (None, Some("7")));
+        assert!(
+            !record(&mut job, &Found::Invalid(&invalid), &at(2)),
+            "nothing new"
+        );
+    }
+
+    #[test]
+    fn a_waiting_run_is_queued_with_its_reason_and_place() {
+        let mut job = job();
+        let waiting = Found::WaitingForDataset {
+            reason: "SnapshotBuilding",
+            message: "snapshot h is being built",
+        };
+        assert!(record(&mut job, &waiting, &at(1)));
+        assert_eq!(phase(&job), Some(TrainingPhase::Queued));
+        assert_eq!(
+            condition(&job, DATASET_READY),
+            ("False".into(), "SnapshotBuilding".into())
+        );
+        let slot = Found::WaitingForSlot {
+            version_hash: "h",
+            active: 2,
+            ahead: 1,
+            max: 2,
+        };
+        assert!(record(&mut job, &slot, &at(2)));
+        assert_eq!(condition(&job, DATASET_READY), ("True".into(), "Ready".into()));
+        assert_eq!(
+            condition(&job, RUNNING),
+            ("False".into(), "WaitingForSlot".into())
+        );
+        assert_eq!(job.status.as_ref().unwrap().position_in_queue, Some(1));
+    }
+
+    #[test]
+    fn a_launched_run_follows_its_workers_to_the_end() {
+        let mut job = job();
+        job.status.get_or_insert_with(Default::default).position_in_queue = Some(3);
+        let launched = |workers| Found::Launched {
+            version_hash: "h",
+            job_name: "twitter-model-train",
+            code_version: Some("repo@sha256:ab"),
+            workers,
+        };
+        assert!(record(&mut job, &launched(&Observed::Running), &at(1)));
+        let status = job.status.clone().unwrap();
+        assert_eq!(status.phase, Some(TrainingPhase::Running));
+        assert_eq!(status.position_in_queue, None);
+        assert_eq!(status.job_name.as_deref(), Some("twitter-model-train"));
+        assert_eq!(status.code_version.as_deref(), Some("repo@sha256:ab"));
+        assert_eq!(status.start_time, Some(at(1)));
+
+        // Completed without an artifact: the trainer never reported its model.
+        let mut no_model = job.clone();
+        record(&mut no_model, &launched(&Observed::Completed), &at(2));
+        assert_eq!(phase(&no_model), Some(TrainingPhase::Failed));
+        assert_eq!(condition(&no_model, FAILED), ("True".into(), "NoArtifact".into()));
+
+        job.status.as_mut().unwrap().artifact = Some(ArtifactStatus::default());
+        job.status.as_mut().unwrap().message = Some("test accuracy 0.8".into());
+        record(&mut job, &launched(&Observed::Completed), &at(2));
+        assert!(finished(&job));
+        assert_eq!(
+            condition(&job, SUCCEEDED),
+            ("True".into(), "ArtifactRecorded".into())
+        );
+        let status = job.status.unwrap();
+        assert_eq!(
+            (status.start_time, status.completion_time),
+            (Some(at(1)), Some(at(2)))
+        );
+    }
+
+    #[test]
+    fn a_failed_worker_keeps_the_trainers_own_reason() {
+        let mut job = job();
+        let status = job.status.get_or_insert_with(Default::default);
+        status.message = Some("loss diverged".into());
+        status.conditions.push(conditions::condition(
+            FAILED,
+            true,
+            "TrainerFailed",
+            "loss diverged",
+            Some(1),
+            at(0),
+        ));
+        let failed = Observed::Failed {
+            reason: "Error".into(),
+            message: "worker rank 0 exited with code 1".into(),
+        };
+        let found = Found::Launched {
+            version_hash: "h",
+            job_name: "j",
+            code_version: None,
+            workers: &failed,
+        };
+        record(&mut job, &found, &at(1));
+        assert_eq!(
+            job.status.unwrap().message.as_deref(),
+            Some("worker rank 0 exited with code 1: loss diverged")
+        );
+    }
+}
