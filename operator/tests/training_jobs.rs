@@ -359,6 +359,21 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert_eq!(missing.message(), format!("Job {} doesn't exist", job_id + 1000));
+    // Not a run id at all: refused before it reaches a label selector (it was INTERNAL).
+    for bad in [-1, 0, i32::MIN] {
+        let refused = training
+            .get_training_status(GetTrainingStatusRequest { job_id: bad })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.code(), refused.message()),
+            (
+                tonic::Code::InvalidArgument,
+                format!("job_id {bad} is not a run id: run ids are positive numbers, as Train returns them")
+                    .as_str()
+            )
+        );
+    }
 
     // Kill the operator while the run is under way, start another: one Job, and the run ends.
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);

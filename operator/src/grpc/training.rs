@@ -48,6 +48,12 @@ impl Training {
     }
 
     async fn find(&self, run_id: i32) -> Result<TrainingJob, Status> {
+        // Checked before it reaches a label selector, which would refuse `-1` as a label value.
+        if run_id <= 0 {
+            return Err(Status::invalid_argument(format!(
+                "job_id {run_id} is not a run id: run ids are positive numbers, as Train returns them"
+            )));
+        }
         let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         api.list(&ListParams::default().labels(&format!("{RUN_ID_LABEL}={run_id}")))
             .await
