@@ -178,42 +178,36 @@ pub fn pod_problem(pods: &[Arc<Pod>]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::{api::apps::v1::DeploymentStatus, jiff::Timestamp};
-    use miniautoml_api::{
-        TrainingJob, TrainingJobStatus,
-        labels::RUN_ID_LABEL,
-        training_job::{ArtifactStatus, TrainingPhase},
-    };
+    use miniautoml_api::training_job::TrainingPhase;
 
     use super::*;
-    use crate::controller::model_deployment::build::{self, build_deployment};
+    use crate::controller::model_deployment::{
+        build::{self, build_deployment},
+        validate::tests::job,
+    };
     use crate::{config::Credentials, context::PredictorSettings};
 
     fn now() -> Time {
         Time(Timestamp::from_second(100).unwrap())
     }
 
+    /// What a reconcile finds: `model` and `deployment`, no pod problem, nothing blocking.
+    fn observe<'a>(
+        model: &'a Result<ServedModel, NotServable>,
+        deployment: Option<&'a Deployment>,
+    ) -> Observed<'a> {
+        Observed {
+            model,
+            deployment,
+            pod_problem: None,
+            blocked: None,
+        }
+    }
+
     fn md() -> ModelDeployment {
         let mut md = build::tests::fixture();
         md.metadata.generation = Some(1);
         md
-    }
-
-    fn job(phase: TrainingPhase, run: &str) -> TrainingJob {
-        let mut job: TrainingJob =
-            serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
-        job.metadata.namespace = Some("team-a".into());
-        job.labels_mut().insert(RUN_ID_LABEL.into(), run.into());
-        job.status = Some(TrainingJobStatus {
-            phase: Some(phase),
-            artifact: (phase == TrainingPhase::Succeeded).then(|| ArtifactStatus {
-                uri: format!("s3://b/models/team-a/twitter-model/{run}/"),
-                version: run.into(),
-                ..Default::default()
-            }),
-            message: Some("test accuracy 0.8".into()),
-            ..Default::default()
-        });
-        job
     }
 
     fn settings() -> PredictorSettings {
@@ -254,12 +248,7 @@ mod tests {
     fn nothing_is_deployed_while_training_runs() {
         let model = job(TrainingPhase::Running, "3").served_model();
         let mut status = ModelDeploymentStatus::default();
-        let observed = Observed {
-            model: &model,
-            deployment: None,
-            pod_problem: None,
-            blocked: None,
-        };
+        let observed = observe(&model, None);
         assert!(record(&md(), &mut status, &observed, &now()));
         assert_eq!(
             condition(&status, MODEL_READY),
@@ -283,17 +272,6 @@ mod tests {
         let md = md();
         let run3 = job(TrainingPhase::Succeeded, "3").served_model();
         let mut status = ModelDeploymentStatus::default();
-        fn observe<'a>(
-            model: &'a Result<ServedModel, NotServable>,
-            deployment: Option<&'a Deployment>,
-        ) -> Observed<'a> {
-            Observed {
-                model,
-                deployment,
-                pod_problem: None,
-                blocked: None,
-            }
-        }
         record(
             &md,
             &mut status,
@@ -340,12 +318,8 @@ mod tests {
             served_run: Some("3".into()),
             ..Default::default()
         };
-        let observed = Observed {
-            model: &running,
-            deployment: Some(&deployed("3", 1, 1, 1)),
-            pod_problem: None,
-            blocked: None,
-        };
+        let deployment = deployed("3", 1, 1, 1);
+        let observed = observe(&running, Some(&deployment));
         record(&md(), &mut status, &observed, &now());
         assert_eq!(status.served_run.as_deref(), Some("3"));
         assert_eq!(

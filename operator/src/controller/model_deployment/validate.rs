@@ -29,7 +29,7 @@ pub fn blocked(settings: Option<&PredictorSettings>) -> Option<NotServable> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use kube::ResourceExt;
     use miniautoml_api::{
         TrainingJobStatus,
@@ -39,7 +39,8 @@ mod tests {
 
     use super::*;
 
-    fn job(phase: TrainingPhase, run: &str) -> TrainingJob {
+    /// A TrainingJob in `phase` with run id `run` (and, once Succeeded, its artifact).
+    pub fn job(phase: TrainingPhase, run: &str) -> TrainingJob {
         let mut job: TrainingJob =
             serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
         job.metadata.namespace = Some("team-a".into());
@@ -51,6 +52,7 @@ mod tests {
                 version: run.into(),
                 ..Default::default()
             }),
+            message: Some("test accuracy 0.8".into()),
             ..Default::default()
         });
         job

@@ -75,31 +75,22 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
     if run_id.is_some() {
         status.run_id = run_id;
     }
-    let set = |status: &mut TrainingJobStatus, type_: &str, ok: bool, reason: &str, message: &str| {
-        conditions::upsert(
-            &mut status.conditions,
-            conditions::condition(type_, ok, reason, message, generation, now.clone()),
-        );
-    };
-    let valid = |status: &mut TrainingJobStatus| {
-        conditions::upsert(
-            &mut status.conditions,
-            conditions::condition(
-                ACCEPTED,
-                true,
-                "Valid",
-                "The spec is valid",
-                generation,
-                now.clone(),
-            ),
-        );
-    };
+    let at = (generation, now);
+    if let Found::Invalid(Invalid { reason, message }) = found {
+        set(status, at, ACCEPTED, false, reason, message);
+    } else {
+        set(status, at, ACCEPTED, true, "Valid", "The spec is valid");
+    }
+    if let Found::WaitingForSlot { version_hash, .. } | Found::Launched { version_hash, .. } = found {
+        let ready = format!("snapshot {version_hash} is ready");
+        set(status, at, DATASET_READY, true, "Ready", &ready);
+    }
     match found {
-        Found::Invalid(Invalid { reason, message }) => set(status, ACCEPTED, false, reason, message),
+        Found::Invalid(_) => {}
         Found::NotConfigured => {
-            valid(status);
             set(
                 status,
+                at,
                 RUNNING,
                 false,
                 "NotConfigured",
@@ -109,22 +100,15 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
             status.phase = Some(TrainingPhase::Queued);
         }
         Found::WaitingForDataset { reason, message } => {
-            valid(status);
-            set(status, DATASET_READY, false, reason, message);
+            set(status, at, DATASET_READY, false, reason, message);
             status.phase = Some(TrainingPhase::Queued);
         }
         Found::WaitingForSlot {
-            version_hash,
-            active,
-            ahead,
-            max,
+            active, ahead, max, ..
         } => {
-            valid(status);
-            let ready = format!("snapshot {version_hash} is ready");
-            set(status, DATASET_READY, true, "Ready", &ready);
             let message =
                 format!("{active} of at most {max} runs are running; {ahead} queued ahead of this one");
-            set(status, RUNNING, false, "WaitingForSlot", &message);
+            set(status, at, RUNNING, false, "WaitingForSlot", &message);
             status.phase = Some(TrainingPhase::Queued);
             status.position_in_queue = Some(*ahead as u32);
         }
@@ -134,55 +118,62 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
             code_version,
             workers,
         } => {
-            valid(status);
-            let ready = format!("snapshot {version_hash} is ready");
-            set(status, DATASET_READY, true, "Ready", &ready);
             status.dataset_version_hash = Some(version_hash.to_string());
             status.job_name = Some(job_name.to_string());
             if let Some(digest) = code_version {
                 status.code_version = Some(digest.to_string());
             }
             status.position_in_queue = None;
-            record_workers(status, generation, workers, now);
+            record_workers(status, at, workers);
         }
     }
     *status != before
 }
 
+/// Sets one condition of `status`, observed for the generation at the time in `at`.
+fn set(
+    status: &mut TrainingJobStatus,
+    (generation, now): (Option<i64>, &Time),
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) {
+    conditions::upsert(
+        &mut status.conditions,
+        conditions::condition(type_, ok, reason, message, generation, now.clone()),
+    );
+}
+
 /// Records what the workers do.
-fn record_workers(status: &mut TrainingJobStatus, generation: Option<i64>, observed: &Observed, now: &Time) {
-    let set = |status: &mut TrainingJobStatus, type_: &str, ok: bool, reason: &str, message: &str| {
-        conditions::upsert(
-            &mut status.conditions,
-            conditions::condition(type_, ok, reason, message, generation, now.clone()),
-        );
-    };
+fn record_workers(status: &mut TrainingJobStatus, at: (Option<i64>, &Time), observed: &Observed) {
+    let now = at.1;
     match observed {
         Observed::Launching { reason, message } => {
             status.phase = Some(TrainingPhase::Launching);
-            set(status, RUNNING, false, reason, message);
+            set(status, at, RUNNING, false, reason, message);
         }
         Observed::Running => {
             status.phase = Some(TrainingPhase::Running);
             status.start_time.get_or_insert_with(|| now.clone());
-            set(status, RUNNING, true, "WorkersRunning", "the workers run");
+            set(status, at, RUNNING, true, "WorkersRunning", "the workers run");
         }
         Observed::Completed => {
             status.start_time.get_or_insert_with(|| now.clone());
             status.completion_time.get_or_insert_with(|| now.clone());
-            set(status, RUNNING, false, "Completed", "every worker exited 0");
+            set(status, at, RUNNING, false, "Completed", "every worker exited 0");
             if status.artifact.is_some() {
                 status.phase = Some(TrainingPhase::Succeeded);
                 let message = status
                     .message
                     .clone()
                     .unwrap_or_else(|| "the model is recorded".into());
-                set(status, SUCCEEDED, true, "ArtifactRecorded", &message);
+                set(status, at, SUCCEEDED, true, "ArtifactRecorded", &message);
             } else {
                 status.phase = Some(TrainingPhase::Failed);
                 let message = "every worker exited 0 but no model artifact was recorded (the trainer never called CreateArtifact)";
                 status.message = Some(message.into());
-                set(status, FAILED, true, "NoArtifact", message);
+                set(status, at, FAILED, true, "NoArtifact", message);
             }
         }
         Observed::Failed { reason, message } => {
@@ -197,8 +188,8 @@ fn record_workers(status: &mut TrainingJobStatus, generation: Option<i64>, obser
                 None => message.clone(),
             };
             status.message = Some(message.clone());
-            set(status, RUNNING, false, reason, &message);
-            set(status, FAILED, true, reason, &message);
+            set(status, at, RUNNING, false, reason, &message);
+            set(status, at, FAILED, true, reason, &message);
         }
     }
 }
