@@ -39,9 +39,14 @@ demo: ## Run the dataset -> training -> serving -> prediction flow on the local 
 # call the operator there), else loopback.
 GRPC_HOST ?= $(or $(MINIAUTOML_NODE_IP),127.0.0.1)
 
+# `make run` is a local lab: the gRPC API open to whoever reaches it, as in the original system
+# (GRPC_AUTH=kubernetes checks callers' tokens as the chart does).
+GRPC_AUTH ?= none
+
 run: ## Run the operator as a local process against the current kubeconfig
 	$(CARGO) run --locked -p miniautoml-operator --bin miniautoml-operator -- \
-		--admin-addr 127.0.0.1:8080 --grpc-addr $(GRPC_HOST):51001 --metadata-store-address $(GRPC_HOST):51001
+		--admin-addr 127.0.0.1:8080 --grpc-addr $(GRPC_HOST):51001 --metadata-store-address $(GRPC_HOST):51001 \
+		--grpc-auth $(GRPC_AUTH)
 
 bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
 	hack/bench-ingest.sh

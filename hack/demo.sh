@@ -124,6 +124,22 @@ forward "$NAMESPACE" "svc/$RELEASE" 51001
 GRPC_ADDR=$FORWARDED
 show grpcurl -plaintext "$GRPC_ADDR" grpc.health.v1.Health/Check
 show grpcurl -plaintext "$GRPC_ADDR" list
+echo "# Every other method needs a caller Kubernetes knows, allowed to do what the method does:"
+show grpcurl -plaintext -d "{\"runId\": \"$RUN_ID\", \"document\": \"hello\"}" "$GRPC_ADDR" prediction.PredictionService/Predict || true
+
+step "A caller of the gRPC API: a ServiceAccount with the chart's user roles, and its token"
+# `kubectl create ARGS`, shown, and kept when it exists already (a second `make demo`).
+create() { printf '$ kubectl create %s\n' "$*"; kubectl create "$@" --dry-run=client -o yaml | kubectl apply -f - >/dev/null; }
+create serviceaccount demo-user -n "$NAMESPACE"
+# The data engineer's, data scientist's and app developer's roles where the gRPC API creates
+# what it is asked to (namespace $NAMESPACE), and the app developer's where the examples run.
+for binding in "$NAMESPACE data-engineer" "$NAMESPACE data-scientist" "$NAMESPACE app-developer" "default app-developer"; do
+  read -r namespace role <<<"$binding"
+  create rolebinding "demo-user-$role" -n "$namespace" --clusterrole="$RELEASE-$role" --serviceaccount="$NAMESPACE:demo-user"
+done
+echo "\$ export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE)"
+GRPC_TOKEN=$(kubectl create token demo-user -n "$NAMESPACE")
+export GRPC_TOKEN
 show env GRPC_ADDR="$GRPC_ADDR" hack/grpc-predict.sh "$RUN_ID" "I am so happy today!" "why does this always happen to me"
 
 step "The original dataset workflow over gRPC (hack/grpc-datasets.sh)"
@@ -141,6 +157,8 @@ cat <<EOT
   kubectl logs -n $NAMESPACE deployment/$RELEASE  # the operator (JSON lines)
   kubectl port-forward -n $NAMESPACE svc/$RELEASE 51001:51001 &
   grpcurl -plaintext 127.0.0.1:51001 list        # the original gRPC API
+  export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE)   # a caller with the user roles
+  grpcurl -plaintext -expand-headers -H 'authorization: Bearer \${GRPC_TOKEN}' -d '{}' 127.0.0.1:51001 data_management.DataManagementService/ListDatasets
   helm upgrade $RELEASE charts/miniautoml -n $NAMESPACE --set replicas=2   # two replicas, one leader
   helm uninstall $RELEASE -n $NAMESPACE           # keeps the CRDs and your data
 EOT

@@ -7,13 +7,15 @@
 #
 # Needs grpcurl (make tools) and the local cluster's env file sourced (S3_ENDPOINT, S3_BUCKET,
 # AWS_*), as `make demo` does. The operator serves reflection, so no .proto files are passed.
+# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE),
+# for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"
 GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:51001}
 NAME=${1:-tweets-grpc}
 DATA=$REPO_ROOT/testdata/tweet_emotion
-call() { grpcurl -plaintext -d "$2" "$GRPC_ADDR" "data_management.DataManagementService/$1"; }
+call() { grpc -d "$2" "$GRPC_ADDR" "data_management.DataManagementService/$1"; }
 field() { sed -n "s/.*\"$1\": \"\\([^\"]*\\)\".*/\\1/p" | head -n 1; }
 
 echo "--- upload tweet_emotion part 1 and 2 to s3://$S3_BUCKET/raw/$NAME/"
@@ -43,4 +45,4 @@ echo "$snapshot"
 echo "$snapshot" | grep -q '"state": "READY"' || { echo "snapshot $hash is not READY" >&2; exit 1; }
 
 echo "--- ListDatasets"
-grpcurl -plaintext -d '{}' "$GRPC_ADDR" data_management.DataManagementService/ListDatasets
+grpc -d '{}' "$GRPC_ADDR" data_management.DataManagementService/ListDatasets

@@ -6,7 +6,11 @@
 #   GRPC_ADDR=127.0.0.1:51001 hack/grpc-predict.sh RUN_ID "some text" ["more text" ...]
 #
 # Needs grpcurl (make tools); the operator serves reflection, so no .proto files are passed.
+# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE),
+# for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
 set -euo pipefail
+# shellcheck disable=SC1091
+. "$(dirname "$0")/lib.sh"
 GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:51001}
 if [ $# -lt 2 ]; then
   echo "usage: GRPC_ADDR=host:port $0 RUN_ID DOCUMENT [DOCUMENT ...]" >&2
@@ -18,5 +22,5 @@ for document in "$@"; do
   echo "--- Predict (run $RUN_ID): $document"
   request=$(printf '{"runId": "%s", "document": %s}' "$RUN_ID" \
     "$(printf '%s' "$document" | sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$/"/')")
-  grpcurl -plaintext -max-time 300 -d "$request" "$GRPC_ADDR" prediction.PredictionService/Predict
+  grpc -max-time 300 -d "$request" "$GRPC_ADDR" prediction.PredictionService/Predict
 done

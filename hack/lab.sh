@@ -11,6 +11,8 @@
 # AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (the local cluster's env file, as `make demo` sources).
 # Fails if a call fails or a run does not succeed. Where the lab reads a reply's field with jq
 # (".version_hash", ".job_id"), this script also accepts grpcurl's newer camelCase names.
+# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE),
+# for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"
@@ -36,7 +38,7 @@ echo "=== lab-002: upload the raw data, create the intent dataset"
   s3_put "$DATA/tweet_emotion_part1.csv" upload/tweet_emotion_part1.csv
   s3_put "$DATA/tweet_emotion_part2.csv" upload/tweet_emotion_part2.csv
 )
-created=$(grpcurl -plaintext \
+created=$(grpc \
   -d '{"name": "tweet_emotion", "dataset_type": "TEXT_INTENT", "bucket": "mini-automl-dm", "path": "upload/tweet_emotion_part1.csv"}' \
   "$DM" data_management.DataManagementService/CreateDataset)
 echo "$created"
@@ -44,14 +46,14 @@ dataset_id=$(echo "$created" | jq -r 'if has("dataset_id") then .dataset_id else
 echo "dataset_id is $dataset_id"
 
 prepare_dataset() {
-  grpcurl -plaintext \
+  grpc \
     -d "{\"dataset_id\": \"$1\"}" \
     "$DM" data_management.DataManagementService/PrepareTrainingDataset
 }
 
 # start_training DATASET_ID VERSION_HASH(JSON) LR FC_SIZE: the lab's Train request.
 start_training() {
-  grpcurl -plaintext \
+  grpc \
     -d "{
     \"metadata\": {
       \"algorithm\":\"intent-classification\",
@@ -71,13 +73,13 @@ start_training() {
 }
 
 check_job_status() {
-  grpcurl -plaintext \
+  grpc \
     -d "{\"job_id\": \"$1\"}" \
     "$TS" training.TrainingService/GetTrainingStatus
 }
 
 predict() {
-  grpcurl -plaintext \
+  grpc \
     -d "{
     \"runId\": \"$1\",
     \"document\": \"$2\"
@@ -102,7 +104,7 @@ train_and_predict() {
     sleep 2
   done
   echo "$temp"
-  grpcurl -plaintext \
+  grpc \
     -d "{\"run_id\": \"$job_id\"}" \
     "$MS" metadata_store.MetadataStoreService/GetRunStatus
   [ "$job_status" == "\"succeed\"" ] || { echo "lab: job $job_id ended $job_status" >&2; return 1; }
@@ -117,7 +119,7 @@ echo "=== lab-004: model serving"
 predict "$LAST_JOB_ID" "I am so happy to see you again, what a wonderful day"
 
 echo "=== lab-005: second commit, second training (LR 50, FC_SIZE 1024), then predict"
-grpcurl -plaintext \
+grpc \
   -d "{
     \"dataset_id\": \"$dataset_id\",
     \"commit_message\": \"tweet_emotion_part2\",

@@ -21,6 +21,17 @@ seaweedfs_image_tag() {
   echo "${stamp:0:8}-${stamp##*-}"
 }
 
+# grpc ARGS...: grpcurl in plaintext as the caller whose bearer token is in GRPC_TOKEN (e.g.
+# `export GRPC_TOKEN=$(kubectl create token NAME -n NAMESPACE)`), when one is set: the operator
+# checks it unless it runs with --grpc-auth=none. The token stays out of the command line (ps).
+grpc() {
+  if [ -n "${GRPC_TOKEN:-}" ]; then
+    GRPC_TOKEN=$GRPC_TOKEN grpcurl -plaintext -expand-headers -H 'authorization: Bearer ${GRPC_TOKEN}' "$@"
+  else
+    grpcurl -plaintext "$@"
+  fi
+}
+
 # require_tools [NAME...]: fails with "run make tools" unless the named tools (default: the
 # cluster's) are built.
 require_tools() {

@@ -105,6 +105,7 @@ fn the_lab_through_helm_install() {
 
     let applied = step("kubectl apply the examples (Dataset, TrainingJob, ModelDeployment)");
     kubectl(&["create", "namespace", LAB]);
+    let token = grpc_user();
     let examples = ["dataset.yaml", "trainingjob.yaml", "modeldeployment.yaml"]
         .map(|f| repo_path(&format!("examples/{f}")));
     println!(
@@ -185,15 +186,19 @@ fn the_lab_through_helm_install() {
     let labels = ["joy", "anger", "sadness", "optimism"];
     assert!(labels.iter().any(|l| answer.contains(l)), "{answer}");
 
-    step("Predict through the original PredictionService/Predict (the operator's Service)");
+    step(
+        "Predict through the original PredictionService/Predict (the operator's Service), as a reviewed caller",
+    );
     let grpc = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}"), 51001);
-    let predicted = predict(&grpc.addr(), &run_id, "this traffic makes me furious");
+    callers_are_reviewed(&grpc.addr(), &run_id);
+    let predicted = predict(&grpc.addr(), &token, &run_id, "this traffic makes me furious");
     println!("{predicted}");
     assert!(predicted.contains("result"), "{predicted}");
 
     let t = step("The original dataset and training workflow through grpcurl (the operator's Service)");
     let hack_env = [
         ("GRPC_ADDR", grpc.addr()),
+        ("GRPC_TOKEN", token.clone()),
         ("S3_ENDPOINT", endpoint.clone()),
         ("S3_BUCKET", "miniautoml".to_string()),
         ("AWS_ACCESS_KEY_ID", access_key.clone()),
@@ -222,7 +227,7 @@ fn the_lab_through_helm_install() {
     let t = step("helm upgrade to a new operator image while a client loops predictions and a run trains");
     start_run("upgrade-run");
     wait_for_phase(LAB, "upgrade-run", "Running");
-    let client = start_prediction_client(&run_id);
+    let client = start_prediction_client(&run_id, &token);
     let old_pods = operator_pods();
     assert_eq!(old_pods.len(), 1, "{old_pods:?}");
     let old_log = LogFollower::start(NAMESPACE, &old_pods[0]);
@@ -516,21 +521,84 @@ fn infer(addr: &str, text: &str) -> String {
     })
 }
 
+/// The ServiceAccount `lab-user` with the chart's three user roles in the gRPC namespace and
+/// the app developer's where the examples run (Predict checks the run's namespace too): its
+/// token, for the gRPC calls of the suite.
+fn grpc_user() -> String {
+    kubectl(&["create", "serviceaccount", "lab-user", "-n", NAMESPACE]);
+    let user = format!("--serviceaccount={NAMESPACE}:lab-user");
+    for (namespace, role) in [
+        (NAMESPACE, "data-engineer"),
+        (NAMESPACE, "data-scientist"),
+        (NAMESPACE, "app-developer"),
+        (LAB, "app-developer"),
+    ] {
+        kubectl(&[
+            "create",
+            "rolebinding",
+            &format!("lab-user-{role}"),
+            "-n",
+            namespace,
+            &format!("--clusterrole={RELEASE}-{role}"),
+            &user,
+        ]);
+    }
+    kubectl(&["create", "token", "lab-user", "-n", NAMESPACE, "--duration=2h"])
+        .trim()
+        .to_string()
+}
+
+/// grpcurl `method` with `request` at `addr`, as the caller whose token is `token` (passed in
+/// the environment, so that no command line or failure message shows it).
+fn grpcurl(addr: &str, token: Option<&str>, method: &str, request: &str) -> Result<String, String> {
+    let mut command = Command::new("grpcurl");
+    command.args(["-plaintext", "-max-time", "60"]);
+    if let Some(token) = token {
+        command
+            .args(["-expand-headers", "-H", "authorization: Bearer ${GRPC_TOKEN}"])
+            .env("GRPC_TOKEN", token);
+    }
+    let output = command
+        .args(["-d", request, addr, method])
+        .output()
+        .map_err(|e| format!("grpcurl: {e}"))?;
+    let out = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        Ok(out)
+    } else {
+        Err(out)
+    }
+}
+
+/// No token: UNAUTHENTICATED; the token of a ServiceAccount without a role: PERMISSION_DENIED,
+/// naming the permission it lacks.
+fn callers_are_reviewed(addr: &str, run: &str) {
+    let request = serde_json::json!({"runId": run, "document": "who am I"}).to_string();
+    let method = "prediction.PredictionService/Predict";
+    let anonymous = grpcurl(addr, None, method, &request).unwrap_err();
+    assert!(anonymous.contains("Unauthenticated"), "{anonymous}");
+    kubectl(&["create", "serviceaccount", "nobody", "-n", NAMESPACE]);
+    let nobody = kubectl(&["create", "token", "nobody", "-n", NAMESPACE]);
+    let refused = grpcurl(addr, Some(nobody.trim()), method, &request).unwrap_err();
+    assert!(refused.contains("PermissionDenied"), "{refused}");
+    assert!(
+        refused.contains(&format!(
+            "system:serviceaccount:{NAMESPACE}:nobody may not create modeldeployments.miniautoml.io/predict"
+        )),
+        "{refused}"
+    );
+    println!("no token: Unauthenticated; a ServiceAccount without a role: PermissionDenied");
+}
+
 /// The original `PredictionService/Predict` through grpcurl.
-fn predict(addr: &str, run: &str, document: &str) -> String {
+fn predict(addr: &str, token: &str, run: &str, document: &str) -> String {
     let request = serde_json::json!({"runId": run, "document": document}).to_string();
     wait_until("a Predict answer", Duration::from_secs(60), SECOND, || {
-        try_run(
-            "grpcurl",
-            &[
-                "-plaintext",
-                "-max-time",
-                "60",
-                "-d",
-                &request,
-                addr,
-                "prediction.PredictionService/Predict",
-            ],
+        grpcurl(
+            addr,
+            Some(token),
+            "prediction.PredictionService/Predict",
+            &request,
         )
     })
 }
@@ -638,7 +706,7 @@ fn assert_single_run(namespace: &str, name: &str, job: &Value) {
 /// A pod in the users' namespace that loops predictions, each on a new connection, through the
 /// operator's Service (`PredictionService/Predict`) and the predictor's Service (REST), until
 /// told to stop (a file), for at most 10 minutes or 3000 rounds.
-fn start_prediction_client(run: &str) -> String {
+fn start_prediction_client(run: &str, token: &str) -> String {
     let grpc = format!("{RELEASE}.{NAMESPACE}.svc.cluster.local:51001");
     let rest =
         format!("http://twitter-model-predictor.{LAB}.svc.cluster.local:8080/v2/models/twitter-model/infer");
@@ -646,7 +714,7 @@ fn start_prediction_client(run: &str) -> String {
         r#"ok=0; failed=0; round=0; start=$(date +%s)
 while [ ! -e /tmp/stop ] && [ $round -lt 3000 ] && [ $(( $(date +%s) - start )) -lt 600 ]; do
   round=$((round + 1))
-  if out=$(grpcurl -plaintext -max-time 10 -d '{{"runId": "{run}", "document": "what a wonderful day"}}' {grpc} prediction.PredictionService/Predict 2>&1) && echo "$out" | grep -q result; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round Predict failed: $out"; fi
+  if out=$(grpcurl -plaintext -max-time 10 -expand-headers -H 'authorization: Bearer ${{GRPC_TOKEN}}' -d '{{"runId": "{run}", "document": "what a wonderful day"}}' {grpc} prediction.PredictionService/Predict 2>&1) && echo "$out" | grep -q result; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round Predict failed: $out"; fi
   if out=$(timeout 10 wget -q -O - --header 'Content-Type: application/json' --post-data '{{"inputs": [{{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["so sad"]}}]}}' {rest} 2>&1) && echo "$out" | grep -q outputs; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round REST failed: $out"; fi
   sleep 0.2
 done
@@ -665,6 +733,7 @@ echo "predictions ok=$ok failed=$failed"
                 "image": "docker.io/miniautoml/test-client:1",
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["/bin/sh", "-c", script],
+                "env": [{"name": "GRPC_TOKEN", "value": token}],
                 "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
             }],
         },

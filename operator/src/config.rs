@@ -20,6 +20,12 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_GRPC_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_GRPC_PORT)))]
     pub grpc_addr: SocketAddr,
 
+    /// Who may call the gRPC API: `kubernetes` (a bearer token the API server accepts, whose
+    /// user has the method's permission in the gRPC namespace) or `none` (anyone who reaches
+    /// the port, as in the original system: a local lab only).
+    #[arg(long, env = "MINIAUTOML_GRPC_AUTH", value_enum, default_value_t = GrpcAuth::Kubernetes)]
+    pub grpc_auth: GrpcAuth,
+
     /// Algorithm name to training image, `NAME=IMAGE`; repeat the flag or separate with commas.
     /// A TrainingJob naming an algorithm not listed here is rejected with a condition.
     #[arg(
@@ -190,6 +196,15 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{text}: expected 0 to 86400 seconds"));
     }
     Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// Who may call the gRPC API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GrpcAuth {
+    /// A TokenReview of the caller's bearer token and a SubjectAccessReview of each method.
+    Kubernetes,
+    /// Anyone who reaches the port.
+    None,
 }
 
 /// How log lines are written.

@@ -1,6 +1,7 @@
 //! The gRPC API server on port 51001: the original system's services (added as they are
 //! implemented), standard gRPC health checking and server reflection for grpcurl.
 
+pub mod auth;
 pub mod data_management;
 mod errors;
 pub mod forward;
@@ -28,6 +29,9 @@ pub struct Services {
     pub prediction: Option<prediction::Prediction>,
     /// Whether this replica leads; a follower forwards the methods that write to the leader.
     pub leadership: crate::leader::Leadership,
+    /// Who may call: callers reviewed by the Kubernetes API server, or anyone when none
+    /// (`--grpc-auth=none`).
+    pub auth: Option<auth::Reviewer>,
 }
 
 /// Serves gRPC on `listener` until `shutdown` fires. Health turns NOT_SERVING first, so clients
@@ -44,6 +48,7 @@ pub async fn serve(
         training,
         prediction,
         leadership,
+        auth,
     } = services;
     let part = readiness.component("grpc");
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -75,7 +80,10 @@ pub async fn serve(
                 .await;
         }
     };
+    // The caller is checked first, on the replica the call reaches (the leader checks a
+    // forwarded write again, from its own cache).
     Server::builder()
+        .layer(auth::AuthLayer::new(auth))
         .layer(forward::ForwardWritesLayer::new(leadership))
         .add_service(health)
         .add_service(reflection)

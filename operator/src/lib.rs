@@ -24,7 +24,7 @@ use tracing::info;
 
 pub use crate::error::{Error, Result, StartupError};
 use crate::{
-    config::Config,
+    config::{Config, GrpcAuth},
     context::{Context, PredictorSettings, TrainingSettings},
     leader::Leadership,
     metrics::Metrics,
@@ -108,6 +108,26 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     {
         tokio::spawn(ensure_bucket(store, shutdown.clone()));
     }
+    let auth = match config.grpc_auth {
+        GrpcAuth::Kubernetes => {
+            info!(
+                namespace = config.grpc_namespace,
+                "gRPC callers are checked with TokenReviews and SubjectAccessReviews"
+            );
+            Some(grpc::auth::Reviewer::new(
+                ctx.client.clone(),
+                config.grpc_namespace.clone(),
+            ))
+        }
+        GrpcAuth::None => {
+            tracing::warn!(
+                "--grpc-auth=none: anyone who reaches the gRPC port may create, read and delete the Datasets and \
+                 TrainingJobs of namespace {:?}; use it for a local lab only",
+                config.grpc_namespace
+            );
+            None
+        }
+    };
     let ctx = Arc::new(ctx);
 
     // A server that cannot start stops everything, so the process exits with its error.
@@ -136,6 +156,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
                     training: Some(training),
                     prediction: Some(prediction),
                     leadership: leadership.clone(),
+                    auth,
                 },
             )
             .await,

@@ -136,6 +136,9 @@ fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
         kinds(&documents),
         [
             "ClusterRole/miniautoml",
+            "ClusterRole/miniautoml-app-developer",
+            "ClusterRole/miniautoml-data-engineer",
+            "ClusterRole/miniautoml-data-scientist",
             "ClusterRoleBinding/miniautoml",
             "CustomResourceDefinition/datasets.miniautoml.io",
             "CustomResourceDefinition/modeldeployments.miniautoml.io",
@@ -539,10 +542,93 @@ fn placement_and_pod_metadata_reach_the_operator_pods() {
     }
 }
 
+/// Every `verb resource` a ClusterRole grants, sorted.
+fn grants(role: &Value) -> Vec<String> {
+    let mut grants = Vec::new();
+    for rule in at(role, "rules").as_sequence().unwrap() {
+        for resource in at(rule, "resources").as_sequence().unwrap() {
+            for verb in at(rule, "verbs").as_sequence().unwrap() {
+                grants.push(format!(
+                    "{} {}",
+                    verb.as_str().unwrap(),
+                    resource.as_str().unwrap()
+                ));
+            }
+        }
+    }
+    grants.sort();
+    grants
+}
+
+#[test]
+fn the_grpc_api_checks_callers_by_default_and_the_users_roles_are_shipped() {
+    let documents = render(&[]);
+    assert!(operator_args(&documents).contains(&"--grpc-auth=kubernetes".to_string()));
+    let operator_role = grants(find(&documents, "ClusterRole", "miniautoml"));
+    for review in ["create tokenreviews", "create subjectaccessreviews"] {
+        assert!(operator_role.contains(&review.to_string()), "{operator_role:?}");
+    }
+    // What each person's role grants is what the gRPC methods they call are checked against.
+    assert_eq!(
+        grants(find(&documents, "ClusterRole", "miniautoml-data-engineer")),
+        [
+            "create datasets",
+            "create datasets/snapshots",
+            "delete datasets",
+            "get datasets",
+            "list datasets",
+            "patch datasets",
+            "update datasets",
+            "watch datasets",
+        ]
+    );
+    let scientist = grants(find(&documents, "ClusterRole", "miniautoml-data-scientist"));
+    assert!(
+        scientist.contains(&"create trainingjobs".to_string()),
+        "{scientist:?}"
+    );
+    assert!(
+        scientist.contains(&"create datasets/snapshots".to_string()),
+        "{scientist:?}"
+    );
+    assert!(
+        !scientist.contains(&"create datasets".to_string()),
+        "{scientist:?}"
+    );
+    let developer = grants(find(&documents, "ClusterRole", "miniautoml-app-developer"));
+    assert!(
+        developer.contains(&"create modeldeployments/predict".to_string()),
+        "{developer:?}"
+    );
+    assert!(
+        !developer.contains(&"create trainingjobs".to_string()),
+        "{developer:?}"
+    );
+
+    // A local lab: open, and the operator asks the API server nothing about callers.
+    let open = render(&["grpc.auth=none", "userRoles.create=false"]);
+    assert!(operator_args(&open).contains(&"--grpc-auth=none".to_string()));
+    let operator_role = grants(find(&open, "ClusterRole", "miniautoml"));
+    assert!(
+        !operator_role.iter().any(|grant| grant.contains("review")),
+        "{operator_role:?}"
+    );
+    assert_eq!(
+        kinds(&open)
+            .iter()
+            .filter(|kind| kind.starts_with("ClusterRole/"))
+            .count(),
+        1
+    );
+    let wrong = try_render(&["grpc.auth=token"]).unwrap_err();
+    assert!(wrong.contains("/grpc/auth"), "{wrong}");
+}
+
 #[test]
 fn rbac_and_the_service_account_can_come_from_elsewhere() {
     let documents = render(&[
         "rbac.create=false",
+        "userRoles.create=false",
         "serviceAccount.create=false",
         "serviceAccount.name=ops",
     ]);

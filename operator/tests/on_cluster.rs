@@ -1,6 +1,7 @@
 //! The operator binary on the local cluster, with exactly the RBAC the Helm chart grants: it
-//! starts, becomes ready, validates a TrainingJob into its status with an event, and stops
-//! cleanly on SIGTERM.
+//! starts, becomes ready, validates a TrainingJob into its status with an event, checks gRPC
+//! callers with the API server (tokens of ServiceAccounts bound to the chart's user roles, or to
+//! none), and stops cleanly on SIGTERM.
 
 use std::{
     io::Write,
@@ -29,7 +30,9 @@ fn run(command: &mut Command) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-#[tokio::test]
+// Several threads: the gRPC connections the test opens close in the background while it waits,
+// blocking, for the operator to exit (which waits for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
     let cluster = LocalCluster::shared();
     let client = cluster.client().await.unwrap();
@@ -46,6 +49,7 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
         &ns.name,
         "--show-only=templates/serviceaccount.yaml",
         "--show-only=templates/rbac.yaml",
+        "--show-only=templates/user-roles.yaml",
     ]));
     let mut apply = cluster
         .kubectl()
@@ -90,10 +94,13 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
     as_account(&["config", "set-context", "--current", "--user=operator"]);
 
     let admin_port = free_addr().port();
+    let grpc_addr = free_addr();
+    // The gRPC API checks callers by default (--grpc-auth=kubernetes).
     let mut operator = Command::new(env!("CARGO_BIN_EXE_miniautoml-operator"))
         .args([
             format!("--admin-addr=127.0.0.1:{admin_port}"),
-            format!("--grpc-addr=127.0.0.1:{}", free_addr().port()),
+            format!("--grpc-addr={grpc_addr}"),
+            format!("--grpc-namespace={}", ns.name),
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
@@ -152,6 +159,8 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
     }
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
+    grpc_callers_are_reviewed(cluster, &ns.name, &release, grpc_addr).await;
+
     run(Command::new("kill").args(["-TERM", &operator.id().to_string()]));
     let exited = operator.wait().unwrap();
     let mut logs = String::new();
@@ -181,7 +190,158 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
         &account,
         "--ignore-not-found",
     ]));
+    for role in ["data-engineer", "data-scientist", "app-developer"] {
+        run(cluster.kubectl().args([
+            "delete",
+            "clusterrole",
+            &format!("{account}-{role}"),
+            "--ignore-not-found",
+        ]));
+    }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A call's message with `authorization: Bearer TOKEN` when there is a token.
+fn as_caller<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+/// The gRPC API behind TokenReviews and SubjectAccessReviews: no token or a made-up one is
+/// UNAUTHENTICATED; a ServiceAccount without a role binding is PERMISSION_DENIED, naming the
+/// permission; a data engineer (the chart's role, bound in the gRPC namespace) may list and read
+/// Datasets but not train; health stays open and the trainers' writes still go by run token.
+async fn grpc_callers_are_reviewed(
+    cluster: &LocalCluster,
+    namespace: &str,
+    release: &str,
+    addr: std::net::SocketAddr,
+) {
+    use miniautoml_proto::{
+        data_management::{
+            CreateDatasetRequest, DatasetPointer, ListQueryOptions,
+            data_management_service_client::DataManagementServiceClient,
+        },
+        metadata_store::{LogEpochRequest, metadata_store_service_client::MetadataStoreServiceClient},
+        training::{GetTrainingStatusRequest, TrainRequest, training_service_client::TrainingServiceClient},
+    };
+    use tonic::Code;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    for account in ["engineer", "nobody"] {
+        run(cluster
+            .kubectl()
+            .args(["create", "serviceaccount", account, "-n", namespace]));
+    }
+    run(cluster.kubectl().args([
+        "create",
+        "rolebinding",
+        "engineer",
+        "-n",
+        namespace,
+        &format!("--clusterrole={release}-miniautoml-data-engineer"),
+        &format!("--serviceaccount={namespace}:engineer"),
+    ]));
+    let token = |account: &str| {
+        run(cluster
+            .kubectl()
+            .args(["create", "token", account, "-n", namespace]))
+        .trim()
+        .to_string()
+    };
+    let (engineer, nobody) = (token("engineer"), token("nobody"));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut data = DataManagementServiceClient::new(channel.clone());
+    let mut training = TrainingServiceClient::new(channel.clone());
+    let list = || ListQueryOptions { limit: 0, index: 0 };
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health needs no token");
+    assert_eq!(health.get_ref().status, 1, "SERVING");
+
+    let anonymous = data.list_datasets(as_caller(list(), None)).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    assert!(
+        anonymous.message().contains("kubectl create token"),
+        "{anonymous:?}"
+    );
+    let made_up = data
+        .list_datasets(as_caller(list(), Some("not-a-token")))
+        .await
+        .unwrap_err();
+    assert_eq!(made_up.code(), Code::Unauthenticated, "{made_up:?}");
+    assert!(made_up.message().contains("does not accept"), "{made_up:?}");
+
+    let unbound = data
+        .create_dataset(as_caller(
+            CreateDatasetRequest {
+                name: "tweets".into(),
+                ..CreateDatasetRequest::default()
+            },
+            Some(&nobody),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unbound.code(), Code::PermissionDenied, "{unbound:?}");
+    let missing = format!(
+        "system:serviceaccount:{namespace}:nobody may not create datasets.miniautoml.io in namespace \"{namespace}\""
+    );
+    assert!(unbound.message().contains(&missing), "{unbound:?}");
+
+    let listed = data.list_datasets(as_caller(list(), Some(&engineer))).await;
+    assert!(listed.is_ok(), "a data engineer lists Datasets: {listed:?}");
+    let unknown = data
+        .get_dataset_summary(as_caller(
+            DatasetPointer {
+                dataset_id: "424242".into(),
+            },
+            Some(&engineer),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "past the reviews: {unknown:?}");
+    let train = training
+        .train(as_caller(TrainRequest::default(), Some(&engineer)))
+        .await
+        .unwrap_err();
+    assert_eq!(train.code(), Code::PermissionDenied, "{train:?}");
+    assert!(
+        train
+            .message()
+            .contains("may not create trainingjobs.miniautoml.io"),
+        "{train:?}"
+    );
+    let status = training
+        .get_training_status(as_caller(GetTrainingStatusRequest { job_id: 1 }, Some(&engineer)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("may not get trainingjobs.miniautoml.io"),
+        "{status:?}"
+    );
+
+    // The trainers' writes go by their run's own token, which the metadata store checks: the
+    // reviews let them through to it.
+    let epoch = MetadataStoreServiceClient::new(channel)
+        .log_epoch(as_caller(LogEpochRequest::default(), None))
+        .await
+        .unwrap_err();
+    assert!(!epoch.message().contains("Kubernetes bearer token"), "{epoch:?}");
 }
 
 /// A plain HTTP/1.1 GET on the loopback admin port, retried until the operator listens.

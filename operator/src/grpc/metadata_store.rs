@@ -29,7 +29,10 @@ use miniautoml_proto::data_management::FileInfo;
 use miniautoml_proto::metadata_store::{self as pb, metadata_store_service_server::MetadataStoreService};
 use tonic::{Request, Response, Status};
 
-use super::errors::internal;
+use super::{
+    auth::{self, Permission},
+    errors::internal,
+};
 use crate::{
     conditions,
     context::Context,
@@ -240,6 +243,16 @@ impl MetadataStore {
     }
 }
 
+/// Whether the caller may read `job` where it lives (it may be outside the gRPC namespace).
+async fn readable<T>(request: &Request<T>, job: &TrainingJob) -> Result<(), Status> {
+    auth::require(
+        request.extensions(),
+        Permission::GET_TRAINING_JOBS,
+        &job.namespace().unwrap_or_default(),
+    )
+    .await
+}
+
 /// Whether two tokens are equal, in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     subtle::ConstantTimeEq::ct_eq(a, b).into()
@@ -419,6 +432,7 @@ impl MetadataStoreService for MetadataStore {
         request: Request<pb::GetRunStatusRequest>,
     ) -> Result<Response<pb::GetRunStatusResponse>, Status> {
         let job = self.find(&request.get_ref().run_id).await?;
+        readable(&request, &job).await?;
         Ok(Response::new(pb::GetRunStatusResponse {
             run_info: Some(run_info(&job)),
         }))
@@ -499,6 +513,7 @@ impl MetadataStoreService for MetadataStore {
     ) -> Result<Response<pb::GetArtifactResponse>, Status> {
         let run_id = request.get_ref().run_id.clone();
         let job = self.find(&run_id).await?;
+        readable(&request, &job).await?;
         let artifact = job
             .status
             .as_ref()

@@ -36,7 +36,10 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::errors::internal;
+use super::{
+    auth::{self, Permission},
+    errors::internal,
+};
 use crate::{conditions, context::Context};
 
 /// How often a waiting request looks for a ready predictor.
@@ -219,7 +222,7 @@ impl Prediction {
 #[tonic::async_trait]
 impl PredictionService for Prediction {
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
         let run = request.run_id.trim();
         if run.is_empty() {
             return Err(Status::invalid_argument("\"runId\" is required."));
@@ -233,12 +236,15 @@ impl PredictionService for Prediction {
             return Err(Status::invalid_argument("document is empty"));
         }
         let job = self.find(run).await?;
+        let namespace = job.namespace().unwrap_or_default();
+        // Predicting with a run's model (deploying it when none serves it) is allowed where the
+        // run lives, which may be outside the gRPC namespace.
+        auth::require(&extensions, Permission::PREDICT, &namespace).await?;
         if let Err((_, message)) = job.served_model() {
             return Err(Status::failed_precondition(format!(
                 "run {run} cannot serve predictions: {message}"
             )));
         }
-        let namespace = job.namespace().unwrap_or_default();
         let deadline = Instant::now() + self.deploy_timeout;
         let mut deployed = false;
         loop {

@@ -22,7 +22,10 @@ use miniautoml_proto::training::{
 };
 use tonic::{Request, Response, Status};
 
-use super::errors::internal;
+use super::{
+    auth::{self, Permission},
+    errors::internal,
+};
 use crate::{
     context::Context,
     ids::RUN_IDS,
@@ -184,8 +187,16 @@ impl Service for Training {
         &self,
         request: Request<pb::GetTrainingStatusRequest>,
     ) -> Result<Response<pb::GetTrainingStatusResponse>, Status> {
-        let job_id = request.into_inner().job_id;
+        let (_, extensions, request) = request.into_parts();
+        let job_id = request.job_id;
         let job = self.find(job_id).await?;
+        // The run may live outside the gRPC namespace (a TrainingJob applied with kubectl).
+        auth::require(
+            &extensions,
+            Permission::GET_TRAINING_JOBS,
+            &job.namespace().unwrap_or_default(),
+        )
+        .await?;
         let status = job.status.clone().unwrap_or_default();
         let metadata = pb::TrainingJobMetadata {
             algorithm: job.spec.algorithm.clone().unwrap_or_default(),

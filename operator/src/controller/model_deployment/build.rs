@@ -173,6 +173,8 @@ pub fn build_deployment(
                 }),
                 spec: Some(PodSpec {
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    // Predictors read their model from S3 and never call the Kubernetes API.
+                    automount_service_account_token: Some(false),
                     image_pull_secrets: pull_secrets(&settings.image_pull_secrets),
                     containers: vec![Container {
                         name: CONTAINER.into(),
@@ -387,6 +389,7 @@ pub(super) mod tests {
         assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
         assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
         let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false), "no API access");
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some("miniautoml/predictor:0.1.0"));
         let resources = container.resources.as_ref().unwrap();

@@ -250,6 +250,9 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    // The trainer talks to the metadata store with its run token, never to the
+                    // Kubernetes API: no service-account token in its pods.
+                    automount_service_account_token: Some(false),
                     subdomain: (workers > 1).then(|| job_name(job)),
                     node_selector: (!job.spec.node_selector.is_empty())
                         .then(|| job.spec.node_selector.clone()),
@@ -379,10 +382,9 @@ mod tests {
         );
         // No credentials in the Job itself.
         assert!(env.values().all(|e| e.value.as_deref() != Some("secret")));
-        let resources = spec.template.spec.as_ref().unwrap().containers[0]
-            .resources
-            .clone()
-            .unwrap();
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false), "no API access");
+        let resources = pod.containers[0].resources.clone().unwrap();
         assert_eq!(resources.limits.unwrap()["cpu"], Quantity("1".into()));
     }
 

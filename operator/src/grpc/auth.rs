@@ -1,0 +1,531 @@
+//! Who may call the gRPC API: Kubernetes' own authentication and authorization.
+//!
+//! A caller presents a bearer token (`authorization: Bearer $(kubectl create token NAME)`). The
+//! operator asks the API server who it is (a TokenReview) and whether that user may do what the
+//! method does (a SubjectAccessReview of a verb on a `miniautoml.io` resource in the gRPC
+//! namespace, [`access`]). No token, or one the API server does not accept: UNAUTHENTICATED; a
+//! user without the permission: PERMISSION_DENIED, naming it. Answers are kept for
+//! [`REMEMBER`], so a loop of calls costs the API server two requests every few seconds.
+//!
+//! Health and reflection are open (they show no data). The trainers' writes to the metadata
+//! store carry their run's token instead, which the metadata store checks itself. Methods that
+//! name a run (which may live in another namespace than the gRPC namespace) check the
+//! permission again in the run's namespace, through the [`Caller`] this layer leaves on the
+//! request.
+
+use std::{
+    convert::Infallible,
+    fmt,
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::{
+    authentication::v1::{TokenReview, TokenReviewSpec, UserInfo},
+    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+};
+use kube::{Api, api::PostParams};
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+use tonic::{Status, body::Body, codegen::http};
+use tower::{Layer, Service};
+
+/// How long a token's review and a permission's decision are kept.
+pub const REMEMBER: Duration = Duration::from_secs(10);
+
+/// Most tokens and decisions kept (least recently used go first).
+const CAPACITY: usize = 4096;
+
+/// The API group every permission is on.
+pub const GROUP: &str = "miniautoml.io";
+
+/// A verb on a `miniautoml.io` resource (or a subresource of it), as RBAC rules name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Permission {
+    /// `get`, `list`, `create`, `update` or `delete`.
+    pub verb: &'static str,
+    /// `datasets`, `trainingjobs` or `modeldeployments`.
+    pub resource: &'static str,
+    /// A subresource only RBAC knows (`snapshots`, `predict`), or none.
+    pub subresource: Option<&'static str>,
+}
+
+impl Permission {
+    const fn on(verb: &'static str, resource: &'static str) -> Permission {
+        Permission {
+            verb,
+            resource,
+            subresource: None,
+        }
+    }
+
+    const fn on_sub(verb: &'static str, resource: &'static str, subresource: &'static str) -> Permission {
+        Permission {
+            verb,
+            resource,
+            subresource: Some(subresource),
+        }
+    }
+
+    /// Reading a run: GetTrainingStatus, GetRunStatus, GetArtifact.
+    pub const GET_TRAINING_JOBS: Permission = Permission::on("get", "trainingjobs");
+    /// PredictionService/Predict (which deploys the run's model when none serves it).
+    pub const PREDICT: Permission = Permission::on_sub("create", "modeldeployments", "predict");
+}
+
+impl fmt::Display for Permission {
+    /// `create datasets.miniautoml.io`, `create modeldeployments.miniautoml.io/predict`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}.{GROUP}", self.verb, self.resource)?;
+        match self.subresource {
+            Some(sub) => write!(f, "/{sub}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What calling a method takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing: health checking and reflection.
+    Open,
+    /// The run's own token, checked by the metadata store (the trainers' writes).
+    RunToken,
+    /// A Kubernetes user with this permission in the gRPC namespace.
+    Needs(Permission),
+    /// Not a method of this server (answered UNIMPLEMENTED without looking at the caller).
+    Unknown,
+}
+
+/// What calling the method at gRPC `path` takes.
+pub fn access(path: &str) -> Access {
+    use Permission as P;
+    if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") {
+        return Access::Open;
+    }
+    let Some((service, method)) = path.strip_prefix('/').and_then(|path| path.split_once('/')) else {
+        return Access::Unknown;
+    };
+    let needs = match (service, method) {
+        ("data_management.DataManagementService", method) => match method {
+            "GetDatasetSummary" | "FetchTrainingDataset" => P::on("get", "datasets"),
+            "ListDatasets" => P::on("list", "datasets"),
+            "CreateDataset" => P::on("create", "datasets"),
+            "UpdateDataset" => P::on("update", "datasets"),
+            "PrepareTrainingDataset" => P::on_sub("create", "datasets", "snapshots"),
+            "DeleteDataset" => P::on("delete", "datasets"),
+            _ => return Access::Unknown,
+        },
+        ("training.TrainingService", "Train") => P::on("create", "trainingjobs"),
+        ("training.TrainingService", "GetTrainingStatus") => P::GET_TRAINING_JOBS,
+        ("metadata_store.MetadataStoreService", method) => match method {
+            "LogRunStart" | "LogEpoch" | "LogRunEnd" | "CreateArtifact" => return Access::RunToken,
+            "GetRunStatus" | "GetArtifact" => P::GET_TRAINING_JOBS,
+            _ => return Access::Unknown,
+        },
+        ("prediction.PredictionService", "Predict") => P::PREDICT,
+        _ => return Access::Unknown,
+    };
+    Access::Needs(needs)
+}
+
+/// The bearer token of `headers`, when there is one (`authorization: Bearer TOKEN`).
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A token's review or a decision, as kept.
+type Kept<T> = (Instant, Result<T, String>);
+
+/// What a decision is about: the token (its SHA-256), the permission and the namespace.
+type Decision = ([u8; 32], Permission, String);
+
+/// Answers kept for [`REMEMBER`], by key.
+type Answers<K, T> = Arc<Mutex<LruCache<K, Kept<T>>>>;
+
+/// Asks the API server about tokens and permissions, keeping its answers for [`REMEMBER`].
+#[derive(Clone)]
+pub struct Reviewer {
+    client: kube::Client,
+    namespace: String,
+    users: Answers<[u8; 32], UserInfo>,
+    decisions: Answers<Decision, ()>,
+}
+
+impl Reviewer {
+    /// Reviews with `client` (which may create TokenReviews and SubjectAccessReviews), for the
+    /// gRPC API serving `namespace`.
+    pub fn new(client: kube::Client, namespace: String) -> Reviewer {
+        let capacity = NonZeroUsize::new(CAPACITY).expect("a positive capacity");
+        Reviewer {
+            client,
+            namespace,
+            users: Arc::new(Mutex::new(LruCache::new(capacity))),
+            decisions: Arc::new(Mutex::new(LruCache::new(capacity))),
+        }
+    }
+
+    /// Who `token` belongs to: UNAUTHENTICATED when the API server does not accept it,
+    /// UNAVAILABLE when it cannot be asked.
+    async fn authenticate(&self, key: [u8; 32], token: &str) -> Result<UserInfo, Status> {
+        if let Some(kept) = fresh(&self.users, &key) {
+            return kept.map_err(Status::unauthenticated);
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: None,
+            },
+            ..TokenReview::default()
+        };
+        let reviewed = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|error| {
+                Status::unavailable(format!(
+                    "cannot ask the Kubernetes API server who the token belongs to: {error}; retry"
+                ))
+            })?;
+        let status = reviewed.status.unwrap_or_default();
+        let outcome = match (status.authenticated, status.user) {
+            (Some(true), Some(user)) => Ok(user),
+            _ => Err(format!(
+                "the Kubernetes API server does not accept the bearer token{}: present a current token \
+                 (kubectl create token NAME -n NAMESPACE)",
+                status
+                    .error
+                    .map(|error| format!(" ({error})"))
+                    .unwrap_or_default()
+            )),
+        };
+        keep(&self.users, key, outcome.clone());
+        outcome.map_err(Status::unauthenticated)
+    }
+
+    /// Whether `user` may do `permission` in `namespace`: PERMISSION_DENIED naming it when not.
+    async fn authorize(
+        &self,
+        key: [u8; 32],
+        user: &UserInfo,
+        permission: Permission,
+        namespace: &str,
+        method: &str,
+    ) -> Result<(), Status> {
+        let decision = (key, permission, namespace.to_string());
+        if let Some(kept) = fresh(&self.decisions, &decision) {
+            return kept.map_err(|missing| denied(&missing, method));
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: Some(permission.verb.to_string()),
+                    group: Some(GROUP.to_string()),
+                    resource: Some(permission.resource.to_string()),
+                    subresource: permission.subresource.map(str::to_string),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let reviewed = Api::<SubjectAccessReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|error| {
+                Status::unavailable(format!(
+                    "cannot ask the Kubernetes API server whether the caller may {permission}: {error}; retry"
+                ))
+            })?;
+        let status = reviewed.status.unwrap_or_default();
+        let outcome = if status.allowed {
+            Ok(())
+        } else {
+            let reason = status
+                .reason
+                .filter(|reason| !reason.is_empty())
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default();
+            Err(format!(
+                "{} may not {permission} in namespace {namespace:?}{reason}",
+                user.username.as_deref().unwrap_or("the caller"),
+            ))
+        };
+        keep(&self.decisions, decision, outcome.clone());
+        outcome.map_err(|missing| denied(&missing, method))
+    }
+}
+
+fn denied(missing: &str, method: &str) -> Status {
+    Status::permission_denied(format!(
+        "{missing}, which {method} needs: bind a Role granting it (the chart ships the ClusterRoles \
+         data-engineer, data-scientist and app-developer)"
+    ))
+}
+
+fn fresh<K: std::hash::Hash + Eq, T: Clone>(
+    cache: &Mutex<LruCache<K, Kept<T>>>,
+    key: &K,
+) -> Option<Result<T, String>> {
+    let mut cache = cache.lock().expect("review cache lock");
+    match cache.get(key) {
+        Some((at, kept)) if at.elapsed() < REMEMBER => Some(kept.clone()),
+        Some(_) => {
+            cache.pop(key);
+            None
+        }
+        None => None,
+    }
+}
+
+fn keep<K: std::hash::Hash + Eq, T>(cache: &Mutex<LruCache<K, Kept<T>>>, key: K, outcome: Result<T, String>) {
+    cache
+        .lock()
+        .expect("review cache lock")
+        .put(key, (Instant::now(), outcome));
+}
+
+/// The authenticated caller of a method, left on the request (its extensions) for the methods
+/// that check a permission again where the run they name lives.
+#[derive(Clone)]
+pub struct Caller {
+    key: [u8; 32],
+    user: UserInfo,
+    method: String,
+    reviewer: Reviewer,
+}
+
+impl Caller {
+    /// The caller's user name, as the API server knows it.
+    pub fn name(&self) -> &str {
+        self.user.username.as_deref().unwrap_or_default()
+    }
+
+    /// Whether the caller may do `permission` in `namespace`.
+    pub async fn may(&self, permission: Permission, namespace: &str) -> Result<(), Status> {
+        self.reviewer
+            .authorize(self.key, &self.user, permission, namespace, &self.method)
+            .await
+    }
+}
+
+/// Checks `permission` in `namespace` for the caller the layer left in `extensions`; with
+/// authentication off (no caller there) everything is allowed, as in the original system.
+pub async fn require(
+    extensions: &http::Extensions,
+    permission: Permission,
+    namespace: &str,
+) -> Result<(), Status> {
+    match extensions.get::<Caller>() {
+        Some(caller) => caller.may(permission, namespace).await,
+        None => Ok(()),
+    }
+}
+
+/// Puts every gRPC call through [`access`] and the reviews (the chart's default). Without a
+/// reviewer (`--grpc-auth=none`) calls pass as they are.
+#[derive(Clone)]
+pub struct AuthLayer {
+    reviewer: Option<Reviewer>,
+}
+
+impl AuthLayer {
+    /// Checks callers with `reviewer`, or nobody when none.
+    pub fn new(reviewer: Option<Reviewer>) -> Self {
+        AuthLayer { reviewer }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            reviewer: self.reviewer.clone(),
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    reviewer: Option<Reviewer>,
+}
+
+impl<S> Service<http::Request<Body>> for Authenticate<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let Some(reviewer) = self.reviewer.clone() else {
+            return Box::pin(self.inner.call(request));
+        };
+        let path = request.uri().path().to_string();
+        let permission = match access(&path) {
+            Access::Open | Access::RunToken | Access::Unknown => return Box::pin(self.inner.call(request)),
+            Access::Needs(permission) => permission,
+        };
+        // The service that was made ready takes the call; a clone stands in for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let method = path.trim_start_matches('/').to_string();
+            let Some(token) = bearer_token(request.headers()).map(str::to_string) else {
+                return Ok(Status::unauthenticated(format!(
+                    "{method} needs a Kubernetes bearer token: \
+                     -H \"authorization: Bearer $(kubectl create token NAME -n NAMESPACE)\""
+                ))
+                .into_http());
+            };
+            let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let user = match reviewer.authenticate(key, &token).await {
+                Ok(user) => user,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let namespace = reviewer.namespace.clone();
+            let caller = Caller {
+                key,
+                user,
+                method,
+                reviewer,
+            };
+            if let Err(status) = caller.may(permission, &namespace).await {
+                tracing::info!(
+                    user = caller.name(),
+                    method = caller.method,
+                    "gRPC call refused: {}",
+                    status.message()
+                );
+                return Ok(status.into_http());
+            }
+            request.extensions_mut().insert(caller);
+            inner.call(request).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defined_methods() -> Vec<String> {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(miniautoml_proto::FILE_DESCRIPTOR_SET).unwrap();
+        set.file
+            .iter()
+            .flat_map(|file| {
+                file.service.iter().flat_map(move |service| {
+                    service.method.iter().map(move |method| {
+                        format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                    })
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_method_the_operator_serves_needs_a_permission_or_the_run_token() {
+        let mut methods = defined_methods();
+        // The predictor pods serve this one (behind the operator's Predict), not the operator.
+        methods.retain(|path| path != "/prediction.Predictor/PredictorPredict");
+        assert_eq!(methods.len(), 16, "{methods:?}");
+        for path in &methods {
+            assert!(
+                matches!(access(path), Access::Needs(_) | Access::RunToken),
+                "{path}: {:?}",
+                access(path)
+            );
+        }
+        let token = methods
+            .iter()
+            .filter(|path| access(path) == Access::RunToken)
+            .count();
+        assert_eq!(token, 4, "only the trainers' four writes go by run token");
+    }
+
+    #[test]
+    fn each_method_needs_the_verb_and_resource_it_touches() {
+        let needs = |path: &str| match access(path) {
+            Access::Needs(permission) => permission.to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            needs("/data_management.DataManagementService/CreateDataset"),
+            "create datasets.miniautoml.io"
+        );
+        assert_eq!(
+            needs("/data_management.DataManagementService/ListDatasets"),
+            "list datasets.miniautoml.io"
+        );
+        assert_eq!(
+            needs("/data_management.DataManagementService/PrepareTrainingDataset"),
+            "create datasets.miniautoml.io/snapshots"
+        );
+        assert_eq!(
+            needs("/data_management.DataManagementService/DeleteDataset"),
+            "delete datasets.miniautoml.io"
+        );
+        assert_eq!(
+            needs("/training.TrainingService/Train"),
+            "create trainingjobs.miniautoml.io"
+        );
+        assert_eq!(
+            needs("/metadata_store.MetadataStoreService/GetRunStatus"),
+            "get trainingjobs.miniautoml.io"
+        );
+        assert_eq!(
+            needs("/prediction.PredictionService/Predict"),
+            "create modeldeployments.miniautoml.io/predict"
+        );
+        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Open);
+        assert_eq!(
+            access("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Access::Open
+        );
+        assert_eq!(
+            access("/data_management.DataManagementService/Drop"),
+            Access::Unknown
+        );
+        assert_eq!(access("/other.Service/Call"), Access::Unknown);
+        assert_eq!(access("nonsense"), Access::Unknown);
+    }
+
+    #[test]
+    fn only_a_bearer_token_counts() {
+        let headers = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert_eq!(bearer_token(&headers("Bearer abc.def")), Some("abc.def"));
+        assert_eq!(bearer_token(&headers("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(&headers("Basic dXNlcjpwYXNz")), None);
+        assert_eq!(bearer_token(&headers("Bearer ")), None);
+        assert_eq!(bearer_token(&headers("Bearer")), None);
+        assert_eq!(bearer_token(&http::HeaderMap::new()), None);
+    }
+}
