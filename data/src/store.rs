@@ -118,6 +118,19 @@ impl Store {
         Ok(object.body)
     }
 
+    /// The size of an object of any bucket, which must exist.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<u64, StorageError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{key}"), e))?;
+        Ok(u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0))
+    }
+
     /// Streams an object of any bucket as consecutive byte ranges, [`RANGES_IN_FLIGHT`] fetched
     /// at a time and yielded in order: one S3 stream is often slower than the server can serve
     /// (the local s3s-fs serves one stream at about half the rate of three), and memory stays at

@@ -70,6 +70,8 @@ pub fn generate(out_dir: &Path) -> Result<()> {
         .build_server(true)
         .build_client(true)
         .btree_map(".")
+        // A malformed request is INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::codec::ProtoCodec")
         .out_dir(out_dir)
         .compile_fds(fds)
         .map_err(write_error(out_dir))

@@ -31,6 +31,7 @@ pub mod prediction {
     include!("generated/prediction.rs");
 }
 
+pub mod codec;
 #[cfg(feature = "codegen")]
 pub mod codegen;
 pub mod shutdown;

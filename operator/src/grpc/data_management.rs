@@ -17,11 +17,11 @@ use miniautoml_api::{
     Dataset, DatasetCommitStatus, DatasetSpec, DatasetStatistics, DatasetType, ObjectSource, SnapshotState,
     Tags, dataset::DatasetCommitSpec, labels::DATASET_ID_LABEL,
 };
-use miniautoml_data::SnapshotSelector;
+use miniautoml_data::{SnapshotSelector, StorageError};
 use miniautoml_proto::data_management::{self as pb, data_management_service_server::DataManagementService};
 use tonic::{Request, Response, Status};
 
-use super::errors::internal;
+use super::{errors::internal, input};
 use crate::{
     context::Context,
     ids::DATASET_IDS,
@@ -95,10 +95,7 @@ impl DataManagement {
     }
 
     async fn find(&self, id: &str) -> Result<(u64, Dataset), Status> {
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| Status::invalid_argument(format!("dataset_id {id:?} is not a number")))?;
+        let id = input::id("dataset_id", id)?;
         let list = self
             .api()
             .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={id}")))
@@ -109,6 +106,31 @@ impl DataManagement {
             .next()
             .map(|d| (id, d))
             .ok_or_else(|| Status::not_found(format!("dataset {id} not found")))
+    }
+
+    /// Whether the object a commit would read exists, and the operator may read it: checked
+    /// before anything is written, so that a wrong bucket or path leaves the datasets as they were
+    /// (an entry that cannot be read would be rejected only after it was appended, or wait for
+    /// good on a bucket that refuses the operator).
+    async fn readable(&self, bucket: &str, path: &str) -> Result<(), Status> {
+        let store =
+            self.ctx.store.as_ref().ok_or_else(|| {
+                Status::failed_precondition("object storage is not configured on the operator")
+            })?;
+        store.head(bucket, path).await.map(drop).map_err(|error| {
+            let object = format!("s3://{bucket}/{}", input::shown(path));
+            match error {
+                StorageError::NotFound(_) => {
+                    Status::not_found(format!("{object} does not exist: upload it first"))
+                }
+                StorageError::Denied(detail) => {
+                    Status::failed_precondition(format!("the operator may not read {object}: {detail}"))
+                }
+                StorageError::Unavailable(detail) => Status::unavailable(format!(
+                    "cannot reach the object store to read {object}: {detail}; retry"
+                )),
+            }
+        })
     }
 
     /// Waits until `spec.commits[entry]` of `name` is ingested or rejected.
@@ -207,12 +229,8 @@ fn summary(id: u64, dataset: &Dataset) -> pb::DatasetSummary {
 }
 
 fn entry(message: &str, bucket: &str, path: &str, tags: Tags) -> Result<DatasetCommitSpec, Status> {
-    if bucket.is_empty() {
-        return Err(Status::invalid_argument("\"bucket\" is required."));
-    }
-    if path.is_empty() {
-        return Err(Status::invalid_argument("\"path\" is required."));
-    }
+    input::bucket(bucket)?;
+    input::key("path", path)?;
     Ok(DatasetCommitSpec {
         message: message.into(),
         source: ObjectSource {
@@ -299,6 +317,7 @@ impl DataManagementService for DataManagement {
             &request.path,
             tags(&request.tags),
         )?;
+        self.readable(&request.bucket, &request.path).await?;
         let api = self.api();
         let id = self.allocate_id().await?;
         // As the original, a name may be given to several datasets: each gets its own id, and
@@ -328,8 +347,8 @@ impl DataManagementService for DataManagement {
         }
         let name = created.ok_or_else(|| {
             Status::aborted(format!(
-                "every object name derived from {:?} is taken; try again",
-                request.name
+                "every object name derived from {} is taken; try again",
+                input::shown(&request.name)
             ))
         })?;
         match self.ingested(&name, 0).await {
@@ -356,6 +375,7 @@ impl DataManagementService for DataManagement {
             &request.path,
             tags(&request.tags),
         )?;
+        self.readable(&request.bucket, &request.path).await?;
         let api = self.api();
         let (name, entry) = retry_on_conflict(|| async {
             let (_, mut dataset) = self.find(&request.dataset_id).await?;
@@ -387,9 +407,13 @@ impl DataManagementService for DataManagement {
         let (id, dataset) = self.find(&request.dataset_id).await?;
         let up_to = match request.commit_id.trim() {
             "" => None,
-            text => Some(
-                text.parse()
-                    .map_err(|_| Status::invalid_argument(format!("commit_id {text:?} is not a number")))?,
+            _ => Some(
+                u32::try_from(input::id("commit_id", &request.commit_id)?).map_err(|_| {
+                    Status::not_found(format!(
+                        "commit {} does not exist",
+                        input::shown(&request.commit_id)
+                    ))
+                })?,
             ),
         };
         let selector = SnapshotSelector {
@@ -430,6 +454,7 @@ impl DataManagementService for DataManagement {
     ) -> Result<Response<pb::VersionedSnapshot>, Status> {
         let request = request.into_inner();
         let (id, dataset) = self.find(&request.dataset_id).await?;
+        input::version_hash("version_hash", &request.version_hash)?;
         let status = dataset.status.clone().unwrap_or_default();
         let snapshot = status
             .snapshots
@@ -437,8 +462,8 @@ impl DataManagementService for DataManagement {
             .find(|s| s.version_hash == request.version_hash)
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "dataset {id} has no snapshot {:?}; ask PrepareTrainingDataset for it",
-                    request.version_hash
+                    "dataset {id} has no snapshot {}; ask PrepareTrainingDataset for it",
+                    input::shown(&request.version_hash)
                 ))
             })?;
         let bucket = self

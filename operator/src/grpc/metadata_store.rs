@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status};
 use super::{
     auth::{self, Permission},
     errors::internal,
+    input,
 };
 use crate::{
     conditions,
@@ -123,13 +124,9 @@ impl MetadataStore {
     }
 
     async fn lookup(&self, run_id: &str, cached: bool) -> Result<TrainingJob, Status> {
-        if run_id.is_empty() || run_id.parse::<u64>().is_err() {
-            return Err(Status::invalid_argument(format!(
-                "run id {run_id:?} is not a number"
-            )));
-        }
+        let run_id = input::id("run_id", run_id)?.to_string();
         self.ctx
-            .find_run(run_id, |_| cached)
+            .find_run(&run_id, |_| cached)
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
@@ -454,9 +451,10 @@ impl MetadataStoreService for MetadataStore {
         let path = artifact.path.trim_matches('/').to_string();
         if artifact.bucket != self.bucket() || path != expected {
             return Err(Status::permission_denied(format!(
-                "run {run_id}'s artifacts belong in s3://{}/{expected}/, not s3://{}/{path}/",
+                "run {run_id}'s artifacts belong in s3://{}/{expected}/, not s3://{}/{}/",
                 self.bucket(),
-                artifact.bucket
+                input::shown(&artifact.bucket),
+                input::shown(&path)
             )));
         }
         let store = self.store(&artifact.bucket)?;

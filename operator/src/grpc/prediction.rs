@@ -39,6 +39,7 @@ use tonic::{
 use super::{
     auth::{self, Permission},
     errors::internal,
+    input,
 };
 use crate::{conditions, context::Context};
 
@@ -223,15 +224,7 @@ impl Prediction {
 impl PredictionService for Prediction {
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
-        let run = request.run_id.trim();
-        if run.is_empty() {
-            return Err(Status::invalid_argument("\"runId\" is required."));
-        }
-        if run.parse::<u64>().is_err() {
-            return Err(Status::invalid_argument(format!(
-                "run id {run:?} is not a number"
-            )));
-        }
+        let run = &input::id("runId", &request.run_id)?.to_string();
         if request.document.trim().is_empty() {
             return Err(Status::invalid_argument("document is empty"));
         }

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use super::{
     auth::{self, Permission},
     errors::internal,
+    input,
 };
 use crate::{
     context::Context,
@@ -104,23 +105,25 @@ impl Service for Training {
         }
         names::check("name", &metadata.name).map_err(Status::invalid_argument)?;
         names::check("outputModelName", &metadata.output_model_name).map_err(Status::invalid_argument)?;
+        let dataset_id = input::id("datasetId", &metadata.dataset_id)?;
+        input::version_hash("trainDataVersionHash", &metadata.train_data_version_hash)?;
         if !self.ctx.algorithm_images.contains_key(&metadata.algorithm) {
             let known: Vec<&str> = self.ctx.algorithm_images.keys().map(String::as_str).collect();
             return Err(Status::invalid_argument(format!(
-                "algorithm {:?} is not configured (configured: {})",
-                metadata.algorithm,
+                "algorithm {} is not configured (configured: {})",
+                input::shown(&metadata.algorithm),
                 known.join(", ")
             )));
         }
         let datasets: Api<Dataset> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let dataset = datasets
-            .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={}", metadata.dataset_id)))
+            .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={dataset_id}")))
             .await
             .map_err(internal)?
             .items
             .into_iter()
             .next()
-            .ok_or_else(|| Status::not_found(format!("dataset {} doesn't exist", metadata.dataset_id)))?;
+            .ok_or_else(|| Status::not_found(format!("dataset {dataset_id} doesn't exist")))?;
         let snapshot = dataset
             .status
             .as_ref()
@@ -131,8 +134,8 @@ impl Service for Training {
             })
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "dataset {} has no snapshot {}; prepare it first with PrepareTrainingDataset",
-                    metadata.dataset_id, metadata.train_data_version_hash
+                    "dataset {dataset_id} has no snapshot {}; prepare it first with PrepareTrainingDataset",
+                    metadata.train_data_version_hash
                 ))
             })?;
         let commit = contiguous_upper(&snapshot.commits).ok_or_else(|| {

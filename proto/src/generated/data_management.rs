@@ -386,7 +386,7 @@ pub mod data_management_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/data_management.DataManagementService/GetDatasetSummary",
             );
@@ -416,7 +416,7 @@ pub mod data_management_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/data_management.DataManagementService/ListDatasets",
             );
@@ -443,7 +443,7 @@ pub mod data_management_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/data_management.DataManagementService/CreateDataset",
             );
@@ -470,7 +470,7 @@ pub mod data_management_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/data_management.DataManagementService/UpdateDataset",
             );
@@ -500,7 +500,7 @@ pub mod data_management_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/data_management.DataManagementService/PrepareTrainingDataset",
             );
@@ -530,7 +530,7 @@ pub mod data_management_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/data_management.DataManagementService/FetchTrainingDataset",
             );
@@ -557,7 +557,7 @@ pub mod data_management_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/data_management.DataManagementService/DeleteDataset",
             );
@@ -746,7 +746,7 @@ pub mod data_management_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetDatasetSummarySvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -793,7 +793,7 @@ pub mod data_management_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListDatasetsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -842,7 +842,7 @@ pub mod data_management_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CreateDatasetSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -891,7 +891,7 @@ pub mod data_management_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UpdateDatasetSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -942,7 +942,7 @@ pub mod data_management_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PrepareTrainingDatasetSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -991,7 +991,7 @@ pub mod data_management_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = FetchTrainingDatasetSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1040,7 +1040,7 @@ pub mod data_management_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteDatasetSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

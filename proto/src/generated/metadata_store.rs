@@ -311,7 +311,7 @@ pub mod metadata_store_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/metadata_store.MetadataStoreService/LogRunStart",
             );
@@ -338,7 +338,7 @@ pub mod metadata_store_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/metadata_store.MetadataStoreService/LogEpoch",
             );
@@ -365,7 +365,7 @@ pub mod metadata_store_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/metadata_store.MetadataStoreService/LogRunEnd",
             );
@@ -392,7 +392,7 @@ pub mod metadata_store_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/metadata_store.MetadataStoreService/GetRunStatus",
             );
@@ -422,7 +422,7 @@ pub mod metadata_store_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/metadata_store.MetadataStoreService/CreateArtifact",
             );
@@ -452,7 +452,7 @@ pub mod metadata_store_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/metadata_store.MetadataStoreService/GetArtifact",
             );
@@ -636,7 +636,7 @@ pub mod metadata_store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LogRunStartSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -682,7 +682,7 @@ pub mod metadata_store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LogEpochSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -728,7 +728,7 @@ pub mod metadata_store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LogRunEndSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -774,7 +774,7 @@ pub mod metadata_store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetRunStatusSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -823,7 +823,7 @@ pub mod metadata_store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CreateArtifactSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -869,7 +869,7 @@ pub mod metadata_store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetArtifactSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

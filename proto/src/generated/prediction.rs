@@ -141,7 +141,7 @@ pub mod prediction_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/prediction.PredictionService/Predict",
             );
@@ -278,7 +278,7 @@ pub mod prediction_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PredictSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -441,7 +441,7 @@ pub mod predictor_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/prediction.Predictor/PredictorPredict",
             );
@@ -581,7 +581,7 @@ pub mod predictor_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PredictorPredictSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

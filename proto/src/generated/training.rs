@@ -210,7 +210,7 @@ pub mod training_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/training.TrainingService/Train",
             );
@@ -235,7 +235,7 @@ pub mod training_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::ProtoCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/training.TrainingService/GetTrainingStatus",
             );
@@ -381,7 +381,7 @@ pub mod training_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = TrainSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -427,7 +427,7 @@ pub mod training_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetTrainingStatusSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::ProtoCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

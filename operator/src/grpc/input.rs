@@ -1,0 +1,173 @@
+//! Checks of what gRPC callers send, before any of it reaches a label selector, an object name,
+//! an S3 key or an error message: ids are positive numbers, version hashes look like the
+//! original's, buckets and keys are ones S3 accepts, and text quoted back is cut short.
+
+use tonic::Status;
+
+/// The longest id accepted, in digits (u64::MAX has 20).
+const MAX_ID_DIGITS: usize = 19;
+
+/// The longest S3 object key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The longest version hash accepted: `"hash"` and the Base64 of a bit set of 4096 commits.
+const MAX_HASH_BYTES: usize = 700;
+
+/// How much of a caller's text an error message quotes.
+const QUOTED: usize = 64;
+
+/// `text` quoted for an error message: at most [`QUOTED`] bytes of it, and its length when cut.
+pub fn shown(text: &str) -> String {
+    if text.len() <= QUOTED {
+        return format!("{text:?}");
+    }
+    let mut end = QUOTED;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
+}
+
+/// The id in `value` (a dataset, commit or run id: a positive number), else INVALID_ARGUMENT
+/// naming `field`.
+pub fn id(field: &str, value: &str) -> Result<u64, Status> {
+    let text = value.trim();
+    if text.is_empty() {
+        return Err(Status::invalid_argument(format!("\"{field}\" is required.")));
+    }
+    let parsed = (text.len() <= MAX_ID_DIGITS && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse::<u64>().ok())
+        .flatten()
+        .filter(|id| *id > 0);
+    parsed.ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{field} {} is not an id: ids are positive numbers",
+            shown(value)
+        ))
+    })
+}
+
+/// A version hash as the original writes them (`"hash"` and standard Base64), else
+/// INVALID_ARGUMENT.
+pub fn version_hash(field: &str, value: &str) -> Result<(), Status> {
+    let well_formed = value.len() <= MAX_HASH_BYTES
+        && value.starts_with("hash")
+        && value[4..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field} {} is not a version hash (\"hash\" and Base64, as PrepareTrainingDataset returns)",
+            shown(value)
+        )))
+    }
+}
+
+/// An S3 bucket name by the rules S3 gives (3 to 63 lowercase letters, digits, `.` and `-`,
+/// starting and ending with a letter or digit), else INVALID_ARGUMENT.
+pub fn bucket(value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument("\"bucket\" is required."));
+    }
+    let bytes = value.as_bytes();
+    let valid = (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric();
+    if valid {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "bucket {} is not an S3 bucket name (3 to 63 lowercase letters, digits, '.' and '-')",
+            shown(value)
+        )))
+    }
+}
+
+/// An S3 object key (or key prefix): 1 to [`MAX_KEY_BYTES`] bytes without control characters
+/// or `.`/`..` segments (which stores resolve differently, or refuse), else INVALID_ARGUMENT
+/// naming `field`.
+pub fn key(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("\"{field}\" is required.")));
+    }
+    let dot_segment = value.split('/').any(|segment| segment == "." || segment == "..");
+    if value.len() > MAX_KEY_BYTES || value.chars().any(char::is_control) || dot_segment {
+        return Err(Status::invalid_argument(format!(
+            "{field} {} is not an S3 object key (at most {MAX_KEY_BYTES} bytes, no control characters, \
+             no . or .. segments)",
+            shown(value)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn ids_are_positive_numbers_and_nothing_else() {
+        assert_eq!(id("dataset_id", " 42 ").unwrap(), 42);
+        for bad in [
+            "",
+            "  ",
+            "0",
+            "-1",
+            "1,app!=x",
+            "1 2",
+            "99999999999999999999999",
+            "١٢",
+            "+1",
+        ] {
+            let status = id("dataset_id", bad).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        }
+        let long = id("run_id", &"9".repeat(1 << 20)).unwrap_err();
+        assert!(long.message().len() < 200, "the message quotes the start only");
+        assert!(long.message().contains("(1048576 bytes)"), "{}", long.message());
+    }
+
+    #[test]
+    fn hashes_buckets_and_keys_are_checked() {
+        assert!(version_hash("hash", "hashBg==").is_ok());
+        assert!(version_hash("hash", "hash").is_ok(), "the empty selection's hash");
+        for bad in [
+            "",
+            "Bg==",
+            "hash%%",
+            "hash\0",
+            &format!("hash{}", "A".repeat(800)),
+        ] {
+            assert!(version_hash("hash", bad).is_err(), "{bad:?}");
+        }
+        assert!(bucket("miniautoml").is_ok() && bucket("my.bucket-1").is_ok());
+        for bad in ["", "ab", "Upper", "a/b", "-ab", "ab-", &"a".repeat(64)] {
+            assert!(bucket(bad).is_err(), "{bad:?}");
+        }
+        assert!(key("path", "raw/tweets/part 1.csv").is_ok() && key("path", "数据.csv").is_ok());
+        for bad in [
+            "",
+            "a\0b",
+            "a\nb",
+            "../../etc/passwd",
+            "raw/./x",
+            &"a".repeat(1025),
+        ] {
+            assert!(key("path", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn long_text_is_quoted_short() {
+        assert_eq!(shown("abc"), "\"abc\"");
+        let cut = shown(&"é".repeat(100));
+        assert!(cut.ends_with("… (200 bytes)"), "{cut}");
+    }
+}
