@@ -343,6 +343,9 @@ fn the_lab_through_helm_install() {
     figures.note("runs (all Succeeded once)", count);
     drop((rest, s3));
 
+    step("No credential in any CR, event, pod log or /metrics");
+    no_credentials_leak(&token);
+
     let t = step("helm uninstall leaves only the kept CRDs and the users' data");
     helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m"]);
     // The release's pods stop within their grace period (the garbage collector deletes them).
@@ -462,20 +465,96 @@ fn credentials() -> (String, String) {
         NAMESPACE,
         &format!("{RELEASE}-object-store-credentials"),
     ]);
-    let decode = |key: &str| {
-        let encoded = text(&secret, &format!("/data/{key}"));
-        let output = Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), encoded.as_bytes())?;
-                child.wait_with_output()
-            });
-        String::from_utf8(output.expect("base64 runs").stdout).expect("a key is text")
-    };
+    let decode = |key: &str| base64_decode(&text(&secret, &format!("/data/{key}")));
     (decode("AWS_ACCESS_KEY_ID"), decode("AWS_SECRET_ACCESS_KEY"))
+}
+
+/// A Secret's value, decoded (`base64 -d`).
+fn base64_decode(encoded: &str) -> String {
+    let output = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), encoded.as_bytes())?;
+            child.wait_with_output()
+        });
+    String::from_utf8(output.expect("base64 runs").stdout).expect("a secret value is text")
+}
+
+/// No credential in any CR, event, pod log or the operator's `/metrics`: the object store's
+/// secret key, every run token and storage secret in the Secrets of both namespaces, and the
+/// gRPC caller's token are looked for in all of them. Prints what was searched.
+fn no_credentials_leak(caller_token: &str) {
+    let mut secrets = vec![caller_token.to_string()];
+    for namespace in [NAMESPACE, LAB] {
+        let list = kubectl_json(&["get", "secrets", "-n", namespace]);
+        for secret in list["items"].as_array().into_iter().flatten() {
+            for key in ["token", "AWS_SECRET_ACCESS_KEY"] {
+                let encoded = text(secret, &format!("/data/{key}"));
+                if !encoded.is_empty() {
+                    secrets.push(base64_decode(&encoded));
+                }
+            }
+        }
+    }
+    secrets.retain(|secret| secret.len() >= 16);
+    secrets.sort();
+    secrets.dedup();
+    let mut places: Vec<(String, String)> = vec![
+        (
+            "CRs".into(),
+            kubectl(&[
+                "get",
+                "datasets,trainingjobs,modeldeployments",
+                "-A",
+                "-o",
+                "json",
+            ]),
+        ),
+        (
+            "core events".into(),
+            kubectl(&["get", "events", "-A", "-o", "json"]),
+        ),
+        (
+            "events.k8s.io events".into(),
+            kubectl(&["get", "events.events.k8s.io", "-A", "-o", "json"]),
+        ),
+    ];
+    let mut log_lines = 0;
+    for namespace in [NAMESPACE, LAB] {
+        let pods = kubectl(&["get", "pods", "-n", namespace, "-o", "name"]);
+        for pod in pods.lines().filter(|pod| !pod.is_empty()) {
+            let logs =
+                try_run("kubectl", &["logs", "-n", namespace, pod, "--all-containers"]).unwrap_or_default();
+            log_lines += logs.lines().count();
+            places.push((format!("logs of {namespace}/{pod}"), logs));
+        }
+    }
+    let metrics = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}-metrics"), 8080);
+    let scraped = wait_until("the operator's /metrics", Duration::from_secs(30), SECOND, || {
+        try_run("curl", &["-fsS", &format!("http://{}/metrics", metrics.addr())])
+    });
+    places.push(("/metrics".into(), scraped.clone()));
+    let leaks: Vec<String> = places
+        .iter()
+        .filter(|(_, text)| secrets.iter().any(|secret| text.contains(secret.as_str())))
+        .map(|(place, _)| place.clone())
+        .collect();
+    println!(
+        "credentials: {} secrets looked for in {} places ({log_lines} log lines, {} /metrics lines): {} found",
+        secrets.len(),
+        places.len(),
+        scraped.lines().count(),
+        leaks.len()
+    );
+    assert!(
+        secrets.len() >= 3,
+        "the store's key, a run token and the caller's token: {}",
+        secrets.len()
+    );
+    assert!(leaks.is_empty(), "a credential appears in {leaks:?}");
 }
 
 /// Uploads a file of the reference data set with SigV4 (curl), as the chart's NOTES show.
