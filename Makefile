@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict
+.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ e2e: ## The e2e suite through helm install on the local cluster (images imported
 
 kind-e2e: ## The same e2e suite on a kind cluster from kind-config.yaml (needs Docker)
 	hack/e2e.sh kind
+
+# Generated cases per property in `make fuzz`.
+FUZZ_CASES ?= 100000
+
+fuzz: ## Property tests of the TextIntent encoder, the snapshot merger and the version hash with 100,000 generated cases each
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p miniautoml-data --test properties
 
 images: ## Build the OCI image archives (operator, predictor, trainer, pause, test images) into target/images
 	@hack/tools.sh cluster >/dev/null

@@ -423,7 +423,13 @@ impl SnapshotMerger {
                     global.clear();
                     for local in ids.split(';') {
                         let local: usize = local.parse().map_err(|_| bad())?;
-                        let id = *map.get(local.wrapping_sub(1)).ok_or_else(bad)?;
+                        // A map not made by add_labels may name ids the table lacks.
+                        let known = 1..=self.table.labels.len() as u32;
+                        let id = map
+                            .get(local.wrapping_sub(1))
+                            .copied()
+                            .filter(|id| known.contains(id))
+                            .ok_or_else(bad)?;
                         global.push(id);
                     }
                     self.table.count(&global);
