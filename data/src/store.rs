@@ -142,15 +142,7 @@ impl Store {
     ) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static, StorageError> {
         use futures::StreamExt;
         let what = format!("s3://{bucket}/{key}");
-        let head = self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| StorageError::from_sdk(&what, e))?;
-        let length = u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0);
+        let length = self.head(bucket, key).await?;
         let (client, bucket, key) = (self.client.clone(), bucket.to_string(), key.to_string());
         let ranges = (0..length).step_by(RANGE_SIZE as usize).map(move |start| {
             let end = (start + RANGE_SIZE).min(length) - 1;

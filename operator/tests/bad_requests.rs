@@ -518,16 +518,7 @@ async fn every_bad_request_is_refused_with_a_status_and_changes_nothing() {
             .await
             .unwrap();
     }
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", operator.grpc_addr)).unwrap();
-    let mut channel = None;
-    for _ in 0..200 {
-        if let Ok(connected) = endpoint.connect().await {
-            channel = Some(connected);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let channel = channel.expect("the operator's gRPC port opens");
+    let channel = operator.grpc_channel().await;
 
     // What is there already: a Dataset of two commits and the snapshot of both.
     let mut data = DataManagementServiceClient::new(channel.clone());

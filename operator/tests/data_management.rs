@@ -21,14 +21,8 @@ async fn start(
         namespace,
         &cluster.s3_secret_key,
     );
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", operator.grpc_addr)).unwrap();
-    for _ in 0..200 {
-        if let Ok(channel) = endpoint.connect().await {
-            return (operator, DataManagementServiceClient::new(channel));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the operator's gRPC port did not open");
+    let client = DataManagementServiceClient::new(operator.grpc_channel().await);
+    (operator, client)
 }
 
 fn tag(key: &str, value: &str) -> pb::Tag {

@@ -59,14 +59,7 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
 }
 
 async fn client(operator: &OperatorProcess) -> DataManagementServiceClient<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", operator.grpc_addr)).unwrap();
-    for _ in 0..200 {
-        if let Ok(channel) = endpoint.connect().await {
-            return DataManagementServiceClient::new(channel);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the operator's gRPC port did not open");
+    DataManagementServiceClient::new(operator.grpc_channel().await)
 }
 
 /// Waits (at most `within`) until the operator at `address` holds the Lease; how long it took.

@@ -311,6 +311,19 @@ impl OperatorProcess {
         }
     }
 
+    /// A channel to its gRPC API, once the port opens (tried for 20 s).
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("a socket address is a URI");
+        for _ in 0..200 {
+            if let Ok(channel) = endpoint.connect().await {
+                return channel;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the operator's gRPC port {} did not open", self.grpc_addr);
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -171,6 +171,26 @@ impl Reviewer {
         }
     }
 
+    /// The API server's answer to `review` (a TokenReview or a SubjectAccessReview): UNAVAILABLE
+    /// naming the `question` when it cannot be asked.
+    async fn ask<K>(&self, review: &K, question: &str) -> Result<K, Status>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        Api::<K>::all(self.client.clone())
+            .create(&PostParams::default(), review)
+            .await
+            .map_err(|error| {
+                Status::unavailable(format!(
+                    "cannot ask the Kubernetes API server {question}: {error}; retry"
+                ))
+            })
+    }
+
     /// Who `token` belongs to: UNAUTHENTICATED when the API server does not accept it,
     /// UNAVAILABLE when it cannot be asked.
     async fn authenticate(&self, key: [u8; 32], token: &str) -> Result<UserInfo, Status> {
@@ -184,14 +204,7 @@ impl Reviewer {
             },
             ..TokenReview::default()
         };
-        let reviewed = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|error| {
-                Status::unavailable(format!(
-                    "cannot ask the Kubernetes API server who the token belongs to: {error}; retry"
-                ))
-            })?;
+        let reviewed = self.ask(&review, "who the token belongs to").await?;
         let status = reviewed.status.unwrap_or_default();
         let outcome = match (status.authenticated, status.user) {
             (Some(true), Some(user)) => Ok(user),
@@ -239,14 +252,9 @@ impl Reviewer {
             },
             ..SubjectAccessReview::default()
         };
-        let reviewed = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|error| {
-                Status::unavailable(format!(
-                    "cannot ask the Kubernetes API server whether the caller may {permission}: {error}; retry"
-                ))
-            })?;
+        let reviewed = self
+            .ask(&review, &format!("whether the caller may {permission}"))
+            .await?;
         let status = reviewed.status.unwrap_or_default();
         let outcome = if status.allowed {
             Ok(())
