@@ -27,8 +27,9 @@ kind-e2e: ## The same e2e suite on a kind cluster from kind-config.yaml (needs D
 # Generated cases per property in `make fuzz`.
 FUZZ_CASES ?= 100000
 
-fuzz: ## Property tests of the TextIntent encoder, the snapshot merger and the version hash with 100,000 generated cases each
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p miniautoml-data --test properties
+fuzz: ## Property tests of the TextIntent encoder, snapshot merger, version hash, hyperparameters, OIP v2 body and model artifacts, 100,000 generated cases each
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked --test properties \
+		-p miniautoml-data -p miniautoml-intent-classification -p miniautoml-intent-model -p miniautoml-predictor
 
 images: ## Build the OCI image archives (operator, predictor, trainer, pause, test images) into target/images
 	@hack/tools.sh cluster >/dev/null

@@ -144,14 +144,14 @@ async fn model_ready(Shared(state): Shared<Arc<State>>, Path(name): Path<String>
 }
 
 /// An infer request (the fields this model uses; others are ignored).
-#[derive(Deserialize)]
-struct InferRequest {
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
     #[serde(default)]
     id: Option<String>,
     inputs: Vec<InferInput>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct InferInput {
     name: String,
     datatype: String,
@@ -159,7 +159,18 @@ struct InferInput {
     data: Value,
 }
 
-/// The documents of a request, or why it is bad.
+impl InferRequest {
+    /// Reads a request body, or says why it is not an infer request.
+    pub fn parse(body: &[u8]) -> Result<InferRequest, String> {
+        serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))
+    }
+
+    /// The documents of the request, or why it is bad.
+    pub fn documents(&self) -> Result<Vec<&str>, String> {
+        documents(self)
+    }
+}
+
 fn documents(request: &InferRequest) -> Result<Vec<&str>, String> {
     let [input] = request.inputs.as_slice() else {
         return Err(format!(
@@ -181,8 +192,12 @@ fn documents(request: &InferRequest) -> Result<Vec<&str>, String> {
     }
     let mut documents = Vec::new();
     flatten(&input.data, &mut documents)?;
-    let elements: i64 = input.shape.iter().product();
-    if input.shape.iter().any(|d| *d < 0) || elements != documents.len() as i64 {
+    // Checked: dimensions a client sends may multiply past i64.
+    let elements = input.shape.iter().try_fold(
+        1i64,
+        |product, d| if *d < 0 { None } else { product.checked_mul(*d) },
+    );
+    if elements != Some(documents.len() as i64) {
         return Err(format!(
             "shape {:?} does not match the {} documents in data",
             input.shape,
@@ -233,11 +248,11 @@ fn answer(state: &State, name: &str, body: &[u8]) -> (&'static str, usize, Respo
             return (code, 0, *response);
         }
     };
-    let request: InferRequest = match serde_json::from_slice(body) {
+    let request = match InferRequest::parse(body) {
         Ok(request) => request,
-        Err(e) => return bad(format!("request body: {e}")),
+        Err(message) => return bad(message),
     };
-    let documents = match documents(&request) {
+    let documents = match request.documents() {
         Ok(documents) => documents,
         Err(message) => return bad(message),
     };
