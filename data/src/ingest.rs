@@ -52,7 +52,8 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Ingests `source` into `prefix` (ending in `/`) of the store's bucket.
+/// Ingests `source` into `prefix` (ending in `/`) of the store's bucket, first aborting the
+/// uploads an earlier attempt left unfinished there (a writer killed mid-object).
 pub async fn ingest_commit(
     store: &Store,
     dataset_type: DatasetType,
@@ -69,6 +70,14 @@ pub async fn ingest_commit(
         .bucket
         .clone()
         .ok_or_else(|| IngestError::Rejected("the source names no bucket".into()))?;
+    let aborted = store.abort_uploads(prefix).await.map_err(IngestError::from)?;
+    if aborted > 0 {
+        tracing::info!(
+            aborted,
+            prefix,
+            "aborted uploads an earlier attempt left unfinished"
+        );
+    }
     match dataset_type {
         DatasetType::TextIntent => {
             let key = source.key.clone().ok_or_else(|| {
@@ -222,13 +231,15 @@ async fn ingest_generic(
     })
 }
 
-/// Builds the snapshot of the commits at `commit_prefixes` (in commit order) into `prefix`.
+/// Builds the snapshot of the commits at `commit_prefixes` (in commit order) into `prefix`,
+/// first aborting the uploads an earlier attempt left unfinished there.
 pub async fn build_snapshot(
     store: &Store,
     dataset_type: DatasetType,
     commit_prefixes: &[String],
     prefix: &str,
 ) -> Result<Written, IngestError> {
+    store.abort_uploads(prefix).await?;
     match dataset_type {
         DatasetType::TextIntent => build_text_intent_snapshot(store, commit_prefixes, prefix).await,
         DatasetType::Generic => {

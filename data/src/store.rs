@@ -256,8 +256,53 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes every object under `prefix` of this bucket; returns how many.
+    /// Aborts every multipart upload in progress under `prefix` of this bucket (what a writer
+    /// that died mid-object left: invisible to listings, but holding the parts' space); returns
+    /// how many.
+    pub async fn abort_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
+        let what = format!("s3://{}/{prefix}", self.bucket);
+        let mut aborted = 0;
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(|e| StorageError::from_sdk(&what, e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| StorageError::from_sdk(&format!("s3://{}/{key}", self.bucket), e))?;
+                aborted += 1;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(String::from);
+            upload_marker = page.next_upload_id_marker().map(String::from);
+            if key_marker.is_none() && upload_marker.is_none() {
+                return Ok(aborted);
+            }
+        }
+    }
+
+    /// Deletes every object under `prefix` of this bucket, and aborts the multipart uploads in
+    /// progress there; returns how many objects.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        self.abort_uploads(prefix).await?;
         let keys = self.list(&self.bucket.clone(), prefix).await?;
         for batch in keys.chunks(1000) {
             let objects: Vec<ObjectIdentifier> = batch

@@ -224,3 +224,53 @@ async fn generic_commits_copy_every_object_under_a_prefix() {
         .await
         .unwrap();
 }
+
+/// A writer that dies mid-object (its process killed) leaves a multipart upload nobody lists;
+/// the next attempt at the same prefix, and deleting the prefix, abort it.
+#[tokio::test]
+async fn uploads_a_dead_writer_left_are_aborted() {
+    let cluster = LocalCluster::shared();
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let name = unique("dead-writer");
+    let prefix = layout::commit_prefix("test", &name, 1);
+    let uploads = |prefix: String| {
+        let s3 = cluster.s3();
+        let bucket = cluster.s3_bucket.clone();
+        async move {
+            let listed = s3
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap();
+            listed.uploads().len()
+        }
+    };
+    for attempt in 0..2 {
+        let mut writer = store.writer(&format!("{prefix}examples.csv"), "text/csv");
+        // More than a part: the upload has begun. Then the writer is gone without a word.
+        writer
+            .write(&vec![b'x'; miniautoml_data::store::PART_SIZE + 1])
+            .await
+            .unwrap();
+        std::mem::forget(writer);
+        assert_eq!(uploads(prefix.clone()).await, attempt + 1);
+    }
+    assert_eq!(store.abort_uploads(&prefix).await.unwrap(), 2);
+    assert_eq!(uploads(prefix.clone()).await, 0);
+
+    // Deleting a prefix aborts what is in progress there too.
+    let mut writer = store.writer(&format!("{prefix}examples.csv"), "text/csv");
+    writer
+        .write(&vec![b'x'; miniautoml_data::store::PART_SIZE + 1])
+        .await
+        .unwrap();
+    std::mem::forget(writer);
+    assert_eq!(uploads(prefix.clone()).await, 1);
+    store
+        .delete_prefix(&layout::dataset_prefix("test", &name))
+        .await
+        .unwrap();
+    assert_eq!(uploads(prefix).await, 0);
+}
