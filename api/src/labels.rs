@@ -12,5 +12,8 @@ pub const TRAINING_JOB_LABEL: &str = "miniautoml.io/trainingjob";
 pub const MODEL_DEPLOYMENT_LABEL: &str = "miniautoml.io/modeldeployment";
 /// Label on objects the gRPC API created for a caller (its value names the service).
 pub const CREATED_BY_LABEL: &str = "miniautoml.io/created-by";
+/// Label on a TrainingJob created by `TrainingService/Train` with an `idempotency-key` header:
+/// the key's SHA-256 (40 hex digits), so that a retried call finds the run the first created.
+pub const IDEMPOTENCY_KEY_LABEL: &str = "miniautoml.io/idempotency-key";
 /// Annotation on a TrainingJob created by `TrainingService/Train`: the dataset id it named.
 pub const DATASET_ID_ANNOTATION: &str = "miniautoml.io/dataset-id";

@@ -21,7 +21,10 @@ use miniautoml_data::{SnapshotSelector, StorageError};
 use miniautoml_proto::data_management::{self as pb, data_management_service_server::DataManagementService};
 use tonic::{Request, Response, Status};
 
-use super::{errors::internal, input};
+use super::{
+    errors::{self, internal},
+    input,
+};
 use crate::{
     context::Context,
     ids::DATASET_IDS,
@@ -58,14 +61,14 @@ impl DataManagement {
                 crate::Error::IdConflict(_) => {
                     Status::aborted("allocating a dataset id kept conflicting; try again")
                 }
-                other => internal(other),
+                other => errors::operator(other),
             })
     }
 
     /// Every Dataset of the namespace by id, giving ids to those without one.
     async fn datasets(&self) -> Result<BTreeMap<u64, Dataset>, Status> {
         let api = self.api();
-        let list = api.list(&ListParams::default()).await.map_err(internal)?;
+        let list = api.list(&ListParams::default()).await.map_err(errors::kube)?;
         let mut by_id = BTreeMap::new();
         for mut dataset in list.items {
             let id = match dataset
@@ -85,7 +88,7 @@ impl DataManagement {
                             &Patch::Merge(&patch),
                         )
                         .await
-                        .map_err(internal)?;
+                        .map_err(errors::kube)?;
                     id
                 }
             };
@@ -100,7 +103,7 @@ impl DataManagement {
             .api()
             .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={id}")))
             .await
-            .map_err(internal)?;
+            .map_err(errors::kube)?;
         list.items
             .into_iter()
             .next()
@@ -342,7 +345,7 @@ impl DataManagementService for DataManagement {
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(kube::Error::Api(s)) if s.code == 422 => return Err(Status::invalid_argument(s.message)),
-                Err(error) => return Err(internal(error)),
+                Err(error) => return Err(errors::kube(error)),
             }
         }
         let name = created.ok_or_else(|| {
@@ -391,7 +394,7 @@ impl DataManagementService for DataManagement {
                     request.dataset_id
                 ))),
                 Err(kube::Error::Api(s)) if s.code == 422 => Err(Status::invalid_argument(s.message)),
-                Err(error) => Err(internal(error)),
+                Err(error) => Err(errors::kube(error)),
             }
         })
         .await?;
@@ -428,7 +431,7 @@ impl DataManagementService for DataManagement {
                 .map_err(|error| match error {
                     SnapshotError::Selection(e) => Status::not_found(e.to_string()),
                     SnapshotError::NoStorage => Status::failed_precondition(error.to_string()),
-                    SnapshotError::Operator(e) => internal(e),
+                    SnapshotError::Operator(e) => errors::operator(e),
                 })?;
         let base = summary(id, &dataset);
         let status = dataset.status.clone().unwrap_or_default();
@@ -509,7 +512,7 @@ impl DataManagementService for DataManagement {
         self.api()
             .delete(&dataset.name_any(), &DeleteParams::default())
             .await
-            .map_err(internal)?;
+            .map_err(errors::kube)?;
         Ok(Response::new(()))
     }
 }

@@ -106,11 +106,62 @@ pub fn key(field: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The gRPC metadata key a caller sets to make a retried Train safe.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The longest idempotency key accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// The label value recording a caller's `idempotency-key` (its SHA-256, 40 hex digits: a label
+/// value holds at most 63 characters of a restricted alphabet, a key any visible ASCII), or
+/// `None` when the request has none; INVALID_ARGUMENT when the key is empty, too long or not
+/// visible ASCII.
+pub fn idempotency_key(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
+    use sha2::Digest;
+    let Some(value) = metadata.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(Status::invalid_argument(format!(
+            "the {IDEMPOTENCY_KEY} header must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters \
+             (a UUID, say); got {}",
+            shown(&String::from_utf8_lossy(key))
+        )));
+    }
+    let digest = sha2::Sha256::digest(key);
+    Ok(Some(hex::encode(&digest[..20])))
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::Code;
 
     use super::*;
+
+    #[test]
+    fn idempotency_keys_become_label_values() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(idempotency_key(&metadata).unwrap(), None);
+        metadata.insert(IDEMPOTENCY_KEY, "run-7f3c".parse().unwrap());
+        let label = idempotency_key(&metadata).unwrap().unwrap();
+        assert_eq!(label.len(), 40);
+        assert!(label.bytes().all(|b| b.is_ascii_hexdigit()));
+        // The same key, the same label; another key, another.
+        assert_eq!(idempotency_key(&metadata).unwrap().unwrap(), label);
+        metadata.insert(IDEMPOTENCY_KEY, "run-7f3d".parse().unwrap());
+        assert_ne!(idempotency_key(&metadata).unwrap().unwrap(), label);
+        for bad in [String::new(), "a b".into(), "x".repeat(129)] {
+            metadata.insert(IDEMPOTENCY_KEY, bad.parse().unwrap());
+            let refused = idempotency_key(&metadata).unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument, "{bad:?}");
+            assert!(
+                refused.message().contains("idempotency-key"),
+                "{}",
+                refused.message()
+            );
+        }
+    }
 
     #[test]
     fn ids_are_positive_numbers_and_nothing_else() {

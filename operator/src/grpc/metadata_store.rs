@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::{self, Permission},
-    errors::internal,
+    errors::{self, internal},
     input,
 };
 use crate::{
@@ -128,7 +128,7 @@ impl MetadataStore {
         self.ctx
             .find_run(&run_id, |_| cached)
             .await
-            .map_err(internal)?
+            .map_err(errors::operator)?
             .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
     }
 
@@ -152,7 +152,7 @@ impl MetadataStore {
         }
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(self.ctx.client.clone(), &job.namespace().unwrap_or_default());
-        let secret = secrets.get_opt(&run_secret(&job)).await.map_err(internal)?;
+        let secret = secrets.get_opt(&run_secret(&job)).await.map_err(errors::kube)?;
         let expected = secret
             .and_then(|s| s.data)
             .and_then(|d| d.get(RUN_TOKEN_KEY).cloned())
@@ -179,7 +179,7 @@ impl MetadataStore {
         let mut change = change;
         let written = modify_cached_status(&api, job, |current| current.uid() == uid && change(current))
             .await
-            .map_err(internal)?;
+            .map_err(errors::operator)?;
         if written.uid() != job.uid() {
             return Err(Status::not_found(format!(
                 "run {} no longer exists",

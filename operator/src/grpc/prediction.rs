@@ -38,7 +38,7 @@ use tonic::{
 
 use super::{
     auth::{self, Permission},
-    errors::internal,
+    errors::{self, internal},
     input,
 };
 use crate::{conditions, context::Context};
@@ -92,7 +92,7 @@ impl Prediction {
         self.ctx
             .find_run(run, |job| job.served_model().is_ok())
             .await
-            .map_err(internal)?
+            .map_err(errors::operator)?
             .ok_or_else(|| Status::not_found(format!("run {run} does not exist")))
     }
 
@@ -159,7 +159,7 @@ impl Prediction {
                 Ok(name)
             }
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(name),
-            Err(error) => Err(internal(error)),
+            Err(error) => Err(errors::kube(error)),
         }
     }
 

@@ -14,7 +14,7 @@ use kube::{
 };
 use miniautoml_api::{
     Dataset, TrainingJob, TrainingJobSpec,
-    labels::{DATASET_ID_ANNOTATION, DATASET_ID_LABEL, RUN_ID_LABEL},
+    labels::{DATASET_ID_ANNOTATION, DATASET_ID_LABEL, IDEMPOTENCY_KEY_LABEL, RUN_ID_LABEL},
     training_job::TrainingPhase,
 };
 use miniautoml_proto::training::{
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::{self, Permission},
-    errors::internal,
+    errors::{self, internal},
     input,
 };
 use crate::{
@@ -61,7 +61,7 @@ impl Training {
         let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         api.list(&ListParams::default().labels(&format!("{RUN_ID_LABEL}={run_id}")))
             .await
-            .map_err(internal)?
+            .map_err(errors::kube)?
             .items
             .into_iter()
             .next()
@@ -79,7 +79,7 @@ impl Training {
         let ahead = api
             .list(&ListParams::default())
             .await
-            .map_err(internal)?
+            .map_err(errors::kube)?
             .items
             .iter()
             .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(TrainingPhase::Queued))
@@ -92,6 +92,7 @@ impl Training {
 #[tonic::async_trait]
 impl Service for Training {
     async fn train(&self, request: Request<pb::TrainRequest>) -> Result<Response<pb::TrainResponse>, Status> {
+        let idempotency = input::idempotency_key(request.metadata())?;
         let metadata = request.into_inner().metadata.unwrap_or_default();
         for (field, value) in [
             ("outputModelName", &metadata.output_model_name),
@@ -119,7 +120,7 @@ impl Service for Training {
         let dataset = datasets
             .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={dataset_id}")))
             .await
-            .map_err(internal)?
+            .map_err(errors::kube)?
             .items
             .into_iter()
             .next()
@@ -144,16 +145,38 @@ impl Service for Training {
                 metadata.train_data_version_hash, snapshot.commits
             ))
         })?;
+        let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        if let Some(key) = &idempotency {
+            // A retry of a call that created its run already (its answer was lost): that run.
+            let earlier = api
+                .list(&ListParams::default().labels(&format!("{IDEMPOTENCY_KEY_LABEL}={key}")))
+                .await
+                .map_err(errors::kube)?;
+            if let Some(run_id) = earlier
+                .items
+                .iter()
+                .find_map(|job| job.labels().get(RUN_ID_LABEL))
+            {
+                let job_id = run_id
+                    .parse()
+                    .map_err(|_| internal(format!("run id label {run_id:?}")))?;
+                return Ok(Response::new(pb::TrainResponse { job_id }));
+            }
+        }
         let run_id = self
             .ctx
             .ids
             .allocate(&self.ctx.client, &self.namespace, RUN_IDS)
             .await
-            .map_err(internal)?;
+            .map_err(errors::operator)?;
+        let mut labels = std::collections::BTreeMap::from([(RUN_ID_LABEL.to_string(), run_id.to_string())]);
+        if let Some(key) = idempotency {
+            labels.insert(IDEMPOTENCY_KEY_LABEL.to_string(), key);
+        }
         let job = TrainingJob {
             metadata: ObjectMeta {
                 name: Some(names::with_id(&metadata.name, run_id, "run")),
-                labels: Some([(RUN_ID_LABEL.to_string(), run_id.to_string())].into()),
+                labels: Some(labels),
                 annotations: Some(
                     [
                         (DATASET_ID_ANNOTATION.to_string(), metadata.dataset_id.clone()),
@@ -172,14 +195,13 @@ impl Service for Training {
             .map_err(|e| Status::invalid_argument(e.to_string()))?,
             status: None,
         };
-        let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         api.create(&PostParams::default(), &job)
             .await
             .map_err(|e| match e {
                 kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
                     Status::invalid_argument(status.message)
                 }
-                other => internal(other),
+                other => errors::kube(other),
             })?;
         Ok(Response::new(pb::TrainResponse {
             job_id: run_id as i32,
