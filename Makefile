@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict fuzz
+.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict fuzz chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,15 @@ FUZZ_CASES ?= 100000
 fuzz: ## Property tests of the TextIntent encoder, snapshot merger, version hash, hyperparameters, OIP v2 body and model artifacts, 100,000 generated cases each
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked --test properties \
 		-p miniautoml-data -p miniautoml-intent-classification -p miniautoml-intent-model -p miniautoml-predictor
+
+# The soak's length in seconds (make chaos).
+SOAK_SECONDS ?= 600
+
+chaos: ## The lab while the operator is SIGKILLed 20+ times and S3 and the API server fail, then a 10-minute soak with RSS sampled (local cluster)
+	@hack/tools.sh cluster >/dev/null
+	@hack/images.sh >/dev/null
+	@if hack/cluster.sh status | grep -q '^containerd: running'; then hack/cluster.sh load; fi
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked -p miniautoml-operator --test chaos -- --ignored --nocapture --test-threads=1
 
 images: ## Build the OCI image archives (operator, predictor, trainer, pause, test images) into target/images
 	@hack/tools.sh cluster >/dev/null

@@ -31,7 +31,10 @@ use miniautoml_proto::prediction::{
 };
 use miniautoml_test_support::{
     LocalCluster, OperatorProcess, TestNamespace,
-    harness::{self, finished, http, logs_on_failure, training_job, tweet_emotion, wait_for},
+    harness::{
+        self, finished, http, logs_on_failure, model_deployment, predictor_pid, training_job, tweet_emotion,
+        wait_for,
+    },
     operator_log_path,
 };
 use tonic::{Code, transport::Channel};
@@ -48,15 +51,6 @@ async fn namespace_with_operator(
     OperatorProcess,
 ) {
     harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), prefix, &[]).await
-}
-
-fn model_deployment(name: &str, training_job: &str) -> ModelDeployment {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "miniautoml.io/v1alpha1", "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {"model": {"trainingJob": training_job}, "replicas": 1},
-    }))
-    .unwrap()
 }
 
 async fn wait_deployed(
@@ -199,24 +193,6 @@ impl ServiceClient {
             .map(|r| r.into_inner().response)
             .map_err(|status| format!("{address}: {status}"))
     }
-}
-
-/// The host pid of the predictor process in the container of pod `pod` (its environment has
-/// `HOSTNAME=<pod>`; the node's containers are processes of this machine).
-fn predictor_pid(pod: &str) -> Option<i32> {
-    let wanted = format!("HOSTNAME={pod}");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        if !String::from_utf8_lossy(&cmdline).contains("miniautoml-predictor") {
-            return None;
-        }
-        let environ = std::fs::read(entry.path().join("environ")).ok()?;
-        environ
-            .split(|b| *b == 0)
-            .any(|var| var == wanted.as_bytes())
-            .then_some(pid)
-    })
 }
 
 fn pod_ready(pod: &Pod) -> bool {

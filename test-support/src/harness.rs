@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kube::{Api, api::PostParams, runtime::wait::await_condition};
-use miniautoml_api::{Dataset, TrainingJob, TrainingJobStatus, training_job::TrainingPhase};
+use miniautoml_api::{Dataset, ModelDeployment, TrainingJob, TrainingJobStatus, training_job::TrainingPhase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{LocalCluster, OperatorProcess, TestNamespace, install_crds, operator_log_path, repo_root};
@@ -82,6 +82,34 @@ pub async fn wait_for(
             std::fs::read_to_string(operator_log_path(namespace)).unwrap_or_default()
         ),
     }
+}
+
+/// A ModelDeployment `name` (one replica) of the model `training_job` trained.
+pub fn model_deployment(name: &str, training_job: &str) -> ModelDeployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"trainingJob": training_job}, "replicas": 1},
+    }))
+    .unwrap()
+}
+
+/// The host pid of the predictor process in the container of pod `pod` (its environment has
+/// `HOSTNAME=<pod>`; the node's containers are processes of this machine).
+pub fn predictor_pid(pod: &str) -> Option<i32> {
+    let wanted = format!("HOSTNAME={pod}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        if !String::from_utf8_lossy(&cmdline).contains("miniautoml-predictor") {
+            return None;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == wanted.as_bytes())
+            .then_some(pid)
+    })
 }
 
 /// Whether a run has ended, either way.
