@@ -11,6 +11,12 @@
 #   hack/cluster.sh load    import the archives of `make images` into the node again
 #   hack/cluster.sh down    stop everything, clean the host and delete the cluster's state
 #   hack/cluster.sh status  say what runs
+#   hack/cluster.sh restart COMPONENT
+#                           SIGKILL one component (kube-apiserver, seaweedfs, ...) and start it
+#                           again with its state (etcd keeps the API's data, SeaweedFS its
+#                           volumes): a crash, for `make chaos`
+#   hack/cluster.sh pid COMPONENT
+#                           print a running component's process id (`make chaos` freezes it)
 #
 # The env file exports KUBECONFIG, S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 # AWS_REGION, S3_BUCKET and MINIAUTOML_NODE_IP. Ports and paths can be overridden with the
@@ -39,7 +45,13 @@ ENV_FILE=$STATE/env
 . "$HACK_DIR/cluster/node.sh"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
-running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# running NAME: its process lives (a killed one left unreaped, a zombie, does not count).
+running() {
+  [ -f "$RUN/$1.pid" ] || return 1
+  local state
+  state=$(ps -o stat= -p "$(cat "$RUN/$1.pid")" 2>/dev/null) || return 1
+  [ -n "$state" ] && [[ $state != Z* ]]
+}
 
 # start NAME COMMAND...: runs a component in the background, logging to $LOGS/NAME.log.
 start() {
@@ -263,6 +275,39 @@ s3_up() {
   return 1
 }
 
+# kube-apiserver on the node IP, with etcd's data.
+apiserver_up() {
+  # The audit log records every request of a workload's ServiceAccount (the operator's, the
+  # e2e suite's callers'), not the cluster's own components: the e2e suite derives the
+  # permissions the operator used from it (least privilege, checked).
+  cat >"$STATE/audit-policy.yaml" <<EOT
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+EOT
+  start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
+    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$LOGS/audit.log" \
+    --audit-log-maxsize 200 --audit-log-maxbackup 3 \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$APISERVER_PORT" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true \
+    --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$PKI/ca.crt" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --cert-dir "$PKI/generated"
+  wait_for kube-apiserver "${kubectl[@]}" get --raw /readyz
+}
+
 up() {
   require_tools
   mkdir -p "$STATE" "$LOGS" "$RUN"
@@ -282,19 +327,7 @@ up() {
     --listen-metrics-urls "" --log-level warn
   wait_for etcd curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
-  start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$APISERVER_PORT" \
-    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-    --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true \
-    --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$PKI/ca.crt" \
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
-    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-    --cert-dir "$PKI/generated"
-  wait_for kube-apiserver "${kubectl[@]}" get --raw /readyz
+  apiserver_up
 
   # Client rate limits above the defaults (20 and 50 requests/s), so hundreds of Jobs and pods
   # (make bench-training) are not throttled by the cluster's own controllers.
@@ -350,6 +383,7 @@ export MINIAUTOML_TOOLS_BIN=$TOOLS_BIN
 export MINIAUTOML_POD_LOGS=$NODE_DIR/pods
 export MINIAUTOML_NODE_IP=$NODE_IP
 export MINIAUTOML_NODE_NAME=$NODE_NAME
+export MINIAUTOML_AUDIT_LOG=$LOGS/audit.log
 export CONTAINERD_ADDRESS=$CONTAINERD_SOCK
 export CONTAINER_RUNTIME_ENDPOINT=unix://$CONTAINERD_SOCK
 export PATH=$TOOLS_BIN:\$PATH
@@ -387,5 +421,24 @@ case "${1:-}" in
     ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|load|down|status" >&2; exit 2 ;;
+  restart)
+    component=${2:?usage: $0 restart COMPONENT}
+    running "$component" || { log "$component is not running"; exit 1; }
+    log "killing $component (SIGKILL)"
+    kill -KILL "$(cat "$RUN/$component.pid")"
+    while running "$component"; do sleep 0.1; done
+    require_tools
+    kubectl=("$TOOLS_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" --request-timeout=10s)
+    case "$component" in
+      kube-apiserver) apiserver_up ;;
+      seaweedfs) s3_credentials && s3_up ;;
+      *) up >/dev/null ;;
+    esac
+    ;;
+  pid)
+    component=${2:?usage: $0 pid COMPONENT}
+    running "$component" || { log "$component is not running"; exit 1; }
+    cat "$RUN/$component.pid"
+    ;;
+  *) echo "usage: $0 up|load|down|status|restart COMPONENT|pid COMPONENT" >&2; exit 2 ;;
 esac

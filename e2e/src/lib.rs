@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod rbac;
+
 /// The repository root (charts, examples, test data, hack scripts).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -12,13 +12,14 @@
 //! killed mid-training → `helm uninstall` leaves only the kept CRDs and the users' data.
 
 use std::{
+    collections::BTreeSet,
     process::Command,
     time::{Duration, Instant},
 };
 
 use miniautoml_e2e::{
-    Figures, LogFollower, PortForward, helm, kubectl, kubectl_apply, kubectl_json, logged_at, repo_path,
-    step, testdata, text, try_run, wait_until,
+    Figures, LogFollower, PortForward, helm, kubectl, kubectl_apply, kubectl_json, logged_at, rbac,
+    repo_path, run, step, testdata, text, try_run, wait_until,
 };
 use serde_json::Value;
 
@@ -47,6 +48,9 @@ fn the_lab_through_helm_install() {
     println!("{}", kubectl(&["version"]));
     println!("{}", helm(&["version", "--short"]));
     clean_up();
+    // Audit events from here on are this run's (an earlier run's pods, stopped by the clean-up
+    // above, share the operator's ServiceAccount name).
+    let since = run("date", &["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"]).trim().to_string();
 
     let t = step("helm install (bundled object store; leader election on)");
     adopt_crds();
@@ -343,6 +347,9 @@ fn the_lab_through_helm_install() {
     figures.note("runs (all Succeeded once)", count);
     drop((rest, s3));
 
+    step("Least privilege: the operator's RBAC against the requests it made (the API server's audit log)");
+    least_privilege(&since, &mut figures);
+
     step("No credential in any CR, event, pod log or /metrics");
     no_credentials_leak(&token);
 
@@ -555,6 +562,124 @@ fn no_credentials_leak(caller_token: &str) {
         secrets.len()
     );
     assert!(leaks.is_empty(), "a credential appears in {leaks:?}");
+}
+
+/// Permissions the chart grants that this suite's run does not exercise, and why. The check
+/// fails when one of these is exercised after all or no longer granted, so the list stays true.
+const NOT_EXERCISED: &[(&str, &str)] = &[
+    (
+        "create coordination.k8s.io/leases",
+        "the chart creates the Lease; the operator creates it only when it is missing (deleted by hand)",
+    ),
+    (
+        "create miniautoml.io/modeldeployments",
+        "PredictionService/Predict for a run no ModelDeployment serves (operator/tests/serving.rs)",
+    ),
+    (
+        "delete miniautoml.io/datasets",
+        "DataManagementService/DeleteDataset (operator/tests/data_management.rs)",
+    ),
+    (
+        "get miniautoml.io/modeldeployments/status",
+        "a ModelDeployment status write that conflicts is retried from a fresh read",
+    ),
+];
+
+/// The chart's operator roles grant exactly what the operator used in this run, according to
+/// the API server's audit log (`MINIAUTOML_AUDIT_LOG`, written by the local cluster; other
+/// clusters skip the check and say so): nothing used was refused or ungranted, and nothing
+/// granted went unused unless [`NOT_EXERCISED`] says why.
+fn least_privilege(since: &str, figures: &mut Figures) {
+    let Ok(log) = std::env::var("MINIAUTOML_AUDIT_LOG") else {
+        println!("no audit log on this cluster (MINIAUTOML_AUDIT_LOG is unset): least privilege not checked");
+        return;
+    };
+    let account = kubectl(&[
+        "get",
+        "deployment",
+        "-n",
+        NAMESPACE,
+        RELEASE,
+        "-o",
+        "jsonpath={.spec.template.spec.serviceAccountName}",
+    ]);
+    let user = format!("system:serviceaccount:{NAMESPACE}:{account}");
+    let mut granted = BTreeSet::new();
+    for role in [
+        kubectl_json(&["get", "clusterrole", RELEASE]),
+        kubectl_json(&[
+            "get",
+            "role",
+            "-n",
+            NAMESPACE,
+            &format!("{RELEASE}-leader-election"),
+        ]),
+    ] {
+        granted.extend(rbac::granted(&role).unwrap_or_else(|e| panic!("{e}")));
+    }
+    // The log and the files it was rotated into.
+    let log = std::path::Path::new(&log);
+    let mut lines = String::new();
+    for entry in std::fs::read_dir(log.parent().expect("a log directory"))
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("audit") && name.ends_with(".log") {
+            lines.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    let exercised = rbac::exercised(lines.lines(), &user, since);
+    let excused: BTreeSet<String> = NOT_EXERCISED.iter().map(|(p, _)| p.to_string()).collect();
+    let ungranted: Vec<&String> = exercised.used.difference(&granted).collect();
+    let unused: Vec<&String> = granted
+        .difference(&exercised.used)
+        .filter(|p| !excused.contains(*p))
+        .collect();
+    let stale: Vec<&String> = excused
+        .iter()
+        .filter(|p| !granted.contains(*p) || exercised.used.contains(*p))
+        .collect();
+    println!(
+        "{user}: {} audited requests used {} permissions; the chart grants {} ({} not exercised here, each with a reason)",
+        exercised.requests,
+        exercised.used.len(),
+        granted.len(),
+        excused.len()
+    );
+    println!("used: {:?}", exercised.used);
+    figures.note(
+        "least privilege (requests / permissions used / granted / refused)",
+        format!(
+            "{} / {} / {} / {}",
+            exercised.requests,
+            exercised.used.len(),
+            granted.len(),
+            exercised.refused.len()
+        ),
+    );
+    assert!(
+        exercised.requests > 0,
+        "no audit events of {user} since {since} in {}",
+        log.display()
+    );
+    assert!(
+        exercised.refused.is_empty(),
+        "the API server refused the operator: {:?}",
+        exercised.refused
+    );
+    assert!(
+        ungranted.is_empty(),
+        "used but not granted by the chart: {ungranted:?}"
+    );
+    assert!(
+        unused.is_empty(),
+        "granted by the chart but never used: {unused:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "NOT_EXERCISED lists what is used or not granted: {stale:?}"
+    );
 }
 
 /// Uploads a file of the reference data set with SigV4 (curl), as the chart's NOTES show.
