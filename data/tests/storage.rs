@@ -247,26 +247,24 @@ async fn uploads_a_dead_writer_left_are_aborted() {
             listed.uploads().len()
         }
     };
-    for attempt in 0..2 {
+    // More than a part: the upload has begun. Then the writer is gone without a word.
+    let abandon = || async {
         let mut writer = store.writer(&format!("{prefix}examples.csv"), "text/csv");
-        // More than a part: the upload has begun. Then the writer is gone without a word.
         writer
             .write(&vec![b'x'; miniautoml_data::store::PART_SIZE + 1])
             .await
             .unwrap();
         std::mem::forget(writer);
+    };
+    for attempt in 0..2 {
+        abandon().await;
         assert_eq!(uploads(prefix.clone()).await, attempt + 1);
     }
     assert_eq!(store.abort_uploads(&prefix).await.unwrap(), 2);
     assert_eq!(uploads(prefix.clone()).await, 0);
 
     // Deleting a prefix aborts what is in progress there too.
-    let mut writer = store.writer(&format!("{prefix}examples.csv"), "text/csv");
-    writer
-        .write(&vec![b'x'; miniautoml_data::store::PART_SIZE + 1])
-        .await
-        .unwrap();
-    std::mem::forget(writer);
+    abandon().await;
     assert_eq!(uploads(prefix.clone()).await, 1);
     store
         .delete_prefix(&layout::dataset_prefix("test", &name))

@@ -366,6 +366,30 @@ struct Lab {
 }
 
 impl Lab {
+    fn new(
+        cluster: &'static LocalCluster,
+        client: &kube::Client,
+        namespace: &str,
+        operator: &Arc<Supervised>,
+    ) -> Lab {
+        Lab {
+            cluster,
+            client: client.clone(),
+            namespace: namespace.to_string(),
+            operator: operator.clone(),
+            retries: Arc::default(),
+        }
+    }
+
+    /// Uploads tweet_emotion parts 1 and 2 under `raw/<namespace>/`; their keys.
+    async fn upload_parts(&self) -> [String; 2] {
+        let raw = format!("raw/{}/", self.namespace);
+        let parts = [format!("{raw}part1.csv"), format!("{raw}part2.csv")];
+        self.upload(&parts[0], tweets(1)).await;
+        self.upload(&parts[1], tweets(2)).await;
+        parts
+    }
+
     fn datasets(&self) -> Api<Dataset> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -611,6 +635,26 @@ impl Lab {
     }
 }
 
+/// The kind and metadata of every `K` in `namespace`.
+async fn metadata<K>(client: &kube::Client, namespace: &str) -> Vec<(&'static str, kube::api::ObjectMeta)>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| (<K as k8s_openapi::Resource>::KIND, o.meta().clone()))
+        .collect()
+}
+
 /// A CSV of `copies` times part 1's rows: ingestion of it takes seconds, long enough to delete
 /// its Dataset mid-ingestion.
 fn big_csv(copies: usize) -> Vec<u8> {
@@ -648,19 +692,11 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
     let done = Arc::new(AtomicBool::new(false));
     let faults_done = Arc::new(AtomicBool::new(false));
     let chaos = chaos(operator.clone(), done.clone(), faults_done.clone(), seed);
-    let lab = Lab {
-        cluster,
-        client: client.clone(),
-        namespace: ns.name.clone(),
-        operator: operator.clone(),
-        retries: Arc::default(),
-    };
+    let lab = Lab::new(cluster, &client, &ns.name, &operator);
 
     // Ingest part 1, then append part 2.
     let raw = format!("raw/{}/", ns.name);
-    let parts = [format!("{raw}part1.csv"), format!("{raw}part2.csv")];
-    lab.upload(&parts[0], tweets(1)).await;
-    lab.upload(&parts[1], tweets(2)).await;
+    let parts = lab.upload_parts().await;
     lab.apply(&lab.datasets(), &lab.dataset("tweets", &[&parts[0]]))
         .await;
     lab.wait_commits("tweets", 1).await;
@@ -907,7 +943,6 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
         .collect();
     let mut orphans = Vec::new();
     let mut children = 0;
-    let selector = ListParams::default();
     let owned_by_ours = |kind: &str, object: &kube::api::ObjectMeta| -> Option<String> {
         let labels = object.labels.clone().unwrap_or_default();
         if !labels.contains_key(TRAINING_JOB_LABEL) && !labels.contains_key(MODEL_DEPLOYMENT_LABEL) {
@@ -924,45 +959,14 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
             format!("{kind} {}", object.name.clone().unwrap_or_default())
         })
     };
-    for found in all_jobs
+    let mut children_of_ours: Vec<(&str, kube::api::ObjectMeta)> =
+        all_jobs.iter().map(|o| (Job::KIND, o.metadata.clone())).collect();
+    children_of_ours.extend(metadata::<Secret>(&client, &ns.name).await);
+    children_of_ours.extend(metadata::<Service>(&client, &ns.name).await);
+    children_of_ours.extend(metadata::<Deployment>(&client, &ns.name).await);
+    for found in children_of_ours
         .iter()
-        .filter_map(|o| owned_by_ours(Job::KIND, &o.metadata))
-    {
-        children += 1;
-        orphans.extend((!found.is_empty()).then_some(found));
-    }
-    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .list(&selector)
-        .await
-        .unwrap();
-    for found in secrets
-        .items
-        .iter()
-        .filter_map(|o| owned_by_ours(Secret::KIND, &o.metadata))
-    {
-        children += 1;
-        orphans.extend((!found.is_empty()).then_some(found));
-    }
-    let services = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .list(&selector)
-        .await
-        .unwrap();
-    for found in services
-        .items
-        .iter()
-        .filter_map(|o| owned_by_ours(Service::KIND, &o.metadata))
-    {
-        children += 1;
-        orphans.extend((!found.is_empty()).then_some(found));
-    }
-    let predictors = Api::<Deployment>::namespaced(client.clone(), &ns.name)
-        .list(&selector)
-        .await
-        .unwrap();
-    for found in predictors
-        .items
-        .iter()
-        .filter_map(|o| owned_by_ours(Deployment::KIND, &o.metadata))
+        .filter_map(|(kind, meta)| owned_by_ours(kind, meta))
     {
         children += 1;
         orphans.extend((!found.is_empty()).then_some(found));
@@ -1130,17 +1134,8 @@ async fn a_soak_of_mixed_load_keeps_memory_flat() {
     let ns = TestNamespace::new(cluster, &client, "soak").await.unwrap();
     let _logs = logs_on_failure(cluster, &ns);
     let operator = Supervised::start(cluster, &ns.name);
-    let lab = Arc::new(Lab {
-        cluster,
-        client: client.clone(),
-        namespace: ns.name.clone(),
-        operator: operator.clone(),
-        retries: Arc::default(),
-    });
-    let raw = format!("raw/{}/", ns.name);
-    let parts = [format!("{raw}part1.csv"), format!("{raw}part2.csv")];
-    lab.upload(&parts[0], tweets(1)).await;
-    lab.upload(&parts[1], tweets(2)).await;
+    let lab = Arc::new(Lab::new(cluster, &client, &ns.name, &operator));
+    let parts = lab.upload_parts().await;
     let dataset = lab.dataset("tweets", &[&parts[0], &parts[1]]);
     lab.apply(&lab.datasets(), &dataset).await;
     lab.wait_commits("tweets", 2).await;
