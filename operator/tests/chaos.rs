@@ -919,72 +919,53 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
     }
 
     // No child object without its resource, no stored object without its resource.
-    let owners: BTreeSet<String> = all
-        .iter()
-        .map(|j| j.uid().unwrap())
-        .chain(
-            lab.deployments()
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|d| d.uid().unwrap()),
-        )
-        .chain(
-            lab.datasets()
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|d| d.uid().unwrap()),
-        )
-        .collect();
-    let mut orphans = Vec::new();
-    let mut children = 0;
-    let owned_by_ours = |kind: &str, object: &kube::api::ObjectMeta| -> Option<String> {
-        let labels = object.labels.clone().unwrap_or_default();
-        if !labels.contains_key(TRAINING_JOB_LABEL) && !labels.contains_key(MODEL_DEPLOYMENT_LABEL) {
-            return None;
-        }
-        let owned = object
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| owners.contains(&o.uid));
-        Some(if owned {
-            String::new()
-        } else {
-            format!("{kind} {}", object.name.clone().unwrap_or_default())
-        })
-    };
+    let mut owners: BTreeSet<String> = all.iter().map(|j| j.uid().unwrap()).collect();
+    let deployments = lab
+        .deployments()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let datasets = lab.datasets().list(&ListParams::default()).await.unwrap().items;
+    owners.extend(deployments.iter().map(|d| d.uid().unwrap()));
+    owners.extend(datasets.iter().map(|d| d.uid().unwrap()));
     let mut children_of_ours: Vec<(&str, kube::api::ObjectMeta)> =
         all_jobs.iter().map(|o| (Job::KIND, o.metadata.clone())).collect();
     children_of_ours.extend(metadata::<Secret>(&client, &ns.name).await);
     children_of_ours.extend(metadata::<Service>(&client, &ns.name).await);
     children_of_ours.extend(metadata::<Deployment>(&client, &ns.name).await);
-    for found in children_of_ours
+    children_of_ours.retain(|(_, meta)| {
+        let labels = meta.labels.clone().unwrap_or_default();
+        labels.contains_key(TRAINING_JOB_LABEL) || labels.contains_key(MODEL_DEPLOYMENT_LABEL)
+    });
+    let children = children_of_ours.len();
+    let orphans: Vec<String> = children_of_ours
         .iter()
-        .filter_map(|(kind, meta)| owned_by_ours(kind, meta))
-    {
-        children += 1;
-        orphans.extend((!found.is_empty()).then_some(found));
-    }
+        .filter(|(_, meta)| {
+            !meta
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| owners.contains(&o.uid))
+        })
+        .map(|(kind, meta)| format!("{kind} {}", meta.name.clone().unwrap_or_default()))
+        .collect();
     assert!(
         orphans.is_empty(),
         "child objects without their resource: {orphans:?}"
     );
     let uids: BTreeSet<String> = all.iter().map(|j| j.uid().unwrap()).collect();
     let mut stray = Vec::new();
-    for prefix in [format!("models/{}/", ns.name), format!("runs/{}/", ns.name)] {
-        // An upload a killed writer left unfinished holds space nobody sees in a listing.
-        let unfinished = lab.uploads(&prefix).await + lab.uploads(&format!("datasets/{}/", ns.name)).await;
+    // An upload a killed writer left unfinished holds space nobody sees in a listing.
+    for prefix in ["models", "runs", "datasets"].map(|kind| format!("{kind}/{}/", ns.name)) {
+        let unfinished = lab.uploads(&prefix).await;
         if unfinished > 0 {
             stray.push(format!(
-                "{unfinished} unfinished multipart uploads under {prefix} or datasets/"
+                "{unfinished} unfinished multipart uploads under {prefix}"
             ));
         }
+    }
+    for prefix in [format!("models/{}/", ns.name), format!("runs/{}/", ns.name)] {
         for key in lab.keys(&prefix).await {
             let uid = key[prefix.len()..]
                 .split('/')
