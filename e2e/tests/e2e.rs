@@ -8,11 +8,12 @@
 //! container → ModelDeployment rolled out → predictions over Open Inference Protocol v2 REST and
 //! `PredictionService/Predict` through `kubectl port-forward` → the original grpcurl dataset and
 //! training workflow through the operator's Service → `helm upgrade` to a new operator image
-//! while a client in the cluster loops predictions and a run trains → two replicas, the leader
-//! killed mid-training → `helm uninstall` leaves only the kept CRDs and the users' data.
+//! while a client in the cluster loops predictions and a run trains → two replicas serving TLS
+//! from a `kubernetes.io/tls` Secret, the leader killed mid-training, the run reporting over TLS → `helm uninstall` leaves only the kept CRDs and the users' data.
 
 use std::{
     collections::BTreeSet,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -29,6 +30,8 @@ use serde_json::Value;
 const RELEASE: &str = "miniautoml-e2e";
 const NAMESPACE: &str = "miniautoml-e2e";
 const LAB: &str = "miniautoml-e2e-lab";
+/// The operator's TLS Secret, from the failover step on.
+const TLS_SECRET: &str = "operator-tls";
 /// The chart's default lease duration.
 const LEASE_SECONDS: u64 = 15;
 /// Epochs of the runs that must still be training while the operator is upgraded or its leader
@@ -287,8 +290,20 @@ fn the_lab_through_helm_install() {
     );
     figures.time("helm upgrade step", t.elapsed());
 
-    let t = step("Two replicas; the leader is killed mid-training");
-    upgrade(&chart, "replicas=2");
+    let t = step("Two replicas over TLS (a kubernetes.io/tls Secret); the leader is killed mid-training");
+    let tls = tls_secret();
+    upgrade(&chart, &format!("replicas=2,tls.secretName={TLS_SECRET}"));
+    // A run launched by the old leader, still leading while it drains, would be told the old
+    // plain-text address: start once a TLS replica leads.
+    wait_until(
+        "a replica serving TLS to lead",
+        Duration::from_secs(60),
+        SECOND,
+        || match lease_holder() {
+            Some(holder) if operator_pods().contains(&holder) => Ok(holder),
+            other => Err(format!("{other:?}")),
+        },
+    );
     kubectl(&["get", "pdb", "-n", NAMESPACE, RELEASE]);
     start_run("failover-run");
     wait_for_phase(LAB, "failover-run", "Running");
@@ -328,6 +343,7 @@ fn the_lab_through_helm_install() {
     assert_single_run(LAB, "failover-run", &failed_over);
     rollout(&format!("deployment/{RELEASE}"));
     figures.time("failover step", t.elapsed());
+    served_over_tls(&tls, &failed_over);
 
     step("Every run once: one Job per TrainingJob, distinct run ids");
     let mut run_ids = Vec::new();
@@ -351,7 +367,7 @@ fn the_lab_through_helm_install() {
     least_privilege(&since, &mut figures);
 
     step("No credential in any CR, event, pod log or /metrics");
-    no_credentials_leak(&token);
+    no_credentials_leak(&token, &tls);
 
     let t = step("helm uninstall leaves only the kept CRDs and the users' data");
     helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m"]);
@@ -491,14 +507,15 @@ fn base64_decode(encoded: &str) -> String {
 }
 
 /// No credential in any CR, event, pod log or the operator's `/metrics`: the object store's
-/// secret key, every run token and storage secret in the Secrets of both namespaces, and the
-/// gRPC caller's token are looked for in all of them. Prints what was searched.
-fn no_credentials_leak(caller_token: &str) {
+/// secret key, every run token, storage secret and TLS private key in the Secrets of both
+/// namespaces, and the gRPC caller's token are looked for in all of them (`/metrics` read over
+/// TLS, trusting `tls`'s `ca.crt`). Prints what was searched.
+fn no_credentials_leak(caller_token: &str, tls: &Path) {
     let mut secrets = vec![caller_token.to_string()];
     for namespace in [NAMESPACE, LAB] {
         let list = kubectl_json(&["get", "secrets", "-n", namespace]);
         for secret in list["items"].as_array().into_iter().flatten() {
-            for key in ["token", "AWS_SECRET_ACCESS_KEY"] {
+            for key in ["token", "AWS_SECRET_ACCESS_KEY", "tls.key"] {
                 let encoded = text(secret, &format!("/data/{key}"));
                 if !encoded.is_empty() {
                     secrets.push(base64_decode(&encoded));
@@ -541,7 +558,9 @@ fn no_credentials_leak(caller_token: &str) {
     }
     let metrics = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}-metrics"), 8080);
     let scraped = wait_until("the operator's /metrics", Duration::from_secs(30), SECOND, || {
-        try_run("curl", &["-fsS", &format!("http://{}/metrics", metrics.addr())])
+        let ca = tls.join("ca.crt");
+        let url = format!("https://{}/metrics", metrics.addr());
+        try_run("curl", &["-fsS", "--cacert", &ca.to_string_lossy(), &url])
     });
     places.push(("/metrics".into(), scraped.clone()));
     let leaks: Vec<String> = places
@@ -807,6 +826,69 @@ fn predict(addr: &str, token: &str, run: &str, document: &str) -> String {
             &request,
         )
     })
+}
+
+/// A CA and a certificate for the operator Service (and 127.0.0.1, for port-forwards) in the
+/// Secret [`TLS_SECRET`], made by `hack/tls-secret.sh`; returns the directory holding `ca.crt`.
+fn tls_secret() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("miniautoml-e2e-tls-{}", std::process::id()));
+    let service = format!("{RELEASE}.{NAMESPACE}.svc");
+    hack(
+        "tls-secret.sh",
+        &[NAMESPACE, TLS_SECRET, &service, "127.0.0.1"],
+        &[("TLS_DIR", dir.to_string_lossy().into_owned())],
+    );
+    dir
+}
+
+/// The trainer of `run` reported over TLS, checking the Service's name against the CA it was
+/// given; a grpcurl client trusting that CA is served, a plain-text one is not.
+fn served_over_tls(tls: &Path, run: &Value) {
+    let job = text(run, "/status/jobName");
+    let env = kubectl_json(&["get", "job", "-n", LAB, &job]);
+    let vars = env["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let value = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["value"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        value("METADATA_STORE_SERVER"),
+        format!("https://{RELEASE}.{NAMESPACE}.svc:51001")
+    );
+    let ca = std::fs::read_to_string(tls.join("ca.crt")).unwrap();
+    assert_eq!(value("METADATA_STORE_CA"), ca);
+    let grpc = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}"), 51001);
+    let ca_file = tls.join("ca.crt");
+    let health = wait_until("a health check over TLS", Duration::from_secs(30), SECOND, || {
+        try_run(
+            "grpcurl",
+            &[
+                "-cacert",
+                &ca_file.to_string_lossy(),
+                &grpc.addr(),
+                "grpc.health.v1.Health/Check",
+            ],
+        )
+    });
+    assert!(health.contains("SERVING"), "{health}");
+    let plain = try_run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-max-time",
+            "10",
+            &grpc.addr(),
+            "grpc.health.v1.Health/Check",
+        ],
+    );
+    assert!(plain.is_err(), "a plain-text call was served: {plain:?}");
+    println!("TLS: the run reported over TLS; grpcurl -cacert served, -plaintext refused");
 }
 
 /// Runs a hack/ script with `env`, returning its output.

@@ -13,7 +13,7 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{StartupError, metrics::Metrics, readiness::Readiness};
+use crate::{StartupError, metrics::Metrics, readiness::Readiness, tls::ServerTls};
 
 #[derive(Clone)]
 struct AdminState {
@@ -52,9 +52,10 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-/// Serves the admin routes on `listener` until `shutdown` fires.
+/// Serves the admin routes on `listener` (over TLS when `tls` is given) until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
     shutdown: CancellationToken,
@@ -64,13 +65,29 @@ pub async fn serve(
         source,
     })?;
     tracing::info!(%addr, "admin server listening");
-    axum::serve(listener, router(metrics, readiness))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|source| StartupError::Serve {
-            server: "admin",
-            source,
-        })
+    let router = router(metrics, readiness);
+    match tls {
+        Some(tls) => {
+            let listener = tls
+                .admin_listener(listener)
+                .map_err(|source| StartupError::Serve {
+                    server: "admin",
+                    source,
+                })?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    }
+    .map_err(|source| StartupError::Serve {
+        server: "admin",
+        source,
+    })
 }
 
 #[cfg(test)]

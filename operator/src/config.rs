@@ -26,6 +26,14 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_GRPC_AUTH", value_enum, default_value_t = GrpcAuth::Kubernetes)]
     pub grpc_auth: GrpcAuth,
 
+    /// Serve the gRPC and admin listeners over TLS only, with `tls.crt` and `tls.key` from this
+    /// directory (a `kubernetes.io/tls` Secret mounted as a volume, as cert-manager writes it),
+    /// read again when they change. Trainers and forwarding replicas then call over TLS too,
+    /// trusting `ca.crt` (or, without one, `tls.crt`) and checking the certificate names the
+    /// host of `--metadata-store-address`.
+    #[arg(long, env = "MINIAUTOML_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+
     /// Algorithm name to training image, `NAME=IMAGE`; repeat the flag or separate with commas.
     /// A TrainingJob naming an algorithm not listed here is rejected with a condition.
     #[arg(

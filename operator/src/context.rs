@@ -48,8 +48,11 @@ pub struct Caches {
 /// What a training run's pods are given.
 #[derive(Clone, Debug)]
 pub struct TrainingSettings {
-    /// `host:port` of this operator's gRPC server as the pods reach it.
+    /// `host:port` of this operator's gRPC server as the pods reach it (`https://host:port`
+    /// when it serves TLS).
     pub metadata_store_address: String,
+    /// The CA the pods trust for it, when it serves TLS (PEM).
+    pub metadata_store_ca: Option<String>,
     /// S3 endpoint URL for the trainers (`None`: AWS S3).
     pub s3_endpoint: Option<String>,
     /// S3 region.

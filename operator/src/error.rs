@@ -39,6 +39,10 @@ pub enum StartupError {
     )]
     CrdsMissing(Vec<String>),
 
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+
     /// A server could not listen on its address.
     #[error("{server} server cannot listen on {addr}: {source}")]
     Bind {

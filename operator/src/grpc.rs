@@ -33,9 +33,11 @@ pub struct Services {
     /// Who may call: callers reviewed by the Kubernetes API server, or anyone when none
     /// (`--grpc-auth=none`).
     pub auth: Option<auth::Reviewer>,
+    /// TLS for the listener, and for forwarding to the leader (`--tls-dir`).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
-/// Serves gRPC on `listener` until `shutdown` fires. Health turns NOT_SERVING first, so clients
+/// Serves gRPC on `listener` (over TLS when `services.tls` is given) until `shutdown` fires. Health turns NOT_SERVING first, so clients
 /// and load balancers stop sending before the listener closes.
 pub async fn serve(
     listener: TcpListener,
@@ -50,6 +52,7 @@ pub async fn serve(
         prediction,
         leadership,
         auth,
+        tls,
     } = services;
     let part = readiness.component("grpc");
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -83,9 +86,10 @@ pub async fn serve(
     };
     // The caller is checked first, on the replica the call reaches (the leader checks a
     // forwarded write again, from its own cache).
-    Server::builder()
+    let forwarding_tls = tls.as_ref().map(crate::tls::ServerTls::client_config);
+    let router = Server::builder()
         .layer(auth::AuthLayer::new(auth))
-        .layer(forward::ForwardWritesLayer::new(leadership))
+        .layer(forward::ForwardWritesLayer::new(leadership, forwarding_tls))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -100,8 +104,18 @@ pub async fn serve(
         )
         .add_optional_service(prediction.map(
             miniautoml_proto::prediction::prediction_service_server::PredictionServiceServer::new,
-        ))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
-        .await?;
+        ));
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.grpc_incoming(listener), stopping)
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
+                .await?
+        }
+    }
     Ok(())
 }

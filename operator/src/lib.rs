@@ -16,6 +16,7 @@ pub mod preflight;
 pub mod readiness;
 pub mod snapshots;
 pub mod status;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -39,6 +40,15 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     let shutdown = CancellationToken::new();
     let admin_listener = bind("admin", config.admin_addr).await?;
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+    let tls = match &config.tls_dir {
+        Some(dir) => {
+            let server_name = config.metadata_store_address.as_deref().and_then(tls::host_of);
+            let tls = tls::ServerTls::load(dir, server_name, shutdown.clone())?;
+            info!(dir = %dir.display(), "the gRPC and admin listeners serve TLS");
+            Some(tls)
+        }
+        None => None,
+    };
     let kube_config = kube::Config::infer().await.map_err(StartupError::KubeConfig)?;
     let api_url = kube_config.cluster_url.to_string();
     let metrics = Arc::new(Metrics::default());
@@ -82,7 +92,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         caches,
     );
     ctx.watch_namespace = config.watch_namespace.clone();
-    ctx.training = training_settings(&config);
+    ctx.training = training_settings(&config, tls.as_ref());
     ctx.serving = predictor_settings(&config);
     let leadership = if config.leader_elect {
         let grpc_addr = grpc_listener.local_addr().map_err(|source| StartupError::Serve {
@@ -138,7 +148,16 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         result
     };
     let admin = async {
-        stop_on_error(admin::serve(admin_listener, metrics, readiness.clone(), shutdown.clone()).await)
+        stop_on_error(
+            admin::serve(
+                admin_listener,
+                tls.clone(),
+                metrics,
+                readiness.clone(),
+                shutdown.clone(),
+            )
+            .await,
+        )
     };
     let data = grpc::data_management::DataManagement::new(ctx.clone(), config.grpc_namespace.clone());
     let metadata = grpc::metadata_store::MetadataStore::new(ctx.clone());
@@ -157,6 +176,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
                     prediction: Some(prediction),
                     leadership: leadership.clone(),
                     auth,
+                    tls: tls.clone(),
                 },
             )
             .await,
@@ -234,14 +254,15 @@ async fn ensure_bucket(store: miniautoml_data::Store, shutdown: CancellationToke
 }
 
 /// What training runs need, when storage credentials and the metadata store address are set.
-fn training_settings(config: &Config) -> Option<TrainingSettings> {
+fn training_settings(config: &Config, tls: Option<&tls::ServerTls>) -> Option<TrainingSettings> {
     let credentials = config.credentials.clone()?;
     let Some(address) = config.metadata_store_address.clone() else {
         tracing::warn!("no --metadata-store-address: TrainingJobs will wait until one is configured");
         return None;
     };
     Some(TrainingSettings {
-        metadata_store_address: address,
+        metadata_store_address: tls::metadata_store_url(&address, tls.is_some()),
+        metadata_store_ca: tls.map(|tls| tls.ca_pem().to_string()),
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
         bucket: config.bucket.clone(),

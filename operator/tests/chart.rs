@@ -500,6 +500,53 @@ fn metrics_get_a_service_and_optionally_a_service_monitor() {
 }
 
 #[test]
+fn tls_from_a_secret_covers_both_ports_and_cert_manager_can_issue_it() {
+    let plain = render(&[]);
+    assert!(!operator_args(&plain).iter().any(|a| a.starts_with("--tls-dir")));
+    assert_eq!(str(operator(&plain), "livenessProbe.httpGet.scheme"), "HTTP");
+    assert!(!has(&plain, "Certificate"));
+
+    let documents = render(&[
+        "tls.secretName=operator-tls",
+        "metrics.serviceMonitor.enabled=true",
+    ]);
+    let container = operator(&documents);
+    assert!(operator_args(&documents).contains(&"--tls-dir=/etc/miniautoml/tls".to_string()));
+    assert_eq!(str(container, "volumeMounts.0.mountPath"), "/etc/miniautoml/tls");
+    let pod = at(find(&documents, "Deployment", "miniautoml"), "spec.template.spec");
+    assert_eq!(str(pod, "volumes.0.secret.secretName"), "operator-tls");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(str(container, &format!("{probe}.httpGet.scheme")), "HTTPS");
+    }
+    let monitor = find(&documents, "ServiceMonitor", "miniautoml");
+    assert_eq!(str(monitor, "spec.endpoints.0.scheme"), "https");
+    assert_eq!(
+        str(monitor, "spec.endpoints.0.tlsConfig.serverName"),
+        "miniautoml.ml.svc"
+    );
+    assert!(!has(&documents, "Certificate"));
+
+    let issued = render(&[
+        "tls.secretName=operator-tls",
+        "tls.certManager.issuerRef.name=lab-ca",
+        "tls.certManager.issuerRef.kind=ClusterIssuer",
+    ]);
+    let certificate = find(&issued, "Certificate", "miniautoml");
+    assert_eq!(str(certificate, "spec.secretName"), "operator-tls");
+    assert_eq!(str(certificate, "spec.issuerRef.name"), "lab-ca");
+    // It names what the trainers are given: the Service's host.
+    let address = operator_args(&issued)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--metadata-store-address=").map(str::to_string))
+        .unwrap();
+    let host = address.rsplit_once(':').unwrap().0;
+    let names = serde_yaml::to_string(at(certificate, "spec.dnsNames")).unwrap();
+    assert!(names.lines().any(|line| line == format!("- {host}")), "{names}");
+    let error = try_render(&["tls.certManager.issuerRef.name=lab-ca"]).unwrap_err();
+    assert!(error.contains("needs tls.secretName"), "{error}");
+}
+
+#[test]
 fn placement_and_pod_metadata_reach_the_operator_pods() {
     let documents = render(&[
         "nodeSelector.pool=system",

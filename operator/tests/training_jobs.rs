@@ -151,6 +151,80 @@ async fn a_training_job_runs_the_trainer_image_and_records_its_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn over_tls_the_trainer_reports_to_the_operator_it_verified() {
+    // The operator serves TLS from a Secret-like directory whose certificate names the node
+    // address the trainer is given; the trainer trusts only the CA the operator hands it.
+    let cluster = LocalCluster::shared();
+    let tls_dir = std::env::temp_dir().join(miniautoml_test_support::unique("operator-tls"));
+    let ca = miniautoml_test_support::TestCa::new("MiniAutoML test CA");
+    let node_ip = cluster.free_addr().ip().to_string();
+    ca.write_server_files(&tls_dir, &[node_ip.as_str()], true);
+    let flag = format!("--tls-dir={}", tls_dir.display());
+    let (cluster, client, ns, operator) = namespace_with_operator("tls", &[flag.as_str()]).await;
+    let _logs = logs_on_failure(cluster, &ns);
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    jobs.create(
+        &PostParams::default(),
+        &training_job("secure", serde_json::json!({"parameters": {"EPOCHS": "1"}})),
+    )
+    .await
+    .unwrap();
+
+    let done = wait_for(&jobs, "secure", &ns.name, finished).await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Some(TrainingPhase::Succeeded), "{status:#?}");
+    assert_eq!(status.epochs.len(), 1, "{status:#?}");
+    // The pod was told to call https:// and given the CA, not a key.
+    let job = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns.name)
+        .get("secure-train")
+        .await
+        .unwrap();
+    let env = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+    assert_eq!(
+        value("METADATA_STORE_SERVER"),
+        Some(format!("https://{}", operator.grpc_addr))
+    );
+    assert_eq!(value("METADATA_STORE_CA"), Some(ca.pem()));
+
+    // A client of the API reads the run over TLS; plain text is refused.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", operator.grpc_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let info = MetadataStoreServiceClient::new(channel)
+        .get_run_status(GetRunStatusRequest {
+            run_id: status.run_id.clone().unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_info
+        .unwrap();
+    assert!(info.success, "{info:?}");
+    let plain = MetadataStoreServiceClient::connect(format!("http://{}", operator.grpc_addr)).await;
+    if let Ok(mut plain) = plain {
+        let refused = plain
+            .get_run_status(GetRunStatusRequest {
+                run_id: status.run_id.clone().unwrap(),
+            })
+            .await;
+        assert!(refused.is_err(), "a plain-text call must fail: {refused:?}");
+    }
+    let _ = std::fs::remove_dir_all(&tls_dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
     let (cluster, client, ns, _operator) = namespace_with_operator("training-bad", &[]).await;
     let _logs = logs_on_failure(cluster, &ns);

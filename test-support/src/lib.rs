@@ -438,3 +438,52 @@ fn rand_u32() -> u32 {
     );
     hasher.finish() as u32
 }
+
+/// A throwaway CA for tests of TLS: it signs server certificates written as the files of a
+/// mounted `kubernetes.io/tls` Secret.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("a self-signed CA"),
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Writes `tls.crt` and `tls.key` of a fresh key and a certificate for `names` (DNS names or
+    /// IP addresses) into `dir`, and `ca.crt` when `with_ca`; returns the certificate's PEM.
+    pub fn write_server_files(&self, dir: &Path, names: &[&str], with_ca: bool) -> String {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("server certificate parameters");
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("a signed certificate")
+            .pem();
+        std::fs::create_dir_all(dir).expect("the TLS directory");
+        // As the kubelet updates a mounted Secret: each file replaced whole.
+        let write = |name: &str, contents: &str| {
+            let staged = dir.join(format!(".{name}.new"));
+            std::fs::write(&staged, contents).expect("a TLS file");
+            std::fs::rename(&staged, dir.join(name)).expect("a TLS file");
+        };
+        write("tls.key", &key.serialize_pem());
+        write("tls.crt", &cert);
+        if with_ca {
+            write("ca.crt", &self.pem());
+        }
+        cert
+    }
+}

@@ -94,3 +94,8 @@ app.kubernetes.io/component: object-store
 {{- define "miniautoml.grpcNamespace" -}}
 {{- default .Release.Namespace .Values.grpc.namespace -}}
 {{- end -}}
+
+{{/* The scheme of the operator's metrics/health port: HTTPS when TLS is on. */}}
+{{- define "miniautoml.adminScheme" -}}
+{{- if .Values.tls.secretName }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}

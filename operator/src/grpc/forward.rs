@@ -21,7 +21,7 @@ use tonic::{
     Status,
     body::Body,
     codegen::http,
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -53,14 +53,16 @@ pub fn writes(path: &str) -> bool {
 pub struct ForwardWritesLayer {
     leadership: Leadership,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl ForwardWritesLayer {
-    /// Forwards on behalf of this replica's `leadership`.
-    pub fn new(leadership: Leadership) -> Self {
+    /// Forwards on behalf of this replica's `leadership`, over TLS when `tls` is given.
+    pub fn new(leadership: Leadership, tls: Option<ClientTlsConfig>) -> Self {
         ForwardWritesLayer {
             leadership,
             channels: Arc::default(),
+            tls,
         }
     }
 }
@@ -73,6 +75,7 @@ impl<S> Layer<S> for ForwardWritesLayer {
             inner,
             leadership: self.leadership.clone(),
             channels: self.channels.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct ForwardWrites<S> {
     inner: S,
     leadership: Leadership,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl<S> Service<http::Request<Body>> for ForwardWrites<S>
@@ -107,6 +111,7 @@ where
         }
         let leadership = self.leadership.clone();
         let channels = self.channels.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let me = leadership.name().unwrap_or("this replica").to_string();
             if let Some(by) = request.headers().get(FORWARDED_BY) {
@@ -129,7 +134,7 @@ where
                     )));
                 }
             };
-            let channel = match channel(&channels, &leader.grpc_address) {
+            let channel = match channel(&channels, &leader.grpc_address, tls) {
                 Ok(channel) => channel,
                 Err(error) => return Ok(Status::internal(error).into_http()),
             };
@@ -157,16 +162,26 @@ fn unavailable(message: String) -> http::Response<Body> {
     Status::unavailable(message).into_http()
 }
 
-/// A lazily connected channel to `address`, reused across calls.
-fn channel(channels: &Mutex<HashMap<String, Channel>>, address: &str) -> Result<Channel, String> {
+/// A lazily connected channel to `address` (over TLS when `tls` is given), reused across calls.
+fn channel(
+    channels: &Mutex<HashMap<String, Channel>>,
+    address: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, String> {
     let mut channels = channels.lock().expect("channel cache lock");
     if let Some(channel) = channels.get(address) {
         return Ok(channel.clone());
     }
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| format!("the leader's address {address:?} is not usable: {error}"))?
+    let unusable =
+        |error: tonic::transport::Error| format!("the leader's address {address:?} is not usable: {error}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(unusable)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(unusable)?;
+    }
     let channel = endpoint.connect_lazy();
     channels.insert(address.to_string(), channel.clone());
     Ok(channel)

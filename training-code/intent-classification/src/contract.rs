@@ -8,6 +8,9 @@ use crate::{Error, Result};
 /// The run's token is sent to the metadata store as `authorization: Bearer <token>`.
 pub const RUN_TOKEN_VARIABLE: &str = "MINIAUTOML_RUN_TOKEN";
 
+/// The PEM CA of an `https://` metadata store.
+pub const CA_VARIABLE: &str = "METADATA_STORE_CA";
+
 /// Everything a job reads from its environment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobConfig {
@@ -17,6 +20,9 @@ pub struct JobConfig {
     pub algorithm: String,
     /// `METADATA_STORE_SERVER`: `host:port` (or a URL) of `metadata_store.MetadataStoreService`.
     pub metadata_store: String,
+    /// `METADATA_STORE_CA`: the PEM CA an `https://` metadata store's certificate is checked
+    /// against (required for one).
+    pub metadata_store_ca: Option<String>,
     /// `TRAINING_DATASET_ID` (optional, recorded).
     pub dataset_id: String,
     /// `TRAINING_DATASET_VERSION_HASH` (optional, recorded).
@@ -68,8 +74,15 @@ impl JobConfig {
             })
         };
         let metadata_store = required("METADATA_STORE_SERVER")?;
-        endpoint_url(&metadata_store)
+        let metadata_store_url = endpoint_url(&metadata_store)
             .map_err(|why| Error::Contract(format!("METADATA_STORE_SERVER={metadata_store:?}: {why}")))?;
+        let metadata_store_ca = optional(CA_VARIABLE);
+        if metadata_store_url.starts_with("https://") && metadata_store_ca.is_none() {
+            return Err(Error::Contract(format!(
+                "METADATA_STORE_SERVER={metadata_store:?} is served over TLS: {CA_VARIABLE} must hold \
+                 the PEM certificate of the CA that signed it"
+            )));
+        }
         let server = either("MINIO_SERVER", "AWS_ENDPOINT_URL")?;
         let s3_endpoint = endpoint_url(&server)
             .map_err(|why| Error::Contract(format!("MINIO_SERVER={server:?}: {why}")))?;
@@ -85,6 +98,7 @@ impl JobConfig {
             job_id: required("JOB_ID")?,
             algorithm: optional("ALGORITHM_NAME").unwrap_or_else(|| "intent-classification".into()),
             metadata_store,
+            metadata_store_ca,
             dataset_id: optional("TRAINING_DATASET_ID").unwrap_or_default(),
             version_hash: optional("TRAINING_DATASET_VERSION_HASH").unwrap_or_default(),
             data_bucket: required("TRAINING_DATA_BUCKET")?,
@@ -158,6 +172,21 @@ mod tests {
         assert_eq!((config.rank, config.world_size), (0, 1));
         assert_eq!(config.model_name, "intent");
         assert_eq!(config.algorithm, "intent-classification");
+    }
+
+    #[test]
+    fn an_https_metadata_store_needs_its_ca() {
+        let mut env = complete();
+        env.insert("METADATA_STORE_SERVER", "https://operator.miniautoml.svc:51001");
+        let error = parse(&env).unwrap_err().to_string();
+        assert!(error.contains("METADATA_STORE_CA must hold"), "{error}");
+        env.insert("METADATA_STORE_CA", "-----BEGIN CERTIFICATE-----");
+        let config = parse(&env).unwrap();
+        assert_eq!(
+            config.metadata_store_ca.as_deref(),
+            Some("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(parse(&complete()).unwrap().metadata_store_ca, None);
     }
 
     #[test]

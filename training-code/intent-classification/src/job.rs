@@ -24,7 +24,7 @@ use miniautoml_proto::metadata_store::{
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::contract::{JobConfig, endpoint_url};
 use crate::data::Examples;
@@ -114,7 +114,8 @@ pub fn run_from_env() -> Result<()> {
             if let (Ok(job_id), Ok(server)) =
                 (std::env::var("JOB_ID"), std::env::var("METADATA_STORE_SERVER"))
             {
-                report_early_failure(&job_id, &server, &error.to_string());
+                let ca = std::env::var(crate::contract::CA_VARIABLE).ok();
+                report_early_failure(&job_id, &server, ca.as_deref(), &error.to_string());
             }
             return Err(error);
         }
@@ -181,7 +182,7 @@ pub fn run(config: &JobConfig) -> Result<Outcome> {
 
 /// Reports a failure that happened before the job could start (a contract error) when the
 /// environment at least names the run and the metadata store.
-pub fn report_early_failure(job_id: &str, metadata_store: &str, reason: &str) {
+pub fn report_early_failure(job_id: &str, metadata_store: &str, ca: Option<&str>, reason: &str) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return;
     };
@@ -189,7 +190,7 @@ pub fn report_early_failure(job_id: &str, metadata_store: &str, reason: &str) {
         return;
     };
     let _ = runtime.block_on(async {
-        let channel = Endpoint::from_shared(endpoint)
+        let channel = metadata_endpoint(endpoint, ca)
             .ok()?
             .connect_timeout(Duration::from_secs(5))
             .connect()
@@ -214,9 +215,21 @@ fn bearer(token: Option<&str>) -> Option<MetadataValue<Ascii>> {
     token.and_then(|t| format!("Bearer {t}").parse().ok())
 }
 
+/// The metadata store's endpoint, checking its certificate against `ca` when given.
+fn metadata_endpoint(
+    url: String,
+    ca: Option<&str>,
+) -> std::result::Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(url)?;
+    match ca {
+        Some(ca) => endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca))),
+        None => Ok(endpoint),
+    }
+}
+
 fn connect(config: &JobConfig) -> Result<Client> {
     let endpoint = endpoint_url(&config.metadata_store).map_err(Error::Contract)?;
-    let channel = Endpoint::from_shared(endpoint)
+    let channel = metadata_endpoint(endpoint, config.metadata_store_ca.as_deref())
         .map_err(|e| Error::Contract(format!("METADATA_STORE_SERVER={:?}: {e}", config.metadata_store)))?
         .connect_timeout(Duration::from_secs(10))
         .connect_lazy();

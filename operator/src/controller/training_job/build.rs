@@ -43,8 +43,11 @@ pub struct RunInputs {
     pub run_id: u64,
     /// The training image.
     pub image: String,
-    /// `host:port` of the operator's gRPC server, as the pods reach it.
+    /// `host:port` of the operator's gRPC server, as the pods reach it (`https://host:port`
+    /// when it serves TLS).
     pub metadata_store: String,
+    /// The CA the trainer trusts for it when it serves TLS (PEM): `METADATA_STORE_CA`.
+    pub metadata_store_ca: Option<String>,
     /// Dataset id for the contract (its numeric id when it has one, else its name).
     pub dataset_id: String,
     /// The snapshot's version hash.
@@ -75,6 +78,7 @@ pub fn run_inputs(
         run_id,
         image: image.to_string(),
         metadata_store: settings.metadata_store_address.clone(),
+        metadata_store_ca: settings.metadata_store_ca.clone(),
         dataset_id: dataset
             .labels()
             .get(DATASET_ID_LABEL)
@@ -150,6 +154,12 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
             job.spec.algorithm.clone().unwrap_or_else(|| "custom".into()),
         ),
         env("METADATA_STORE_SERVER", &inputs.metadata_store),
+    ];
+    // A CA is public: it travels in the pod spec, not the run's Secret.
+    if let Some(ca) = &inputs.metadata_store_ca {
+        vars.push(env("METADATA_STORE_CA", ca));
+    }
+    vars.extend([
         env("TRAINING_DATASET_ID", &inputs.dataset_id),
         env("TRAINING_DATASET_VERSION_HASH", &inputs.version_hash),
         env("TRAINING_DATA_BUCKET", &inputs.bucket),
@@ -162,7 +172,7 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
         from_secret("MINIO_SERVER_ACCESS_KEY", &secret, ACCESS_KEY),
         from_secret("MINIO_SERVER_SECRET_KEY", &secret, SECRET_KEY),
         from_secret("MINIAUTOML_RUN_TOKEN", &secret, TOKEN_KEY),
-    ];
+    ]);
     if let Some(endpoint) = &inputs.s3_endpoint {
         vars.push(env("AWS_ENDPOINT_URL", endpoint));
         vars.push(env("MINIO_SERVER", endpoint));
@@ -311,6 +321,7 @@ mod tests {
             run_id: 7,
             image: "miniautoml/intent-classification:0.1.0".into(),
             metadata_store: "miniautoml-operator.miniautoml:51001".into(),
+            metadata_store_ca: None,
             dataset_id: "3".into(),
             version_hash: "hashBg==".into(),
             bucket: "miniautoml".into(),
@@ -386,6 +397,23 @@ mod tests {
         assert_eq!(pod.automount_service_account_token, Some(false), "no API access");
         let resources = pod.containers[0].resources.clone().unwrap();
         assert_eq!(resources.limits.unwrap()["cpu"], Quantity("1".into()));
+    }
+
+    #[test]
+    fn over_tls_the_trainer_is_given_the_https_address_and_its_ca() {
+        assert!(!env_of(&build_job(&fixture(), &inputs())).contains_key("METADATA_STORE_CA"));
+        let mut tls = inputs();
+        tls.metadata_store = "https://miniautoml-operator.miniautoml:51001".into();
+        tls.metadata_store_ca = Some("-----BEGIN CERTIFICATE-----\n...".into());
+        let env = env_of(&build_job(&fixture(), &tls));
+        assert_eq!(
+            env["METADATA_STORE_SERVER"].value.as_deref(),
+            Some("https://miniautoml-operator.miniautoml:51001")
+        );
+        assert_eq!(
+            env["METADATA_STORE_CA"].value.as_deref(),
+            Some("-----BEGIN CERTIFICATE-----\n...")
+        );
     }
 
     #[test]

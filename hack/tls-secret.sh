@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A throwaway CA and a server certificate it signed, stored as a kubernetes.io/tls Secret (tls.crt,
+# tls.key, ca.crt: the form cert-manager writes) for the chart's tls.secretName. For a lab or a
+# test; a cluster with cert-manager sets tls.certManager.issuerRef instead.
+#
+#   hack/tls-secret.sh NAMESPACE SECRET NAME...   (NAME: a DNS name or an IP address)
+#
+# The files stay in $TLS_DIR (default: a new temporary directory, printed); clients trust
+# $TLS_DIR/ca.crt (grpcurl -cacert, curl --cacert).
+set -euo pipefail
+
+if [[ $# -lt 3 ]]; then
+  echo "usage: $0 NAMESPACE SECRET NAME... (a DNS name or IP address the certificate names)" >&2
+  exit 2
+fi
+namespace=$1 secret=$2
+shift 2
+dir=${TLS_DIR:-$(mktemp -d)}
+mkdir -p "$dir"
+
+sans=()
+for name in "$@"; do
+  if [[ $name =~ ^[0-9.]+$ || $name == *:* ]]; then
+    sans+=("IP:$name")
+  else
+    sans+=("DNS:$name")
+  fi
+done
+san=$(IFS=,; echo "${sans[*]}")
+
+curve=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+openssl req -x509 "${curve[@]}" -keyout "$dir/ca.key" -out "$dir/ca.crt" -days 30 \
+  -subj "/CN=miniautoml-lab-ca" 2>/dev/null
+openssl req -new "${curve[@]}" -keyout "$dir/tls.key" -out "$dir/tls.csr" -subj "/CN=$1" \
+  -addext "subjectAltName=$san" -addext "extendedKeyUsage=serverAuth" 2>/dev/null
+openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+  -copy_extensions copy -days 30 -out "$dir/tls.crt" 2>/dev/null
+rm -f "$dir/tls.csr" "$dir/ca.srl"
+
+kubectl create secret generic "$secret" -n "$namespace" --type=kubernetes.io/tls \
+  --from-file=tls.crt="$dir/tls.crt" --from-file=tls.key="$dir/tls.key" \
+  --from-file=ca.crt="$dir/ca.crt" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+echo "Secret $namespace/$secret: a certificate for $san; clients trust $dir/ca.crt"
