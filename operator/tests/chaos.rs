@@ -42,7 +42,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         batch::v1::Job,
-        core::v1::{Pod, Secret, Service},
+        core::v1::{Event, Pod, Secret, Service},
     },
 };
 use kube::{
@@ -55,6 +55,7 @@ use miniautoml_api::{
     training_job::TrainingPhase,
 };
 use miniautoml_data::{layout, text_intent};
+use miniautoml_operator::names::RUN_TOKEN_KEY;
 use miniautoml_proto::{
     data_management::{self as data_pb, data_management_service_client::DataManagementServiceClient},
     prediction::{PredictRequest, prediction_service_client::PredictionServiceClient},
@@ -63,7 +64,7 @@ use miniautoml_proto::{
 use miniautoml_test_support::{
     LocalCluster, OperatorProcess, TestNamespace,
     harness::{logs_on_failure, model_deployment, predictor_pid, training_job, tweets},
-    install_crds, repo_root,
+    install_crds, operator_log_path, repo_root,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use tonic::{
@@ -157,6 +158,10 @@ impl Supervised {
 
     fn pid(&self) -> Option<u32> {
         self.process.lock().unwrap().as_ref().map(OperatorProcess::pid)
+    }
+
+    fn admin_addr(&self) -> Option<SocketAddr> {
+        self.process.lock().unwrap().as_ref().map(|p| p.admin_addr)
     }
 
     /// A channel that reconnects on its own to whichever process listens now.
@@ -755,7 +760,8 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
     lab.delete_and_wait(&lab.datasets(), "doomed").await;
     let doomed_run = training_job(
         "doomed-run",
-        serde_json::json!({"parameters": {"EPOCHS": "2000"}}),
+        // Deleted with its storage (the default, Retain, keeps the history on purpose).
+        serde_json::json!({"parameters": {"EPOCHS": "2000"}, "artifactRetainPolicy": "Delete"}),
     );
     lab.apply(&lab.jobs(), &doomed_run).await;
     let running = lab.wait_phase("doomed-run", &[TrainingPhase::Running]).await;
@@ -1034,6 +1040,10 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
         assert_eq!(model.as_deref(), Some(uri.as_str()), "{}", pod.name_any());
     }
 
+    let (looked_for, places, lines, leaks) = credentials_found(&lab).await;
+    assert!(looked_for >= 3, "too few credentials to look for: {looked_for}");
+    assert!(leaks.is_empty(), "credentials found in {leaks:?}");
+
     let figures = [
         ("seed", seed.to_string()),
         ("operator kills (SIGKILL), all survived", kills.to_string()),
@@ -1060,6 +1070,10 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
             "deleted mid-ingestion / mid-run, cleaned",
             format!("doomed ({doomed_state}) / doomed-run: all gone"),
         ),
+        (
+            "credentials sought, places (lines), found",
+            format!("{looked_for}, {places} ({lines}), {}", leaks.len()),
+        ),
         ("workload", format!("{:.0} s", workload.as_secs_f64())),
     ];
     println!("\n[chaos] figures");
@@ -1067,6 +1081,100 @@ async fn the_lab_survives_operator_kills_store_and_api_server_faults() {
         println!("  {name:42} {value}");
     }
     drop(operator);
+}
+
+/// After the run: the store's secret key and every secret value of the namespace's Secrets (run
+/// tokens, the trainers' and predictors' storage keys), looked for in its CRs, events and pod
+/// logs, the log every operator process of the run appended to, and the last one's `/metrics`.
+/// Returns how many were looked for, in how many places (of how many lines), and where found.
+async fn credentials_found(lab: &Lab) -> (usize, usize, usize, Vec<String>) {
+    let mut secrets = vec![lab.cluster.s3_secret_key.clone()];
+    let listed = Api::<Secret>::namespaced(lab.client.clone(), &lab.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    for secret in listed {
+        for (key, value) in secret.data.unwrap_or_default() {
+            if key == RUN_TOKEN_KEY || key == "AWS_SECRET_ACCESS_KEY" {
+                secrets.push(String::from_utf8_lossy(&value.0).into_owned());
+            }
+        }
+    }
+    secrets.retain(|s| s.len() >= 16);
+    secrets.sort();
+    secrets.dedup();
+
+    let json = |value: serde_json::Result<String>| value.unwrap();
+    let all = ListParams::default();
+    let mut places = vec![
+        (
+            "Datasets".to_string(),
+            json(serde_json::to_string(&lab.datasets().list(&all).await.unwrap())),
+        ),
+        (
+            "TrainingJobs".into(),
+            json(serde_json::to_string(&lab.jobs().list(&all).await.unwrap())),
+        ),
+        (
+            "ModelDeployments".into(),
+            json(serde_json::to_string(
+                &lab.deployments().list(&all).await.unwrap(),
+            )),
+        ),
+        (
+            "events".into(),
+            json(serde_json::to_string(
+                &Api::<Event>::namespaced(lab.client.clone(), &lab.namespace)
+                    .list(&all)
+                    .await
+                    .unwrap(),
+            )),
+        ),
+        (
+            "operator log".into(),
+            std::fs::read_to_string(operator_log_path(&lab.namespace)).unwrap_or_default(),
+        ),
+    ];
+    let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.namespace)
+        .list(&all)
+        .await
+        .unwrap();
+    for pod in pods {
+        let output = lab
+            .cluster
+            .kubectl()
+            .args(["logs", "-n", &lab.namespace, &pod.name_any(), "--all-containers"])
+            .output()
+            .unwrap();
+        places.push((
+            format!("logs of {}", pod.name_any()),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ));
+    }
+    if let Some(admin) = lab.operator.admin_addr() {
+        places.push(("/metrics".into(), http_get(admin, "/metrics").await));
+    }
+    let lines = places.iter().map(|(_, text)| text.lines().count()).sum();
+    let leaks = places
+        .iter()
+        .filter(|(_, text)| secrets.iter().any(|secret| text.contains(secret.as_str())))
+        .map(|(place, _)| place.clone())
+        .collect();
+    (secrets.len(), places.len(), lines, leaks)
+}
+
+/// A plain HTTP/1.1 GET's whole response.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).await.is_ok() {
+        let _ = stream.read_to_string(&mut response).await;
+    }
+    response
 }
 
 /// VmRSS of a process, in KiB.

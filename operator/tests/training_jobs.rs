@@ -151,6 +151,57 @@ async fn a_training_job_runs_the_trainer_image_and_records_its_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_deleted_mid_training_with_its_storage_stops_first_and_leaves_nothing() {
+    let (cluster, client, ns, _operator) = namespace_with_operator("deleted-run", &[]).await;
+    let _logs = logs_on_failure(cluster, &ns);
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    tweet_emotion(cluster, &datasets, &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    jobs.create(
+        &PostParams::default(),
+        &training_job(
+            "doomed",
+            serde_json::json!({"parameters": {"EPOCHS": "5000"}, "artifactRetainPolicy": "Delete"}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Deleted while the trainer reports epochs.
+    let running = wait_for(&jobs, "doomed", &ns.name, |s| s.epochs.len() >= 2).await;
+    let uid = running.metadata.uid.clone().unwrap();
+    jobs.delete("doomed", &Default::default()).await.unwrap();
+    let gone = kube::runtime::wait::await_condition(
+        jobs.clone(),
+        "doomed",
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    );
+    tokio::time::timeout(RUN_WAIT, gone).await.unwrap().unwrap();
+
+    // By the time the TrainingJob is gone its trainer has stopped (the garbage collector alone
+    // would stop it only now), so nothing wrote after the cleanup.
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns.name)
+        .list(&kube::api::ListParams::default().labels("job-name=doomed-train"))
+        .await
+        .unwrap();
+    for pod in &pods.items {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        assert!(
+            matches!(phase.as_deref(), Some("Succeeded" | "Failed")),
+            "pod {:?} still {phase:?}",
+            pod.metadata.name
+        );
+    }
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    for prefix in [
+        format!("runs/{}/doomed/{uid}/", ns.name),
+        format!("models/{}/doomed/{uid}/", ns.name),
+    ] {
+        let left = store.list(&cluster.s3_bucket, &prefix).await.unwrap();
+        assert!(left.is_empty(), "{prefix}: {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn over_tls_the_trainer_reports_to_the_operator_it_verified() {
     // The operator serves TLS from a Secret-like directory whose certificate names the node
     // address the trainer is given; the trainer trusts only the CA the operator hands it.

@@ -132,9 +132,24 @@ impl MetadataStore {
             .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
     }
 
+    /// Whether the run's TrainingJob is being deleted or gone, as the cache sees it now.
+    async fn deleting(&self, run_id: &str) -> bool {
+        match self.find_cached(run_id).await {
+            Ok(job) => job.metadata.deletion_timestamp.is_some(),
+            Err(status) => status.code() == tonic::Code::NotFound,
+        }
+    }
+
     /// The run's TrainingJob, when the request carries that run's token.
     async fn authorize<T>(&self, request: &Request<T>, run_id: &str) -> Result<TrainingJob, Status> {
         let job = self.find_cached(run_id).await?;
+        if job.metadata.deletion_timestamp.is_some() {
+            // Its storage is being cleaned: a late report would leave objects behind.
+            return Err(Status::failed_precondition(format!(
+                "run {run_id} is being deleted (TrainingJob {}): it takes no more reports",
+                job.name_any()
+            )));
+        }
         let presented = request
             .metadata()
             .get("authorization")
@@ -356,14 +371,23 @@ impl MetadataStoreService for MetadataStore {
         );
         let store = self.store(&self.bucket())?;
         let body = serde_json::to_vec(&status).map_err(internal)?;
+        let object = format!("{history}{}.json", epoch.epoch_id);
         store
-            .put(
-                &format!("{history}{}.json", epoch.epoch_id),
-                body,
-                "application/json",
-            )
+            .put(&object, body, "application/json")
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        // Deleted while this was written (a put held up by a slow store): the cleanup, which
+        // starts only once the deletion is in the cache, may have listed the history already.
+        if self.deleting(&epoch.run_id).await {
+            store
+                .delete_prefix(&object)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            return Err(Status::failed_precondition(format!(
+                "run {} was deleted while epoch {} was being recorded",
+                epoch.run_id, epoch.epoch_id
+            )));
+        }
         let key = (job.namespace().unwrap_or_default(), job.name_any());
         let first = {
             let mut pending = self.pending.lock().expect("pending epochs");

@@ -1,5 +1,6 @@
 //! Every write a run's reconcile makes besides its status: the run-id label, the run's Secret,
-//! headless Service and Job, and, under the finalizer, the deletion of its objects in storage.
+//! headless Service and Job, and, under the finalizer, stopping its pods and the deletion of its
+//! objects in storage.
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -92,6 +93,21 @@ pub async fn launch(
     )
     .await;
     Ok(created)
+}
+
+/// Suspends the run's Job, which makes the Job controller stop its running pods (a Job already
+/// gone is fine).
+pub async fn stop_job(job: &TrainingJob, ctx: &Context) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let suspend = serde_json::json!({"spec": {"suspend": true}});
+    match jobs
+        .patch(&job_name(job), &PatchParams::default(), &Patch::Merge(&suspend))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Deletes a deleted run's model and epoch history from storage (`artifactRetainPolicy:

@@ -66,6 +66,17 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
         }
         return reconcile_run(&job, &ctx).await;
     }
+    if job.metadata.deletion_timestamp.is_some() && job.finalizers().iter().any(|f| f == FINALIZER) {
+        // Its storage goes only once its pods have stopped: a trainer still running would
+        // report epochs and upload its model into the prefixes being deleted. Suspending the
+        // Job stops them (the garbage collector would only after the finalizer is gone).
+        let namespace = job.namespace().unwrap_or_default();
+        let pods = dereference::run_pods(&ctx, &namespace, &job_name(&job)).await?;
+        if pods.iter().any(still_running) {
+            apply::stop_job(&job, &ctx).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+    }
     let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, job, |event| async {
         match event {
@@ -94,6 +105,14 @@ pub fn controller(
             let name = pod.labels().get(TRAINING_JOB_LABEL)?;
             Some(ObjectRef::new(name).within(&pod.namespace()?))
         })
+}
+
+/// Whether `pod` may still run its container (neither Succeeded nor Failed).
+fn still_running(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// Whether deleting `job` must first delete its objects in storage (`artifactRetainPolicy:
