@@ -95,7 +95,8 @@ impl ServerTls {
         shutdown: CancellationToken,
     ) -> Result<ServerTls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (key, files) = certified_key(dir, &provider)?;
+        let files = read_pair(dir)?;
+        let key = certified_key(dir, &files, &provider)?;
         let ca_pem = ca_pem(dir)?;
         let resolver = Arc::new(Reloading(RwLock::new(Arc::new(key))));
         let acceptor = |alpn: &[&[u8]]| -> Result<TlsAcceptor, TlsError> {
@@ -236,7 +237,7 @@ async fn reload(
     dir: PathBuf,
     provider: Arc<CryptoProvider>,
     resolver: Arc<Reloading>,
-    mut loaded: Vec<u8>,
+    mut loaded: Pair,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -251,8 +252,8 @@ async fn reload(
         if files == loaded {
             continue;
         }
-        match certified_key(&dir, &provider) {
-            Ok((key, files)) => {
+        match certified_key(&dir, &files, &provider) {
+            Ok(key) => {
                 *resolver.0.write().expect("certificate lock") = Arc::new(key);
                 loaded = files;
                 tracing::info!(dir = %dir.display(), "TLS certificate changed: new connections get the new one");
@@ -289,28 +290,25 @@ fn read(path: PathBuf) -> Result<Vec<u8>, TlsError> {
     std::fs::read(&path).map_err(|source| TlsError::Read { path, source })
 }
 
-/// The certificate and key files, concatenated (to notice a change).
-fn read_pair(dir: &Path) -> Result<Vec<u8>, TlsError> {
-    let mut files = read(dir.join(CERT_FILE))?;
-    files.extend(read(dir.join(KEY_FILE))?);
-    Ok(files)
+/// The contents of the certificate and key files.
+type Pair = (Vec<u8>, Vec<u8>);
+
+fn read_pair(dir: &Path) -> Result<Pair, TlsError> {
+    Ok((read(dir.join(CERT_FILE))?, read(dir.join(KEY_FILE))?))
 }
 
-/// The directory's certificate chain and key, checked to belong together.
-fn certified_key(dir: &Path, provider: &CryptoProvider) -> Result<(CertifiedKey, Vec<u8>), TlsError> {
-    let cert_path = dir.join(CERT_FILE);
-    let key_path = dir.join(KEY_FILE);
-    let cert_pem = read(cert_path.clone())?;
-    let key_pem = read(key_path.clone())?;
-    let chain = certificates(&cert_path, &cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
-        path: key_path,
+/// The certificate chain and key read from `dir`, checked to belong together.
+fn certified_key(
+    dir: &Path,
+    (cert_pem, key_pem): &Pair,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = certificates(&dir.join(CERT_FILE), cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
+        path: dir.join(KEY_FILE),
         why: format!("no private key in PEM form: {e}"),
     })?;
-    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| config_error(dir, e))?;
-    let mut files = cert_pem;
-    files.extend(key_pem);
-    Ok((certified, files))
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| config_error(dir, e))
 }
 
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -64,7 +64,7 @@ use miniautoml_proto::{
 use miniautoml_test_support::{
     LocalCluster, OperatorProcess, TestNamespace,
     harness::{logs_on_failure, model_deployment, predictor_pid, training_job, tweets},
-    install_crds, operator_log_path, repo_root,
+    http_get, install_crds, operator_log_path, repo_root,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use tonic::{
@@ -1152,7 +1152,10 @@ async fn credentials_found(lab: &Lab) -> (usize, usize, usize, Vec<String>) {
         ));
     }
     if let Some(admin) = lab.operator.admin_addr() {
-        places.push(("/metrics".into(), http_get(admin, "/metrics").await));
+        places.push((
+            "/metrics".into(),
+            http_get(admin, "/metrics").await.unwrap_or_default(),
+        ));
     }
     let lines = places.iter().map(|(_, text)| text.lines().count()).sum();
     let leaks = places
@@ -1161,20 +1164,6 @@ async fn credentials_found(lab: &Lab) -> (usize, usize, usize, Vec<String>) {
         .map(|(place, _)| place.clone())
         .collect();
     (secrets.len(), places.len(), lines, leaks)
-}
-
-/// A plain HTTP/1.1 GET's whole response.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    if stream.write_all(request.as_bytes()).await.is_ok() {
-        let _ = stream.read_to_string(&mut response).await;
-    }
-    response
 }
 
 /// VmRSS of a process, in KiB.

@@ -4,8 +4,8 @@
 use std::{sync::Arc, time::Duration};
 
 use miniautoml_operator::{admin, grpc, metrics::Metrics, readiness::Readiness};
+use miniautoml_test_support::http_get;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
@@ -33,15 +33,6 @@ async fn stop(
     finished
         .expect("server task does not panic")
         .expect("server returns without an error");
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
 }
 
 #[tokio::test]
@@ -122,15 +113,25 @@ async fn admin_serves_health_readiness_and_metrics_until_shutdown() {
         shutdown.clone(),
     ));
 
-    assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-    let not_ready = http_get(addr, "/readyz").await;
+    assert!(
+        http_get(addr, "/healthz")
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    let not_ready = http_get(addr, "/readyz").await.unwrap();
     assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
     assert!(not_ready.ends_with("not ready: dataset\n"), "{not_ready}");
     controllers.set_ready();
-    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        http_get(addr, "/readyz")
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
 
     metrics.reconcile_failed("dataset", "kube");
-    let text = http_get(addr, "/metrics").await;
+    let text = http_get(addr, "/metrics").await.unwrap();
     assert!(
         text.contains(
             "miniautoml_operator_reconcile_failures_total{controller=\"dataset\",error=\"kube\"} 1"
@@ -261,7 +262,9 @@ mod tls {
                 .is_err(),
         };
         assert!(refused, "a plain-text gRPC call must fail");
-        let plain_http = super::http_get(admin_addr, "/healthz").await;
+        let plain_http = miniautoml_test_support::http_get(admin_addr, "/healthz")
+            .await
+            .unwrap();
         assert!(!plain_http.contains("200"), "{plain_http}");
         let stranger = TestCa::new("another CA");
         let error = check_over_tls(grpc_addr, &stranger.pem()).await.unwrap_err();

@@ -31,13 +31,30 @@ async fn namespace_with_operator(
     harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), prefix, flags).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_training_job_runs_the_trainer_image_and_records_its_run() {
-    let (cluster, client, ns, operator) = namespace_with_operator("training", &[]).await;
-    let _logs = logs_on_failure(cluster, &ns);
+/// As [`namespace_with_operator`], with the tweet_emotion Dataset ingested (its pods' and the
+/// operator's logs printed if the test fails): the namespace's TrainingJobs.
+async fn with_tweets(
+    prefix: &str,
+    flags: &[&str],
+) -> (
+    &'static LocalCluster,
+    kube::Client,
+    TestNamespace,
+    OperatorProcess,
+    Api<TrainingJob>,
+    harness::LogsOnFailure<'static>,
+) {
+    let (cluster, client, ns, operator) = namespace_with_operator(prefix, flags).await;
+    let logs = logs_on_failure(cluster, &ns);
     let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
     tweet_emotion(cluster, &datasets, &ns.name).await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    (cluster, client, ns, operator, jobs, logs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_training_job_runs_the_trainer_image_and_records_its_run() {
+    let (cluster, _client, ns, operator, jobs, _logs) = with_tweets("training", &[]).await;
     jobs.create(
         &PostParams::default(),
         &training_job("intent", serde_json::json!({})),
@@ -152,11 +169,7 @@ async fn a_training_job_runs_the_trainer_image_and_records_its_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_deleted_mid_training_with_its_storage_stops_first_and_leaves_nothing() {
-    let (cluster, client, ns, _operator) = namespace_with_operator("deleted-run", &[]).await;
-    let _logs = logs_on_failure(cluster, &ns);
-    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
-    tweet_emotion(cluster, &datasets, &ns.name).await;
-    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let (cluster, client, ns, _operator, jobs, _logs) = with_tweets("deleted-run", &[]).await;
     jobs.create(
         &PostParams::default(),
         &training_job(
@@ -211,11 +224,7 @@ async fn over_tls_the_trainer_reports_to_the_operator_it_verified() {
     let node_ip = cluster.free_addr().ip().to_string();
     ca.write_server_files(&tls_dir, &[node_ip.as_str()], true);
     let flag = format!("--tls-dir={}", tls_dir.display());
-    let (cluster, client, ns, operator) = namespace_with_operator("tls", &[flag.as_str()]).await;
-    let _logs = logs_on_failure(cluster, &ns);
-    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
-    tweet_emotion(cluster, &datasets, &ns.name).await;
-    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let (_cluster, client, ns, operator, jobs, _logs) = with_tweets("tls", &[flag.as_str()]).await;
     jobs.create(
         &PostParams::default(),
         &training_job("secure", serde_json::json!({"parameters": {"EPOCHS": "1"}})),
@@ -330,11 +339,7 @@ fn failure(status: &miniautoml_api::TrainingJobStatus) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_trainers_end_failed_with_the_reason_the_node_reports() {
-    let (cluster, client, ns, _operator) = namespace_with_operator("training-fail", &[]).await;
-    let _logs = logs_on_failure(cluster, &ns);
-    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
-    tweet_emotion(cluster, &datasets, &ns.name).await;
-    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let (_cluster, _client, ns, _operator, jobs, _logs) = with_tweets("training-fail", &[]).await;
     for (name, extra) in [
         // Exits 3.
         ("exits", serde_json::json!({"image": "miniautoml/test-exit:1"})),
@@ -597,12 +602,8 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_limit_queues_runs_first_come_first_served() {
-    let (cluster, client, ns, _operator) =
-        namespace_with_operator("training-queue", &["--max-concurrent-runs=1"]).await;
-    let _logs = logs_on_failure(cluster, &ns);
-    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
-    tweet_emotion(cluster, &datasets, &ns.name).await;
-    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let (_cluster, _client, ns, _operator, jobs, _logs) =
+        with_tweets("training-queue", &["--max-concurrent-runs=1"]).await;
     let names = ["first", "second", "third", "fourth"];
     // The first run holds the only slot while the others queue (a 3-epoch run can end within
     // the seconds it takes to create them), so it trains longer.
@@ -649,11 +650,7 @@ async fn a_run_limit_queues_runs_first_come_first_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gpu_runs_land_on_simulated_gpu_nodes_or_say_why_they_cannot() {
     use k8s_openapi::api::core::v1::Pod;
-    let (cluster, client, ns, operator) = namespace_with_operator("training-gpu", &[]).await;
-    let _logs = logs_on_failure(cluster, &ns);
-    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
-    tweet_emotion(cluster, &datasets, &ns.name).await;
-    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let (cluster, client, ns, operator, jobs, _logs) = with_tweets("training-gpu", &[]).await;
     // kwok simulates the GPU nodes: the run is scheduled there and simulated, not trained.
     let on_gpus = |gpus: i32| {
         serde_json::json!({

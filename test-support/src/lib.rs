@@ -439,6 +439,17 @@ fn rand_u32() -> u32 {
     hasher.finish() as u32
 }
 
+/// A plain HTTP/1.1 GET of `path` at `addr` (an operator's admin port): the whole response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
 /// A throwaway CA for tests of TLS: it signs server certificates written as the files of a
 /// mounted `kubernetes.io/tls` Secret.
 pub struct TestCa {
