@@ -30,6 +30,20 @@ pub fn run_history_prefix(namespace: &str, training_job: &str, run_uid: &str) ->
     format!("{}epochs/", run_prefix(namespace, training_job, run_uid))
 }
 
+/// The tombstones of deleted resources whose storage was cleared: all of them, or one
+/// namespace's.
+pub fn tombstones_prefix(namespace: Option<&str>) -> String {
+    match namespace {
+        Some(namespace) => format!("tombstones/{namespace}/"),
+        None => "tombstones/".to_string(),
+    }
+}
+
+/// The tombstone of the deleted resource `uid` (a JSON object naming the prefixes cleared).
+pub fn tombstone(namespace: &str, uid: &str) -> String {
+    format!("{}{uid}.json", tombstones_prefix(Some(namespace)))
+}
+
 /// Files of a TextIntent commit or snapshot.
 pub const EXAMPLES: &str = "examples.csv";
 /// Label ids and names.
@@ -52,5 +66,8 @@ mod tests {
             "datasets/team/tweets/snapshots/hashBg==/"
         );
         assert!(commit_prefix("team", "tweets", 2).starts_with(&dataset_prefix("team", "tweets")));
+        assert_eq!(tombstone("team", "u-1"), "tombstones/team/u-1.json");
+        assert!(tombstone("team", "u-1").starts_with(&tombstones_prefix(Some("team"))));
+        assert!(tombstone("team", "u-1").starts_with(&tombstones_prefix(None)));
     }
 }

@@ -304,6 +304,12 @@ impl Store {
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
         self.abort_uploads(prefix).await?;
         let keys = self.list(&self.bucket.clone(), prefix).await?;
+        self.delete_keys(&keys).await?;
+        Ok(keys.len())
+    }
+
+    /// Deletes these objects of this bucket (one already gone is fine).
+    pub async fn delete_keys(&self, keys: &[String]) -> Result<(), StorageError> {
         for batch in keys.chunks(1000) {
             let objects: Vec<ObjectIdentifier> = batch
                 .iter()
@@ -320,9 +326,9 @@ impl Store {
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| StorageError::from_sdk(&format!("s3://{}/{prefix}", self.bucket), e))?;
+                .map_err(|e| StorageError::from_sdk(&format!("s3://{}/{}", self.bucket, batch[0]), e))?;
         }
-        Ok(keys.len())
+        Ok(())
     }
 
     /// A writer for a new object `key` of this bucket.

@@ -17,6 +17,7 @@ pub mod readiness;
 pub mod snapshots;
 pub mod status;
 pub mod tls;
+pub mod tombstones;
 
 use std::sync::Arc;
 
@@ -182,6 +183,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
             .await,
         )
     };
+    tokio::spawn(tombstones::run(ctx.clone(), shutdown.clone()));
     let controllers = controller::run(ctx, triggers, readiness.clone(), shutdown.clone());
     let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
     // Only now that no reconcile runs may another replica lead.

@@ -54,6 +54,7 @@ pub struct Metrics {
     durations: Family<ControllerLabels, Histogram>,
     api_requests: Family<ApiRequestLabels, Counter>,
     leader: Gauge,
+    late_objects: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +88,12 @@ impl Default for Metrics {
             "1 while this replica is the leader (reconciles and takes the gRPC API's writes), else 0",
             leader.clone(),
         );
+        let late_objects = Counter::default();
+        registry.register(
+            "late_objects_deleted",
+            "Objects found under a deleted resource's cleared prefixes (written after its clean-up) and deleted",
+            late_objects.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -94,6 +101,7 @@ impl Default for Metrics {
             durations,
             api_requests,
             leader,
+            late_objects,
         }
     }
 }
@@ -118,6 +126,11 @@ impl Metrics {
     /// Records whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Counts objects deleted by a tombstone sweep.
+    pub fn late_objects_deleted(&self, count: usize) {
+        self.late_objects.inc_by(count as u64);
     }
 
     /// Counts a failed reconcile.

@@ -1,7 +1,7 @@
 //! The Dataset controller on the local cluster with its real S3 server: commits ingested once
 //! with the original's statistics, bad input rejected with its reason while earlier commits stay,
 //! refused credentials waited out, a killed operator leaving no partial commit, deletion
-//! removing the objects.
+//! removing the objects (and a write landing after it swept; a new Dataset of the same name kept).
 
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use kube::{
 };
 use miniautoml_api::{Dataset, DatasetStatus};
 use miniautoml_data::{Store, layout};
-use miniautoml_test_support::{LocalCluster, OperatorProcess, TestNamespace, WAIT, install_crds, repo_root};
+use miniautoml_test_support::{
+    LocalCluster, OperatorProcess, SWEPT_WITHIN, TestNamespace, WAIT, install_crds, repo_root,
+};
 
 fn start_operator(cluster: &LocalCluster, namespace: &str, secret_key: &str) -> OperatorProcess {
     OperatorProcess::start(
@@ -238,6 +240,34 @@ async fn commits_are_ingested_once_and_bad_input_is_rejected_with_its_reason() {
             .unwrap()
             .is_empty()
     );
+
+    // A part a killed operator had sent lands after the clean-up: the tombstone it left has
+    // the sweep delete it.
+    let late = format!("{}examples.csv", layout::commit_prefix(&ns.name, "tweets", 1));
+    put(&store, &late, tweets(1)).await;
+    let left = cluster.keys_left(&late, SWEPT_WITHIN).await;
+    assert!(left.is_empty(), "a late write was not swept: {left:?}");
+
+    // A new Dataset of the same name owns the prefix: the sweep drops the old tombstone and
+    // leaves the new commit alone.
+    let tombstones = layout::tombstones_prefix(Some(&ns.name));
+    assert_eq!(store.list(&bucket, &tombstones).await.unwrap().len(), 1);
+    let part1 = entry(&bucket, &format!("{raw}part1.csv"), "part 1 again");
+    api.create(&PostParams::default(), &dataset("tweets", vec![part1]))
+        .await
+        .unwrap();
+    wait_status(&api, "tweets", "the new commit", |s| s.commits.len() == 1).await;
+    let dropped = cluster.keys_left(&tombstones, SWEPT_WITHIN).await;
+    assert!(dropped.is_empty(), "the old tombstone stays: {dropped:?}");
+    let kept = store
+        .list(&bucket, &layout::dataset_prefix(&ns.name, "tweets"))
+        .await
+        .unwrap();
+    assert!(
+        kept.iter().any(|k| k.ends_with("commits/1/examples.csv")),
+        "{kept:?}"
+    );
+    api.delete("tweets", &DeleteParams::default()).await.unwrap();
     store.delete_prefix(&raw).await.unwrap();
 }
 

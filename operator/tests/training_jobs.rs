@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use kube::{Api, api::PostParams};
 use miniautoml_api::{Dataset, TrainingJob, training_job::TrainingPhase};
-use miniautoml_data::Store;
+use miniautoml_data::{Store, layout};
 use miniautoml_proto::metadata_store::{
     EpochInfo, GetRunStatusRequest, LogEpochRequest,
     metadata_store_service_client::MetadataStoreServiceClient,
 };
 use miniautoml_test_support::{
-    LocalCluster, OperatorProcess, TestNamespace,
+    LocalCluster, OperatorProcess, SWEPT_WITHIN, TestNamespace,
     harness::{self, RUN_WAIT, finished, logs_on_failure, training_job, tweet_emotion, tweets, wait_for},
     repo_root,
     simulated::SimulatedTrainer,
@@ -211,6 +211,24 @@ async fn a_run_deleted_mid_training_with_its_storage_stops_first_and_leaves_noth
     ] {
         let left = store.list(&cluster.s3_bucket, &prefix).await.unwrap();
         assert!(left.is_empty(), "{prefix}: {left:?}");
+    }
+
+    // A write that was on its way when the run was deleted (an epoch a killed operator had
+    // sent, a model upload held up by a frozen store) lands now: the tombstone the clean-up
+    // left has the sweep delete it.
+    let tombstone = store.read(&layout::tombstone(&ns.name, &uid)).await.unwrap();
+    let tombstone: serde_json::Value = serde_json::from_slice(&tombstone).unwrap();
+    assert_eq!(tombstone["kind"], "TrainingJob", "{tombstone}");
+    let late = [
+        format!("runs/{}/doomed/{uid}/epochs/0-9.json", ns.name),
+        format!("models/{}/doomed/{uid}/model.safetensors", ns.name),
+    ];
+    for key in &late {
+        store.put(key, b"{}".to_vec(), "application/json").await.unwrap();
+    }
+    for key in &late {
+        let left = cluster.keys_left(key, SWEPT_WITHIN).await;
+        assert!(left.is_empty(), "a late write was not swept: {left:?}");
     }
 }
 

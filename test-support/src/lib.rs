@@ -208,6 +208,32 @@ impl LocalCluster {
         self.s3_with(&self.s3_access_key, &self.s3_secret_key)
     }
 
+    /// The keys under `prefix` of the test bucket once none are left, or what is still there
+    /// after `within` (polled every second: the operator sweeps deleted resources' prefixes
+    /// every 15 s).
+    pub async fn keys_left(&self, prefix: &str, within: std::time::Duration) -> Vec<String> {
+        let s3 = self.s3();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let listed = s3
+                .list_objects_v2()
+                .bucket(&self.s3_bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("listing {prefix}: {e:?}"));
+            let keys: Vec<String> = listed
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(String::from))
+                .collect();
+            if keys.is_empty() || tokio::time::Instant::now() >= deadline {
+                return keys;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     /// An address on the node IP with a port nothing listens on now: where a host process that
     /// pods call (the operator's gRPC API) listens.
     pub fn free_addr(&self) -> std::net::SocketAddr {
@@ -367,6 +393,10 @@ pub async fn install_crds(client: &Client) -> Result<()> {
 
 /// How long a test waits for the cluster to reach a state before failing.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// How soon an object written under a deleted resource's cleared prefixes is gone: the
+/// operator sweeps every 15 s.
+pub const SWEPT_WITHIN: Duration = Duration::from_secs(45);
 
 /// A namespace of its own for one test, deleted when dropped.
 pub struct TestNamespace {

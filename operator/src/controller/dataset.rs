@@ -33,6 +33,7 @@ use crate::{
     conditions::{self, ACCEPTED},
     context::Context,
     status::modify_status,
+    tombstones::{self, Tombstone},
 };
 
 /// Finalizer that removes a Dataset's objects before the Dataset goes.
@@ -277,9 +278,11 @@ async fn cleanup(dataset: &Dataset, ctx: &Context) -> Result<Action> {
         // Without storage nothing was ever written.
         return Ok(Action::await_change());
     };
-    let prefix = layout::dataset_prefix(&dataset.namespace().unwrap_or_default(), &dataset.name_any());
-    let deleted = store.delete_prefix(&prefix).await?;
-    tracing::info!(deleted, prefix, "dataset objects deleted");
+    let Some(tombstone) = Tombstone::of(dataset) else {
+        return Ok(Action::await_change());
+    };
+    let deleted = tombstones::bury(store, &tombstone).await?;
+    tracing::info!(deleted, dataset = dataset.name_any(), "dataset objects deleted");
     Ok(Action::await_change())
 }
 

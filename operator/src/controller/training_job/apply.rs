@@ -12,7 +12,6 @@ use kube::{
     runtime::events::EventType,
 };
 use miniautoml_api::{TrainingJob, labels::RUN_ID_LABEL};
-use miniautoml_data::layout;
 
 use super::build::{RunInputs, build_job, build_secret, build_service, job_name};
 use crate::{
@@ -21,6 +20,7 @@ use crate::{
     context::{Context, MANAGER},
     ids::RUN_IDS,
     status::is_conflict,
+    tombstones::{self, Tombstone},
 };
 
 /// Labels `job` with a new run id; returns the id and the labelled object.
@@ -111,19 +111,13 @@ pub async fn stop_job(job: &TrainingJob, ctx: &Context) -> Result<()> {
 }
 
 /// Deletes a deleted run's model and epoch history from storage (`artifactRetainPolicy:
-/// Delete`); the garbage collector stops its pods through owner references.
+/// Delete`) behind a tombstone, so that a write still on its way is swept when it lands; the
+/// garbage collector stops its pods through owner references.
 pub async fn delete_run_objects(job: &TrainingJob, ctx: &Context) -> Result<()> {
-    let (Some(store), Some(uid)) = (&ctx.store, job.uid()) else {
+    let (Some(store), Some(tombstone)) = (&ctx.store, Tombstone::of(job)) else {
         return Ok(());
     };
-    let namespace = job.namespace().unwrap_or_default();
-    let mut deleted = 0;
-    for prefix in [
-        layout::model_prefix(&namespace, &job.name_any(), &uid),
-        layout::run_prefix(&namespace, &job.name_any(), &uid),
-    ] {
-        deleted += store.delete_prefix(&prefix).await?;
-    }
+    let deleted = tombstones::bury(store, &tombstone).await?;
     tracing::info!(deleted, trainingjob = job.name_any(), "run objects deleted");
     Ok(())
 }
