@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, Resource, ResourceExt};
 use miniautoml_api::{Dataset, TrainingJob};
-use miniautoml_data::{Store, layout};
+use miniautoml_data::{StorageError, Store, layout};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -136,7 +136,13 @@ pub async fn sweep(ctx: &Context, store: &Store) -> Result<usize> {
     let prefix = layout::tombstones_prefix(ctx.watch_namespace.as_deref());
     let mut deleted = 0;
     for key in store.list(&store.bucket, &prefix).await? {
-        let tombstone = match serde_json::from_slice::<Tombstone>(&store.read(&key).await?) {
+        let body = match store.read(&key).await {
+            Ok(body) => body,
+            // Removed since the listing (by a replica that led a moment ago).
+            Err(StorageError::NotFound(_)) => continue,
+            Err(error) => return Err(error.into()),
+        };
+        let tombstone = match serde_json::from_slice::<Tombstone>(&body) {
             Ok(tombstone) if tombstone.key() == key => tombstone,
             Ok(_) | Err(_) => {
                 warn!(key, "not a tombstone of this operator; left alone");
