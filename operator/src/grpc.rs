@@ -10,6 +10,7 @@ pub mod metadata_store;
 pub mod prediction;
 pub mod training;
 
+use miniautoml_proto::codec::too_large_is_resource_exhausted;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -88,6 +89,9 @@ pub async fn serve(
     // forwarded write again, from its own cache).
     let forwarding_tls = tls.as_ref().map(crate::tls::ServerTls::client_config);
     let router = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted::<tonic::body::Body>,
+        ))
         .layer(auth::AuthLayer::new(auth))
         .layer(forward::ForwardWritesLayer::new(leadership, forwarding_tls))
         .add_service(health)

@@ -4,6 +4,7 @@
 
 use std::{sync::Arc, time::Instant};
 
+use miniautoml_proto::codec::too_large_is_resource_exhausted;
 use miniautoml_proto::prediction::{
     PredictRequest, PredictResponse, PredictorPredictRequest, PredictorPredictResponse,
     prediction_service_server::{PredictionService, PredictionServiceServer},
@@ -121,6 +122,9 @@ pub async fn serve<H: Health>(
         .build_v1alpha()
         .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
     Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted::<tonic::body::Body>,
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

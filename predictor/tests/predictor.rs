@@ -188,6 +188,14 @@ async fn serves_a_model_over_grpc_and_the_open_inference_protocol() {
         "{}",
         oversized.message()
     );
+    // Over the transport's limit (4 × the document limit): RESOURCE_EXHAUSTED, gRPC's code for
+    // a message larger than the configured maximum (tonic's own answer is OUT_OF_RANGE).
+    let huge = predictor
+        .predict("7", &"a".repeat(4 * 64 * 1024 + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
+    assert!(huge.message().contains("message length too large"), "{huge:?}");
     let other_run = predictor.predict("8", "hello").await.unwrap_err();
     assert_eq!(other_run.code(), Code::NotFound);
     assert_eq!(other_run.message(), "this predictor serves run 7, not run 8");

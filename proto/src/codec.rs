@@ -1,13 +1,17 @@
 //! The protobuf codec of the API's servers and clients: prost's, except that a message that does
 //! not decode (invalid UTF-8 in a string, a field of the wrong wire type, a truncated field) is
 //! the sender's error, INVALID_ARGUMENT naming the message and prost's reason, where tonic-prost
-//! answers INTERNAL, which says the server failed.
+//! answers INTERNAL, which says the server failed. And a message over the size limit is
+//! RESOURCE_EXHAUSTED, as gRPC's status code table has it ("message larger than configured
+//! max"), where tonic answers OUT_OF_RANGE: [`too_large_is_resource_exhausted`], mapped over a
+//! server's responses.
 
 use std::marker::PhantomData;
 
 use prost::Message;
+use tonic::codegen::http;
 use tonic::{
-    Status,
+    Code, Status,
     codec::{BufferSettings, Codec, DecodeBuf, Decoder},
 };
 use tonic_prost::ProstCodec;
@@ -62,10 +66,24 @@ pub fn decode<U: Message + Default>(buf: impl prost::bytes::Buf) -> Result<U, St
     })
 }
 
+/// A response whose status is tonic's OUT_OF_RANGE for a message over the size limit, with
+/// RESOURCE_EXHAUSTED instead (message kept); any other response as it is. For
+/// `tower::util::MapResponseLayer` on a server: the status of a request that failed to decode
+/// is in the response's headers.
+pub fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let too_large = Status::from_header_map(response.headers()).is_some_and(|status| {
+        status.code() == Code::OutOfRange && status.message().contains("message length too large")
+    });
+    if too_large {
+        let code = http::HeaderValue::from(Code::ResourceExhausted as i32);
+        response.headers_mut().insert(GRPC_STATUS, code);
+    }
+    response
+}
+
+const GRPC_STATUS: &str = "grpc-status";
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
-
     use super::*;
     use crate::data_management::DatasetPointer;
 
@@ -86,5 +104,30 @@ mod tests {
         // A valid one decodes.
         let valid: DatasetPointer = decode(&[0x0a, 0x01, b'7'][..]).unwrap();
         assert_eq!(valid.dataset_id, "7");
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_resource_exhausted() {
+        let code = |response: http::Response<()>| Status::from_header_map(response.headers()).unwrap().code();
+        let too_large = Status::out_of_range(
+            "Error, decoded message length too large: found 67108869 bytes, the limit is: 4194304 bytes",
+        );
+        let mapped = too_large_is_resource_exhausted(too_large.clone().into_http::<()>());
+        assert_eq!(code(mapped), Code::ResourceExhausted);
+        let message =
+            Status::from_header_map(too_large_is_resource_exhausted(too_large.into_http::<()>()).headers())
+                .unwrap();
+        assert!(message.message().contains("found 67108869 bytes"), "{message:?}");
+        // Any other status stays.
+        for other in [
+            Status::out_of_range("epoch 9 of 5"),
+            Status::invalid_argument("message length too large"),
+        ] {
+            let before = other.code();
+            assert_eq!(
+                code(too_large_is_resource_exhausted(other.into_http::<()>())),
+                before
+            );
+        }
     }
 }
