@@ -39,7 +39,8 @@ pub fn tombstones_prefix(namespace: Option<&str>) -> String {
     }
 }
 
-/// The tombstone of the deleted resource `uid` (a JSON object naming the prefixes cleared).
+/// The tombstone of the deleted resource `uid` (a JSON object naming the resource, whose
+/// prefixes were cleared).
 pub fn tombstone(namespace: &str, uid: &str) -> String {
     format!("{}{uid}.json", tombstones_prefix(Some(namespace)))
 }

@@ -30,7 +30,7 @@ use miniautoml_proto::prediction::{
     predictor_client::PredictorClient,
 };
 use miniautoml_test_support::{
-    LocalCluster, OperatorProcess, TestNamespace,
+    LocalCluster,
     harness::{
         self, finished, http, logs_on_failure, model_deployment, predictor_pid, training_job, tweet_emotion,
         wait_for,
@@ -42,14 +42,7 @@ use tonic::{Code, transport::Channel};
 /// Starting a predictor container (download, verify, load) takes seconds.
 const SERVE_WAIT: Duration = Duration::from_secs(180);
 
-async fn namespace_with_operator(
-    prefix: &str,
-) -> (
-    &'static LocalCluster,
-    kube::Client,
-    TestNamespace,
-    OperatorProcess,
-) {
+async fn namespace_with_operator(prefix: &str) -> harness::WithOperator {
     harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), prefix, &[]).await
 }
 

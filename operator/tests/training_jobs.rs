@@ -19,15 +19,7 @@ use miniautoml_test_support::{
 };
 
 /// A fresh namespace with its own operator binary (started with `flags`), for one test.
-async fn namespace_with_operator(
-    prefix: &str,
-    flags: &[&str],
-) -> (
-    &'static LocalCluster,
-    kube::Client,
-    TestNamespace,
-    OperatorProcess,
-) {
+async fn namespace_with_operator(prefix: &str, flags: &[&str]) -> harness::WithOperator {
     harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), prefix, flags).await
 }
 

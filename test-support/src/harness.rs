@@ -146,18 +146,18 @@ pub fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
     logs
 }
 
-/// A fresh namespace of the shared local cluster with its own operator process (`binary`, started
-/// with `flags`), for one test.
-pub async fn namespace_with_operator(
-    binary: &str,
-    prefix: &str,
-    flags: &[&str],
-) -> (
+/// The shared cluster, an admin client, a namespace of one test and the operator process
+/// watching it.
+pub type WithOperator = (
     &'static LocalCluster,
     kube::Client,
     TestNamespace,
     OperatorProcess,
-) {
+);
+
+/// A fresh namespace of the shared local cluster with its own operator process (`binary`, started
+/// with `flags`), for one test.
+pub async fn namespace_with_operator(binary: &str, prefix: &str, flags: &[&str]) -> WithOperator {
     let cluster = LocalCluster::shared();
     let client = cluster.client().await.unwrap();
     install_crds(&client).await.unwrap();
