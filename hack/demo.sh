@@ -137,8 +137,8 @@ for binding in "$NAMESPACE data-engineer" "$NAMESPACE data-scientist" "$NAMESPAC
   read -r namespace role <<<"$binding"
   create rolebinding "demo-user-$role" -n "$namespace" --clusterrole="$RELEASE-$role" --serviceaccount="$NAMESPACE:demo-user"
 done
-echo "\$ export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE)"
-GRPC_TOKEN=$(kubectl create token demo-user -n "$NAMESPACE")
+echo "\$ export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE --audience miniautoml)"
+GRPC_TOKEN=$(kubectl create token demo-user -n "$NAMESPACE" --audience miniautoml)
 export GRPC_TOKEN
 show env GRPC_ADDR="$GRPC_ADDR" hack/grpc-predict.sh "$RUN_ID" "I am so happy today!" "why does this always happen to me"
 
@@ -157,7 +157,7 @@ cat <<EOT
   kubectl logs -n $NAMESPACE deployment/$RELEASE  # the operator (JSON lines)
   kubectl port-forward -n $NAMESPACE svc/$RELEASE 51001:51001 &
   grpcurl -plaintext 127.0.0.1:51001 list        # the original gRPC API
-  export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE)   # a caller with the user roles
+  export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE --audience miniautoml)   # a caller with the user roles
   grpcurl -plaintext -expand-headers -H 'authorization: Bearer \${GRPC_TOKEN}' -d '{}' 127.0.0.1:51001 data_management.DataManagementService/ListDatasets
   helm upgrade $RELEASE charts/miniautoml -n $NAMESPACE --set replicas=2   # two replicas, one leader
   helm uninstall $RELEASE -n $NAMESPACE           # keeps the CRDs and your data

@@ -7,7 +7,7 @@
 #
 # Needs grpcurl (make tools) and the local cluster's env file sourced (S3_ENDPOINT, S3_BUCKET,
 # AWS_*), as `make demo` does. The operator serves reflection, so no .proto files are passed.
-# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE),
+# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE --audience miniautoml),
 # for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
 set -euo pipefail
 # shellcheck disable=SC1091

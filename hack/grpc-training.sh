@@ -6,7 +6,7 @@
 #   GRPC_ADDR=127.0.0.1:51001 hack/grpc-training.sh DATASET_ID VERSION_HASH
 #
 # Needs grpcurl (make tools); the operator serves reflection, so no .proto files are passed.
-# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE),
+# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE --audience miniautoml),
 # for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
 set -euo pipefail
 # shellcheck disable=SC1091

@@ -11,7 +11,7 @@
 # AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (the local cluster's env file, as `make demo` sources).
 # Fails if a call fails or a run does not succeed. Where the lab reads a reply's field with jq
 # (".version_hash", ".job_id"), this script also accepts grpcurl's newer camelCase names.
-# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE),
+# GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE --audience miniautoml),
 # for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
 set -euo pipefail
 # shellcheck disable=SC1091

@@ -22,7 +22,7 @@ seaweedfs_image_tag() {
 }
 
 # grpc ARGS...: grpcurl in plaintext as the caller whose bearer token is in GRPC_TOKEN (e.g.
-# `export GRPC_TOKEN=$(kubectl create token NAME -n NAMESPACE)`), when one is set: the operator
+# `export GRPC_TOKEN=$(kubectl create token NAME -n NAMESPACE --audience miniautoml)`), when one is set: the operator
 # checks it unless it runs with --grpc-auth=none. The token stays out of the command line (ps).
 grpc() {
   if [ -n "${GRPC_TOKEN:-}" ]; then

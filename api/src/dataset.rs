@@ -119,6 +119,10 @@ pub struct DatasetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// Numeric dataset id of the gRPC API (`dataset_id`), given by the operator once; the label
+    /// `miniautoml.io/dataset-id` mirrors it for selection, but only this field counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_id: Option<String>,
     /// Commits ingested, in id order. A commit appears only when all its objects are written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_COMMITS))]
@@ -243,6 +247,12 @@ pub enum SnapshotState {
 }
 
 impl Dataset {
+    /// The numeric dataset id the operator gave this Dataset (`status.datasetId`); labels do not
+    /// count, since anyone who may edit the Dataset may set them.
+    pub fn dataset_id(&self) -> Option<u64> {
+        self.status.as_ref()?.dataset_id.as_deref()?.parse().ok()
+    }
+
     /// The first `spec.commits` entry neither ingested nor rejected.
     pub fn next_entry(&self) -> Option<usize> {
         let status = self.status.as_ref();

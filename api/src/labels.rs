@@ -1,9 +1,13 @@
 //! The labels and annotations users select on: kept stable, since `kubectl get -l` commands,
 //! dashboards and the operator's own watches depend on them.
 
-/// Label holding a Dataset's numeric id (the DataManagementService's `dataset_id`).
+/// Label mirroring a Dataset's numeric id (the DataManagementService's `dataset_id`), for `kubectl
+/// get -l`; the operator restores it when changed and never reads it: the id is
+/// `status.datasetId`.
 pub const DATASET_ID_LABEL: &str = "miniautoml.io/dataset-id";
-/// Label holding a TrainingJob's numeric run id; predictor pods carry the run they serve.
+/// Label mirroring a TrainingJob's numeric run id, for `kubectl get -l`; the operator restores it
+/// when changed and never trusts it: the id is `status.runId`. Predictor pods carry the run they
+/// serve.
 pub const RUN_ID_LABEL: &str = "miniautoml.io/run-id";
 /// Label naming the TrainingJob on everything it owns (its Secret, Job, Service and pods).
 pub const TRAINING_JOB_LABEL: &str = "miniautoml.io/trainingjob";

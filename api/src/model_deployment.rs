@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Co
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::{TrainingJob, common::conditions_schema, labels::RUN_ID_LABEL, training_job::TrainingPhase};
+use crate::{TrainingJob, common::conditions_schema, training_job::TrainingPhase};
 
 /// Condition: the referenced model can be served (its TrainingJob Succeeded with an artifact).
 pub const MODEL_READY: &str = "ModelReady";
@@ -156,6 +156,9 @@ pub struct ServedModel {
     pub uri: String,
     /// Artifact version.
     pub version: String,
+    /// sha256 of the artifact's `manifest.json` as the run recorded it; the predictor refuses
+    /// a model whose manifest differs.
+    pub sha256: Option<String>,
 }
 
 /// Why a model cannot be served (yet): `(reason, message)` for the `ModelReady` condition.
@@ -191,19 +194,15 @@ impl TrainingJob {
                 format!("TrainingJob {name} Succeeded but recorded no artifact"),
             ));
         };
-        let run_id = self
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(RUN_ID_LABEL))
-            .cloned()
-            .or(status.run_id)
+        let run_id = status
+            .run_id
             .ok_or_else(|| ("NoRunId", format!("TrainingJob {name} has no run id")))?;
         Ok(ServedModel {
             run_id,
             training_job: name,
             uri: artifact.uri,
             version: artifact.version,
+            sha256: artifact.sha256,
         })
     }
 }

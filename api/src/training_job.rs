@@ -24,11 +24,12 @@ pub const SUCCEEDED: &str = "Succeeded";
 pub const FAILED: &str = "Failed";
 
 /// Environment variables of the training-image contract that the operator sets; a
-/// hyperparameter cannot override them (nor `AWS_*` or `MINIAUTOML_*`).
-pub const CONTRACT_VARIABLES: [&str; 16] = [
+/// hyperparameter cannot override them (nor `AWS_*`, `MINIAUTOML_*` or `METADATA_STORE_*`).
+pub const CONTRACT_VARIABLES: [&str; 17] = [
     "JOB_ID",
     "ALGORITHM_NAME",
     "METADATA_STORE_SERVER",
+    "METADATA_STORE_CA",
     "TRAINING_DATASET_ID",
     "TRAINING_DATASET_VERSION_HASH",
     "TRAINING_DATA_BUCKET",
@@ -119,7 +120,7 @@ pub struct TrainingJobSpec {
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(
         validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))").message("parameter names must be environment variable names (letters, digits and _, not starting with a digit)"),
-        validation = Rule::new("self.all(k, !(k in ['JOB_ID', 'ALGORITHM_NAME', 'METADATA_STORE_SERVER', 'TRAINING_DATASET_ID', 'TRAINING_DATASET_VERSION_HASH', 'TRAINING_DATA_BUCKET', 'TRAINING_DATA_PATH', 'MODEL_BUCKET', 'MODEL_NAME', 'MINIO_SERVER', 'MINIO_SERVER_ACCESS_KEY', 'MINIO_SERVER_SECRET_KEY', 'WORLD_SIZE', 'RANK', 'MASTER_ADDR', 'MASTER_PORT']) && !k.startsWith('AWS_') && !k.startsWith('MINIAUTOML_'))").message("parameter names must not be ones the operator sets: the training-image contract's variables (JOB_ID, TRAINING_*, MODEL_*, MINIO_*, WORLD_SIZE, RANK, MASTER_*, ...), AWS_* or MINIAUTOML_*"),
+        validation = Rule::new("self.all(k, !(k in ['JOB_ID', 'ALGORITHM_NAME', 'METADATA_STORE_SERVER', 'TRAINING_DATASET_ID', 'TRAINING_DATASET_VERSION_HASH', 'TRAINING_DATA_BUCKET', 'TRAINING_DATA_PATH', 'MODEL_BUCKET', 'MODEL_NAME', 'MINIO_SERVER', 'MINIO_SERVER_ACCESS_KEY', 'MINIO_SERVER_SECRET_KEY', 'WORLD_SIZE', 'RANK', 'MASTER_ADDR', 'MASTER_PORT']) && !k.startsWith('AWS_') && !k.startsWith('MINIAUTOML_') && !k.startsWith('METADATA_STORE_'))").message("parameter names must not be ones the operator sets: the training-image contract's variables (JOB_ID, TRAINING_*, MODEL_*, MINIO_*, WORLD_SIZE, RANK, MASTER_*, ...), AWS_*, MINIAUTOML_* or METADATA_STORE_*"),
         validation = Rule::new("self.all(k, size(self[k]) <= 1024)").message("parameter values must be at most 1024 characters"),
         validation = Rule::new("!('EPOCHS' in self) || (self['EPOCHS'].matches('^[0-9]{1,6}$') && int(self['EPOCHS']) >= 1 && int(self['EPOCHS']) <= 10000)").message("EPOCHS must be a whole number from 1 to 10000"),
     )]
@@ -227,7 +228,8 @@ pub struct TrainingJobStatus {
     /// Queued runs ahead of this one (0 when it is next or running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_in_queue: Option<u32>,
-    /// Numeric run id used by the gRPC API and the trainer's `JOB_ID`.
+    /// Numeric run id used by the gRPC API and the trainer's `JOB_ID`, given by the operator
+    /// once; the label `miniautoml.io/run-id` mirrors it for selection, but only this field counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     /// Version hash of the training snapshot in use.
@@ -324,39 +326,53 @@ impl TrainingJobSpec {
 }
 
 impl TrainingJobStatus {
-    /// Merges the trainer's reported `epochs` into the status list (same id replaced), keeping
-    /// the most recent [`MAX_STATUS_EPOCHS`], and updates `progress` from rank 0's latest epoch
-    /// (of `requested` epochs, when known).
+    /// Merges the trainer's reported `epochs` into the status list (same id replaced) and
+    /// updates `progress` from rank 0's latest epoch (of `requested` epochs, when known). The
+    /// list stays bounded however long the run: rank 0's epochs evenly spaced (every epoch whose
+    /// number is a multiple of a power-of-two stride, which doubles as the run grows) plus rank
+    /// 0's latest and the latest report of any rank, at most [`MAX_STATUS_EPOCHS`] in all. The
+    /// whole history is in object storage.
     pub fn merge_epochs(&mut self, epochs: &[EpochStatus], requested: Option<u32>) {
         for epoch in epochs {
             self.epochs.retain(|e| e.id != epoch.id);
             self.epochs.push(epoch.clone());
         }
-        let excess = self.epochs.len().saturating_sub(MAX_STATUS_EPOCHS as usize);
-        self.epochs.drain(..excess);
-        let done = self
-            .epochs
-            .iter()
-            .filter_map(|e| e.id.strip_prefix("0-")?.parse::<u32>().ok())
-            .max();
-        if let Some(done) = done {
-            self.progress = Some(match requested {
-                Some(total) => format!("{done}/{total}"),
-                None => done.to_string(),
-            });
+        let rank_zero = |e: &EpochStatus| e.id.strip_prefix("0-")?.parse::<u64>().ok();
+        let Some(done) = self.epochs.iter().filter_map(rank_zero).max() else {
+            // No rank-0 epoch numbers: the most recent ones.
+            let excess = self.epochs.len().saturating_sub(MAX_STATUS_EPOCHS as usize);
+            self.epochs.drain(..excess);
+            return;
+        };
+        self.progress = Some(match requested {
+            Some(total) => format!("{done}/{total}"),
+            None => done.to_string(),
+        });
+        // Multiples of the stride up to `done` (at most MAX - 2 of them), `done` and the latest.
+        let mut stride = 1;
+        while done / stride > MAX_STATUS_EPOCHS - 2 {
+            stride *= 2;
         }
+        let latest = self.epochs.last().map(|e| e.id.clone());
+        self.epochs.retain(|e| {
+            Some(&e.id) == latest.as_ref() || rank_zero(e).is_some_and(|n| n == done || n % stride == 0)
+        });
     }
 }
 
 impl TrainingJob {
-    /// The numeric run id in the run-id label, once the operator assigned one.
+    /// Whether the run has ended (`Succeeded` or `Failed`): it is never changed again.
+    pub fn has_ended(&self) -> bool {
+        matches!(
+            self.status.as_ref().and_then(|s| s.phase),
+            Some(TrainingPhase::Succeeded | TrainingPhase::Failed)
+        )
+    }
+
+    /// The numeric run id the operator gave this run (`status.runId`); labels do not count,
+    /// since anyone who may edit the TrainingJob may set them.
     pub fn run_id(&self) -> Option<u64> {
-        self.metadata
-            .labels
-            .as_ref()?
-            .get(crate::labels::RUN_ID_LABEL)?
-            .parse()
-            .ok()
+        self.status.as_ref()?.run_id.as_deref()?.parse().ok()
     }
 }
 
@@ -372,15 +388,38 @@ mod tests {
     }
 
     #[test]
-    fn epochs_are_bounded_and_progress_follows_rank_zero() {
+    fn epochs_are_bounded_evenly_spaced_and_progress_follows_rank_zero() {
         let mut status = TrainingJobStatus::default();
-        let epochs: Vec<EpochStatus> = (1..=40).map(|i| epoch(&format!("0-{i}"))).collect();
-        status.merge_epochs(&epochs, Some(50));
-        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
-        assert_eq!(status.epochs.last().unwrap().id, "0-40");
-        assert_eq!(status.progress.as_deref(), Some("40/50"));
-        status.merge_epochs(&[epoch("1-41"), epoch("0-40")], Some(50));
-        assert_eq!(status.epochs.len(), MAX_STATUS_EPOCHS as usize);
-        assert_eq!(status.progress.as_deref(), Some("40/50"));
+        for i in 1..=10 {
+            status.merge_epochs(&[epoch(&format!("0-{i}"))], Some(1000));
+        }
+        assert_eq!(status.epochs.len(), 10, "a short run keeps every epoch");
+        for i in 11..=1000 {
+            status.merge_epochs(&[epoch(&format!("0-{i}")), epoch(&format!("1-{i}"))], Some(1000));
+        }
+        assert!(
+            status.epochs.len() <= MAX_STATUS_EPOCHS as usize,
+            "{}",
+            status.epochs.len()
+        );
+        assert_eq!(status.progress.as_deref(), Some("1000/1000"));
+        let ids: Vec<&str> = status.epochs.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.last(), Some(&"1-1000"), "the latest report stays");
+        assert!(ids.contains(&"0-1000"), "rank 0's latest stays");
+        let numbers: Vec<u64> = ids
+            .iter()
+            .filter_map(|id| id.strip_prefix("0-")?.parse().ok())
+            .filter(|&n| n != 1000)
+            .collect();
+        assert!(numbers.len() >= 10, "{ids:?}");
+        let gaps: Vec<u64> = numbers.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g == gaps[0]), "evenly spaced: {ids:?}");
+        assert!(numbers[0] <= gaps[0], "from the start of the run: {ids:?}");
+        // Ids that are not <rank>-<epoch>: the most recent ones.
+        let mut other = TrainingJobStatus::default();
+        let many: Vec<EpochStatus> = (1..=40).map(|i| epoch(&format!("e{i}"))).collect();
+        other.merge_epochs(&many, None);
+        assert_eq!(other.epochs.len(), MAX_STATUS_EPOCHS as usize);
+        assert_eq!(other.epochs.last().unwrap().id, "e40");
     }
 }

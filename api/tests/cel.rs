@@ -139,10 +139,11 @@ fn training_job_parameters_are_checked() {
     assert!(rejection(with_parameter("2FAST", "1")).contains("environment variable names"));
     assert!(rejection(with_parameter("LEARNING-RATE", "1")).contains("environment variable names"));
     assert!(rejection(with_parameter("NOTES", &"x".repeat(1025))).contains("at most 1024"));
-    for reserved in miniautoml_api::training_job::CONTRACT_VARIABLES
-        .iter()
-        .chain(&["AWS_REGION", "MINIAUTOML_X"])
-    {
+    for reserved in miniautoml_api::training_job::CONTRACT_VARIABLES.iter().chain(&[
+        "AWS_REGION",
+        "MINIAUTOML_X",
+        "METADATA_STORE_TOKEN",
+    ]) {
         assert!(
             rejection(with_parameter(reserved, "1")).contains("must not be ones the operator sets"),
             "{reserved}"

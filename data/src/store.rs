@@ -249,7 +249,7 @@ impl Store {
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
-            .copy_source(format!("{bucket}/{key}"))
+            .copy_source(copy_source(bucket, key))
             .send()
             .await
             .map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{key}"), e))?;
@@ -511,4 +511,32 @@ async fn join(upload: PartUpload) -> Result<CompletedPart, StorageError> {
     upload
         .await
         .map_err(|e| StorageError::Unavailable(format!("part upload: {e}")))?
+}
+
+/// `x-amz-copy-source` for `key` of `bucket`: the key URL-encoded (its `/` kept), so that a key
+/// holding `?versionId=` names that key, not a version of another.
+fn copy_source(bucket: &str, key: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!("{bucket}/{}", utf8_percent_encode(key, KEY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_source;
+
+    #[test]
+    fn a_copy_source_names_the_key_and_nothing_else() {
+        assert_eq!(copy_source("b", "raw/a b/x.csv"), "b/raw/a%20b/x.csv");
+        assert_eq!(
+            copy_source("b", "raw/x.csv?versionId=3"),
+            "b/raw/x.csv%3FversionId%3D3"
+        );
+        assert_eq!(copy_source("b", "raw/%41&é"), "b/raw/%2541%26%C3%A9");
+    }
 }

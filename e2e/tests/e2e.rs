@@ -768,9 +768,18 @@ fn grpc_user() -> String {
             &user,
         ]);
     }
-    kubectl(&["create", "token", "lab-user", "-n", NAMESPACE, "--duration=2h"])
-        .trim()
-        .to_string()
+    kubectl(&[
+        "create",
+        "token",
+        "lab-user",
+        "-n",
+        NAMESPACE,
+        "--duration=2h",
+        "--audience",
+        "miniautoml",
+    ])
+    .trim()
+    .to_string()
 }
 
 /// grpcurl `method` with `request` at `addr`, as the caller whose token is `token` (passed in
@@ -803,7 +812,22 @@ fn callers_are_reviewed(addr: &str, run: &str) {
     let anonymous = grpcurl(addr, None, method, &request).unwrap_err();
     assert!(anonymous.contains("Unauthenticated"), "{anonymous}");
     kubectl(&["create", "serviceaccount", "nobody", "-n", NAMESPACE]);
-    let nobody = kubectl(&["create", "token", "nobody", "-n", NAMESPACE]);
+    // A real token made for the API server (not the operator's audience) is no credential here.
+    let for_the_api_server = kubectl(&["create", "token", "nobody", "-n", NAMESPACE]);
+    let wrong_audience = grpcurl(addr, Some(for_the_api_server.trim()), method, &request).unwrap_err();
+    assert!(
+        wrong_audience.contains("Unauthenticated") && wrong_audience.contains("--audience miniautoml"),
+        "{wrong_audience}"
+    );
+    let nobody = kubectl(&[
+        "create",
+        "token",
+        "nobody",
+        "-n",
+        NAMESPACE,
+        "--audience",
+        "miniautoml",
+    ]);
     let refused = grpcurl(addr, Some(nobody.trim()), method, &request).unwrap_err();
     assert!(refused.contains("PermissionDenied"), "{refused}");
     assert!(
@@ -812,7 +836,9 @@ fn callers_are_reviewed(addr: &str, run: &str) {
         )),
         "{refused}"
     );
-    println!("no token: Unauthenticated; a ServiceAccount without a role: PermissionDenied");
+    println!(
+        "no token: Unauthenticated; a token for the API server's audience: Unauthenticated; a ServiceAccount without a role: PermissionDenied"
+    );
 }
 
 /// The original `PredictionService/Predict` through grpcurl.

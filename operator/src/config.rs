@@ -3,6 +3,9 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use clap::Parser;
+use k8s_openapi::api::core::v1::SecurityContext;
+
+use crate::run_tokens::RunTokens;
 
 /// Default port of the gRPC API, as in the original system.
 pub const DEFAULT_GRPC_PORT: u16 = 51001;
@@ -25,6 +28,12 @@ pub struct Config {
     /// the port, as in the original system: a local lab only).
     #[arg(long, env = "MINIAUTOML_GRPC_AUTH", value_enum, default_value_t = GrpcAuth::Kubernetes)]
     pub grpc_auth: GrpcAuth,
+
+    /// The audience gRPC callers' tokens must be issued for (`kubectl create token NAME
+    /// --audience miniautoml`): a token made for the API server itself (any pod's own) is
+    /// refused, so a caller never hands the operator a token that could act on the cluster.
+    #[arg(long, env = "MINIAUTOML_GRPC_TOKEN_AUDIENCE", default_value = "miniautoml")]
+    pub grpc_token_audience: String,
 
     /// Serve the gRPC and admin listeners over TLS only, with `tls.crt` and `tls.key` from this
     /// directory (a `kubernetes.io/tls` Secret mounted as a volume, as cert-manager writes it),
@@ -70,6 +79,23 @@ pub struct Config {
     /// `positionInQueue`, first created first launched.
     #[arg(long, env = "MINIAUTOML_MAX_CONCURRENT_RUNS", default_value_t = 0)]
     pub max_concurrent_runs: u32,
+
+    /// Security context of an algorithm's training containers, `NAME=JSON` (a Kubernetes
+    /// container `securityContext`, replacing the restricted default whole); repeat the flag.
+    /// Unset: non-root (65532), `RuntimeDefault` seccomp, no privilege escalation, every
+    /// capability dropped, read-only root with a writable `/tmp`.
+    #[arg(
+        long = "algorithm-security-context",
+        env = "MINIAUTOML_ALGORITHM_SECURITY_CONTEXTS",
+        value_delimiter = ';',
+        value_parser = parse_algorithm_security_context
+    )]
+    pub algorithm_security_contexts: Vec<(String, SecurityContext)>,
+
+    /// Security context of the predictor containers (JSON, a Kubernetes container
+    /// `securityContext`, replacing the restricted default whole).
+    #[arg(long, env = "MINIAUTOML_PREDICTOR_SECURITY_CONTEXT", value_parser = parse_security_context)]
+    pub predictor_security_context: Option<SecurityContext>,
 
     /// Image of the predictors ModelDeployments run (unless their spec names one).
     #[arg(
@@ -157,6 +183,11 @@ pub struct Config {
     /// flags, which `ps` would show); read once, with the configuration.
     #[arg(skip = Credentials::from_env())]
     pub credentials: Option<Credentials>,
+
+    /// The key run tokens are made with, from MINIAUTOML_RUN_TOKEN_KEY only (a Secret; never a
+    /// flag); unset: a key derived from the storage secret key.
+    #[arg(skip = std::env::var("MINIAUTOML_RUN_TOKEN_KEY").ok().filter(|key| !key.is_empty()).map(|key| RunTokens::new(key.as_bytes())))]
+    pub run_token_key: Option<RunTokens>,
 
     /// This pod's name (POD_NAME, from the downward API): the leader election's identity and the
     /// reporting instance of events.
@@ -251,6 +282,22 @@ fn parse_algorithm_pull_policy(text: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), parse_pull_policy(policy)?))
 }
 
+fn parse_security_context(text: &str) -> Result<SecurityContext, String> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("{text:?} is not a container securityContext in JSON: {e}"))
+}
+
+fn parse_algorithm_security_context(text: &str) -> Result<(String, SecurityContext), String> {
+    let (name, context) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=JSON"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{text:?} is not NAME=JSON: the name is empty"));
+    }
+    Ok((name.to_string(), parse_security_context(context)?))
+}
+
 fn parse_algorithm(text: &str) -> Result<(String, String), String> {
     let (name, image) = text
         .split_once('=')
@@ -337,6 +384,31 @@ mod tests {
         let error =
             Config::try_parse_from(["miniautoml-operator", "--algorithm-pull-policy=Always"]).unwrap_err();
         assert!(error.to_string().contains("is not NAME=POLICY"), "{error}");
+    }
+
+    #[test]
+    fn security_contexts_are_json() {
+        let config = Config::try_parse_from([
+            "miniautoml-operator",
+            r#"--algorithm-security-context=legacy={"runAsUser":0,"runAsNonRoot":false}"#,
+            r#"--predictor-security-context={"readOnlyRootFilesystem":false}"#,
+        ])
+        .unwrap();
+        let (name, context) = &config.algorithm_security_contexts[0];
+        assert_eq!((name.as_str(), context.run_as_user), ("legacy", Some(0)));
+        assert_eq!(
+            config
+                .predictor_security_context
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(false)
+        );
+        let error = Config::try_parse_from(["miniautoml-operator", "--algorithm-security-context=legacy={"])
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("is not a container securityContext"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -4,9 +4,13 @@
 
 use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
 
-use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    batch::v1::Job,
+    core::v1::{Pod, SecurityContext},
+};
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, Resource,
     api::ListParams,
     core::DeserializeGuard,
     runtime::{
@@ -18,7 +22,8 @@ use miniautoml_api::{ModelDeployment, TrainingJob, labels::RUN_ID_LABEL};
 use tracing::warn;
 
 use crate::{
-    Result, config::Credentials, ids::Ids, leader::Leadership, metrics::Metrics, snapshots::Snapshots,
+    Result, config::Credentials, ids::Ids, leader::Leadership, metrics::Metrics, run_tokens::RunTokens,
+    snapshots::Snapshots,
 };
 
 /// Field manager of everything the operator writes with server-side apply, and the controller
@@ -61,14 +66,17 @@ pub struct TrainingSettings {
     pub bucket: String,
     /// Storage credentials copied into each run's Secret.
     pub credentials: Credentials,
-    /// Namespace of the run-id counter.
-    pub id_namespace: String,
+    /// Issues and checks the runs' tokens.
+    pub run_tokens: RunTokens,
     /// Most runs at once (0: no limit).
     pub max_concurrent_runs: u32,
     /// Image pull Secrets of the runs' pods.
     pub image_pull_secrets: Vec<String>,
     /// Algorithm name → image pull policy of its runs' pods.
     pub algorithm_pull_policies: BTreeMap<String, String>,
+    /// Algorithm name → security context of its runs' containers, where configured (else the
+    /// restricted default, which a spec's own image always gets).
+    pub algorithm_security_contexts: BTreeMap<String, SecurityContext>,
 }
 
 /// What predictors are given, from the operator's configuration.
@@ -86,6 +94,8 @@ pub struct PredictorSettings {
     pub image_pull_secrets: Vec<String>,
     /// Pull policy of `image` (`None`: Kubernetes' default); a spec's own image keeps the default.
     pub image_pull_policy: Option<String>,
+    /// Security context of the predictor containers.
+    pub security_context: SecurityContext,
 }
 
 /// What every reconcile and gRPC method can use.
@@ -112,6 +122,8 @@ pub struct Context {
     pub serving: Option<PredictorSettings>,
     /// Numeric ids (dataset ids, run ids) handed out by this process.
     pub ids: Ids,
+    /// Namespace of the id counters (the gRPC namespace).
+    pub id_namespace: String,
     /// The watch caches.
     pub caches: Caches,
     /// Whether this replica leads: every replica watches and caches, only the leader
@@ -145,6 +157,7 @@ impl Context {
             training: None,
             serving: None,
             ids: Ids::default(),
+            id_namespace: "default".into(),
             caches,
             leadership: Leadership::single(),
         }
@@ -159,24 +172,31 @@ impl Context {
         scoped(&self.client, self.watch_namespace.as_deref())
     }
 
-    /// The TrainingJob of run `run`: from the watch cache when the cached object satisfies
-    /// `fresh_enough` (the cache may lag the last write), else from the API server; `None` when
-    /// no TrainingJob has that run id.
+    /// The TrainingJob of run `run` (its `status.runId`, which only the operator writes): from
+    /// the watch cache when the cached object satisfies `fresh_enough` (the cache may lag the
+    /// last write), else from the API server; `None` when no TrainingJob has that run id. A
+    /// `miniautoml.io/run-id` label alone never makes a run answer to an id.
     pub async fn find_run(
         &self,
-        run: &str,
+        run: u64,
         fresh_enough: impl Fn(&TrainingJob) -> bool,
     ) -> Result<Option<TrainingJob>> {
         let cached = self.caches.training_jobs.state().iter().find_map(|guard| {
             let job = guard.0.as_ref().ok()?;
-            (job.labels().get(RUN_ID_LABEL).map(String::as_str) == Some(run)).then(|| job.clone())
+            (job.run_id() == Some(run)).then(|| job.clone())
         });
         if let Some(job) = cached.filter(|job| fresh_enough(job)) {
             return Ok(Some(job));
         }
+        // The label mirrors the id and narrows the list; the status decides.
         let api: Api<TrainingJob> = self.watched();
         let params = ListParams::default().labels(&format!("{RUN_ID_LABEL}={run}"));
-        Ok(api.list(&params).await?.items.into_iter().next())
+        Ok(api
+            .list(&params)
+            .await?
+            .items
+            .into_iter()
+            .find(|job| job.run_id() == Some(run)))
     }
 
     /// Publishes an event about `object`; a failure is logged, not returned (an event is never

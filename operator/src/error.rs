@@ -108,10 +108,6 @@ pub enum Error {
     #[error("object storage: {0}")]
     Storage(#[from] StorageError),
 
-    /// The operating system gave no randomness (for a run's token).
-    #[error("no randomness for a run token: {0}")]
-    Randomness(#[source] getrandom::Error),
-
     /// An object from the API server lacks a field every such object has.
     #[error("{kind} {name} has no {field}")]
     MissingField {
@@ -136,7 +132,6 @@ impl Error {
             Error::IdConflict(_) => "id_conflict",
             Error::IdAllocation(_) => "id_allocation",
             Error::Storage(_) => "storage",
-            Error::Randomness(_) => "randomness",
             Error::MissingField { .. } => "missing_field",
         }
     }

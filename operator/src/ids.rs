@@ -1,20 +1,30 @@
 //! Numeric ids that survive restarts, for the original API's integer ids (dataset ids, run ids):
 //! a counter in a ConfigMap, advanced by compare-and-swap on its resourceVersion, so concurrent
 //! allocations (even from two operator processes) never hand out the same id.
+//!
+//! An id is given once, into the object's **status** (`status.runId`, `status.datasetId`), which
+//! only the operator writes: users' roles grant no `*/status`, so nobody can make an object answer
+//! to an id the operator did not give it. The label of the same name only mirrors it for `kubectl
+//! get -l`, and is put back when someone changes it.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
-    Api, Client,
-    api::{ObjectMeta, PostParams},
+    Api, Client, Resource, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
+use miniautoml_api::{
+    Dataset, TrainingJob,
+    labels::{DATASET_ID_LABEL, RUN_ID_LABEL},
+};
+use serde::{Serialize, de::DeserializeOwned};
 
 use tokio::sync::oneshot;
 
 use crate::{
     Error, Result,
-    status::{is_conflict, retry_on_conflict},
+    status::{is_conflict, modify_status, retry_on_conflict},
 };
 
 /// ConfigMap (in the gRPC namespace) counting dataset ids.
@@ -29,6 +39,10 @@ pub const RUN_IDS: &str = "miniautoml-run-ids";
 #[derive(Default)]
 pub struct Ids {
     counters: std::sync::Mutex<BTreeMap<(String, String), Arc<Counter>>>,
+    /// Ids allocated for objects about to be created (by the gRPC API), by (counter, namespace,
+    /// name): whoever assigns first — the gRPC call or the controller seeing the new object —
+    /// gives it this id, so none is wasted.
+    promised: std::sync::Mutex<BTreeMap<(&'static str, String, String), u64>>,
 }
 
 #[derive(Default)]
@@ -77,6 +91,127 @@ impl Ids {
             .await
             .unwrap_or_else(|_| Err(Error::IdConflict(counter.to_string())))
     }
+}
+
+/// A TrainingJob's run id.
+pub const RUN_ID: IdField<TrainingJob> = IdField {
+    counter: RUN_IDS,
+    label: RUN_ID_LABEL,
+    get: TrainingJob::run_id,
+    set: set_run_id,
+};
+
+/// A Dataset's dataset id.
+pub const DATASET_ID: IdField<Dataset> = IdField {
+    counter: DATASET_IDS,
+    label: DATASET_ID_LABEL,
+    get: Dataset::dataset_id,
+    set: set_dataset_id,
+};
+
+fn set_run_id(job: &mut TrainingJob, id: u64) {
+    job.status.get_or_insert_with(Default::default).run_id = Some(id.to_string());
+}
+
+fn set_dataset_id(dataset: &mut Dataset, id: u64) {
+    dataset.status.get_or_insert_with(Default::default).dataset_id = Some(id.to_string());
+}
+
+/// Where an object keeps its id: the status field (read and written) and the mirroring label.
+pub struct IdField<K> {
+    /// The counter ConfigMap ([`RUN_IDS`] or [`DATASET_IDS`]).
+    pub counter: &'static str,
+    /// The label mirroring the id.
+    pub label: &'static str,
+    /// The id in the object's status.
+    pub get: fn(&K) -> Option<u64>,
+    /// Sets the id in the object's status.
+    pub set: fn(&mut K, u64),
+}
+
+impl Ids {
+    /// Promises `id` (allocated already) to the object `name` of `namespace` about to be
+    /// created: [`Ids::assign`] gives it that id.
+    pub fn promise<K>(&self, field: &IdField<K>, namespace: &str, name: &str, id: u64) {
+        self.promised
+            .lock()
+            .expect("promised ids")
+            .insert((field.counter, namespace.into(), name.into()), id);
+    }
+
+    /// Takes back the promise of [`Ids::promise`] (the object was not created).
+    pub fn forget<K>(&self, field: &IdField<K>, namespace: &str, name: &str) {
+        self.promised
+            .lock()
+            .expect("promised ids")
+            .remove(&(field.counter, namespace.into(), name.into()));
+    }
+
+    /// The id of `object` (`api` is its namespace's): the one in its status, else the one
+    /// promised to it or a new one from the counter in `namespace`, written into the status
+    /// against the resourceVersion read (a concurrent writer that gave it one first wins, and
+    /// this one's id is left unused). The label is then made to mirror it. Returns the
+    /// id and the object as written; no API call when `object` has its id and the label
+    /// mirrors it.
+    pub async fn assign<K>(
+        &self,
+        client: &Client,
+        namespace: &str,
+        (api, object): (&Api<K>, &K),
+        field: &IdField<K>,
+    ) -> Result<(u64, K)>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        if let Some(id) = (field.get)(object)
+            && object.labels().get(field.label) == Some(&id.to_string())
+        {
+            return Ok((id, object.clone()));
+        }
+        let name = object.name_any();
+        // The cache may lag a status this process wrote a moment ago: read it at the source.
+        let mut current = api.get_status(&name).await?;
+        let id = match (field.get)(&current) {
+            Some(id) => id,
+            None => {
+                let key = (
+                    field.counter,
+                    object.meta().namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
+                // Kept until the id is written: a concurrent assign of the same object (the
+                // gRPC call and the controller) writes the same promised id.
+                let promised = self.promised.lock().expect("promised ids").get(&key).copied();
+                let new = match promised {
+                    Some(id) => id,
+                    None => self.allocate(client, namespace, field.counter).await?,
+                };
+                current = modify_status(api, &name, |fresh| {
+                    (field.get)(fresh).is_none() && {
+                        (field.set)(fresh, new);
+                        true
+                    }
+                })
+                .await?;
+                self.promised.lock().expect("promised ids").remove(&key);
+                (field.get)(&current).ok_or_else(|| Error::IdConflict(field.counter.to_string()))?
+            }
+        };
+        let shown = id.to_string();
+        if current.labels().get(field.label) != Some(&shown) {
+            let patch = serde_json::json!({"metadata": {"labels": {field.label: shown}}});
+            current = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        Ok((id, current))
+    }
+}
+
+/// The Dataset of `api`'s namespace whose `status.datasetId` is `id` (labels do not count).
+pub async fn find_dataset(api: &Api<Dataset>, id: u64) -> Result<Option<Dataset>> {
+    let list = api.list(&kube::api::ListParams::default()).await?;
+    Ok(list.items.into_iter().find(|d| d.dataset_id() == Some(id)))
 }
 
 /// Reserves `count` consecutive ids of the counter ConfigMap `counter` in `namespace`; returns

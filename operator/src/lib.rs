@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod names;
 pub mod preflight;
 pub mod readiness;
+pub mod run_tokens;
 pub mod snapshots;
 pub mod status;
 pub mod tls;
@@ -31,6 +32,7 @@ use crate::{
     leader::Leadership,
     metrics::Metrics,
     readiness::Readiness,
+    run_tokens::RunTokens,
 };
 pub use miniautoml_proto::shutdown::termination_signal;
 
@@ -93,6 +95,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         caches,
     );
     ctx.watch_namespace = config.watch_namespace.clone();
+    ctx.id_namespace = config.grpc_namespace.clone();
     ctx.training = training_settings(&config, tls.as_ref());
     ctx.serving = predictor_settings(&config);
     let leadership = if config.leader_elect {
@@ -123,11 +126,13 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         GrpcAuth::Kubernetes => {
             info!(
                 namespace = config.grpc_namespace,
+                audience = config.grpc_token_audience,
                 "gRPC callers are checked with TokenReviews and SubjectAccessReviews"
             );
             Some(grpc::auth::Reviewer::new(
                 ctx.client.clone(),
                 config.grpc_namespace.clone(),
+                config.grpc_token_audience.clone(),
             ))
         }
         GrpcAuth::None => {
@@ -268,11 +273,15 @@ fn training_settings(config: &Config, tls: Option<&tls::ServerTls>) -> Option<Tr
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
         bucket: config.bucket.clone(),
-        credentials,
-        id_namespace: config.grpc_namespace.clone(),
         max_concurrent_runs: config.max_concurrent_runs,
         image_pull_secrets: config.image_pull_secrets.clone(),
         algorithm_pull_policies: config.algorithm_pull_policies.iter().cloned().collect(),
+        algorithm_security_contexts: config.algorithm_security_contexts.iter().cloned().collect(),
+        run_tokens: config
+            .run_token_key
+            .clone()
+            .unwrap_or_else(|| RunTokens::derived_from(&credentials.secret_access_key)),
+        credentials,
     })
 }
 
@@ -286,6 +295,10 @@ fn predictor_settings(config: &Config) -> Option<PredictorSettings> {
         credentials,
         image_pull_secrets: config.image_pull_secrets.clone(),
         image_pull_policy: config.predictor_pull_policy.clone(),
+        security_context: config
+            .predictor_security_context
+            .clone()
+            .unwrap_or_else(controller::children::restricted_security_context),
     })
 }
 

@@ -87,6 +87,10 @@ fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind}/{name} in {:?}", kinds(documents)))
 }
 
+fn has_named(documents: &[Value], kind: &str, name: &str) -> bool {
+    kinds(documents).contains(&format!("{kind}/{name}"))
+}
+
 fn has(documents: &[Value], kind: &str) -> bool {
     documents.iter().any(|d| str(d, "kind") == kind)
 }
@@ -148,6 +152,7 @@ fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
             "Role/miniautoml-leader-election",
             "RoleBinding/miniautoml-leader-election",
             "Secret/miniautoml-object-store-credentials",
+            "Secret/miniautoml-run-token-key",
             "Service/miniautoml",
             "Service/miniautoml-metrics",
             "Service/miniautoml-object-store",
@@ -257,6 +262,61 @@ fn every_secret_render_is_new_without_a_cluster_to_look_up() {
         .to_string()
     };
     assert_ne!(key(render(&[])), key(render(&[])));
+}
+
+#[test]
+fn run_tokens_are_keyed_by_a_generated_secret_or_an_existing_one() {
+    let documents = render(&[]);
+    let key = str(find(&documents, "Secret", "miniautoml-run-token-key"), "data.key");
+    assert_eq!(key.len(), 64, "48 random characters, base64: {key}");
+    let variable = |documents: &[Value]| {
+        at(operator(documents), "env")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| str(v, "name") == "MINIAUTOML_RUN_TOKEN_KEY")
+            .cloned()
+            .expect("the operator gets the run-token key")
+    };
+    assert_eq!(
+        str(&variable(&documents), "valueFrom.secretKeyRef.name"),
+        "miniautoml-run-token-key"
+    );
+    let own = render(&["runTokens.existingSecret=my-token-key"]);
+    assert!(!has_named(&own, "Secret", "miniautoml-run-token-key"));
+    assert_eq!(
+        str(&variable(&own), "valueFrom.secretKeyRef.name"),
+        "my-token-key"
+    );
+}
+
+#[test]
+fn trainers_and_predictors_are_restricted_unless_an_administrator_says_otherwise() {
+    // The defaults pass no security context: the operator's restricted one applies.
+    assert!(
+        !operator_args(&render(&[]))
+            .iter()
+            .any(|a| a.contains("security-context")),
+        "restricted by default"
+    );
+    let args = operator_args(&render(&[
+        "algorithms.intent-classification.securityContext.runAsUser=0",
+        "algorithms.intent-classification.securityContext.runAsNonRoot=false",
+        "predictor.securityContext.readOnlyRootFilesystem=false",
+    ]));
+    assert!(
+        args.contains(
+            &r#"--algorithm-security-context=intent-classification={"runAsNonRoot":false,"runAsUser":0}"#
+                .into()
+        ),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&r#"--predictor-security-context={"readOnlyRootFilesystem":false}"#.into()),
+        "{args:?}"
+    );
+    let error = try_render(&["predictor.securityContext=root"]).unwrap_err();
+    assert!(error.contains("securityContext"), "{error}");
 }
 
 #[test]
@@ -403,7 +463,12 @@ fn an_existing_object_store_takes_an_endpoint_and_an_existing_secret() {
         "storage.bucket=ml-data",
         "storage.region=eu-west-1",
     ]);
-    assert!(!has(&documents, "StatefulSet") && !has(&documents, "Secret"));
+    assert!(!has(&documents, "StatefulSet"));
+    assert!(!has_named(
+        &documents,
+        "Secret",
+        "miniautoml-object-store-credentials"
+    ));
     assert!(!kinds(&documents).contains(&"Service/miniautoml-object-store".to_string()));
     let args = operator_args(&documents);
     for expected in [
@@ -611,6 +676,13 @@ fn grants(role: &Value) -> Vec<String> {
 fn the_grpc_api_checks_callers_by_default_and_the_users_roles_are_shipped() {
     let documents = render(&[]);
     assert!(operator_args(&documents).contains(&"--grpc-auth=kubernetes".to_string()));
+    // Callers' tokens are for the operator's audience, not the API server's.
+    assert!(operator_args(&documents).contains(&"--grpc-token-audience=miniautoml".to_string()));
+    let other = operator_args(&render(&["grpc.tokenAudience=ml-platform"]));
+    assert!(
+        other.contains(&"--grpc-token-audience=ml-platform".to_string()),
+        "{other:?}"
+    );
     let operator_role = grants(find(&documents, "ClusterRole", "miniautoml"));
     for review in ["create tokenreviews", "create subjectaccessreviews"] {
         assert!(operator_role.contains(&review.to_string()), "{operator_role:?}");

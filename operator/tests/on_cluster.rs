@@ -247,14 +247,18 @@ async fn grpc_callers_are_reviewed(
         &format!("--clusterrole={release}-miniautoml-data-engineer"),
         &format!("--serviceaccount={namespace}:engineer"),
     ]));
-    let token = |account: &str| {
+    // Callers' tokens are made for the operator's audience, not the API server's.
+    let token_for = |account: &str, audience: &[&str]| {
         run(cluster
             .kubectl()
-            .args(["create", "token", account, "-n", namespace]))
+            .args(["create", "token", account, "-n", namespace])
+            .args(audience))
         .trim()
         .to_string()
     };
+    let token = |account: &str| token_for(account, &["--audience", "miniautoml"]);
     let (engineer, nobody) = (token("engineer"), token("nobody"));
+    let engineer_for_the_api_server = token_for("engineer", &[]);
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -283,6 +287,17 @@ async fn grpc_callers_are_reviewed(
         .unwrap_err();
     assert_eq!(made_up.code(), Code::Unauthenticated, "{made_up:?}");
     assert!(made_up.message().contains("does not accept"), "{made_up:?}");
+    // A real token made for the API server (as every pod's own is) is refused: a caller never
+    // hands the operator a token that could act on the cluster.
+    let wrong_audience = data
+        .list_datasets(as_caller(list(), Some(&engineer_for_the_api_server)))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_audience.code(), Code::Unauthenticated, "{wrong_audience:?}");
+    assert!(
+        wrong_audience.message().contains("--audience miniautoml"),
+        "{wrong_audience:?}"
+    );
 
     let unbound = data
         .create_dataset(as_caller(

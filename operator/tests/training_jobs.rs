@@ -13,7 +13,10 @@ use miniautoml_proto::metadata_store::{
 };
 use miniautoml_test_support::{
     LocalCluster, OperatorProcess, SWEPT_WITHIN, TestNamespace,
-    harness::{self, RUN_WAIT, finished, logs_on_failure, training_job, tweet_emotion, tweets, wait_for},
+    harness::{
+        self, RUN_WAIT, finished, logs_on_failure, succeeded_run, training_job, tweet_emotion, tweets,
+        wait_for,
+    },
     repo_root,
     simulated::SimulatedTrainer,
 };
@@ -47,16 +50,8 @@ async fn with_tweets(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_training_job_runs_the_trainer_image_and_records_its_run() {
     let (cluster, _client, ns, operator, jobs, _logs) = with_tweets("training", &[]).await;
-    jobs.create(
-        &PostParams::default(),
-        &training_job("intent", serde_json::json!({})),
-    )
-    .await
-    .unwrap();
-
-    let done = wait_for(&jobs, "intent", &ns.name, finished).await;
+    let done = succeeded_run(&jobs, "intent", &ns.name).await;
     let status = done.status.clone().unwrap();
-    assert_eq!(status.phase, Some(TrainingPhase::Succeeded), "{status:#?}");
     let run_id = status.run_id.clone().unwrap();
     run_id.parse::<u64>().unwrap();
     assert_eq!(status.dataset_version_hash.as_deref(), Some("hashBg=="));

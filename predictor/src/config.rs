@@ -31,6 +31,12 @@ pub struct Config {
     #[arg(long, env = "RUN_ID")]
     pub run_id: Option<String>,
 
+    /// The sha256 (hex) of `manifest.json` that the run recorded (the TrainingJob's
+    /// `status.artifact.sha256`): a model whose manifest differs was changed since it was
+    /// trained, and is refused. Unset: not checked (a model served from a directory).
+    #[arg(long, env = "MODEL_SHA256")]
+    pub model_sha256: Option<String>,
+
     /// The artifact version reported by the HTTP API (default: the run id, else `1`).
     #[arg(long, env = "MODEL_VERSION")]
     pub model_version: Option<String>,

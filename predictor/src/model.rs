@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use miniautoml_data::Store;
-use miniautoml_intent_model::{ARTIFACT_FILES, Classifier, MANIFEST_FILE, Manifest, ModelFiles};
+use miniautoml_intent_model::{ARTIFACT_FILES, Classifier, MANIFEST_FILE, Manifest, ModelFiles, sha256_hex};
 
 use crate::{Config, Error, Result};
 
@@ -106,6 +106,23 @@ async fn get(store: &Store, bucket: &str, key: &str) -> Result<Vec<u8>> {
     Ok(bytes.into_bytes().to_vec())
 }
 
+/// Refuses artifacts whose manifest is not the one the run recorded (its sha256 in the
+/// TrainingJob's status): the manifest holds every other file's sha256, which loading checks,
+/// so this pins the whole model to what was trained.
+fn unchanged_since_training(files: &ModelFiles, recorded: &str) -> Result<()> {
+    let manifest = files
+        .files
+        .get(MANIFEST_FILE)
+        .ok_or_else(|| Error::Model(format!("no {MANIFEST_FILE}")))?;
+    let found = sha256_hex(manifest);
+    if !found.eq_ignore_ascii_case(recorded.trim()) {
+        return Err(Error::Model(format!(
+            "the model changed since it was trained: {MANIFEST_FILE} has sha256 {found}, the run recorded {recorded}; refusing to serve it"
+        )));
+    }
+    Ok(())
+}
+
 /// Why a request is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -156,6 +173,9 @@ pub struct Classified {
 impl Model {
     /// Verifies and loads `files`.
     pub fn new(files: &ModelFiles, config: &Config) -> Result<Model> {
+        if let Some(recorded) = &config.model_sha256 {
+            unchanged_since_training(files, recorded)?;
+        }
         let classifier = Classifier::from_files(files).map_err(|e| Error::Model(e.to_string()))?;
         let responses = classifier
             .labels()
@@ -270,5 +290,23 @@ mod tests {
         for bad in ["s3:///x", "http://h/m", ""] {
             assert!(Source::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_manifest_other_than_the_recorded_one_is_refused() {
+        let manifest = br#"{"files": {}}"#.to_vec();
+        let files = ModelFiles {
+            files: [(MANIFEST_FILE.to_string(), manifest.clone())].into(),
+        };
+        let recorded = sha256_hex(&manifest);
+        unchanged_since_training(&files, &recorded).unwrap();
+        unchanged_since_training(&files, &recorded.to_uppercase()).unwrap();
+        let changed = unchanged_since_training(&files, &sha256_hex(b"another")).unwrap_err();
+        assert!(
+            changed
+                .to_string()
+                .contains("the model changed since it was trained"),
+            "{changed}"
+        );
     }
 }

@@ -356,6 +356,17 @@ async fn a_missing_or_corrupt_artifact_fails_start_up_with_the_reason() {
         let log = predictor.log();
         assert!(log.contains(&format!("miniautoml-predictor: {reason}")), "{log}");
     }
+    // A whole model replaced by another consistent one (its manifest matches its files) is
+    // refused when the run recorded another manifest.
+    let recorded = "0".repeat(64);
+    let mut replaced = Predictor::spawn(model_dir().to_str().unwrap(), &[("MODEL_SHA256", &recorded)]);
+    assert_eq!(replaced.exit_code(Duration::from_secs(30)).await, 1);
+    let log = replaced.log();
+    assert!(
+        log.contains("the model changed since it was trained: manifest.json has sha256 ")
+            && log.contains(&format!("the run recorded {recorded}; refusing to serve it")),
+        "{log}"
+    );
     let mut nowhere = Predictor::spawn("s3://miniautoml/models/none/", &[]);
     assert_eq!(nowhere.exit_code(Duration::from_secs(30)).await, 1);
     assert!(

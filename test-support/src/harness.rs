@@ -84,6 +84,22 @@ pub async fn wait_for(
     }
 }
 
+/// Creates the TrainingJob `name` ([`training_job`], no extra fields) and waits until it has
+/// Succeeded (panicking with its status if it ends otherwise).
+pub async fn succeeded_run(api: &Api<TrainingJob>, name: &str, namespace: &str) -> TrainingJob {
+    api.create(&PostParams::default(), &training_job(name, serde_json::json!({})))
+        .await
+        .unwrap();
+    let done = wait_for(api, name, namespace, finished).await;
+    let status = done.status.as_ref();
+    assert_eq!(
+        status.and_then(|s| s.phase),
+        Some(TrainingPhase::Succeeded),
+        "{status:#?}"
+    );
+    done
+}
+
 /// A ModelDeployment `name` (one replica) of the model `training_job` trained.
 pub fn model_deployment(name: &str, training_job: &str) -> ModelDeployment {
     serde_json::from_value(serde_json::json!({

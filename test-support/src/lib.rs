@@ -119,6 +119,8 @@ pub struct LocalCluster {
     pub node_name: String,
     /// The node's containerd socket (for `ctr` and `crictl`).
     pub containerd: PathBuf,
+    /// The API server's audit log: every request a ServiceAccount made (JSON lines).
+    pub audit_log: PathBuf,
 }
 
 impl LocalCluster {
@@ -172,6 +174,7 @@ impl LocalCluster {
                 .map_err(|e| Error::Kubeconfig(format!("MINIAUTOML_NODE_IP: {e}")))?,
             node_name: get("MINIAUTOML_NODE_NAME")?,
             containerd: get("CONTAINERD_ADDRESS")?.into(),
+            audit_log: get("MINIAUTOML_AUDIT_LOG")?.into(),
         })
     }
 
@@ -306,6 +309,23 @@ impl OperatorProcess {
         grpc_addr: std::net::SocketAddr,
         extra: &[&str],
     ) -> OperatorProcess {
+        let kubeconfig = &cluster.kubeconfig;
+        OperatorProcess::start_as(
+            binary, cluster, namespace, secret_key, grpc_addr, extra, kubeconfig,
+        )
+    }
+
+    /// As [`OperatorProcess::start_at`], talking to the API server as `kubeconfig` says (a
+    /// ServiceAccount's, whose requests the audit log records).
+    pub fn start_as(
+        binary: &str,
+        cluster: &LocalCluster,
+        namespace: &str,
+        secret_key: &str,
+        grpc_addr: std::net::SocketAddr,
+        extra: &[&str],
+        kubeconfig: &Path,
+    ) -> OperatorProcess {
         let admin_addr = free_addr();
         let child = Command::new(binary)
             .args([
@@ -319,7 +339,7 @@ impl OperatorProcess {
                 format!("--metadata-store-address={grpc_addr}"),
             ])
             .args(extra)
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             // The tests' clients call without tokens; a test of the reviews passes
             // --grpc-auth=kubernetes, which wins over the environment.
             .env("MINIAUTOML_GRPC_AUTH", "none")

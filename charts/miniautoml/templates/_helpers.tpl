@@ -90,6 +90,11 @@ app.kubernetes.io/component: object-store
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret holding the run-token key (key `key`). */}}
+{{- define "miniautoml.runTokenSecret" -}}
+{{- .Values.runTokens.existingSecret | default (printf "%s-run-token-key" (include "miniautoml.fullname" .)) -}}
+{{- end -}}
+
 {{/* The namespace of the resources the gRPC API creates and serves. */}}
 {{- define "miniautoml.grpcNamespace" -}}
 {{- default .Release.Namespace .Values.grpc.namespace -}}

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{EnvVar, EnvVarSource, LocalObjectReference, ResourceRequirements, SecretKeySelector},
+    api::core::v1::{
+        Capabilities, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference, ResourceRequirements,
+        SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    },
     apimachinery::pkg::api::resource::Quantity,
 };
 
@@ -77,6 +80,54 @@ pub fn pull_secrets(names: &[String]) -> Option<Vec<LocalObjectReference>> {
             .map(|name| LocalObjectReference { name: name.clone() })
             .collect()
     })
+}
+
+/// The user our images run as (distroless' `nonroot`).
+pub const NONROOT: i64 = 65532;
+
+/// The container security context trainer and predictor pods get unless configured otherwise:
+/// the Pod Security Standards' `restricted` profile (non-root, `RuntimeDefault` seccomp, no
+/// privilege escalation, every capability dropped) and a read-only root file system. A root
+/// image runs as [`NONROOT`] instead of being refused.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NONROOT),
+        run_as_group: Some(NONROOT),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Name of the writable scratch volume mounted at `/tmp` (the root file system is read-only).
+const SCRATCH: &str = "tmp";
+
+/// The scratch volume of a trainer or predictor pod: an `emptyDir` for `/tmp`.
+pub fn scratch_volume() -> Volume {
+    Volume {
+        name: SCRATCH.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+/// Where the scratch volume is mounted.
+pub fn scratch_mount() -> VolumeMount {
+    VolumeMount {
+        name: SCRATCH.into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

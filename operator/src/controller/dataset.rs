@@ -32,6 +32,7 @@ use crate::{
     Error, Result,
     conditions::{self, ACCEPTED},
     context::Context,
+    ids::DATASET_ID,
     status::modify_status,
     tombstones::{self, Tombstone},
 };
@@ -157,6 +158,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
 }
 
 async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<Action> {
+    // Its dataset id first (no API call once given and mirrored in the label).
+    let (_, dataset) = ctx
+        .ids
+        .assign(&ctx.client, &ctx.id_namespace, (api, dataset), &DATASET_ID)
+        .await?;
+    let dataset = &dataset;
     let name = dataset.name_any();
     let namespace = dataset.namespace().unwrap_or_default();
     let generation = dataset.metadata.generation;

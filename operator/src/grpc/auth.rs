@@ -1,7 +1,9 @@
 //! Who may call the gRPC API: Kubernetes' own authentication and authorization.
 //!
-//! A caller presents a bearer token (`authorization: Bearer $(kubectl create token NAME)`). The
-//! operator asks the API server who it is (a TokenReview) and whether that user may do what the
+//! A caller presents a bearer token issued for the operator's audience (`authorization: Bearer
+//! $(kubectl create token NAME --audience miniautoml)`). The operator asks the API server who it
+//! is (a TokenReview for that audience only: a token made for the API server, which could act on
+//! the cluster, is refused rather than handed around) and whether that user may do what the
 //! method does (a SubjectAccessReview of a verb on a `miniautoml.io` resource in the gRPC
 //! namespace, [`access`]). No token, or one the API server does not accept: UNAUTHENTICATED; a
 //! user without the permission: PERMISSION_DENIED, naming it. Answers are kept for
@@ -154,18 +156,20 @@ type Answers<K, T> = Arc<Mutex<LruCache<K, Kept<T>>>>;
 pub struct Reviewer {
     client: kube::Client,
     namespace: String,
+    audience: String,
     users: Answers<[u8; 32], UserInfo>,
     decisions: Answers<Decision, ()>,
 }
 
 impl Reviewer {
     /// Reviews with `client` (which may create TokenReviews and SubjectAccessReviews), for the
-    /// gRPC API serving `namespace`.
-    pub fn new(client: kube::Client, namespace: String) -> Reviewer {
+    /// gRPC API serving `namespace`, accepting tokens issued for `audience`.
+    pub fn new(client: kube::Client, namespace: String, audience: String) -> Reviewer {
         let capacity = NonZeroUsize::new(CAPACITY).expect("a positive capacity");
         Reviewer {
             client,
             namespace,
+            audience,
             users: Arc::new(Mutex::new(LruCache::new(capacity))),
             decisions: Arc::new(Mutex::new(LruCache::new(capacity))),
         }
@@ -200,21 +204,27 @@ impl Reviewer {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: None,
+                audiences: Some(vec![self.audience.clone()]),
             },
             ..TokenReview::default()
         };
         let reviewed = self.ask(&review, "who the token belongs to").await?;
         let status = reviewed.status.unwrap_or_default();
+        let for_us = status
+            .audiences
+            .as_ref()
+            .is_some_and(|a| a.contains(&self.audience));
         let outcome = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) => Ok(user),
+            (Some(true), Some(user)) if for_us => Ok(user),
             _ => Err(format!(
-                "the Kubernetes API server does not accept the bearer token{}: present a current token \
-                 (kubectl create token NAME -n NAMESPACE)",
+                "the Kubernetes API server does not accept the bearer token for audience {}{}: present a \
+                 current token made for it (kubectl create token NAME -n NAMESPACE --audience {})",
+                self.audience,
                 status
                     .error
                     .map(|error| format!(" ({error})"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                self.audience
             )),
         };
         keep(&self.users, key, outcome.clone());
@@ -404,8 +414,9 @@ where
             let method = path.trim_start_matches('/').to_string();
             let Some(token) = bearer_token(request.headers()).map(str::to_string) else {
                 return Ok(Status::unauthenticated(format!(
-                    "{method} needs a Kubernetes bearer token: \
-                     -H \"authorization: Bearer $(kubectl create token NAME -n NAMESPACE)\""
+                    "{method} needs a Kubernetes bearer token for audience {}: \
+                     -H \"authorization: Bearer $(kubectl create token NAME -n NAMESPACE --audience {})\"",
+                    reviewer.audience, reviewer.audience
                 ))
                 .into_http());
             };

@@ -1,21 +1,21 @@
 //! `data_management.DataManagementService`, backed by Dataset resources in the gRPC namespace.
 //!
-//! Numeric `dataset_id`s (as the original's clients use) are the label
-//! `miniautoml.io/dataset-id` on each Dataset, allocated from a counter in the ConfigMap
-//! `miniautoml-dataset-ids` (compare-and-swap on its resourceVersion), so they survive restarts;
-//! a Dataset made with kubectl gets its id the first time the API lists it.
+//! Numeric `dataset_id`s (as the original's clients use) are each Dataset's `status.datasetId`,
+//! allocated from a counter in the ConfigMap `miniautoml-dataset-ids` (compare-and-swap on its
+//! resourceVersion), so they survive restarts; CreateDataset gives the Dataset it creates its id,
+//! and the Dataset controller gives one to a Dataset made with kubectl. Reads never give ids.
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     runtime::wait::await_condition,
 };
 use miniautoml_api::{
     Dataset, DatasetCommitStatus, DatasetSpec, DatasetStatistics, DatasetType, ObjectSource, SnapshotState,
-    Tags, dataset::DatasetCommitSpec, labels::DATASET_ID_LABEL,
+    Tags, dataset::DatasetCommitSpec,
 };
 use miniautoml_data::{SnapshotSelector, StorageError};
 use miniautoml_proto::data_management::{self as pb, data_management_service_server::DataManagementService};
@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     context::Context,
-    ids::DATASET_IDS,
+    ids::{DATASET_ID, DATASET_IDS, find_dataset},
     names::{self, NAME_ANNOTATION},
     snapshots::SnapshotError,
     status::{is_conflict, retry_on_conflict},
@@ -55,7 +55,7 @@ impl DataManagement {
     async fn allocate_id(&self) -> Result<u64, Status> {
         self.ctx
             .ids
-            .allocate(&self.ctx.client, &self.namespace, DATASET_IDS)
+            .allocate(&self.ctx.client, &self.ctx.id_namespace, DATASET_IDS)
             .await
             .map_err(|e| match e {
                 crate::Error::IdConflict(_) => {
@@ -65,48 +65,26 @@ impl DataManagement {
             })
     }
 
-    /// Every Dataset of the namespace by id, giving ids to those without one.
+    /// Every Dataset of the namespace that has its id, by id. A Dataset made with kubectl gets
+    /// its id from the Dataset controller; a read never gives one.
     async fn datasets(&self) -> Result<BTreeMap<u64, Dataset>, Status> {
-        let api = self.api();
-        let list = api.list(&ListParams::default()).await.map_err(errors::kube)?;
-        let mut by_id = BTreeMap::new();
-        for mut dataset in list.items {
-            let id = match dataset
-                .labels()
-                .get(DATASET_ID_LABEL)
-                .and_then(|id| id.parse().ok())
-            {
-                Some(id) => id,
-                None => {
-                    let id = self.allocate_id().await?;
-                    let patch =
-                        serde_json::json!({"metadata": {"labels": {DATASET_ID_LABEL: id.to_string()}}});
-                    dataset = api
-                        .patch(
-                            &dataset.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(&patch),
-                        )
-                        .await
-                        .map_err(errors::kube)?;
-                    id
-                }
-            };
-            by_id.insert(id, dataset);
-        }
-        Ok(by_id)
+        let list = self
+            .api()
+            .list(&ListParams::default())
+            .await
+            .map_err(errors::kube)?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|dataset| Some((dataset.dataset_id()?, dataset)))
+            .collect())
     }
 
     async fn find(&self, id: &str) -> Result<(u64, Dataset), Status> {
         let id = input::id("dataset_id", id)?;
-        let list = self
-            .api()
-            .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={id}")))
+        find_dataset(&self.api(), id)
             .await
-            .map_err(errors::kube)?;
-        list.items
-            .into_iter()
-            .next()
+            .map_err(errors::operator)?
             .map(|d| (id, d))
             .ok_or_else(|| Status::not_found(format!("dataset {id} not found")))
     }
@@ -336,11 +314,17 @@ impl DataManagementService for DataManagement {
                     retain_policy: Default::default(),
                 },
             );
-            dataset.metadata.labels = Some([(DATASET_ID_LABEL.to_string(), id.to_string())].into());
             dataset.metadata.annotations = Some([(NAME_ANNOTATION.to_string(), request.name.clone())].into());
-            match api.create(&PostParams::default(), &dataset).await {
-                Ok(_) => {
-                    created = Some(candidate);
+            // The controller may see the Dataset before this call writes its id: either gives
+            // it this one.
+            self.ctx.ids.promise(&DATASET_ID, &self.namespace, &candidate, id);
+            let outcome = api.create(&PostParams::default(), &dataset).await;
+            if outcome.is_err() {
+                self.ctx.ids.forget(&DATASET_ID, &self.namespace, &candidate);
+            }
+            match outcome {
+                Ok(object) => {
+                    created = Some(object);
                     break;
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -348,12 +332,25 @@ impl DataManagementService for DataManagement {
                 Err(error) => return Err(errors::kube(error)),
             }
         }
-        let name = created.ok_or_else(|| {
+        let created = created.ok_or_else(|| {
             Status::aborted(format!(
                 "every object name derived from {} is taken; try again",
                 input::shown(&request.name)
             ))
         })?;
+        // Its id into its status now (unless the controller was first, with the same id).
+        let (id, _) = self
+            .ctx
+            .ids
+            .assign(
+                &self.ctx.client,
+                &self.ctx.id_namespace,
+                (&api, &created),
+                &DATASET_ID,
+            )
+            .await
+            .map_err(errors::operator)?;
+        let name = created.name_any();
         match self.ingested(&name, 0).await {
             Ok(dataset) => Ok(Response::new(summary(id, &dataset))),
             Err(status) => {

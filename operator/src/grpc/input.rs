@@ -106,6 +106,28 @@ pub fn key(field: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The longest caller-given segment of an object key (an epoch id).
+const MAX_SEGMENT_BYTES: usize = 64;
+
+/// One segment of an object key a caller names (an epoch id): 1 to 64 ASCII letters, digits,
+/// `.`, `_` and `-`, not `.` or `..`, else INVALID_ARGUMENT naming `field`. No `/`, so it
+/// stays inside the folder the operator puts it in.
+pub fn key_segment(field: &str, value: &str) -> Result<(), Status> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.is_empty()
+        || value.len() > MAX_SEGMENT_BYTES
+        || !value.chars().all(allowed)
+        || value == "."
+        || value == ".."
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field} {} must be 1 to {MAX_SEGMENT_BYTES} letters, digits, '.', '_' or '-' (such as \"0-3\": <rank>-<epoch>)",
+            shown(value)
+        )));
+    }
+    Ok(())
+}
+
 /// The gRPC metadata key a caller sets to make a retried Train safe.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -179,6 +201,24 @@ mod tests {
         ] {
             let status = id("dataset_id", bad).unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "0/../../x",
+            "0-1?versionId=2",
+            "é",
+            &"1".repeat(65),
+        ] {
+            assert_eq!(
+                key_segment("epoch_id", bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+        for good in ["0-1", "3-10000", "epoch_1.5"] {
+            key_segment("epoch_id", good).unwrap();
         }
         let long = id("run_id", &"9".repeat(1 << 20)).unwrap_err();
         assert!(long.message().len() < 200, "the message quotes the start only");

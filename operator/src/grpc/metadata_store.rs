@@ -22,7 +22,7 @@ use kube::{Api, ResourceExt};
 use miniautoml_api::{
     TrainingJob,
     labels::RUN_ID_LABEL,
-    training_job::{ArtifactStatus, EpochStatus, FAILED},
+    training_job::{ArtifactStatus, EpochStatus, FAILED, TrainingPhase},
 };
 use miniautoml_data::{Store, layout};
 use miniautoml_proto::data_management::FileInfo;
@@ -34,12 +34,27 @@ use super::{
     errors::{self, internal},
     input,
 };
-use crate::{
-    conditions,
-    context::Context,
-    names::{RUN_TOKEN_KEY, run_secret},
-    status::modify_cached_status,
-};
+use crate::{conditions, context::Context, status::modify_cached_status};
+
+/// The most metrics an epoch records (the status schema's bound).
+const MAX_METRICS: usize = 32;
+/// The longest metric name, in bytes.
+const MAX_METRIC_NAME: usize = 63;
+/// The longest run message kept (LogRunEnd's, e.g. the trainer's last error line), in bytes.
+const MAX_MESSAGE: usize = 1024;
+
+/// A trainer's message, cut to [`MAX_MESSAGE`] bytes (at a character boundary, marked with
+/// `…`): the reason a run failed is kept, however long the trainer made it.
+fn bounded_message(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
 
 /// How long epochs wait to be written together.
 const COALESCE: Duration = Duration::from_secs(1);
@@ -51,9 +66,6 @@ type RunKey = (String, String);
 pub struct MetadataStore {
     ctx: Arc<Context>,
     pending: Arc<Mutex<HashMap<RunKey, Vec<EpochStatus>>>>,
-    /// Run tokens already checked against their Secret, by TrainingJob uid (a run's token never
-    /// changes).
-    tokens: Arc<Mutex<HashMap<String, Vec<u8>>>>,
 }
 
 /// An epoch's metrics as numbers. The original stored them as strings; status holds numbers, so
@@ -61,9 +73,24 @@ pub struct MetadataStore {
 /// `inf`: a diverging trainer's loss) is accepted and left out, since JSON has no such number.
 /// The call succeeds either way for a number, so a trainer reporting its last, diverged epoch is
 /// not failed by the report itself.
+///
+/// Bounded, so that a status stays small whatever a trainer reports: at most [`MAX_METRICS`]
+/// metrics an epoch, names of at most [`MAX_METRIC_NAME`] bytes.
 fn epoch_metrics(reported: &BTreeMap<String, String>) -> Result<BTreeMap<String, f64>, Status> {
+    if reported.len() > MAX_METRICS {
+        return Err(Status::invalid_argument(format!(
+            "{} metrics in one epoch; at most {MAX_METRICS} are recorded",
+            reported.len()
+        )));
+    }
     let mut metrics = BTreeMap::new();
     for (name, value) in reported {
+        if name.is_empty() || name.len() > MAX_METRIC_NAME || name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "metric name {} must be 1 to {MAX_METRIC_NAME} bytes without control characters",
+                input::shown(name)
+            )));
+        }
         let number = value
             .trim()
             .parse::<f64>()
@@ -108,7 +135,6 @@ impl MetadataStore {
         MetadataStore {
             ctx,
             pending: Arc::default(),
-            tokens: Arc::default(),
         }
     }
 
@@ -124,9 +150,9 @@ impl MetadataStore {
     }
 
     async fn lookup(&self, run_id: &str, cached: bool) -> Result<TrainingJob, Status> {
-        let run_id = input::id("run_id", run_id)?.to_string();
+        let run_id = input::id("run_id", run_id)?;
         self.ctx
-            .find_run(&run_id, |_| cached)
+            .find_run(run_id, |_| cached)
             .await
             .map_err(errors::operator)?
             .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
@@ -140,16 +166,11 @@ impl MetadataStore {
         }
     }
 
-    /// The run's TrainingJob, when the request carries that run's token.
+    /// The run's TrainingJob, when the request carries that run's token. The token is checked
+    /// first, without any Kubernetes API call: a caller without a valid token costs a hash. An
+    /// id that names no run and an id that names another run get the same answer.
     async fn authorize<T>(&self, request: &Request<T>, run_id: &str) -> Result<TrainingJob, Status> {
-        let job = self.find_cached(run_id).await?;
-        if job.metadata.deletion_timestamp.is_some() {
-            // Its storage is being cleaned: a late report would leave objects behind.
-            return Err(Status::failed_precondition(format!(
-                "run {run_id} is being deleted (TrainingJob {}): it takes no more reports",
-                job.name_any()
-            )));
-        }
+        let run = input::id("run_id", run_id)?;
         let presented = request
             .metadata()
             .get("authorization")
@@ -157,29 +178,51 @@ impl MetadataStore {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
                 Status::unauthenticated(format!(
-                    "writing to run {run_id} needs the run's token (authorization: Bearer <MINIAUTOML_RUN_TOKEN>)"
+                    "writing to run {run} needs the run's token (authorization: Bearer <MINIAUTOML_RUN_TOKEN>)"
                 ))
             })?;
-        let uid = job.uid().unwrap_or_default();
-        let known = self.tokens.lock().expect("run tokens").get(&uid).cloned();
-        if known.is_some_and(|token| constant_time_eq(presented.as_bytes(), &token)) {
-            return Ok(job);
-        }
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(self.ctx.client.clone(), &job.namespace().unwrap_or_default());
-        let secret = secrets.get_opt(&run_secret(&job)).await.map_err(errors::kube)?;
-        let expected = secret
-            .and_then(|s| s.data)
-            .and_then(|d| d.get(RUN_TOKEN_KEY).cloned())
-            .map(|b| b.0)
-            .unwrap_or_default();
-        if expected.is_empty() || !constant_time_eq(presented.as_bytes(), &expected) {
-            return Err(Status::permission_denied(format!(
-                "the token is not run {run_id}'s: only the run's own pods may write to it"
+        let tokens = &self
+            .ctx
+            .training
+            .as_ref()
+            .ok_or_else(|| {
+                Status::failed_precondition("the operator runs no training: it takes no run reports")
+            })?
+            .run_tokens;
+        let denied = || {
+            Status::permission_denied(format!(
+                "the token is not run {run}'s: only the run's own pods may write to it"
+            ))
+        };
+        let uid = tokens.verify(presented).ok_or_else(denied)?;
+        let job = self
+            .ctx
+            .find_run(run, |_| true)
+            .await
+            .map_err(errors::operator)?
+            .filter(|job| job.uid().as_deref() == Some(uid))
+            .ok_or_else(denied)?;
+        if job.metadata.deletion_timestamp.is_some() {
+            // Its storage is being cleaned: a late report would leave objects behind.
+            return Err(Status::failed_precondition(format!(
+                "run {run} is being deleted (TrainingJob {}): it takes no more reports",
+                job.name_any()
             )));
         }
-        self.tokens.lock().expect("run tokens").insert(uid, expected);
         Ok(job)
+    }
+
+    /// Refuses a report to a run that has ended: its token is spent.
+    fn still_running(job: &TrainingJob) -> Result<(), Status> {
+        match job.status.as_ref().and_then(|s| s.phase) {
+            Some(phase @ (TrainingPhase::Succeeded | TrainingPhase::Failed)) => {
+                Err(Status::failed_precondition(format!(
+                    "run {} has ended ({phase:?}): its token takes no more reports",
+                    job.run_id().unwrap_or_default()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn update(
@@ -192,9 +235,11 @@ impl MetadataStore {
         // The name may have been reused by a new TrainingJob since: never write into another run.
         let uid = job.uid();
         let mut change = change;
-        let written = modify_cached_status(&api, job, |current| current.uid() == uid && change(current))
-            .await
-            .map_err(errors::operator)?;
+        let written = modify_cached_status(&api, job, |current| {
+            current.uid() == uid && !current.has_ended() && change(current)
+        })
+        .await
+        .map_err(errors::operator)?;
         if written.uid() != job.uid() {
             return Err(Status::not_found(format!(
                 "run {} no longer exists",
@@ -265,11 +310,6 @@ async fn readable<T>(request: &Request<T>, job: &TrainingJob) -> Result<(), Stat
     .await
 }
 
-/// Whether two tokens are equal, in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    subtle::ConstantTimeEq::ct_eq(a, b).into()
-}
-
 /// The original's RunInfo of a TrainingJob.
 pub fn run_info(job: &TrainingJob) -> pb::RunInfo {
     let status = job.status.clone().unwrap_or_default();
@@ -317,6 +357,7 @@ impl MetadataStoreService for MetadataStore {
     ) -> Result<Response<pb::LogRunStartResponse>, Status> {
         let run_id = request.get_ref().run_id.clone();
         let job = self.authorize(&request, &run_id).await?;
+        Self::still_running(&job)?;
         let request = request.into_inner();
         let code_version = request.tracing.map(|t| t.code_version).filter(|v| !v.is_empty());
         let start = parse_time(&request.start_time).unwrap_or_else(|| Time(Timestamp::now()));
@@ -353,9 +394,8 @@ impl MetadataStoreService for MetadataStore {
             .clone()
             .ok_or_else(|| Status::invalid_argument("\"epochInfo\" is required."))?;
         let job = self.authorize(&request, &epoch.run_id).await?;
-        if epoch.epoch_id.is_empty() || epoch.epoch_id.len() > 64 {
-            return Err(Status::invalid_argument("epoch_id must be \"<rank>-<epoch>\""));
-        }
+        Self::still_running(&job)?;
+        input::key_segment("epoch_id", &epoch.epoch_id)?;
         let metrics = epoch_metrics(&epoch.metrics)?;
         let status = EpochStatus {
             id: epoch.epoch_id.clone(),
@@ -415,16 +455,23 @@ impl MetadataStoreService for MetadataStore {
     ) -> Result<Response<pb::LogRunEndResponse>, Status> {
         let run_id = request.get_ref().run_id.clone();
         let job = self.authorize(&request, &run_id).await?;
+        if job.has_ended() {
+            // A late retry of the report that ended it: answered as before, nothing changes.
+            return Ok(Response::new(pb::LogRunEndResponse {
+                run_info: Some(run_info(&job)),
+            }));
+        }
         self.flush(&job).await?;
         let request = request.into_inner();
+        let message = bounded_message(&request.message);
         let job = self
             .update(&job, |current| {
                 let generation = current.metadata.generation;
                 let status = current.status.get_or_insert_with(Default::default);
                 let before = status.clone();
-                status.message = Some(request.message.clone());
+                status.message = Some(message.clone());
                 if request.success {
-                    if let Some(accuracy) = accuracy_in(&request.message) {
+                    if let Some(accuracy) = accuracy_in(&message) {
                         status.metrics.insert("accuracy".into(), accuracy);
                     }
                 } else {
@@ -434,7 +481,7 @@ impl MetadataStoreService for MetadataStore {
                             FAILED,
                             true,
                             "TrainerFailed",
-                            request.message.clone(),
+                            message.clone(),
                             generation,
                             Time(Timestamp::now()),
                         ),
@@ -465,6 +512,7 @@ impl MetadataStoreService for MetadataStore {
     ) -> Result<Response<pb::CreateArtifactResponse>, Status> {
         let run_id = request.get_ref().run_id.clone();
         let job = self.authorize(&request, &run_id).await?;
+        Self::still_running(&job)?;
         self.flush(&job).await?;
         let request = request.into_inner();
         let artifact = request
@@ -598,12 +646,5 @@ mod tests {
         assert!(parse_time("2026-11-27T02:00:00Z").is_some());
         assert!(parse_time("2026-11-27T02:00:00.123456").is_some());
         assert!(parse_time("yesterday").is_none());
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

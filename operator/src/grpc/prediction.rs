@@ -89,8 +89,9 @@ impl Prediction {
     /// The run's TrainingJob: the controller's cache when it shows the run servable, else the
     /// API server (the cache may lag the last status write).
     async fn find(&self, run: &str) -> Result<TrainingJob, Status> {
+        let id = input::id("runId", run)?;
         self.ctx
-            .find_run(run, |job| job.served_model().is_ok())
+            .find_run(id, |job| job.served_model().is_ok())
             .await
             .map_err(errors::operator)?
             .ok_or_else(|| Status::not_found(format!("run {run} does not exist")))

@@ -3,8 +3,8 @@
 //! Train validates in the original's order (`outputModelName`, `datasetId`,
 //! `trainDataVersionHash`, `algorithm`: `"<field>" is required.`), resolves the dataset id and
 //! the prepared snapshot's version hash, allocates the run id (the same durable counter the
-//! controller uses, so ids survive restarts) and creates a TrainingJob labelled with it in the
-//! gRPC namespace. GetTrainingStatus maps the TrainingJob's phase to the original's statuses.
+//! controller uses, so ids survive restarts), creates a TrainingJob named with it in the gRPC
+//! namespace and writes the id into its status (where only the operator writes). GetTrainingStatus maps the TrainingJob's phase to the original's statuses.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use kube::{
 };
 use miniautoml_api::{
     Dataset, TrainingJob, TrainingJobSpec,
-    labels::{DATASET_ID_ANNOTATION, DATASET_ID_LABEL, IDEMPOTENCY_KEY_LABEL, RUN_ID_LABEL},
+    labels::{DATASET_ID_ANNOTATION, IDEMPOTENCY_KEY_LABEL},
     training_job::TrainingPhase,
 };
 use miniautoml_proto::training::{
@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     context::Context,
-    ids::RUN_IDS,
+    ids::{RUN_ID, RUN_IDS},
     names::{self, NAME_ANNOTATION},
 };
 
@@ -58,14 +58,24 @@ impl Training {
                 "job_id {run_id} is not a run id: run ids are positive numbers, as Train returns them"
             )));
         }
-        let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        api.list(&ListParams::default().labels(&format!("{RUN_ID_LABEL}={run_id}")))
+        self.ctx
+            .find_run(run_id as u64, |_| false)
             .await
-            .map_err(errors::kube)?
-            .items
-            .into_iter()
-            .next()
+            .map_err(errors::operator)?
             .ok_or_else(|| Status::not_found(format!("Job {run_id} doesn't exist")))
+    }
+
+    /// The run id of `job`, which Train created (the id promised to it), written into its
+    /// status as the controller would.
+    async fn assign(&self, job: &TrainingJob) -> Result<i32, Status> {
+        let api: Api<TrainingJob> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let (id, _) = self
+            .ctx
+            .ids
+            .assign(&self.ctx.client, &self.ctx.id_namespace, (&api, job), &RUN_ID)
+            .await
+            .map_err(errors::operator)?;
+        i32::try_from(id).map_err(|_| internal(format!("run id {id} does not fit the original API's int32")))
     }
 
     /// Queued runs created before `job` (FIFO by creation time, then name).
@@ -117,13 +127,9 @@ impl Service for Training {
             )));
         }
         let datasets: Api<Dataset> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let dataset = datasets
-            .list(&ListParams::default().labels(&format!("{DATASET_ID_LABEL}={dataset_id}")))
+        let dataset = crate::ids::find_dataset(&datasets, dataset_id)
             .await
-            .map_err(errors::kube)?
-            .items
-            .into_iter()
-            .next()
+            .map_err(errors::operator)?
             .ok_or_else(|| Status::not_found(format!("dataset {dataset_id} doesn't exist")))?;
         let snapshot = dataset
             .status
@@ -152,30 +158,27 @@ impl Service for Training {
                 .list(&ListParams::default().labels(&format!("{IDEMPOTENCY_KEY_LABEL}={key}")))
                 .await
                 .map_err(errors::kube)?;
-            if let Some(run_id) = earlier
-                .items
-                .iter()
-                .find_map(|job| job.labels().get(RUN_ID_LABEL))
-            {
-                let job_id = run_id
-                    .parse()
-                    .map_err(|_| internal(format!("run id label {run_id:?}")))?;
+            if let Some(job) = earlier.items.first() {
+                let job_id = self.assign(job).await?;
                 return Ok(Response::new(pb::TrainResponse { job_id }));
             }
         }
         let run_id = self
             .ctx
             .ids
-            .allocate(&self.ctx.client, &self.namespace, RUN_IDS)
+            .allocate(&self.ctx.client, &self.ctx.id_namespace, RUN_IDS)
             .await
             .map_err(errors::operator)?;
-        let mut labels = std::collections::BTreeMap::from([(RUN_ID_LABEL.to_string(), run_id.to_string())]);
+        let mut labels = std::collections::BTreeMap::new();
         if let Some(key) = idempotency {
             labels.insert(IDEMPOTENCY_KEY_LABEL.to_string(), key);
         }
+        let name = names::with_id(&metadata.name, run_id, "run");
+        // The controller may see the run before this call writes its id: either gives it this one.
+        self.ctx.ids.promise(&RUN_ID, &self.namespace, &name, run_id);
         let job = TrainingJob {
             metadata: ObjectMeta {
-                name: Some(names::with_id(&metadata.name, run_id, "run")),
+                name: Some(name.clone()),
                 labels: Some(labels),
                 annotations: Some(
                     [
@@ -195,17 +198,17 @@ impl Service for Training {
             .map_err(|e| Status::invalid_argument(e.to_string()))?,
             status: None,
         };
-        api.create(&PostParams::default(), &job)
-            .await
-            .map_err(|e| match e {
+        let created = api.create(&PostParams::default(), &job).await.map_err(|e| {
+            self.ctx.ids.forget(&RUN_ID, &self.namespace, &name);
+            match e {
                 kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
                     Status::invalid_argument(status.message)
                 }
                 other => errors::kube(other),
-            })?;
-        Ok(Response::new(pb::TrainResponse {
-            job_id: run_id as i32,
-        }))
+            }
+        })?;
+        let job_id = self.assign(&created).await?;
+        Ok(Response::new(pb::TrainResponse { job_id }))
     }
 
     async fn get_training_status(

@@ -12,7 +12,7 @@ pub mod network;
 
 pub use artifacts::{
     ARTIFACT_FILES, Classifier, FileDigest, LABELS_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, ModelFiles,
-    Prediction, VOCABULARY_FILE,
+    Prediction, VOCABULARY_FILE, sha256_hex,
 };
 pub use features::{FitOptions, SparseBatch, Tokenizer, Vocabulary, Weighting};
 pub use network::{Architecture, Network};

@@ -30,7 +30,7 @@ use crate::{
     context::PredictorSettings,
     controller::children::{
         ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
-        requests_and_limits,
+        requests_and_limits, scratch_mount, scratch_volume,
     },
     names::truncate,
 };
@@ -144,6 +144,9 @@ pub fn build_deployment(
     if let Some(endpoint) = &settings.s3_endpoint {
         vars.push(env("AWS_ENDPOINT_URL", endpoint));
     }
+    if let Some(sha256) = &model.sha256 {
+        vars.push(env("MODEL_SHA256", sha256));
+    }
     let mut pod_labels = selector(md);
     pod_labels.insert(RUN_ID_LABEL.into(), model.run_id.clone());
     pod_labels.insert("app.kubernetes.io/component".into(), "predictor".into());
@@ -176,6 +179,7 @@ pub fn build_deployment(
                     // Predictors read their model from S3 and never call the Kubernetes API.
                     automount_service_account_token: Some(false),
                     image_pull_secrets: pull_secrets(&settings.image_pull_secrets),
+                    volumes: Some(vec![scratch_volume()]),
                     containers: vec![Container {
                         name: CONTAINER.into(),
                         image: Some(image),
@@ -206,6 +210,8 @@ pub fn build_deployment(
                         // as soon as it starts stopping.
                         readiness_probe: Some(http_probe("/v2/health/ready", 1, 1)),
                         liveness_probe: Some(http_probe("/v2/health/live", 10, 3)),
+                        security_context: Some(settings.security_context.clone()),
+                        volume_mounts: Some(vec![scratch_mount()]),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -343,6 +349,7 @@ pub(super) mod tests {
             training_job: "twitter-model".into(),
             uri: format!("s3://miniautoml/models/team-a/twitter-model/uid-{run}/"),
             version: run.into(),
+            sha256: Some(format!("{run:0>64}")),
         }
     }
 
@@ -357,6 +364,7 @@ pub(super) mod tests {
             },
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
+            security_context: crate::controller::children::restricted_security_context(),
         }
     }
 
@@ -409,6 +417,11 @@ pub(super) mod tests {
             Some("s3://miniautoml/models/team-a/twitter-model/uid-3/")
         );
         assert_eq!(env["RUN_ID"].value.as_deref(), Some("3"));
+        // The predictor refuses a model whose manifest is not the one the run recorded.
+        assert_eq!(
+            env["MODEL_SHA256"].value.as_deref(),
+            Some(format!("{:0>64}", 3).as_str())
+        );
         assert_eq!(env["MODEL_NAME"].value.as_deref(), Some("twitter-model"));
         assert_eq!(
             env["AWS_ENDPOINT_URL"].value.as_deref(),

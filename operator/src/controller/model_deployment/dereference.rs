@@ -27,10 +27,13 @@ pub async fn training_job(md: &ModelDeployment, ctx: &Context) -> Result<Result<
     }
     let run = md.spec.model.run_id.clone().unwrap_or_default();
     // Run ids are unique across namespaces; the run must be in this one.
-    let found = ctx
-        .find_run(&run, |job| job.served_model().is_ok())
-        .await?
-        .filter(|job| job.namespace().as_deref() == Some(namespace.as_str()));
+    let found = match run.parse() {
+        Ok(id) => ctx
+            .find_run(id, |job| job.served_model().is_ok())
+            .await?
+            .filter(|job| job.namespace().as_deref() == Some(namespace.as_str())),
+        Err(_) => None,
+    };
     Ok(found.ok_or_else(|| {
         (
             "RunNotFound",

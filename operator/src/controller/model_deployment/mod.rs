@@ -83,6 +83,8 @@ pub fn controller(
             // Every ModelDeployment referencing this TrainingJob, by name or run id.
             let namespace = job.namespace().unwrap_or_default();
             let name = job.name_any();
+            // Only a trigger (the watch carries metadata): a wrong label wakes a ModelDeployment,
+            // whose reconcile finds the run by its status.
             let run = job.labels().get(RUN_ID_LABEL).cloned();
             referencing
                 .state()

@@ -221,6 +221,7 @@ mod tests {
             },
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
+            security_context: crate::controller::children::restricted_security_context(),
         }
     }
 

@@ -46,6 +46,7 @@ pub(super) mod tests {
         job.metadata.namespace = Some("team-a".into());
         job.labels_mut().insert(RUN_ID_LABEL.into(), run.into());
         job.status = Some(TrainingJobStatus {
+            run_id: Some(run.into()),
             phase: Some(phase),
             artifact: (phase == TrainingPhase::Succeeded).then(|| ArtifactStatus {
                 uri: format!("s3://b/models/team-a/twitter-model/{run}/"),
@@ -68,6 +69,10 @@ pub(super) mod tests {
         assert_eq!(reason(job(TrainingPhase::Failed, "3")), "TrainingFailed");
         let mut no_artifact = job(TrainingPhase::Succeeded, "3");
         no_artifact.status.as_mut().unwrap().artifact = None;
+        // A run-id label the user set is not the run's id.
+        let mut labelled_only = job(TrainingPhase::Succeeded, "3");
+        labelled_only.status.as_mut().unwrap().run_id = None;
+        assert_eq!(reason(labelled_only), "NoRunId");
         assert_eq!(reason(no_artifact), "NoArtifact");
         let missing = Err(("RunNotFound", "no run 9".to_string()));
         assert_eq!(model(&missing).unwrap_err().0, "RunNotFound");

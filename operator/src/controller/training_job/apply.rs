@@ -8,69 +8,50 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
     runtime::events::EventType,
 };
-use miniautoml_api::{TrainingJob, labels::RUN_ID_LABEL};
+use miniautoml_api::TrainingJob;
 
 use super::build::{RunInputs, build_job, build_secret, build_service, job_name};
 use crate::{
-    Error, Result,
-    config::Credentials,
-    context::{Context, MANAGER},
-    ids::RUN_IDS,
-    status::is_conflict,
+    Result,
+    context::{Context, MANAGER, TrainingSettings},
+    ids::RUN_ID,
+    names::run_secret,
     tombstones::{self, Tombstone},
 };
 
-/// Labels `job` with a new run id; returns the id and the labelled object.
-pub async fn label_run_id(
+/// The run's id: the one the operator gave it (`status.runId`), else a new one; the label is made
+/// to mirror it. Costs no API call when the id is given and the label mirrors it.
+pub async fn assign_run_id(
     job: &TrainingJob,
     ctx: &Context,
     api: &Api<TrainingJob>,
 ) -> Result<(u64, TrainingJob)> {
-    // The watch cache can lag behind the label this process wrote (a Job or pod event may
-    // wake the run first), so the label is looked up once more at the source.
-    let fresh = api.get(&job.name_any()).await?;
-    if let Some(id) = fresh.run_id() {
-        return Ok((id, fresh));
-    }
-    let namespace = ctx
-        .training
-        .as_ref()
-        .map(|t| t.id_namespace.clone())
-        .unwrap_or_else(|| fresh.namespace().unwrap_or_default());
-    let id = ctx.ids.allocate(&ctx.client, &namespace, RUN_IDS).await?;
-    // Against the version read: a reconcile that saw a stale object (no label yet) is refused
-    // instead of labelling the run a second time.
-    let patch = serde_json::json!({"metadata": {
-        "labels": {RUN_ID_LABEL: id.to_string()},
-        "resourceVersion": fresh.resource_version(),
-    }});
-    let labelled = api
-        .patch(&fresh.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok((id, labelled))
+    ctx.ids
+        .assign(&ctx.client, &ctx.id_namespace, (api, job), &RUN_ID)
+        .await
 }
 
-/// Launches the run: its Secret (created once, so its token never changes), the headless
-/// Service of a multi-worker run, then the Job. Returns the Job.
+/// Launches the run: its Secret, the headless Service of a multi-worker run, then the Job.
+/// Returns the Job. The Secret is applied, not created: one that someone made under its name
+/// before the run was launched gets the operator's token and credentials (the token is derived
+/// from the run's uid, so applying it again never changes it).
 pub async fn launch(
     job: &TrainingJob,
     ctx: &Context,
     inputs: &RunInputs,
-    credentials: &Credentials,
+    settings: &TrainingSettings,
 ) -> Result<Job> {
     let namespace = job.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = build_secret(job, inputs.run_id, &new_token()?, credentials);
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => {}
-        // Created by an earlier try: it keeps its token.
-        Err(error) if is_conflict(&error) => {}
-        Err(error) => return Err(error.into()),
-    }
     let apply = PatchParams::apply(MANAGER).force();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let token = settings.run_tokens.token(&job.uid().unwrap_or_default());
+    let secret = build_secret(job, inputs.run_id, &token, &settings.credentials);
+    secrets
+        .patch(&run_secret(job), &apply, &Patch::Apply(&secret))
+        .await?;
     let name = job_name(job);
     if job.spec.workers > 1 {
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -120,11 +101,4 @@ pub async fn delete_run_objects(job: &TrainingJob, ctx: &Context) -> Result<()> 
     let deleted = tombstones::bury(store, &tombstone).await?;
     tracing::info!(deleted, trainingjob = job.name_any(), "run objects deleted");
     Ok(())
-}
-
-/// 32 random bytes from the operating system, hex: the run's token.
-fn new_token() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(Error::Randomness)?;
-    Ok(hex::encode(bytes))
 }

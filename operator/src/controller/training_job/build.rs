@@ -8,7 +8,7 @@ use k8s_openapi::{
         batch::v1::{Job, JobSpec},
         core::v1::{
             Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-            ResourceRequirements, Secret, Service, ServiceSpec, Toleration,
+            ResourceRequirements, Secret, SecurityContext, Service, ServiceSpec, Toleration,
         },
     },
     apimachinery::pkg::api::resource::Quantity,
@@ -16,7 +16,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use miniautoml_api::{
     Dataset, SnapshotStatus, TrainingJob,
-    labels::{DATASET_ID_LABEL, RUN_ID_LABEL, TRAINING_JOB_LABEL},
+    labels::{RUN_ID_LABEL, TRAINING_JOB_LABEL},
 };
 
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
     context::TrainingSettings,
     controller::children::{
         ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
-        requests_and_limits,
+        requests_and_limits, restricted_security_context, scratch_mount, scratch_volume,
     },
     names::{RUN_TOKEN_KEY as TOKEN_KEY, run_secret as secret_name, truncate},
 };
@@ -64,6 +64,8 @@ pub struct RunInputs {
     pub image_pull_secrets: Vec<String>,
     /// Pull policy of the training image (`None`: Kubernetes' default).
     pub image_pull_policy: Option<String>,
+    /// The trainer container's security context.
+    pub security_context: SecurityContext,
 }
 
 /// What a run is launched with: its id and image, the snapshot, and the operator's settings.
@@ -80,9 +82,8 @@ pub fn run_inputs(
         metadata_store: settings.metadata_store_address.clone(),
         metadata_store_ca: settings.metadata_store_ca.clone(),
         dataset_id: dataset
-            .labels()
-            .get(DATASET_ID_LABEL)
-            .cloned()
+            .dataset_id()
+            .map(|id| id.to_string())
             .unwrap_or_else(|| dataset.name_any()),
         version_hash: snapshot.version_hash.clone(),
         bucket: settings.bucket.clone(),
@@ -96,10 +97,20 @@ pub fn run_inputs(
         s3_region: settings.s3_region.clone(),
         image_pull_secrets: settings.image_pull_secrets.clone(),
         // A spec naming its own image keeps Kubernetes' default policy.
-        image_pull_policy: match (&job.spec.image, &job.spec.algorithm) {
-            (None, Some(algorithm)) => settings.algorithm_pull_policies.get(algorithm).cloned(),
-            _ => None,
-        },
+        image_pull_policy: configured_algorithm(job)
+            .and_then(|algorithm| settings.algorithm_pull_policies.get(algorithm).cloned()),
+        // Only an administrator's configuration loosens the restricted default, never a spec.
+        security_context: configured_algorithm(job)
+            .and_then(|algorithm| settings.algorithm_security_contexts.get(algorithm).cloned())
+            .unwrap_or_else(restricted_security_context),
+    }
+}
+
+/// The algorithm whose configured image the run uses (`None` for a spec's own image).
+fn configured_algorithm(job: &TrainingJob) -> Option<&String> {
+    match (&job.spec.image, &job.spec.algorithm) {
+        (None, Some(algorithm)) => Some(algorithm),
+        _ => None,
     }
 }
 
@@ -268,12 +279,15 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
                         .then(|| job.spec.node_selector.clone()),
                     tolerations: tolerations(job),
                     image_pull_secrets: pull_secrets(&inputs.image_pull_secrets),
+                    volumes: Some(vec![scratch_volume()]),
                     containers: vec![Container {
                         name: CONTAINER.into(),
                         image: Some(inputs.image.clone()),
                         image_pull_policy: inputs.image_pull_policy.clone(),
                         env: Some(contract_env(job, inputs)),
                         resources: resources(job),
+                        security_context: Some(inputs.security_context.clone()),
+                        volume_mounts: Some(vec![scratch_mount()]),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -330,6 +344,7 @@ mod tests {
             s3_region: "us-east-1".into(),
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
+            security_context: restricted_security_context(),
         }
     }
 
@@ -397,6 +412,60 @@ mod tests {
         assert_eq!(pod.automount_service_account_token, Some(false), "no API access");
         let resources = pod.containers[0].resources.clone().unwrap();
         assert_eq!(resources.limits.unwrap()["cpu"], Quantity("1".into()));
+        // Restricted: non-root, no escalation, no capabilities, RuntimeDefault seccomp, a
+        // read-only root with /tmp writable.
+        let context = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(
+            (
+                context.run_as_non_root,
+                context.allow_privilege_escalation,
+                context.read_only_root_filesystem
+            ),
+            (Some(true), Some(false), Some(true))
+        );
+        assert_eq!(context.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(context.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(
+            pod.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/tmp"
+        );
+        assert!(pod.volumes.as_ref().unwrap()[0].empty_dir.is_some());
+    }
+
+    #[test]
+    fn only_a_configured_algorithm_loosens_the_security_context() {
+        let settings = TrainingSettings {
+            metadata_store_address: "op:51001".into(),
+            metadata_store_ca: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            bucket: "b".into(),
+            credentials: Credentials {
+                access_key_id: "a".into(),
+                secret_access_key: "s".into(),
+            },
+            max_concurrent_runs: 0,
+            image_pull_secrets: Vec::new(),
+            algorithm_pull_policies: BTreeMap::new(),
+            run_tokens: crate::run_tokens::RunTokens::new(b"k"),
+            algorithm_security_contexts: BTreeMap::from([(
+                "intent-classification".to_string(),
+                SecurityContext {
+                    run_as_user: Some(0),
+                    ..Default::default()
+                },
+            )]),
+        };
+        let dataset: Dataset =
+            serde_yaml::from_str(include_str!("../../../../examples/dataset.yaml")).unwrap();
+        let snapshot = SnapshotStatus::default();
+        let configured = run_inputs(&fixture(), 7, "img", (&dataset, &snapshot), &settings);
+        assert_eq!(configured.security_context.run_as_user, Some(0));
+        let mut own_image = fixture();
+        own_image.spec.algorithm = None;
+        own_image.spec.image = Some("example.com/mine:1".into());
+        let own = run_inputs(&own_image, 7, "img", (&dataset, &snapshot), &settings);
+        assert_eq!(own.security_context, restricted_security_context());
     }
 
     #[test]

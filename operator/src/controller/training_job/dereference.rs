@@ -10,7 +10,6 @@ use kube::{
 use miniautoml_api::{Dataset, SnapshotState, SnapshotStatus, TrainingJob};
 use miniautoml_data::SnapshotSelector;
 
-use super::status::finished;
 use crate::{
     Result,
     conditions::{self, ACCEPTED},
@@ -185,7 +184,7 @@ pub fn queue_position(job: &TrainingJob, all: &[TrainingJob]) -> (usize, usize) 
     let mut ahead = 0;
     let mut active = 0;
     for other in all {
-        if finished(other) || other.metadata.deletion_timestamp.is_some() || other.uid() == job.uid() {
+        if other.has_ended() || other.metadata.deletion_timestamp.is_some() || other.uid() == job.uid() {
             continue;
         }
         let status = other.status.as_ref();

@@ -43,7 +43,7 @@ use self::{
     build::{job_name, launched_version_hash, run_inputs},
     dereference::Waiting,
     observe::{image_digest, observe},
-    status::{Found, finished, phase},
+    status::{Found, phase},
 };
 use super::{reconciled::report_unreadable, watches::Events};
 use crate::{Error, Result, context::Context, status::modify_cached_status};
@@ -131,11 +131,15 @@ async fn report(api: &Api<TrainingJob>, job: &TrainingJob, found: &Found<'_>) ->
 }
 
 async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
-    if finished(job) {
-        return Ok(Action::await_change());
-    }
     let namespace = job.namespace().unwrap_or_default();
     let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    if job.has_ended() {
+        // Only a run-id label someone changed is put back.
+        if job.run_id().is_some() {
+            apply::assign_run_id(job, ctx, &api).await?;
+        }
+        return Ok(Action::await_change());
+    }
     let image = match validate::validate(job, ctx) {
         Ok(image) => image.to_string(),
         Err(invalid) => {
@@ -147,15 +151,8 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    // The id goes into status with the next status write.
-    let labelled;
-    let (run_id, job) = match job.run_id() {
-        Some(id) => (id, job),
-        None => {
-            labelled = apply::label_run_id(job, ctx, &api).await?;
-            (labelled.0, &labelled.1)
-        }
-    };
+    let (run_id, job) = apply::assign_run_id(job, ctx, &api).await?;
+    let job = &job;
     let Some(settings) = &ctx.training else {
         report(&api, job, &Found::NotConfigured).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
@@ -201,7 +198,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 }
             }
             let inputs = run_inputs(job, run_id, &image, (&ready.0, &ready.1), settings);
-            let run = apply::launch(job, ctx, &inputs, &settings.credentials).await?;
+            let run = apply::launch(job, ctx, &inputs, settings).await?;
             (run, version_hash)
         }
     };

@@ -5,10 +5,8 @@
 //! overwrites the other's fields.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 use miniautoml_api::{
     TrainingJob, TrainingJobStatus,
-    labels::RUN_ID_LABEL,
     training_job::{DATASET_READY, FAILED, RUNNING, SUCCEEDED, TrainingPhase},
 };
 
@@ -58,23 +56,14 @@ pub fn phase(job: &TrainingJob) -> Option<TrainingPhase> {
     job.status.as_ref().and_then(|s| s.phase)
 }
 
-/// Whether the run has ended (a finished run is never touched again).
-pub fn finished(job: &TrainingJob) -> bool {
-    matches!(phase(job), Some(TrainingPhase::Succeeded | TrainingPhase::Failed))
-}
-
 /// Writes what `found` says into `job`'s status, observed at `now`; returns whether anything
 /// changed. `job` is the object as last read (a retry after a conflict calls this again on a
 /// fresh read), so fields other writers own are kept.
 pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
     let generation = job.metadata.generation;
-    let run_id = job.labels().get(RUN_ID_LABEL).cloned();
     let status = job.status.get_or_insert_with(Default::default);
     let before = status.clone();
     status.observed_generation = generation;
-    if run_id.is_some() {
-        status.run_id = run_id;
-    }
     let at = (generation, now);
     if let Found::Invalid(Invalid { reason, message }) = found {
         set(status, at, ACCEPTED, false, reason, message);
@@ -209,7 +198,11 @@ mod tests {
         let mut job: TrainingJob =
             serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
         job.metadata.generation = Some(1);
-        job.labels_mut().insert(RUN_ID_LABEL.into(), "7".into());
+        // Given by the operator before the first record; a record keeps it.
+        job.status = Some(TrainingJobStatus {
+            run_id: Some("7".into()),
+            ..Default::default()
+        });
         job
     }
 
@@ -293,7 +286,7 @@ mod tests {
         job.status.as_mut().unwrap().artifact = Some(ArtifactStatus::default());
         job.status.as_mut().unwrap().message = Some("test accuracy 0.8".into());
         record(&mut job, &launched(&Observed::Completed), &at(2));
-        assert!(finished(&job));
+        assert!(job.has_ended());
         assert_eq!(
             condition(&job, SUCCEEDED),
             ("True".into(), "ArtifactRecorded".into())

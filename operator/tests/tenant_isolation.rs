@@ -1,0 +1,427 @@
+//! Tenant isolation, on the local cluster: what one namespace's user could do to another's runs
+//! and datasets through the ids, the run tokens and the metadata store, each tried as an
+//! attacker would, and refused (docs/security.md names each test).
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Pod, Secret},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::wait::await_condition,
+};
+use miniautoml_api::{Dataset, TrainingJob};
+use miniautoml_proto::{
+    data_management::{
+        DatasetPointer, FileInfo, data_management_service_client::DataManagementServiceClient,
+    },
+    metadata_store::{
+        CreateArtifactRequest, EpochInfo, GetRunStatusRequest, LogEpochRequest, LogRunEndRequest,
+        metadata_store_service_client::MetadataStoreServiceClient,
+    },
+};
+use miniautoml_test_support::{
+    LocalCluster, OperatorProcess, TestNamespace,
+    harness::{self, logs_on_failure, succeeded_run, training_job, tweet_emotion},
+    install_crds,
+};
+use tonic::{Code, Request, transport::Channel};
+
+/// How long the operator may take to give an id or put a label back.
+const WITHIN: Duration = Duration::from_secs(30);
+
+async fn namespace_with_operator(prefix: &str) -> harness::WithOperator {
+    harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), prefix, &[]).await
+}
+
+/// `message` with `authorization: Bearer <token>`.
+fn with_token<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn epoch(run_id: &str, epoch_id: &str) -> LogEpochRequest {
+    LogEpochRequest {
+        epoch_info: Some(EpochInfo {
+            run_id: run_id.into(),
+            epoch_id: epoch_id.into(),
+            metrics: [("accuracy".to_string(), "1.0".to_string())].into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Waits for `object` of `api` to satisfy `done`.
+async fn until<K>(api: &Api<K>, name: &str, done: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let condition = await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&done));
+    match tokio::time::timeout(WITHIN, condition).await {
+        Ok(found) => found.unwrap().unwrap(),
+        Err(_) => panic!("{name}: timed out; now {:#?}", api.get(name).await),
+    }
+}
+
+fn label<'a, K: kube::Resource>(object: &'a K, key: &str) -> Option<&'a str> {
+    object.meta().labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn dataset(name: &str, labels: serde_json::Value) -> Dataset {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"type": "TextIntent", "commits": [
+            {"message": "never uploaded", "source": {"bucket": "miniautoml", "key": format!("raw/{name}.csv")}}
+        ]},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_set_run_id_or_dataset_id_label_changes_nothing() {
+    let (cluster, client, ns, operator) = namespace_with_operator("forged-ids").await;
+    let _logs = logs_on_failure(cluster, &ns);
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+
+    // The victim's dataset and run get their ids from the operator.
+    datasets
+        .create(
+            &PostParams::default(),
+            &dataset("victim-data", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let victim_data = until(&datasets, "victim-data", |d: &Dataset| d.dataset_id().is_some()).await;
+    let victim_dataset_id = victim_data.dataset_id().unwrap().to_string();
+    jobs.create(
+        &PostParams::default(),
+        &training_job(
+            "victim-run",
+            serde_json::json!({"dataset": {"name": "victim-data"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let victim = until(&jobs, "victim-run", |j: &TrainingJob| j.run_id().is_some()).await;
+    let victim_run = victim.run_id().unwrap().to_string();
+
+    // Another user labels their own objects with the victim's ids, at creation.
+    datasets
+        .create(
+            &PostParams::default(),
+            &dataset(
+                "forger-data",
+                serde_json::json!({"miniautoml.io/dataset-id": victim_dataset_id}),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut forged = training_job(
+        "hijacker",
+        serde_json::json!({"dataset": {"name": "forger-data"}}),
+    );
+    forged
+        .labels_mut()
+        .insert("miniautoml.io/run-id".into(), victim_run.clone());
+    jobs.create(&PostParams::default(), &forged).await.unwrap();
+
+    // Each gets an id of its own, and the label is put back to it.
+    let forger_data = until(&datasets, "forger-data", |d: &Dataset| {
+        d.dataset_id()
+            .is_some_and(|id| label(d, "miniautoml.io/dataset-id") == Some(&id.to_string()))
+    })
+    .await;
+    assert_ne!(forger_data.dataset_id().unwrap().to_string(), victim_dataset_id);
+    let hijacker = until(&jobs, "hijacker", |j: &TrainingJob| {
+        j.run_id()
+            .is_some_and(|id| label(j, "miniautoml.io/run-id") == Some(&id.to_string()))
+    })
+    .await;
+    assert_ne!(hijacker.run_id().unwrap().to_string(), victim_run);
+
+    // Relabelled later, it is put back too.
+    let relabel = serde_json::json!({"metadata": {"labels": {"miniautoml.io/run-id": victim_run}}});
+    jobs.patch("hijacker", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    let own = hijacker.run_id().unwrap().to_string();
+    until(&jobs, "hijacker", |j: &TrainingJob| {
+        label(j, "miniautoml.io/run-id") == Some(own.as_str())
+    })
+    .await;
+    // And while a forged label stands, the ids still answer with the victim's objects.
+    jobs.patch("hijacker", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    // The ids answer with the victim's objects.
+    let channel = operator.grpc_channel().await;
+    let mut metadata = MetadataStoreServiceClient::new(channel.clone());
+    let info = metadata
+        .get_run_status(GetRunStatusRequest {
+            run_id: victim_run.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_info
+        .unwrap();
+    assert_eq!(info.tracing.unwrap().dataset_id, "victim-data");
+    let mut data = DataManagementServiceClient::new(channel);
+    let summary = data
+        .get_dataset_summary(DatasetPointer {
+            dataset_id: victim_dataset_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.name, "victim-data");
+    let victim_after = jobs.get("victim-run").await.unwrap();
+    assert_eq!(victim_after.run_id().unwrap().to_string(), victim_run);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_tokens_end_with_the_run_and_a_run_secret_made_beforehand_is_not_trusted() {
+    let (cluster, client, ns, operator) = namespace_with_operator("run-tokens").await;
+    let _logs = logs_on_failure(cluster, &ns);
+    tweet_emotion(cluster, &Api::namespaced(client.clone(), &ns.name), &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+
+    // A user makes the run's Secret before the run exists, with a token they know and storage
+    // credentials of their choosing.
+    let planted = Secret {
+        metadata: ObjectMeta {
+            name: Some("intent-run".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [
+                ("token", "attacker-known"),
+                ("AWS_ACCESS_KEY_ID", "attacker"),
+                ("AWS_SECRET_ACCESS_KEY", "attacker-secret"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &planted).await.unwrap();
+    let done = succeeded_run(&jobs, "intent", &ns.name).await;
+    let status = done.status.clone().unwrap();
+    let run_id = status.run_id.clone().unwrap();
+
+    // The operator wrote its own token and credentials into it, and owns it.
+    let secret = secrets.get("intent-run").await.unwrap();
+    let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
+    assert_ne!(token, "attacker-known");
+    assert_eq!(
+        secret.owner_references()[0].uid,
+        done.uid().unwrap(),
+        "owned by its TrainingJob"
+    );
+
+    // The trainer ran restricted: non-root, RuntimeDefault seccomp, nothing to escalate to.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels("miniautoml.io/trainingjob=intent"))
+        .await
+        .unwrap();
+    let context = pods.items[0].spec.as_ref().unwrap().containers[0]
+        .security_context
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (
+            context.run_as_non_root,
+            context.allow_privilege_escalation,
+            context.read_only_root_filesystem
+        ),
+        (Some(true), Some(false), Some(true))
+    );
+    assert_eq!(context.seccomp_profile.unwrap().type_, "RuntimeDefault");
+
+    let mut metadata: MetadataStoreServiceClient<Channel> =
+        MetadataStoreServiceClient::new(operator.grpc_channel().await);
+    // The planted token, and this run's token for a run id that does not exist: the same
+    // answer as any made-up token.
+    let planted = metadata
+        .log_epoch(with_token("attacker-known", epoch(&run_id, "0-99")))
+        .await
+        .unwrap_err();
+    assert_eq!(planted.code(), Code::PermissionDenied, "{planted:?}");
+    let unknown = metadata
+        .log_epoch(with_token(&token, epoch("999999", "0-99")))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::PermissionDenied, "{unknown:?}");
+    assert!(
+        unknown.message().contains("the token is not run 999999's"),
+        "{unknown:?}"
+    );
+
+    // The run's own token, after the run ended: no report changes its status.
+    let refused = metadata
+        .log_epoch(with_token(&token, epoch(&run_id, "0-99")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("has ended"), "{refused:?}");
+    let artifact = metadata
+        .create_artifact(with_token(
+            &token,
+            CreateArtifactRequest {
+                artifact: Some(FileInfo {
+                    name: "intent".into(),
+                    bucket: cluster.s3_bucket.clone(),
+                    path: status.artifact.as_ref().unwrap().uri.clone(),
+                }),
+                run_id: run_id.clone(),
+                algorithm: "intent-classification".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(artifact.code(), Code::FailedPrecondition, "{artifact:?}");
+    // A late LogRunEnd is answered as before, and changes nothing.
+    let end = metadata
+        .log_run_end(with_token(
+            &token,
+            LogRunEndRequest {
+                run_id: run_id.clone(),
+                success: true,
+                message: "test accuracy 0.01".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(end.run_info.unwrap().success);
+    let after = jobs.get("intent").await.unwrap().status.unwrap();
+    assert_eq!(after, status, "a spent token changed the status");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_without_a_valid_run_token_cost_no_kubernetes_api_call() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "tokenless").await.unwrap();
+    // The operator runs as a ServiceAccount, so the audit log records its every request.
+    let account = "operator";
+    let apply = |args: &[&str]| {
+        let output = cluster.kubectl().args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    apply(&["create", "serviceaccount", account, "-n", &ns.name]);
+    apply(&[
+        "create",
+        "rolebinding",
+        "operator",
+        "-n",
+        &ns.name,
+        "--clusterrole=cluster-admin",
+        &format!("--serviceaccount={}:{account}", ns.name),
+    ]);
+    let token = apply(&["create", "token", account, "-n", &ns.name, "--duration=1h"]);
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.name));
+    std::fs::copy(&cluster.kubeconfig, &kubeconfig).unwrap();
+    let config = kubeconfig.to_str().unwrap();
+    apply(&[
+        "--kubeconfig",
+        config,
+        "config",
+        "set-credentials",
+        account,
+        &format!("--token={}", token.trim()),
+    ]);
+    apply(&[
+        "--kubeconfig",
+        config,
+        "config",
+        "set-context",
+        "--current",
+        &format!("--user={account}"),
+    ]);
+    let operator = OperatorProcess::start_as(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+        cluster.free_addr(),
+        &[],
+        &kubeconfig,
+    );
+    let mut metadata = MetadataStoreServiceClient::new(operator.grpc_channel().await);
+    // Ready: its caches hold every TrainingJob of the namespace (none).
+    for _ in 0..300 {
+        let ready = miniautoml_test_support::http_get(operator.admin_addr, "/readyz").await;
+        if ready.is_ok_and(|body| body.contains(" 200 ")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+
+    // 1,000 reports without a token and 1,000 with a made-up one, each for a random run id;
+    // bounded in time too.
+    let calls = async {
+        for i in 0..2000u64 {
+            let run = format!("{}", 1 + (i * 7_919 + 13) % 100_000);
+            let refused = if i % 2 == 0 {
+                metadata.log_epoch(epoch(&run, "0-1")).await.unwrap_err()
+            } else {
+                let made_up = format!("{i:032x}.{:064x}", i * 31);
+                metadata
+                    .log_epoch(with_token(&made_up, epoch(&run, "0-1")))
+                    .await
+                    .unwrap_err()
+            };
+            let expected = if i % 2 == 0 {
+                Code::Unauthenticated
+            } else {
+                Code::PermissionDenied
+            };
+            assert_eq!(refused.code(), expected, "{refused:?}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), calls)
+        .await
+        .expect("2,000 refused reports within 2 minutes");
+
+    // The audit log: no request of the operator's since, besides its watches.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let user = format!("system:serviceaccount:{}:{account}", ns.name);
+    let log = std::fs::read_to_string(&cluster.audit_log).unwrap();
+    let requests: Vec<String> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["user"]["username"] == user.as_str())
+        .filter(|event| event["stage"] == "ResponseComplete" && event["verb"] != "watch")
+        .filter(|event| event["requestReceivedTimestamp"].as_str().unwrap_or_default() >= since.as_str())
+        .map(|event| format!("{} {}", event["verb"], event["objectRef"]["resource"]))
+        .collect();
+    println!("2,000 refused reports; API requests of the operator meanwhile: {requests:?}");
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("trainingjobs") || r.contains("secrets")),
+        "{requests:?}"
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+}
