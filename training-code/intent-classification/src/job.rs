@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
-use miniautoml_data::Store;
+use miniautoml_data::{StorageError, Store};
 use miniautoml_intent_model::ARTIFACT_FILES;
 use miniautoml_proto::data_management::FileInfo;
 use miniautoml_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
@@ -373,8 +373,7 @@ fn epoch_info(config: &JobConfig, report: &EpochReport) -> EpochInfo {
 /// holds objects: a run's artifacts are immutable.
 async fn upload(store: &Store, path: &str, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     let prefix = format!("{path}/");
-    let existing = store
-        .list(&store.bucket, &prefix)
+    let existing = while_unavailable(|| store.list(&store.bucket, &prefix))
         .await
         .map_err(|e| Error::Storage(format!("artifacts: {e}")))?;
     if !existing.is_empty() {
@@ -391,10 +390,29 @@ async fn upload(store: &Store, path: &str, files: &BTreeMap<String, Vec<u8>>) ->
         } else {
             "application/octet-stream"
         };
-        store
-            .put(&format!("{prefix}{name}"), files[name].clone(), content_type)
+        let key = format!("{prefix}{name}");
+        while_unavailable(|| store.put(&key, files[name].clone(), content_type))
             .await
             .map_err(|e| Error::Storage(format!("artifact {name}: {e}")))?;
     }
     Ok(())
+}
+
+/// Runs a storage call again while the store is unreachable (restarting, or overloaded for a
+/// moment) for up to about a minute, as [`call`] does for the metadata store: a trained model is
+/// not lost to a short outage. Refusals (denied, not found) are final at once.
+async fn while_unavailable<T, F, Fut>(attempt: F) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StorageError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(4))
+        .with_total_delay(Some(Duration::from_secs(60)))
+        .without_max_times();
+    attempt
+        .retry(backoff)
+        .when(|error| matches!(error, StorageError::Unavailable(_)))
+        .await
 }
