@@ -62,7 +62,7 @@ GRPC_AUTH ?= none
 run: ## Run the operator as a local process against the current kubeconfig
 	$(CARGO) run --locked -p miniautoml-operator --bin miniautoml-operator -- \
 		--admin-addr 127.0.0.1:8080 --grpc-addr $(GRPC_HOST):51001 --metadata-store-address $(GRPC_HOST):51001 \
-		--grpc-auth $(GRPC_AUTH)
+		--grpc-auth $(GRPC_AUTH) --dataset-source '*=mini-automl-dm/upload/'
 
 bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
 	hack/bench-ingest.sh

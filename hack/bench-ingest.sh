@@ -62,7 +62,7 @@ for size in "${SIZES[@]}"; do
   generate "$file" "$size"
   bytes=$(stat -c %s "$file")
   rows=$(wc -l <"$file")
-  s3_put "$file" "bench/intent-$size.csv"
+  s3_put "$file" "raw/$NAMESPACE/intent-$size.csv"
   rm -f "$file"
 
   kubectl delete dataset -n "$NAMESPACE" "bench-$size" --ignore-not-found --wait=false >/dev/null
@@ -78,7 +78,7 @@ metadata: {name: bench-$size}
 spec:
   type: TextIntent
   commits:
-    - {message: "$size MB", source: {bucket: $S3_BUCKET, key: bench/intent-$size.csv}}
+    - {message: "$size MB", source: {bucket: $S3_BUCKET, key: raw/$NAMESPACE/intent-$size.csv}}
 EOT
   kubectl wait -n "$NAMESPACE" --for=jsonpath='{.status.commitCount}'=1 --timeout=1200s "dataset/bench-$size" >/dev/null
   end=$(date +%s.%N)
@@ -98,6 +98,6 @@ EOT
   curl -fsS -X DELETE --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" \
     --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
     -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
-    "$S3_ENDPOINT/$S3_BUCKET/bench/intent-$size.csv" >/dev/null
+    "$S3_ENDPOINT/$S3_BUCKET/raw/$NAMESPACE/intent-$size.csv" >/dev/null
 done
 echo "(goal: >= 100 MB/s and peak RSS < 64 MiB; MB = 10^6 bytes of source CSV; $(nproc) cores)"

@@ -82,8 +82,8 @@ export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 # The operator creates the bucket at start; the first upload may come before it.
 for attempt in $(seq 1 30); do
   printf '$ curl --aws-sigv4 aws:amz:us-east-1:s3 --user ... -T testdata/tweet_emotion/tweet_emotion_part1.csv %s\n' \
-    "$S3_ENDPOINT/$S3_BUCKET/raw/tweet_emotion/tweet_emotion_part1.csv"
-  if s3_put testdata/tweet_emotion/tweet_emotion_part1.csv raw/tweet_emotion/tweet_emotion_part1.csv; then break; fi
+    "$S3_ENDPOINT/$S3_BUCKET/raw/default/tweet_emotion/tweet_emotion_part1.csv"
+  if s3_put testdata/tweet_emotion/tweet_emotion_part1.csv raw/default/tweet_emotion/tweet_emotion_part1.csv; then break; fi
   [ "$attempt" -lt 30 ] || exit 1
   sleep 2
 done
@@ -144,7 +144,7 @@ show env GRPC_ADDR="$GRPC_ADDR" hack/grpc-predict.sh "$RUN_ID" "I am so happy to
 
 step "The original dataset workflow over gRPC (hack/grpc-datasets.sh)"
 kubectl delete dataset -n "$NAMESPACE" tweets-grpc --ignore-not-found --wait >/dev/null
-show env GRPC_ADDR="$GRPC_ADDR" hack/grpc-datasets.sh tweets-grpc | tee "$WORK/grpc.log"
+show env GRPC_ADDR="$GRPC_ADDR" GRPC_NAMESPACE="$NAMESPACE" hack/grpc-datasets.sh tweets-grpc | tee "$WORK/grpc.log"
 step "The original training workflow over gRPC (hack/grpc-training.sh)"
 id=$(sed -n 's/.*"datasetId": "\([0-9]*\)".*/\1/p' "$WORK/grpc.log" | awk 'NR == 1')
 show env GRPC_ADDR="$GRPC_ADDR" hack/grpc-training.sh "$id" hashBg==

@@ -7,6 +7,9 @@
 #
 # Needs grpcurl (make tools) and the local cluster's env file sourced (S3_ENDPOINT, S3_BUCKET,
 # AWS_*), as `make demo` does. The operator serves reflection, so no .proto files are passed.
+# GRPC_NAMESPACE is the operator's gRPC namespace (default: default, as `make run`; the chart's is
+# its release namespace): the data goes to that namespace's own raw prefix, raw/<namespace>/, the
+# only place it may ingest from unless an administrator granted more.
 # GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE --audience miniautoml),
 # for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
 set -euo pipefail
@@ -14,21 +17,22 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:51001}
 NAME=${1:-tweets-grpc}
+RAW=raw/${GRPC_NAMESPACE:-default}/$NAME
 DATA=$REPO_ROOT/testdata/tweet_emotion
 call() { grpc -d "$2" "$GRPC_ADDR" "data_management.DataManagementService/$1"; }
 field() { sed -n "s/.*\"$1\": \"\\([^\"]*\\)\".*/\\1/p" | head -n 1; }
 
-echo "--- upload tweet_emotion part 1 and 2 to s3://$S3_BUCKET/raw/$NAME/"
-s3_put "$DATA/tweet_emotion_part1.csv" "raw/$NAME/part1.csv"
-s3_put "$DATA/tweet_emotion_part2.csv" "raw/$NAME/part2.csv"
+echo "--- upload tweet_emotion part 1 and 2 to s3://$S3_BUCKET/$RAW/"
+s3_put "$DATA/tweet_emotion_part1.csv" "$RAW/part1.csv"
+s3_put "$DATA/tweet_emotion_part2.csv" "$RAW/part2.csv"
 
 echo "--- CreateDataset (returns once commit 1 is ingested)"
-created=$(call CreateDataset "{\"name\": \"$NAME\", \"description\": \"tweet emotions\", \"dataset_type\": \"TEXT_INTENT\", \"bucket\": \"$S3_BUCKET\", \"path\": \"raw/$NAME/part1.csv\", \"tags\": [{\"tag_key\": \"part\", \"tag_value\": \"1\"}]}")
+created=$(call CreateDataset "{\"name\": \"$NAME\", \"description\": \"tweet emotions\", \"dataset_type\": \"TEXT_INTENT\", \"bucket\": \"$S3_BUCKET\", \"path\": \"$RAW/part1.csv\", \"tags\": [{\"tag_key\": \"part\", \"tag_value\": \"1\"}]}")
 echo "$created"
 id=$(echo "$created" | field datasetId)
 
 echo "--- UpdateDataset $id (commit 2)"
-call UpdateDataset "{\"dataset_id\": \"$id\", \"commit_message\": \"part 2\", \"bucket\": \"$S3_BUCKET\", \"path\": \"raw/$NAME/part2.csv\", \"tags\": [{\"tag_key\": \"part\", \"tag_value\": \"2\"}]}" >/dev/null
+call UpdateDataset "{\"dataset_id\": \"$id\", \"commit_message\": \"part 2\", \"bucket\": \"$S3_BUCKET\", \"path\": \"$RAW/part2.csv\", \"tags\": [{\"tag_key\": \"part\", \"tag_value\": \"2\"}]}" >/dev/null
 
 echo "--- PrepareTrainingDataset $id (all commits)"
 hash=$(call PrepareTrainingDataset "{\"dataset_id\": \"$id\"}" | field versionHash)

@@ -17,9 +17,12 @@ use crate::{
 /// Why an ingestion or snapshot failed, sorted by what should happen next.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
-    /// The data cannot be used (malformed, empty, not found): the commit is rejected for good.
+    /// The data cannot be used (malformed, empty): the commit is rejected for good.
     #[error("{0}")]
     Rejected(String),
+    /// The source object or bucket does not exist: the commit is rejected for good.
+    #[error("{0}")]
+    Missing(String),
     /// The operator's credentials are refused: retried, since fixing them needs no new commit.
     #[error("{0}")]
     Denied(String),
@@ -31,7 +34,7 @@ pub enum IngestError {
 impl From<StorageError> for IngestError {
     fn from(error: StorageError) -> Self {
         match error {
-            StorageError::NotFound(message) => IngestError::Rejected(message),
+            StorageError::NotFound(message) => IngestError::Missing(message),
             StorageError::Denied(message) => IngestError::Denied(message),
             StorageError::Unavailable(message) => IngestError::Unavailable(message),
         }

@@ -163,7 +163,7 @@ async fn missing_sources_are_rejected_and_refused_credentials_are_not() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, IngestError::Rejected(m) if m.contains("not found")),
+        matches!(&error, IngestError::Missing(m) if m.contains("not found")),
         "{error:?}"
     );
     let no_bucket = ObjectSource {
@@ -175,7 +175,7 @@ async fn missing_sources_are_rejected_and_refused_credentials_are_not() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, IngestError::Rejected(m) if m.contains("not found")),
+        matches!(&error, IngestError::Missing(m) if m.contains("not found")),
         "{error:?}"
     );
 

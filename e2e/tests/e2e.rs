@@ -58,7 +58,19 @@ fn the_lab_through_helm_install() {
     let t = step("helm install (bundled object store; leader election on)");
     adopt_crds();
     let chart = repo_path("charts/miniautoml");
-    let installed = helm(&["install", RELEASE, &chart, "-n", NAMESPACE, "--create-namespace"]);
+    // The examples' data is under raw/default/; the lab applies them in its own namespace,
+    // which an administrator grants that prefix (as values do).
+    let grant = format!("datasetSources.{LAB}[0]=miniautoml/raw/default/tweet_emotion/");
+    let installed = helm(&[
+        "install",
+        RELEASE,
+        &chart,
+        "-n",
+        NAMESPACE,
+        "--create-namespace",
+        "--set",
+        &grant,
+    ]);
     println!("{installed}");
     for expected in [
         format!("kubectl rollout status -n {NAMESPACE} deployment/{RELEASE}"),
@@ -104,7 +116,7 @@ fn the_lab_through_helm_install() {
                 &access_key,
                 &secret_key,
                 "tweet_emotion_part1.csv",
-                "raw/tweet_emotion/tweet_emotion_part1.csv",
+                "raw/default/tweet_emotion/tweet_emotion_part1.csv",
             )
         },
     );
@@ -208,6 +220,7 @@ fn the_lab_through_helm_install() {
         ("GRPC_TOKEN", token.clone()),
         ("S3_ENDPOINT", endpoint.clone()),
         ("S3_BUCKET", "miniautoml".to_string()),
+        ("GRPC_NAMESPACE", NAMESPACE.to_string()),
         ("AWS_ACCESS_KEY_ID", access_key.clone()),
         ("AWS_SECRET_ACCESS_KEY", secret_key.clone()),
     ];

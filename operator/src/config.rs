@@ -129,6 +129,18 @@ pub struct Config {
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     pub s3_region: String,
 
+    /// A source a namespace may ingest Datasets from besides its own `raw/<namespace>/` prefix
+    /// of the bucket, `NAMESPACE=BUCKET/PREFIX` (`*=…` for every namespace); repeat the flag or
+    /// separate with commas. The
+    /// operator's own prefixes (`datasets/`, `models/`, `runs/`, `tombstones/`) cannot be granted.
+    #[arg(
+        long = "dataset-source",
+        env = "MINIAUTOML_DATASET_SOURCES",
+        value_delimiter = ',',
+        value_parser = parse_dataset_source
+    )]
+    pub dataset_sources: Vec<(String, String)>,
+
     /// Bucket holding datasets, snapshots and models.
     #[arg(long, env = "MINIAUTOML_BUCKET", default_value = "miniautoml")]
     pub bucket: String,
@@ -296,6 +308,19 @@ fn parse_algorithm_security_context(text: &str) -> Result<(String, SecurityConte
         return Err(format!("{text:?} is not NAME=JSON: the name is empty"));
     }
     Ok((name.to_string(), parse_security_context(context)?))
+}
+
+fn parse_dataset_source(text: &str) -> Result<(String, String), String> {
+    let (namespace, location) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAMESPACE=BUCKET/PREFIX"))?;
+    let (namespace, location) = (namespace.trim(), location.trim());
+    if namespace.is_empty() || location.is_empty() || location.starts_with('/') {
+        return Err(format!(
+            "{text:?} is not NAMESPACE=BUCKET/PREFIX: both parts must be non-empty"
+        ));
+    }
+    Ok((namespace.to_string(), location.to_string()))
 }
 
 fn parse_algorithm(text: &str) -> Result<(String, String), String> {

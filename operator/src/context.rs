@@ -23,7 +23,7 @@ use tracing::warn;
 
 use crate::{
     Result, config::Credentials, ids::Ids, leader::Leadership, metrics::Metrics, run_tokens::RunTokens,
-    snapshots::Snapshots,
+    snapshots::Snapshots, sources::SourcePolicy,
 };
 
 /// Field manager of everything the operator writes with server-side apply, and the controller
@@ -124,6 +124,8 @@ pub struct Context {
     pub ids: Ids,
     /// Namespace of the id counters (the gRPC namespace).
     pub id_namespace: String,
+    /// Where each namespace may ingest data from.
+    pub sources: SourcePolicy,
     /// The watch caches.
     pub caches: Caches,
     /// Whether this replica leads: every replica watches and caches, only the leader
@@ -158,6 +160,7 @@ impl Context {
             serving: None,
             ids: Ids::default(),
             id_namespace: "default".into(),
+            sources: SourcePolicy::default(),
             caches,
             leadership: Leadership::single(),
         }

@@ -43,6 +43,10 @@ pub enum StartupError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 
+    /// Settings that cannot work together (said before anything starts).
+    #[error("configuration: {0}")]
+    Config(String),
+
     /// A server could not listen on its address.
     #[error("{server} server cannot listen on {addr}: {source}")]
     Bind {

@@ -7,7 +7,12 @@
 //! to an id the operator did not give it. The label of the same name only mirrors it for `kubectl
 //! get -l`, and is put back when someone changes it.
 
-use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -32,6 +37,12 @@ pub const DATASET_IDS: &str = "miniautoml-dataset-ids";
 /// ConfigMap (in the gRPC namespace) counting run ids.
 pub const RUN_IDS: &str = "miniautoml-run-ids";
 
+/// An object about to be created: (counter, namespace, name).
+type PromiseKey = (&'static str, String, String);
+
+/// How long an id promised to an object about to be created is kept.
+const PROMISE_TTL: Duration = Duration::from_secs(600);
+
 /// Allocates ids for one operator process. Concurrent allocations from the same counter are
 /// grouped: whoever holds the counter's lock reserves ids for every caller waiting at that
 /// moment with one compare-and-swap, so a burst of N TrainingJobs costs a few API round trips,
@@ -40,9 +51,11 @@ pub const RUN_IDS: &str = "miniautoml-run-ids";
 pub struct Ids {
     counters: std::sync::Mutex<BTreeMap<(String, String), Arc<Counter>>>,
     /// Ids allocated for objects about to be created (by the gRPC API), by (counter, namespace,
-    /// name): whoever assigns first — the gRPC call or the controller seeing the new object —
-    /// gives it this id, so none is wasted.
-    promised: std::sync::Mutex<BTreeMap<(&'static str, String, String), u64>>,
+    /// name), with when: whoever assigns first — the gRPC call or the controller seeing the new
+    /// object — gives it this id, so none is wasted. Kept for [`PROMISE_TTL`] (not removed at the
+    /// first write, which would leave a moment where the other writer finds neither the id nor
+    /// the promise and allocates one more).
+    promised: std::sync::Mutex<BTreeMap<PromiseKey, (u64, Instant)>>,
 }
 
 #[derive(Default)]
@@ -133,10 +146,12 @@ impl Ids {
     /// Promises `id` (allocated already) to the object `name` of `namespace` about to be
     /// created: [`Ids::assign`] gives it that id.
     pub fn promise<K>(&self, field: &IdField<K>, namespace: &str, name: &str, id: u64) {
-        self.promised
-            .lock()
-            .expect("promised ids")
-            .insert((field.counter, namespace.into(), name.into()), id);
+        let mut promised = self.promised.lock().expect("promised ids");
+        promised.retain(|_, (_, at)| at.elapsed() < PROMISE_TTL);
+        promised.insert(
+            (field.counter, namespace.into(), name.into()),
+            (id, Instant::now()),
+        );
     }
 
     /// Takes back the promise of [`Ids::promise`] (the object was not created).
@@ -179,9 +194,15 @@ impl Ids {
                     object.meta().namespace.clone().unwrap_or_default(),
                     name.clone(),
                 );
-                // Kept until the id is written: a concurrent assign of the same object (the
-                // gRPC call and the controller) writes the same promised id.
-                let promised = self.promised.lock().expect("promised ids").get(&key).copied();
+                // A concurrent assign of the same object (the gRPC call and the controller)
+                // finds the same promise and writes the same id.
+                let promised = self
+                    .promised
+                    .lock()
+                    .expect("promised ids")
+                    .get(&key)
+                    .filter(|(_, at)| at.elapsed() < PROMISE_TTL)
+                    .map(|(id, _)| *id);
                 let new = match promised {
                     Some(id) => id,
                     None => self.allocate(client, namespace, field.counter).await?,
@@ -193,7 +214,6 @@ impl Ids {
                     }
                 })
                 .await?;
-                self.promised.lock().expect("promised ids").remove(&key);
                 (field.get)(&current).ok_or_else(|| Error::IdConflict(field.counter.to_string()))?
             }
         };

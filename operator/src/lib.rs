@@ -16,6 +16,7 @@ pub mod preflight;
 pub mod readiness;
 pub mod run_tokens;
 pub mod snapshots;
+pub mod sources;
 pub mod status;
 pub mod tls;
 pub mod tombstones;
@@ -33,6 +34,7 @@ use crate::{
     metrics::Metrics,
     readiness::Readiness,
     run_tokens::RunTokens,
+    sources::SourcePolicy,
 };
 pub use miniautoml_proto::shutdown::termination_signal;
 
@@ -40,6 +42,7 @@ pub use miniautoml_proto::shutdown::termination_signal;
 /// are installed, then serves admin and gRPC and runs the controllers. On `stop` it reports not
 /// ready for `--shutdown-delay`, then every part stops gracefully and a leader hands over.
 pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupError> {
+    let sources = SourcePolicy::new(&config.bucket, &config.dataset_sources).map_err(StartupError::Config)?;
     let shutdown = CancellationToken::new();
     let admin_listener = bind("admin", config.admin_addr).await?;
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
@@ -96,6 +99,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     );
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.id_namespace = config.grpc_namespace.clone();
+    ctx.sources = sources;
     ctx.training = training_settings(&config, tls.as_ref());
     ctx.serving = predictor_settings(&config);
     let leadership = if config.leader_elect {

@@ -291,6 +291,28 @@ fn run_tokens_are_keyed_by_a_generated_secret_or_an_existing_one() {
 }
 
 #[test]
+fn dataset_sources_are_granted_per_namespace() {
+    assert!(
+        !operator_args(&render(&[]))
+            .iter()
+            .any(|a| a.contains("dataset-source")),
+        "only raw/<namespace>/ by default"
+    );
+    let args = operator_args(&render(&[
+        "datasetSources.team-a[0]=shared-data/tweets/",
+        "datasetSources.team-a[1]=miniautoml/public/",
+    ]));
+    for expected in [
+        "--dataset-source=team-a=shared-data/tweets/",
+        "--dataset-source=team-a=miniautoml/public/",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{args:?}");
+    }
+    let error = try_render(&["datasetSources.team-a[0]=/not-a-bucket"]).unwrap_err();
+    assert!(error.contains("datasetSources"), "{error}");
+}
+
+#[test]
 fn trainers_and_predictors_are_restricted_unless_an_administrator_says_otherwise() {
     // The defaults pass no security context: the operator's restricted one applies.
     assert!(

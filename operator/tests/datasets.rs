@@ -145,7 +145,7 @@ async fn commits_are_ingested_once_and_bad_input_is_rejected_with_its_reason() {
             Some(b"ok,joy\n\"never closed,joy\n"),
             "line 2: unterminated quoted field",
         ),
-        ("missing.csv", None, "not found"),
+        ("missing.csv", None, "does not exist or is not a source namespace"),
     ];
     let mut entries = Vec::new();
     for (file, content, _) in &broken {

@@ -12,8 +12,13 @@ use miniautoml_test_support::{
 
 #[tokio::test]
 async fn the_original_lab_runs_unchanged() {
-    let (cluster, client, ns, operator) =
-        harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), "lab", &[]).await;
+    let (cluster, client, ns, operator) = harness::namespace_with_operator(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        "lab",
+        // The original lab's bucket and folder, granted as an administrator would.
+        &["--dataset-source=*=mini-automl-dm/upload/"],
+    )
+    .await;
     let _logs = logs_on_failure(cluster, &ns);
     let path = format!(
         "{}:{}",

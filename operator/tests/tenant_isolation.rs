@@ -1,5 +1,5 @@
 //! Tenant isolation, on the local cluster: what one namespace's user could do to another's runs
-//! and datasets through the ids, the run tokens and the metadata store, each tried as an
+//! and datasets through the ids, the run tokens, the metadata store and dataset sources, each tried as an
 //! attacker would, and refused (docs/security.md names each test).
 
 use std::time::Duration;
@@ -14,9 +14,11 @@ use kube::{
     runtime::wait::await_condition,
 };
 use miniautoml_api::{Dataset, TrainingJob};
+use miniautoml_data::Store;
 use miniautoml_proto::{
     data_management::{
-        DatasetPointer, FileInfo, data_management_service_client::DataManagementServiceClient,
+        CreateDatasetRequest, DatasetPointer, DatasetType, FileInfo,
+        data_management_service_client::DataManagementServiceClient,
     },
     metadata_store::{
         CreateArtifactRequest, EpochInfo, GetRunStatusRequest, LogEpochRequest, LogRunEndRequest,
@@ -424,4 +426,83 @@ async fn writes_without_a_valid_run_token_cost_no_kubernetes_api_call() {
         "{requests:?}"
     );
     let _ = std::fs::remove_file(&kubeconfig);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_ingests_only_its_own_sources_and_learns_nothing_about_others() {
+    let (cluster, client, ns, operator) = namespace_with_operator("sources").await;
+    let _logs = logs_on_failure(cluster, &ns);
+    let store = Store::new(cluster.s3(), &cluster.s3_bucket);
+    // Another namespace's raw data and a model: they exist.
+    let theirs = format!("raw/{}-other/secret.csv", ns.name);
+    let model = format!("models/{}-other/run/uid/labels.json", ns.name);
+    store
+        .put(&theirs, b"secret,joy\n".to_vec(), "text/csv")
+        .await
+        .unwrap();
+    store
+        .put(&model, b"[]".to_vec(), "application/json")
+        .await
+        .unwrap();
+    let missing = format!("raw/{}/never-uploaded.csv", ns.name);
+
+    let datasets = Api::<Dataset>::namespaced(client.clone(), &ns.name);
+    let entry =
+        |key: &str| serde_json::json!({"message": key, "source": {"bucket": cluster.s3_bucket, "key": key}});
+    let spec: Dataset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": "thief"},
+        "spec": {"type": "TextIntent", "commits": [entry(&theirs), entry(&model), entry(&missing)]},
+    }))
+    .unwrap();
+    datasets.create(&PostParams::default(), &spec).await.unwrap();
+    let done = until(&datasets, "thief", |d: &Dataset| {
+        d.status.as_ref().is_some_and(|s| s.rejected.len() == 3)
+    })
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.commit_count, 0, "nothing copied");
+    // Another namespace's object, a model and a missing object read alike: nothing revealed.
+    let said: Vec<String> = status
+        .rejected
+        .iter()
+        .map(|r| {
+            r.message
+                .replace(&theirs, "KEY")
+                .replace(&model, "KEY")
+                .replace(&missing, "KEY")
+        })
+        .collect();
+    assert!(said.iter().all(|m| m == &said[0]), "{said:#?}");
+    assert!(
+        said[0].contains("does not exist or is not a source namespace"),
+        "{said:#?}"
+    );
+    let copied = store
+        .list(&cluster.s3_bucket, &format!("datasets/{}/thief/", ns.name))
+        .await
+        .unwrap();
+    assert!(copied.is_empty(), "{copied:?}");
+
+    // Through the original API: the same NOT_FOUND for another namespace's object and a
+    // missing one, and no Dataset created.
+    let mut data = DataManagementServiceClient::new(operator.grpc_channel().await);
+    let create = |path: &str| CreateDatasetRequest {
+        name: "thief".into(),
+        dataset_type: DatasetType::TextIntent as i32,
+        bucket: cluster.s3_bucket.clone(),
+        path: path.into(),
+        ..Default::default()
+    };
+    let refused = data.create_dataset(create(&theirs)).await.unwrap_err();
+    let absent = data.create_dataset(create(&missing)).await.unwrap_err();
+    assert_eq!((refused.code(), absent.code()), (Code::NotFound, Code::NotFound));
+    assert_eq!(
+        refused.message().replace(&theirs, "KEY"),
+        absent.message().replace(&missing, "KEY")
+    );
+    assert_eq!(
+        datasets.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
 }

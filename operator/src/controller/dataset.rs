@@ -203,6 +203,30 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
         return Ok(Action::requeue(Duration::from_secs(300)));
     };
 
+    let spec = &dataset.spec.commits[entry];
+    // A source this namespace may not read is answered as a missing one, before any read.
+    let allowed = match (
+        &spec.source.bucket,
+        spec.source.key.as_ref().or(spec.source.prefix.as_ref()),
+    ) {
+        (Some(bucket), Some(key)) => ctx
+            .sources
+            .allows(&namespace, bucket, key)
+            .then_some((bucket, key)),
+        _ => None,
+    };
+    if allowed.is_none() && spec.source.url.is_none() {
+        let bucket = spec.source.bucket.clone().unwrap_or_default();
+        let key = spec
+            .source
+            .key
+            .clone()
+            .or(spec.source.prefix.clone())
+            .unwrap_or_default();
+        let message = ctx.sources.unavailable(&namespace, &bucket, &key);
+        return reject(api, dataset, entry, &message, ctx).await;
+    }
+
     let id = dataset.status.as_ref().map(|s| s.commit_count).unwrap_or(0) + 1;
     let ingesting = format!("ingesting spec.commits[{entry}] from {source} as commit {id}");
     modify_status(api, &name, |d: &mut Dataset| {
@@ -212,7 +236,6 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
     .await?;
 
     let prefix = layout::commit_prefix(&namespace, &name, id);
-    let spec = &dataset.spec.commits[entry];
     let started = std::time::Instant::now();
     match ingest_commit(store, dataset.spec.r#type, &spec.source, &prefix).await {
         Ok(written) => {
@@ -245,20 +268,20 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
             ctx.publish(dataset, EventType::Normal, "Ingested", note).await;
             Ok(Action::requeue(Duration::ZERO))
         }
-        Err(IngestError::Rejected(message)) => {
+        Err(error @ (IngestError::Rejected(_) | IngestError::Missing(_))) => {
             // Nothing complete was written; clear any leftovers of an earlier attempt.
             if let Err(error) = store.delete_prefix(&prefix).await {
                 tracing::warn!(%error, "clearing a rejected commit's prefix");
             }
-            modify_status(api, &name, |d: &mut Dataset| {
-                let current = d.clone();
-                let status = d.status.get_or_insert_with(Default::default);
-                record_rejection(status, &current, entry, &message)
-            })
-            .await?;
-            let note = format!("spec.commits[{entry}] rejected: {message}");
-            ctx.publish(dataset, EventType::Warning, "Rejected", note).await;
-            Ok(Action::requeue(Duration::ZERO))
+            let message = match error {
+                // Said as for a source the namespace may not read: the same words for both.
+                IngestError::Missing(_) => {
+                    let (bucket, key) = allowed.map_or(("", ""), |(b, k)| (b.as_str(), k.as_str()));
+                    ctx.sources.unavailable(&namespace, bucket, key)
+                }
+                other => other.to_string(),
+            };
+            reject(api, dataset, entry, &message, ctx).await
         }
         Err(error @ (IngestError::Denied(_) | IngestError::Unavailable(_))) => {
             let reason = match error {
@@ -275,6 +298,26 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
             Ok(Action::requeue(Duration::from_secs(30)))
         }
     }
+}
+
+/// Records `spec.commits[entry]` as rejected with `message` (it takes no commit id), with a
+/// warning event, and goes on to the next entry.
+async fn reject(
+    api: &Api<Dataset>,
+    dataset: &Dataset,
+    entry: usize,
+    message: &str,
+    ctx: &Context,
+) -> Result<Action> {
+    modify_status(api, &dataset.name_any(), |d: &mut Dataset| {
+        let current = d.clone();
+        let status = d.status.get_or_insert_with(Default::default);
+        record_rejection(status, &current, entry, message)
+    })
+    .await?;
+    let note = format!("spec.commits[{entry}] rejected: {message}");
+    ctx.publish(dataset, EventType::Warning, "Rejected", note).await;
+    Ok(Action::requeue(Duration::ZERO))
 }
 
 async fn cleanup(dataset: &Dataset, ctx: &Context) -> Result<Action> {

@@ -98,12 +98,21 @@ impl DataManagement {
             self.ctx.store.as_ref().ok_or_else(|| {
                 Status::failed_precondition("object storage is not configured on the operator")
             })?;
+        // A source the namespace may not read is answered as a missing one, and never looked up.
+        let unavailable = || {
+            Status::not_found(
+                self.ctx
+                    .sources
+                    .unavailable(&self.namespace, bucket, &input::shown(path)),
+            )
+        };
+        if !self.ctx.sources.allows(&self.namespace, bucket, path) {
+            return Err(unavailable());
+        }
         store.head(bucket, path).await.map(drop).map_err(|error| {
             let object = format!("s3://{bucket}/{}", input::shown(path));
             match error {
-                StorageError::NotFound(_) => {
-                    Status::not_found(format!("{object} does not exist: upload it first"))
-                }
+                StorageError::NotFound(_) => unavailable(),
                 StorageError::Denied(detail) => {
                     Status::failed_precondition(format!("the operator may not read {object}: {detail}"))
                 }
