@@ -133,6 +133,11 @@ pub fn record_rejection(status: &mut DatasetStatus, dataset: &Dataset, entry: us
     true
 }
 
+/// Whether `dataset` (as read now) still has `spec.commits[entry]` to ingest as commit `id`.
+fn still_next(dataset: &Dataset, entry: usize, id: u32) -> bool {
+    dataset.next_entry() == Some(entry) && dataset.status.as_ref().map_or(0, |s| s.commit_count) + 1 == id
+}
+
 /// Reconciles one Dataset.
 #[tracing::instrument(skip_all, fields(dataset = %kube::runtime::reflector::ObjectRef::from_obj(guard.as_ref())))]
 pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>) -> Result<Action> {
@@ -227,13 +232,22 @@ async fn apply(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context) -> Result<A
         return reject(api, dataset, entry, &message, ctx).await;
     }
 
+    // The watch cache may still lack the status write that recorded this entry (a requeue can
+    // come before the watch event): decide on a fresh read, so a recorded commit's objects are
+    // never written again (a user may have changed or deleted them since).
     let id = dataset.status.as_ref().map(|s| s.commit_count).unwrap_or(0) + 1;
     let ingesting = format!("ingesting spec.commits[{entry}] from {source} as commit {id}");
-    modify_status(api, &name, |d: &mut Dataset| {
+    let fresh = modify_status(api, &name, |d: &mut Dataset| {
+        if !still_next(d, entry, id) {
+            return false;
+        }
         let status = d.status.get_or_insert_with(Default::default);
         accept(status, generation) | set(status, READY, false, "Ingesting", ingesting.clone(), generation)
     })
     .await?;
+    if !still_next(&fresh, entry, id) {
+        return Ok(Action::requeue(Duration::ZERO));
+    }
 
     let prefix = layout::commit_prefix(&namespace, &name, id);
     let started = std::time::Instant::now();
@@ -381,6 +395,19 @@ mod tests {
         assert_eq!(status.commit_count, 2);
         let ingested = conditions::find(&status.conditions, INGESTED).unwrap();
         assert_eq!(ingested.status, "True");
+    }
+
+    #[test]
+    fn an_entry_a_stale_cache_still_shows_is_not_ingested_again() {
+        let cached = dataset(2);
+        let mut fresh = cached.clone();
+        let mut status = DatasetStatus::default();
+        assert!(record_commit(&mut status, &fresh, 0, commit(1, 0)));
+        fresh.status = Some(status);
+        assert!(still_next(&cached, 0, 1), "the cache says entry 0 is next");
+        assert!(!still_next(&fresh, 0, 1), "the fresh read says it is recorded");
+        assert!(still_next(&fresh, 1, 2));
+        assert!(!still_next(&fresh, 1, 1), "an id computed from a stale count");
     }
 
     #[test]
