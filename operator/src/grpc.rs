@@ -5,6 +5,7 @@ pub mod auth;
 pub mod data_management;
 mod errors;
 pub mod forward;
+pub mod in_flight;
 pub mod input;
 pub mod metadata_store;
 pub mod prediction;

@@ -15,9 +15,10 @@ use kube::{
 };
 use miniautoml_api::{Dataset, TrainingJob};
 use miniautoml_data::Store;
+use miniautoml_operator::grpc::in_flight::PER_CALLER;
 use miniautoml_proto::{
     data_management::{
-        CreateDatasetRequest, DatasetPointer, DatasetType, FileInfo,
+        CreateDatasetRequest, DatasetPointer, DatasetType, FileInfo, ListQueryOptions,
         data_management_service_client::DataManagementServiceClient,
     },
     metadata_store::{
@@ -84,6 +85,93 @@ fn dataset(name: &str, labels: serde_json::Value) -> Dataset {
         ]},
     }))
     .unwrap()
+}
+
+/// An operator for `namespace` running as a ServiceAccount of it (bound to cluster-admin there,
+/// and allowed to review tokens), so the audit log tells its requests apart; with `extra` flags.
+/// Returns the operator, the account's user name and the kubeconfig made for it.
+fn operator_as_account(
+    cluster: &LocalCluster,
+    namespace: &str,
+    extra: &[&str],
+) -> (OperatorProcess, String, std::path::PathBuf) {
+    let account = "operator";
+    let kubectl = |args: &[&str]| {
+        let output = cluster.kubectl().args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    kubectl(&["create", "serviceaccount", account, "-n", namespace]);
+    kubectl(&[
+        "create",
+        "rolebinding",
+        "operator",
+        "-n",
+        namespace,
+        "--clusterrole=cluster-admin",
+        &format!("--serviceaccount={namespace}:{account}"),
+    ]);
+    // TokenReviews and SubjectAccessReviews are cluster-scoped.
+    kubectl(&[
+        "create",
+        "clusterrolebinding",
+        &format!("{namespace}-operator"),
+        "--clusterrole=system:auth-delegator",
+        &format!("--serviceaccount={namespace}:{account}"),
+    ]);
+    let token = kubectl(&["create", "token", account, "-n", namespace, "--duration=1h"]);
+    let kubeconfig = std::env::temp_dir().join(format!("{namespace}.kubeconfig"));
+    std::fs::copy(&cluster.kubeconfig, &kubeconfig).unwrap();
+    let config = kubeconfig.to_str().unwrap();
+    kubectl(&[
+        "--kubeconfig",
+        config,
+        "config",
+        "set-credentials",
+        account,
+        &format!("--token={}", token.trim()),
+    ]);
+    kubectl(&[
+        "--kubeconfig",
+        config,
+        "config",
+        "set-context",
+        "--current",
+        &format!("--user={account}"),
+    ]);
+    let operator = OperatorProcess::start_as(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        namespace,
+        &cluster.s3_secret_key,
+        cluster.free_addr(),
+        extra,
+        &kubeconfig,
+    );
+    let user = format!("system:serviceaccount:{namespace}:{account}");
+    (operator, user, kubeconfig)
+}
+
+/// The audit log's finished requests of `user` received at or after `since`.
+fn requests_of(cluster: &LocalCluster, user: &str, since: &str) -> Vec<serde_json::Value> {
+    let log = std::fs::read_to_string(&cluster.audit_log).unwrap();
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["user"]["username"] == user)
+        .filter(|event| event["stage"] == "ResponseComplete")
+        .filter(|event| event["requestReceivedTimestamp"].as_str().unwrap_or_default() >= since)
+        .collect()
+}
+
+/// Now, as the audit log writes its timestamps.
+fn audit_now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,55 +406,7 @@ async fn writes_without_a_valid_run_token_cost_no_kubernetes_api_call() {
     install_crds(&client).await.unwrap();
     let ns = TestNamespace::new(cluster, &client, "tokenless").await.unwrap();
     // The operator runs as a ServiceAccount, so the audit log records its every request.
-    let account = "operator";
-    let apply = |args: &[&str]| {
-        let output = cluster.kubectl().args(args).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
-    apply(&["create", "serviceaccount", account, "-n", &ns.name]);
-    apply(&[
-        "create",
-        "rolebinding",
-        "operator",
-        "-n",
-        &ns.name,
-        "--clusterrole=cluster-admin",
-        &format!("--serviceaccount={}:{account}", ns.name),
-    ]);
-    let token = apply(&["create", "token", account, "-n", &ns.name, "--duration=1h"]);
-    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.name));
-    std::fs::copy(&cluster.kubeconfig, &kubeconfig).unwrap();
-    let config = kubeconfig.to_str().unwrap();
-    apply(&[
-        "--kubeconfig",
-        config,
-        "config",
-        "set-credentials",
-        account,
-        &format!("--token={}", token.trim()),
-    ]);
-    apply(&[
-        "--kubeconfig",
-        config,
-        "config",
-        "set-context",
-        "--current",
-        &format!("--user={account}"),
-    ]);
-    let operator = OperatorProcess::start_as(
-        env!("CARGO_BIN_EXE_miniautoml-operator"),
-        cluster,
-        &ns.name,
-        &cluster.s3_secret_key,
-        cluster.free_addr(),
-        &[],
-        &kubeconfig,
-    );
+    let (operator, user, kubeconfig) = operator_as_account(cluster, &ns.name, &[]);
     let mut metadata = MetadataStoreServiceClient::new(operator.grpc_channel().await);
     // Ready: its caches hold every TrainingJob of the namespace (none).
     for _ in 0..300 {
@@ -376,9 +416,7 @@ async fn writes_without_a_valid_run_token_cost_no_kubernetes_api_call() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let since = k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
+    let since = audit_now();
 
     // 1,000 reports without a token and 1,000 with a made-up one, each for a random run id;
     // bounded in time too.
@@ -408,14 +446,9 @@ async fn writes_without_a_valid_run_token_cost_no_kubernetes_api_call() {
 
     // The audit log: no request of the operator's since, besides its watches.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let user = format!("system:serviceaccount:{}:{account}", ns.name);
-    let log = std::fs::read_to_string(&cluster.audit_log).unwrap();
-    let requests: Vec<String> = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|event| event["user"]["username"] == user.as_str())
-        .filter(|event| event["stage"] == "ResponseComplete" && event["verb"] != "watch")
-        .filter(|event| event["requestReceivedTimestamp"].as_str().unwrap_or_default() >= since.as_str())
+    let requests: Vec<String> = requests_of(cluster, &user, &since)
+        .iter()
+        .filter(|event| event["verb"] != "watch")
         .map(|event| format!("{} {}", event["verb"], event["objectRef"]["resource"]))
         .collect();
     println!("2,000 refused reports; API requests of the operator meanwhile: {requests:?}");
@@ -505,4 +538,72 @@ async fn a_namespace_ingests_only_its_own_sources_and_learns_nothing_about_other
         datasets.list(&ListParams::default()).await.unwrap().items.len(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_unknown_tokens_has_at_most_a_few_reviews_in_flight() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client, "token-flood").await.unwrap();
+    let (operator, user, kubeconfig) = operator_as_account(cluster, &ns.name, &["--grpc-auth=kubernetes"]);
+    let data = DataManagementServiceClient::new(operator.grpc_channel().await);
+    let since = audit_now();
+
+    // 300 calls at once from one peer, each with a token never seen before; bounded in time.
+    let calls = (0..300u32).map(|i| {
+        let mut data = data.clone();
+        async move {
+            let made_up = format!(
+                "made-up-{i}-{:016x}",
+                u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            );
+            data.list_datasets(with_token(&made_up, ListQueryOptions::default()))
+                .await
+                .unwrap_err()
+        }
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(calls))
+        .await
+        .expect("300 refused calls within 2 minutes");
+    let count = |code: Code| answers.iter().filter(|status| status.code() == code).count();
+    let (unauthenticated, exhausted) = (count(Code::Unauthenticated), count(Code::ResourceExhausted));
+    assert_eq!(unauthenticated + exhausted, answers.len(), "{answers:?}");
+    assert!(exhausted > 0, "no call was held back");
+    let held = answers
+        .iter()
+        .find(|status| status.code() == Code::ResourceExhausted)
+        .unwrap();
+    assert!(held.message().contains("in flight"), "{}", held.message());
+
+    // The API server saw one TokenReview per call answered UNAUTHENTICATED, never more than the
+    // limit at once (each request's interval, as the API server timed it, lies within the
+    // operator's).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reviews: Vec<(String, String)> = requests_of(cluster, &user, &since)
+        .iter()
+        .filter(|event| event["objectRef"]["resource"] == "tokenreviews")
+        .map(|event| {
+            let at = |field: &str| event[field].as_str().unwrap_or_default().to_string();
+            (at("requestReceivedTimestamp"), at("stageTimestamp"))
+        })
+        .collect();
+    let most = reviews
+        .iter()
+        .map(|(start, _)| {
+            reviews
+                .iter()
+                .filter(|(other_start, other_end)| other_start <= start && start < other_end)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    println!(
+        "300 calls with unknown tokens: {unauthenticated} reviewed (UNAUTHENTICATED), {exhausted} held back \
+         (RESOURCE_EXHAUSTED); {} TokenReviews, at most {most} in flight",
+        reviews.len()
+    );
+    assert_eq!(reviews.len(), unauthenticated);
+    assert!(most <= PER_CALLER, "{most} TokenReviews in flight at once");
+    let _ = std::fs::remove_file(&kubeconfig);
 }

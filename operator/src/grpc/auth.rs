@@ -7,7 +7,8 @@
 //! method does (a SubjectAccessReview of a verb on a `miniautoml.io` resource in the gRPC
 //! namespace, [`access`]). No token, or one the API server does not accept: UNAUTHENTICATED; a
 //! user without the permission: PERMISSION_DENIED, naming it. Answers are kept for
-//! [`REMEMBER`], so a loop of calls costs the API server two requests every few seconds.
+//! [`REMEMBER`], so a loop of calls costs the API server two requests every few seconds; reviews
+//! the caches cannot answer are bounded per caller and in all ([`in_flight`]).
 //!
 //! Health and reflection are open (they show no data). The trainers' writes to the metadata
 //! store carry their run's token instead, which the metadata store checks itself. Methods that
@@ -34,6 +35,8 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 use tonic::{Status, body::Body, codegen::http};
 use tower::{Layer, Service};
+
+use super::in_flight::{self, InFlight};
 
 /// How long a token's review and a permission's decision are kept.
 pub const REMEMBER: Duration = Duration::from_secs(10);
@@ -159,6 +162,7 @@ pub struct Reviewer {
     audience: String,
     users: Answers<[u8; 32], UserInfo>,
     decisions: Answers<Decision, ()>,
+    in_flight: InFlight,
 }
 
 impl Reviewer {
@@ -172,6 +176,7 @@ impl Reviewer {
             audience,
             users: Arc::new(Mutex::new(LruCache::new(capacity))),
             decisions: Arc::new(Mutex::new(LruCache::new(capacity))),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -195,12 +200,14 @@ impl Reviewer {
             })
     }
 
-    /// Who `token` belongs to: UNAUTHENTICATED when the API server does not accept it,
-    /// UNAVAILABLE when it cannot be asked.
-    async fn authenticate(&self, key: [u8; 32], token: &str) -> Result<UserInfo, Status> {
+    /// Who `token` (sent from `peer`) belongs to: UNAUTHENTICATED when the API server does not
+    /// accept it, UNAVAILABLE when it cannot be asked, RESOURCE_EXHAUSTED when `peer` has too
+    /// many reviews in flight.
+    async fn authenticate(&self, key: [u8; 32], token: &str, peer: &str) -> Result<UserInfo, Status> {
         if let Some(kept) = fresh(&self.users, &key) {
             return kept.map_err(Status::unauthenticated);
         }
+        let _slot = self.in_flight.enter(peer, "who the token belongs to")?;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
@@ -244,6 +251,10 @@ impl Reviewer {
         if let Some(kept) = fresh(&self.decisions, &decision) {
             return kept.map_err(|missing| denied(&missing, method));
         }
+        let caller = user.username.as_deref().unwrap_or("the caller");
+        let _slot = self
+            .in_flight
+            .enter(caller, &format!("whether it may {permission}"))?;
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: user.username.clone(),
@@ -421,7 +432,8 @@ where
                 .into_http());
             };
             let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            let user = match reviewer.authenticate(key, &token).await {
+            let peer = in_flight::peer(request.extensions());
+            let user = match reviewer.authenticate(key, &token, &peer).await {
                 Ok(user) => user,
                 Err(status) => return Ok(status.into_http()),
             };
