@@ -206,6 +206,11 @@ pub struct Config {
     #[arg(skip = std::env::var("POD_NAME").ok().filter(|name| !name.is_empty()))]
     pub pod_name: Option<String>,
 
+    /// This pod's ServiceAccount (POD_SERVICE_ACCOUNT, from the downward API): a follower
+    /// forwards writes in plain text only to a Lease holder's pod that runs as this account.
+    #[arg(skip = std::env::var("POD_SERVICE_ACCOUNT").ok().filter(|name| !name.is_empty()))]
+    pub service_account: Option<String>,
+
     /// This pod's IP (POD_IP): where the other replicas forward gRPC writes to the leader.
     #[arg(skip = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok()))]
     pub pod_ip: Option<std::net::IpAddr>,

@@ -37,6 +37,9 @@ pub struct Services {
     pub auth: Option<auth::Reviewer>,
     /// TLS for the listener, and for forwarding to the leader (`--tls-dir`).
     pub tls: Option<crate::tls::ServerTls>,
+    /// How a follower verifies the leader before forwarding when there is no TLS (with TLS,
+    /// the leader's certificate).
+    pub plain_text_leader_check: forward::LeaderCheck,
 }
 
 /// Serves gRPC on `listener` (over TLS when `services.tls` is given) until `shutdown` fires. Health turns NOT_SERVING first, so clients
@@ -55,6 +58,7 @@ pub async fn serve(
         leadership,
         auth,
         tls,
+        plain_text_leader_check,
     } = services;
     let part = readiness.component("grpc");
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -88,13 +92,16 @@ pub async fn serve(
     };
     // The caller is checked first, on the replica the call reaches (the leader checks a
     // forwarded write again, from its own cache).
-    let forwarding_tls = tls.as_ref().map(crate::tls::ServerTls::client_config);
+    let leader_check = match &tls {
+        Some(tls) => forward::LeaderCheck::Tls(tls.client_config()),
+        None => plain_text_leader_check,
+    };
     let router = Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             too_large_is_resource_exhausted::<tonic::body::Body>,
         ))
         .layer(auth::AuthLayer::new(auth))
-        .layer(forward::ForwardWritesLayer::new(leadership, forwarding_tls))
+        .layer(forward::ForwardWritesLayer::new(leadership, leader_check))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

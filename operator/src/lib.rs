@@ -173,6 +173,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     let metadata = grpc::metadata_store::MetadataStore::new(ctx.clone());
     let training = grpc::training::Training::new(ctx.clone(), config.grpc_namespace.clone());
     let prediction = grpc::prediction::Prediction::new(ctx.clone(), config.predict_deploy_timeout);
+    let leader_check = plain_text_leader_check(&config, &ctx.client);
     let grpc = async {
         stop_on_error(
             grpc::serve(
@@ -187,6 +188,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
                     leadership: leadership.clone(),
                     auth,
                     tls: tls.clone(),
+                    plain_text_leader_check: leader_check,
                 },
             )
             .await,
@@ -226,6 +228,24 @@ async fn drain(
 
 /// This replica in the leader election: named after its pod (else host and process id) and
 /// reached at its pod IP (else the address gRPC listens on, loopback for a wildcard).
+/// How a follower verifies the leader without TLS: its pod, when this replica runs in one
+/// (the chart passes POD_NAME and POD_SERVICE_ACCOUNT); else, a replica on this machine.
+fn plain_text_leader_check(config: &Config, client: &kube::Client) -> grpc::forward::LeaderCheck {
+    if config.pod_name.is_none() {
+        return grpc::forward::LeaderCheck::SameHost;
+    }
+    let service_account = config.service_account.clone().unwrap_or_else(|| {
+        tracing::warn!(
+            "POD_SERVICE_ACCOUNT is not set: without TLS, followers cannot verify the leader's pod and forward no writes"
+        );
+        String::new()
+    });
+    grpc::forward::LeaderCheck::Pod {
+        pods: kube::Api::namespaced(client.clone(), &config.leader_elect_namespace),
+        service_account,
+    }
+}
+
 fn election_settings(config: &Config, grpc_addr: std::net::SocketAddr) -> leader::ElectionSettings {
     let name = config.pod_name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -186,3 +186,79 @@ async fn one_leader_writes_followers_forward_and_the_lease_changes_hands() {
     );
     drop(third);
 }
+
+#[tokio::test]
+async fn a_follower_forwards_only_to_a_leader_it_verified() {
+    let cluster = LocalCluster::shared();
+    let client_kube = cluster.client().await.unwrap();
+    install_crds(&client_kube).await.unwrap();
+    let ns = TestNamespace::new(cluster, &client_kube, "lease-hijack")
+        .await
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(client_kube.clone(), &ns.name);
+    // Whoever may patch the Lease names their own listener as the leader, for a long time.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap = listener.local_addr().unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    let trap_task = tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": LEASE},
+        "spec": {
+            "holderIdentity": format!("attacker_{trap}"),
+            "leaseDurationSeconds": 3600,
+            "acquireTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        },
+    }))
+    .unwrap();
+    leases.create(&Default::default(), &lease).await.unwrap();
+
+    // A replica that runs in a pod (as the chart starts it) checks the holder's pod: there is
+    // none named "attacker" running as the operator's ServiceAccount, so nothing is forwarded.
+    let in_pod = OperatorProcess::start_with_env(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        cluster,
+        &ns.name,
+        &cluster.s3_secret_key,
+        cluster.free_addr(),
+        &[
+            "--leader-elect",
+            &format!("--leader-elect-namespace={}", ns.name),
+            &format!("--leader-elect-lease={LEASE}"),
+            &format!("--lease-duration={LEASE_SECONDS}"),
+        ],
+        &cluster.kubeconfig,
+        &[("POD_NAME", "replica-0"), ("POD_SERVICE_ACCOUNT", "miniautoml")],
+    );
+    let refused = client(&in_pod)
+        .await
+        .create_dataset(pb::CreateDatasetRequest {
+            name: "tweets".into(),
+            description: String::new(),
+            dataset_type: pb::DatasetType::TextIntent as i32,
+            bucket: cluster.s3_bucket.clone(),
+            path: format!("raw/{}/part1.csv", ns.name),
+            tags: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("does not forward") && refused.message().contains("no pod of that name"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the follower connected to the address the Lease names"
+    );
+    println!("refused: {}", refused.message());
+    trap_task.abort();
+}

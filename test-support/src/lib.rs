@@ -326,6 +326,31 @@ impl OperatorProcess {
         extra: &[&str],
         kubeconfig: &Path,
     ) -> OperatorProcess {
+        OperatorProcess::start_with_env(
+            binary,
+            cluster,
+            namespace,
+            secret_key,
+            grpc_addr,
+            extra,
+            kubeconfig,
+            &[],
+        )
+    }
+
+    /// As [`OperatorProcess::start_as`], with `env` added to its environment (e.g. the downward
+    /// API's POD_NAME, to play a replica in a pod).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with_env(
+        binary: &str,
+        cluster: &LocalCluster,
+        namespace: &str,
+        secret_key: &str,
+        grpc_addr: std::net::SocketAddr,
+        extra: &[&str],
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> OperatorProcess {
         let admin_addr = free_addr();
         let child = Command::new(binary)
             .args([
@@ -345,6 +370,7 @@ impl OperatorProcess {
             .env("MINIAUTOML_GRPC_AUTH", "none")
             .env("AWS_ACCESS_KEY_ID", &cluster.s3_access_key)
             .env("AWS_SECRET_ACCESS_KEY", secret_key)
+            .envs(env.iter().copied())
             // Its tracing output goes to stdout, panics and start-up errors to stderr.
             .stdout(operator_log(namespace))
             .stderr(operator_log(namespace))
