@@ -251,15 +251,18 @@ EOT
     --helper-image docker.io/miniautoml/test-tools:1 --provisioner-name rancher.io/local-path
 }
 
-# SeaweedFS (master, volume, filer and S3 gateway in one process) on the node IP, so host
-# processes and pods reach the same endpoint; the bucket is created through the S3 API. Each
+# SeaweedFS (master, volume, filer and S3 gateway in one process). Only the S3 gateway listens
+# on the node IP, so host processes and pods reach the same endpoint; the master, volume server
+# and filer (which answer without credentials) and the Iceberg and Lance endpoints listen on
+# loopback or not at all, so no pod reaches them. The bucket is created through the S3 API. Each
 # bucket is a collection that takes 7 volumes when first written: 100 volumes (sparse files, at
 # most 1 GiB each) leave room for a dozen buckets (the auto limit, free disk / 1 GiB, can be 12).
 s3_up() {
   mkdir -p "$STATE/s3"
-  start seaweedfs "$TOOLS_BIN/weed" server -dir "$STATE/s3" -ip "$NODE_IP" -ip.bind "$NODE_IP" \
+  start seaweedfs "$TOOLS_BIN/weed" server -dir "$STATE/s3" -ip 127.0.0.1 -ip.bind 127.0.0.1 \
     -master.port "$SEAWEED_MASTER_PORT" -volume.port "$SEAWEED_VOLUME_PORT" \
-    -filer -filer.port "$SEAWEED_FILER_PORT" -s3 -s3.port "$S3_PORT" -s3.config "$STATE/s3.json" \
+    -filer -filer.port "$SEAWEED_FILER_PORT" -s3 -s3.ip.bind "$NODE_IP" -s3.port "$S3_PORT" \
+    -s3.port.iceberg 0 -s3.port.lance 0 -s3.config "$STATE/s3.json" \
     -master.volumeSizeLimitMB 1024 -volume.max 100 -master.raftHashicorp=false
   local endpoint=http://$NODE_IP:$S3_PORT
   wait_for seaweedfs curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" \

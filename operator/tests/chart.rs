@@ -225,6 +225,23 @@ fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
         at(store, "spec.template.spec.automountServiceAccountToken").as_bool(),
         Some(false)
     );
+    // Only the S3 gateway listens beyond the pod's loopback (the e2e suite tries the others
+    // from a pod).
+    let store_args: Vec<&str> = at(store, "spec.template.spec.containers.0.args")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for arg in [
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-s3.ip.bind=0.0.0.0",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ] {
+        assert!(store_args.contains(&arg), "{arg} not in {store_args:?}");
+    }
     assert_eq!(
         str(
             store,

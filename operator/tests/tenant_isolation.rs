@@ -607,3 +607,51 @@ async fn a_flood_of_unknown_tokens_has_at_most_a_few_reviews_in_flight() {
     assert!(most <= PER_CALLER, "{most} TokenReviews in flight at once");
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+#[tokio::test]
+async fn the_local_stores_internal_ports_answer_no_pod() {
+    // Pods reach the local cluster's store at the node IP, as host processes do: there only the
+    // S3 gateway listens. The master, volume server and filer (and their gRPC ports) answer
+    // without credentials, so they listen on loopback only (hack/cluster.sh).
+    let cluster = LocalCluster::shared();
+    let address: std::net::SocketAddr = cluster
+        .s3_endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let node_ip = address.ip().to_string();
+    let port = |name: &str, default: u16| {
+        std::env::var(name)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default)
+    };
+    let (master, volume, filer) = (
+        port("SEAWEED_MASTER_PORT", 9333),
+        port("SEAWEED_VOLUME_PORT", 9340),
+        port("SEAWEED_FILER_PORT", 9888),
+    );
+    for internal in [
+        master,
+        volume,
+        filer,
+        master + 10000,
+        volume + 10000,
+        filer + 10000,
+        8181,
+        9101,
+    ] {
+        let reached = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect((node_ip.as_str(), internal)),
+        )
+        .await;
+        assert!(
+            matches!(reached, Ok(Err(_))),
+            "{node_ip}:{internal} took a connection"
+        );
+    }
+    let s3 = tokio::net::TcpStream::connect(address).await;
+    assert!(s3.is_ok(), "the S3 port is closed: {s3:?}");
+}
