@@ -7,14 +7,17 @@
 //! - [`version`]: snapshot selection and version hashes (pure);
 //! - [`layout`]: object keys;
 //! - [`store`]: the bucket, streaming reads and multipart writes;
-//! - [`ingest`]: commits and snapshots, end to end.
+//! - [`ingest`]: commits and snapshots, end to end;
+//! - [`keys`]: scoped keys for runs and predictors, through the store's IAM API.
 
 pub mod ingest;
+pub mod keys;
 pub mod layout;
 pub mod store;
 pub mod text_intent;
 pub mod version;
 
 pub use ingest::{IngestError, Written, build_snapshot, ingest_commit};
+pub use keys::{Grants, KeyError, KeyIssuer, StoreKey};
 pub use store::{StorageError, Store};
 pub use version::{SnapshotSelector, version_hash};

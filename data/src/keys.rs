@@ -1,0 +1,315 @@
+//! Scoped storage keys: each training run and each predictor gets a key of its own that reads
+//! and writes only its own prefixes, made and revoked through the store's IAM API — the one the
+//! bundled SeaweedFS serves on its S3 port (`-s3.iam.readOnly=false`), AWS IAM's query API.
+//!
+//! A key belongs to an IAM user named after the object it serves (`run-<uid>`,
+//! `predictor-<uid>`) with one inline policy, [`policy`]. The key material is chosen by the
+//! caller (derived from a secret only the operator holds and the object's uid) and handed to the
+//! store with `CreateAccessKey`'s `AccessKeyId` and `SecretAccessKey` (SeaweedFS's extension of
+//! the AWS API), so issuing is idempotent — a retried or repeated issue gives the same key — and
+//! the operator never reads a Secret back.
+
+use aws_sdk_iam::{
+    config::{BehaviorVersion, Credentials, Region},
+    error::{ProvideErrorMetadata, SdkError},
+};
+use aws_smithy_types::body::SdkBody;
+
+/// The name of the one inline policy of a scoped user.
+pub const POLICY_NAME: &str = "scope";
+
+/// What a scoped key may do in one bucket: read the objects under `read`, and read, write and
+/// delete those under `write`; list only those prefixes. Prefixes end with `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grants {
+    /// The bucket.
+    pub bucket: String,
+    /// Prefixes the key reads.
+    pub read: Vec<String>,
+    /// Prefixes the key reads and writes.
+    pub write: Vec<String>,
+}
+
+/// A key pair for the S3 API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreKey {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreKey")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The IAM policy document of `grants` (AWS's policy language, which SeaweedFS enforces):
+/// `GetObject` under the read prefixes; `GetObject`, `PutObject` (multipart uploads included)
+/// and `DeleteObject` under the write prefixes; `ListBucket` only with an `s3:prefix` inside
+/// one of them. Nothing else — no other prefix, bucket, or IAM action.
+pub fn policy(grants: &Grants) -> serde_json::Value {
+    let objects = |prefixes: &[String]| -> Vec<String> {
+        prefixes
+            .iter()
+            .map(|prefix| format!("arn:aws:s3:::{}/{prefix}*", grants.bucket))
+            .collect()
+    };
+    let mut statements = Vec::new();
+    if !grants.read.is_empty() {
+        statements.push(serde_json::json!({
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": objects(&grants.read),
+        }));
+    }
+    if !grants.write.is_empty() {
+        statements.push(serde_json::json!({
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            "Resource": objects(&grants.write),
+        }));
+    }
+    let listed: Vec<String> = grants
+        .read
+        .iter()
+        .chain(&grants.write)
+        .flat_map(|prefix| [prefix.clone(), format!("{prefix}*")])
+        .collect();
+    if !listed.is_empty() {
+        statements.push(serde_json::json!({
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": [format!("arn:aws:s3:::{}", grants.bucket)],
+            "Condition": {"StringLike": {"s3:prefix": listed}},
+        }));
+    }
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// Why a key could not be issued or revoked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The store answered and refused (no IAM API, IAM writes off, a malformed policy, the
+    /// operator's key not an admin's): retrying will not help until the store is configured.
+    #[error(
+        "the object store's IAM API refused {action} for {user}: {message} (the store must serve an IAM API \
+         that takes writes — the bundled SeaweedFS does with -s3.iam.readOnly=false — or pods get the shared \
+         key only with credentialScope: shared)"
+    )]
+    Refused {
+        /// The IAM action.
+        action: &'static str,
+        /// The user it was for.
+        user: String,
+        /// The store's code and message.
+        message: String,
+    },
+    /// The store did not answer: retry later.
+    #[error("the object store's IAM API did not answer {action} for {user}: {message}; retrying")]
+    Unavailable {
+        /// The IAM action.
+        action: &'static str,
+        /// The user it was for.
+        user: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Issues and revokes scoped keys with an admin's credentials.
+#[derive(Clone, Debug)]
+pub struct KeyIssuer {
+    iam: aws_sdk_iam::Client,
+}
+
+impl KeyIssuer {
+    /// An issuer talking to the IAM API at `endpoint` (the S3 endpoint of a SeaweedFS; AWS's
+    /// own when `None`), signing with the admin key `access_key`/`secret_key`.
+    pub fn new(endpoint: Option<&str>, access_key: &str, secret_key: &str) -> KeyIssuer {
+        let credentials = Credentials::new(access_key, secret_key, None, None, "static");
+        let mut config = aws_sdk_iam::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            // IAM is signed for us-east-1 wherever the data lives.
+            .region(Region::new("us-east-1"))
+            .credentials_provider(credentials);
+        if let Some(endpoint) = endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        KeyIssuer {
+            iam: aws_sdk_iam::Client::from_conf(config.build()),
+        }
+    }
+
+    /// Makes `user` (when missing) with exactly `grants`, and `key` its key. Idempotent: a
+    /// repeated issue with the same key changes nothing but the policy, which it replaces.
+    pub async fn issue(&self, user: &str, grants: &Grants, key: &StoreKey) -> Result<(), KeyError> {
+        match self.iam.create_user().user_name(user).send().await {
+            Ok(_) => {}
+            Err(error) if code(&error) == Some("EntityAlreadyExists") => {}
+            Err(error) => return Err(classify("CreateUser", user, error)),
+        }
+        self.iam
+            .put_user_policy()
+            .user_name(user)
+            .policy_name(POLICY_NAME)
+            .policy_document(policy(grants).to_string())
+            .send()
+            .await
+            .map_err(|error| classify("PutUserPolicy", user, error))?;
+        let fields = form_fields(key);
+        let created = self
+            .iam
+            .create_access_key()
+            .user_name(user)
+            .customize()
+            // Before signing: the key material goes into the signed form body.
+            .mutate_request(move |request| {
+                let mut body = request.body().bytes().unwrap_or_default().to_vec();
+                body.extend_from_slice(fields.as_bytes());
+                let length = body.len();
+                *request.body_mut() = SdkBody::from(body);
+                request.headers_mut().insert("Content-Length", length.to_string());
+            })
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // The same key, issued before.
+            Err(error) if code(&error) == Some("EntityAlreadyExists") => Ok(()),
+            Err(error) => Err(classify("CreateAccessKey", user, error)),
+        }
+    }
+
+    /// Revokes `access_key_id` and removes `user` with its policy. A user or key already gone
+    /// is fine. Once this returns, the store refuses the key.
+    pub async fn revoke(&self, user: &str, access_key_id: &str) -> Result<(), KeyError> {
+        let deleted = self
+            .iam
+            .delete_access_key()
+            .user_name(user)
+            .access_key_id(access_key_id)
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => {}
+            Err(error) if code(&error) == Some("NoSuchEntity") => {}
+            Err(error) => return Err(classify("DeleteAccessKey", user, error)),
+        }
+        match self.iam.delete_user().user_name(user).send().await {
+            Ok(_) => Ok(()),
+            Err(error) if code(&error) == Some("NoSuchEntity") => Ok(()),
+            Err(error) => Err(classify("DeleteUser", user, error)),
+        }
+    }
+}
+
+/// `&AccessKeyId=…&SecretAccessKey=…`, form-encoded (both are alphanumeric).
+fn form_fields(key: &StoreKey) -> String {
+    format!(
+        "&AccessKeyId={}&SecretAccessKey={}",
+        key.access_key_id, key.secret_access_key
+    )
+}
+
+fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<&str> {
+    match error {
+        SdkError::ServiceError(service) => service.err().code(),
+        _ => None,
+    }
+}
+
+fn classify<E, R>(action: &'static str, user: &str, error: SdkError<E, R>) -> KeyError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let user = user.to_string();
+    match &error {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            KeyError::Refused {
+                action,
+                user,
+                message: format!(
+                    "{}: {}",
+                    err.code().unwrap_or("an error"),
+                    err.message().unwrap_or("no message")
+                ),
+            }
+        }
+        _ => KeyError::Unavailable {
+            action,
+            user,
+            message: aws_smithy_types::error::display::DisplayErrorContext(&error).to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_names_only_the_prefixes_granted() {
+        let grants = Grants {
+            bucket: "b".into(),
+            read: vec!["datasets/ns/d/snapshots/h/".into()],
+            write: vec!["models/ns/j/u/".into()],
+        };
+        let document = policy(&grants);
+        let statements = document["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 3);
+        assert_eq!(
+            statements[0]["Resource"],
+            serde_json::json!(["arn:aws:s3:::b/datasets/ns/d/snapshots/h/*"])
+        );
+        assert_eq!(statements[0]["Action"], serde_json::json!(["s3:GetObject"]));
+        assert_eq!(
+            statements[1]["Resource"],
+            serde_json::json!(["arn:aws:s3:::b/models/ns/j/u/*"])
+        );
+        assert_eq!(
+            statements[2]["Condition"]["StringLike"]["s3:prefix"],
+            serde_json::json!([
+                "datasets/ns/d/snapshots/h/",
+                "datasets/ns/d/snapshots/h/*",
+                "models/ns/j/u/",
+                "models/ns/j/u/*"
+            ])
+        );
+        let text = document.to_string();
+        assert!(!text.contains("iam:") && !text.contains("\"*\""), "{text}");
+    }
+
+    #[test]
+    fn a_read_only_key_gets_no_write_statement() {
+        let grants = Grants {
+            bucket: "b".into(),
+            read: vec!["models/ns/j/u/".into()],
+            write: vec![],
+        };
+        let text = policy(&grants).to_string();
+        assert!(
+            !text.contains("PutObject") && !text.contains("DeleteObject"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_key_shows_its_id_never_its_secret() {
+        let key = StoreKey {
+            access_key_id: "MAID".into(),
+            secret_access_key: "very-secret".into(),
+        };
+        let shown = format!("{key:?}");
+        assert!(
+            shown.contains("MAID") && !shown.contains("very-secret"),
+            "{shown}"
+        );
+        assert_eq!(form_fields(&key), "&AccessKeyId=MAID&SecretAccessKey=very-secret");
+    }
+}
