@@ -22,6 +22,9 @@ pub const RUNNING: &str = "Running";
 pub const SUCCEEDED: &str = "Succeeded";
 /// Condition: the run failed.
 pub const FAILED: &str = "Failed";
+/// Condition: which storage key the run's pods hold — a key of their own (`Scoped`, until
+/// `Revoked` when the run ends) or the store's shared one (`SharedKey`).
+pub const STORAGE_KEY: &str = "StorageKey";
 
 /// Environment variables of the training-image contract that the operator sets; a
 /// hyperparameter cannot override them (nor `AWS_*`, `MINIAUTOML_*` or `METADATA_STORE_*`).

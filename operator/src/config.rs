@@ -191,6 +191,18 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// The storage key the pods of runs and predictors get: `scoped`, a key of their own for
+    /// their prefixes only, issued through the store's IAM API and revoked when they end (the
+    /// bundled SeaweedFS serves one); `shared`, the operator's own bucket-wide key (an explicit
+    /// choice for a store without an IAM API; each run's `StorageKey` condition says so).
+    #[arg(
+        long,
+        env = "MINIAUTOML_STORAGE_CREDENTIALS",
+        value_enum,
+        default_value_t = CredentialScope::Scoped
+    )]
+    pub storage_credentials: CredentialScope,
+
     /// Object storage credentials, from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY only (never
     /// flags, which `ps` would show); read once, with the configuration.
     #[arg(skip = Credentials::from_env())]
@@ -252,6 +264,15 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{text}: expected 0 to 86400 seconds"));
     }
     Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// The storage key the pods of runs and predictors get (`crate::pod_keys`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CredentialScope {
+    /// A key of their own, for their prefixes only, revoked when they end.
+    Scoped,
+    /// The operator's own bucket-wide key.
+    Shared,
 }
 
 /// Who may call the gRPC API.

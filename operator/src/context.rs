@@ -22,7 +22,7 @@ use miniautoml_api::{ModelDeployment, TrainingJob, labels::RUN_ID_LABEL};
 use tracing::warn;
 
 use crate::{
-    Result, config::Credentials, ids::Ids, leader::Leadership, metrics::Metrics, run_tokens::RunTokens,
+    Result, ids::Ids, leader::Leadership, metrics::Metrics, pod_keys::PodKeys, run_tokens::RunTokens,
     snapshots::Snapshots, sources::SourcePolicy,
 };
 
@@ -64,8 +64,8 @@ pub struct TrainingSettings {
     pub s3_region: String,
     /// The bucket of data and models.
     pub bucket: String,
-    /// Storage credentials copied into each run's Secret.
-    pub credentials: Credentials,
+    /// The storage key each run's Secret gets.
+    pub keys: PodKeys,
     /// Issues and checks the runs' tokens.
     pub run_tokens: RunTokens,
     /// Most runs at once (0: no limit).
@@ -88,8 +88,8 @@ pub struct PredictorSettings {
     pub s3_endpoint: Option<String>,
     /// S3 region.
     pub s3_region: String,
-    /// Storage credentials copied into the ModelDeployment's Secret.
-    pub credentials: Credentials,
+    /// The storage key each ModelDeployment's Secret gets.
+    pub keys: PodKeys,
     /// Image pull Secrets of the predictor pods.
     pub image_pull_secrets: Vec<String>,
     /// Pull policy of `image` (`None`: Kubernetes' default); a spec's own image keeps the default.

@@ -112,6 +112,10 @@ pub enum Error {
     #[error("object storage: {0}")]
     Storage(#[from] StorageError),
 
+    /// A pod's storage key could not be issued or revoked.
+    #[error("{0}")]
+    StorageKey(#[from] miniautoml_data::KeyError),
+
     /// An object from the API server lacks a field every such object has.
     #[error("{kind} {name} has no {field}")]
     MissingField {
@@ -136,6 +140,7 @@ impl Error {
             Error::IdConflict(_) => "id_conflict",
             Error::IdAllocation(_) => "id_allocation",
             Error::Storage(_) => "storage",
+            Error::StorageKey(_) => "storage_key",
             Error::MissingField { .. } => "missing_field",
         }
     }

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod pod_keys;
 pub mod preflight;
 pub mod readiness;
 pub mod run_tokens;
@@ -28,10 +29,11 @@ use tracing::info;
 
 pub use crate::error::{Error, Result, StartupError};
 use crate::{
-    config::{Config, GrpcAuth},
+    config::{Config, CredentialScope, GrpcAuth},
     context::{Context, PredictorSettings, TrainingSettings},
     leader::Leadership,
     metrics::Metrics,
+    pod_keys::{Derivation, PodKeys},
     readiness::Readiness,
     run_tokens::RunTokens,
     sources::SourcePolicy,
@@ -100,8 +102,11 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.id_namespace = config.grpc_namespace.clone();
     ctx.sources = sources;
-    ctx.training = training_settings(&config, tls.as_ref());
-    ctx.serving = predictor_settings(&config);
+    let keys = pod_keys(&config);
+    ctx.training = keys
+        .clone()
+        .and_then(|keys| training_settings(&config, tls.as_ref(), keys));
+    ctx.serving = keys.and_then(|keys| predictor_settings(&config, keys));
     let leadership = if config.leader_elect {
         let grpc_addr = grpc_listener.local_addr().map_err(|source| StartupError::Serve {
             server: "gRPC",
@@ -285,7 +290,11 @@ async fn ensure_bucket(store: miniautoml_data::Store, shutdown: CancellationToke
 }
 
 /// What training runs need, when storage credentials and the metadata store address are set.
-fn training_settings(config: &Config, tls: Option<&tls::ServerTls>) -> Option<TrainingSettings> {
+fn training_settings(
+    config: &Config,
+    tls: Option<&tls::ServerTls>,
+    keys: PodKeys,
+) -> Option<TrainingSettings> {
     let credentials = config.credentials.clone()?;
     let Some(address) = config.metadata_store_address.clone() else {
         tracing::warn!("no --metadata-store-address: TrainingJobs will wait until one is configured");
@@ -301,22 +310,48 @@ fn training_settings(config: &Config, tls: Option<&tls::ServerTls>) -> Option<Tr
         image_pull_secrets: config.image_pull_secrets.clone(),
         algorithm_pull_policies: config.algorithm_pull_policies.iter().cloned().collect(),
         algorithm_security_contexts: config.algorithm_security_contexts.iter().cloned().collect(),
-        run_tokens: config
-            .run_token_key
-            .clone()
-            .unwrap_or_else(|| RunTokens::derived_from(&credentials.secret_access_key)),
-        credentials,
+        run_tokens: run_tokens(config, &credentials),
+        keys,
+    })
+}
+
+/// The run tokens' key: MINIAUTOML_RUN_TOKEN_KEY, else derived from the storage secret key.
+fn run_tokens(config: &Config, credentials: &config::Credentials) -> RunTokens {
+    config
+        .run_token_key
+        .clone()
+        .unwrap_or_else(|| RunTokens::derived_from(&credentials.secret_access_key))
+}
+
+/// The storage keys of runs' and predictors' pods (`--storage-credentials`), when storage
+/// credentials are set.
+fn pod_keys(config: &Config) -> Option<PodKeys> {
+    let credentials = config.credentials.clone()?;
+    Some(match config.storage_credentials {
+        CredentialScope::Shared => {
+            tracing::warn!(
+                "--storage-credentials=shared: the pods of every run and predictor get the operator's bucket-wide key"
+            );
+            PodKeys::Shared(credentials)
+        }
+        CredentialScope::Scoped => PodKeys::Scoped {
+            issuer: miniautoml_data::KeyIssuer::new(
+                config.s3_endpoint.as_deref(),
+                &credentials.access_key_id,
+                &credentials.secret_access_key,
+            ),
+            derivation: Derivation::new(&run_tokens(config, &credentials).subkey("storage keys")),
+        },
     })
 }
 
 /// What predictors need, when storage credentials are set.
-fn predictor_settings(config: &Config) -> Option<PredictorSettings> {
-    let credentials = config.credentials.clone()?;
+fn predictor_settings(config: &Config, keys: PodKeys) -> Option<PredictorSettings> {
     Some(PredictorSettings {
         image: config.predictor_image.clone(),
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
-        credentials,
+        keys,
         image_pull_secrets: config.image_pull_secrets.clone(),
         image_pull_policy: config.predictor_pull_policy.clone(),
         security_context: config

@@ -52,6 +52,15 @@ impl RunTokens {
         <HmacSha256 as KeyInit>::new_from_slice(&self.key).expect("HMAC takes a key of any length")
     }
 
+    /// A key for another `purpose`, derived from this one (HMAC-SHA256 of the purpose): as secret
+    /// as the token key, and independent of every other purpose's.
+    pub fn subkey(&self, purpose: &str) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(b"subkey\0");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
     /// The token of the run whose TrainingJob has uid `uid`.
     pub fn token(&self, uid: &str) -> String {
         let mut mac = self.mac();

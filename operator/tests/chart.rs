@@ -827,3 +827,37 @@ fn wrong_keys_and_types_fail_with_the_path_of_the_value() {
         assert!(error.contains(expected), "{set}: {error}");
     }
 }
+
+#[test]
+fn pods_get_storage_keys_of_their_own_unless_shared_is_chosen() {
+    let documents = render(&[]);
+    assert!(operator_args(&documents).contains(&"--storage-credentials=scoped".to_string()));
+    // The bundled store takes the operator's IAM writes and no self-made keys.
+    let store = find(&documents, "StatefulSet", "miniautoml-object-store");
+    let store_args: Vec<&str> = at(store, "spec.template.spec.containers.0.args")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for arg in ["-s3.iam.readOnly=false", "-s3.iam.selfServiceRequiresGrant=true"] {
+        assert!(store_args.contains(&arg), "{arg} not in {store_args:?}");
+    }
+    // Finalizers on ModelDeployments revoke their predictors' keys: the operator may patch them.
+    let role = find(&documents, "ClusterRole", "miniautoml");
+    let rules = serde_yaml::to_string(at(role, "rules")).unwrap();
+    assert!(
+        rules.contains("- modeldeployments\n  verbs:\n  - list\n  - watch\n  - create\n  - patch"),
+        "{rules}"
+    );
+
+    let shared = render(&[
+        "objectStore.enabled=false",
+        "storage.endpoint=https://s3.example.com",
+        "storage.existingSecret=s3-keys",
+        "storage.credentialScope=shared",
+    ]);
+    assert!(operator_args(&shared).contains(&"--storage-credentials=shared".to_string()));
+    let error = try_render(&["storage.credentialScope=everyone"]).unwrap_err();
+    assert!(error.contains("credentialScope"), "{error}");
+}

@@ -13,7 +13,7 @@ use kube::{
     api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::wait::await_condition,
 };
-use miniautoml_api::{Dataset, TrainingJob};
+use miniautoml_api::{Dataset, ModelDeployment, TrainingJob};
 use miniautoml_data::Store;
 use miniautoml_operator::grpc::in_flight::PER_CALLER;
 use miniautoml_proto::{
@@ -305,7 +305,16 @@ async fn run_tokens_end_with_the_run_and_a_run_secret_made_beforehand_is_not_tru
         ..Default::default()
     };
     secrets.create(&PostParams::default(), &planted).await.unwrap();
-    let done = succeeded_run(&jobs, "intent", &ns.name).await;
+    succeeded_run(&jobs, "intent", &ns.name).await;
+    // Once the run has ended, the operator's last write: its pods' own storage key revoked.
+    let done = until(&jobs, "intent", |job: &TrainingJob| {
+        job.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "StorageKey" && c.reason == "Revoked")
+        })
+    })
+    .await;
     let status = done.status.clone().unwrap();
     let run_id = status.run_id.clone().unwrap();
 
@@ -654,4 +663,138 @@ async fn the_local_stores_internal_ports_answer_no_pod() {
     }
     let s3 = tokio::net::TcpStream::connect(address).await;
     assert!(s3.is_ok(), "the S3 port is closed: {s3:?}");
+}
+
+/// The storage key in `secret` (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) as a store.
+fn store_of(cluster: &LocalCluster, secret: &Secret) -> (String, Store) {
+    let entry = |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    let id = entry("AWS_ACCESS_KEY_ID");
+    let store = Store::with_credentials(
+        Some(&cluster.s3_endpoint),
+        "us-east-1",
+        &id,
+        &entry("AWS_SECRET_ACCESS_KEY"),
+        &cluster.s3_bucket,
+    );
+    (id, store)
+}
+
+/// Waits until `store` is refused reading `key` (a revoked key), at most [`WITHIN`].
+async fn refused(store: &Store, key: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        match store.read(key).await {
+            Err(miniautoml_data::StorageError::Denied(_)) => return,
+            other if start.elapsed() > WITHIN => panic!("{key} still readable: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_and_predictor_pods_hold_keys_of_their_own_that_end_with_them() {
+    let (cluster, client, ns, _operator) = namespace_with_operator("own-keys").await;
+    let _logs = logs_on_failure(cluster, &ns);
+    tweet_emotion(cluster, &Api::namespaced(client.clone(), &ns.name), &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let admin = Store::new(cluster.s3(), &cluster.s3_bucket);
+    // Another namespace's model, which no key of this namespace may read.
+    let foreign = format!("models/other-{}/x/uid/model.bin", ns.name);
+    admin
+        .put(&foreign, b"secret weights".to_vec(), "application/octet-stream")
+        .await
+        .unwrap();
+
+    let done = succeeded_run(&jobs, "intent", &ns.name).await;
+    let status = done.status.clone().unwrap();
+    let artifact = status.artifact.clone().unwrap();
+    let model = artifact
+        .uri
+        .trim_start_matches(&format!("s3://{}/", cluster.s3_bucket))
+        .to_string();
+    let snapshot = format!("datasets/{}/tweets/snapshots/hashBg==/", ns.name);
+
+    // The run's pods held a key of their own, not the operator's.
+    let (run_key, run_store) = store_of(cluster, &secrets.get("intent-run").await.unwrap());
+    assert_ne!(run_key, cluster.s3_access_key);
+    assert!(run_key.starts_with("MA"), "{run_key}");
+    // It ended with the run: revoked, and the status says so.
+    refused(&run_store, &format!("{model}manifest.json")).await;
+    let revoked = until(&jobs, "intent", |job: &TrainingJob| {
+        job.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "StorageKey" && c.status == "False" && c.reason == "Revoked")
+        })
+    })
+    .await;
+    println!(
+        "run key {run_key}: revoked; {:?}",
+        revoked
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "StorageKey")
+    );
+    refused(&run_store, &format!("{snapshot}examples.csv")).await;
+
+    // A ModelDeployment's predictors get their own key: it reads the model they serve and
+    // nothing else, and goes with the ModelDeployment.
+    let mds = Api::<ModelDeployment>::namespaced(client.clone(), &ns.name);
+    mds.create(
+        &PostParams::default(),
+        &harness::model_deployment("intent", "intent"),
+    )
+    .await
+    .unwrap();
+    let rolled_out = await_condition(mds.clone(), "intent", |md: Option<&ModelDeployment>| {
+        md.and_then(|md| md.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    });
+    let ready = match tokio::time::timeout(Duration::from_secs(180), rolled_out).await {
+        Ok(found) => found.unwrap().unwrap(),
+        Err(_) => panic!("the predictors did not roll out: {:#?}", mds.get("intent").await),
+    };
+    let (predictor_key, predictor_store) =
+        store_of(cluster, &secrets.get("intent-predictor-s3").await.unwrap());
+    assert_ne!(predictor_key, cluster.s3_access_key);
+    assert_ne!(predictor_key, run_key);
+    predictor_store
+        .read(&format!("{model}manifest.json"))
+        .await
+        .expect("the predictors' key reads their model");
+    for elsewhere in [format!("{snapshot}examples.csv"), foreign.clone()] {
+        assert!(
+            matches!(
+                predictor_store.read(&elsewhere).await,
+                Err(miniautoml_data::StorageError::Denied(_))
+            ),
+            "the predictors' key read {elsewhere}"
+        );
+    }
+    assert!(matches!(
+        predictor_store
+            .put(
+                &format!("{model}manifest.json"),
+                b"{}".to_vec(),
+                "application/json"
+            )
+            .await,
+        Err(miniautoml_data::StorageError::Denied(_))
+    ));
+    mds.delete("intent", &Default::default()).await.unwrap();
+    let md_uid = ready.uid().unwrap();
+    let gone = await_condition(
+        mds.clone(),
+        "intent",
+        kube::runtime::wait::conditions::is_deleted(&md_uid),
+    );
+    tokio::time::timeout(WITHIN, gone).await.unwrap().unwrap();
+    refused(&predictor_store, &format!("{model}manifest.json")).await;
+    admin.delete_prefix(&foreign).await.unwrap();
 }

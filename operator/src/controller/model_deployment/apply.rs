@@ -1,5 +1,7 @@
-//! The ModelDeployment's writes besides its status: the predictors' Secret, Service and
-//! Deployment by server-side apply, skipped when the Deployment already carries their digest.
+//! The ModelDeployment's writes besides its status: the predictors' own storage key (issued for
+//! the models they load), their Secret, Service and Deployment by server-side apply — all
+//! skipped when the Deployment already carries their digest — and, under the finalizer, the
+//! key's revocation.
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -12,10 +14,14 @@ use kube::{
 };
 use miniautoml_api::{ModelDeployment, model_deployment::ServedModel};
 
-use super::build::{APPLIED_ANNOTATION, Desired, deployment_name, secret_name, template_run};
+use super::build::{
+    APPLIED_ANNOTATION, Desired, deployment_name, predictor_grants, secret_name, template_model_uri,
+    template_run,
+};
 use crate::{
     Result,
     context::{Context, MANAGER},
+    pod_keys::Holder,
 };
 
 /// Applies `desired` unless the `cached` Deployment shows it is already there; returns the
@@ -33,6 +39,14 @@ pub async fn apply(
         return Ok(cached.clone());
     }
     let namespace = md.namespace().unwrap_or_default();
+    // The key in the Secret must work for the model before the predictors load it.
+    if let Some(settings) = &ctx.serving {
+        let grants = predictor_grants(model, cached.and_then(template_model_uri));
+        settings
+            .keys
+            .issue(Holder::Predictor, &md.uid().unwrap_or_default(), &grants)
+            .await?;
+    }
     let params = PatchParams::apply(MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     secrets
@@ -55,4 +69,15 @@ pub async fn apply(
         ctx.publish(md, EventType::Normal, "Deploying", note).await;
     }
     Ok(written)
+}
+
+/// Revokes the predictors' own storage key (nothing to do when they hold the shared one).
+pub async fn revoke_key(md: &ModelDeployment, ctx: &Context) -> Result<()> {
+    if let Some(settings) = &ctx.serving {
+        settings
+            .keys
+            .revoke(Holder::Predictor, &md.uid().unwrap_or_default())
+            .await?;
+    }
+    Ok(())
 }

@@ -25,6 +25,8 @@ use miniautoml_api::{
 };
 use sha2::{Digest, Sha256};
 
+use miniautoml_data::Grants;
+
 use crate::{
     config::Credentials,
     context::PredictorSettings,
@@ -33,6 +35,7 @@ use crate::{
         requests_and_limits, scratch_mount, scratch_volume,
     },
     names::truncate,
+    pod_keys::Holder,
 };
 
 /// Annotation on the Deployment: digest of what the operator last applied, so an unchanged
@@ -88,6 +91,30 @@ fn owned_meta(md: &ModelDeployment, name: String) -> ObjectMeta {
         labels: Some(labels),
         owner_references: md.controller_owner_ref(&()).map(|r| vec![r]),
         ..Default::default()
+    }
+}
+
+/// What the predictors' own storage key may do: read the model they serve, and the one the
+/// current predictors serve (so that one of them restarting mid-rollout still loads). Models
+/// are `s3://<bucket>/<prefix>/` URIs.
+pub fn predictor_grants(model: &ServedModel, serving: Option<&str>) -> Grants {
+    let split = |uri: &str| -> Option<(String, String)> {
+        let (bucket, prefix) = uri.strip_prefix("s3://")?.split_once('/')?;
+        let prefix = format!("{}/", prefix.trim_end_matches('/'));
+        Some((bucket.to_string(), prefix))
+    };
+    let (bucket, prefix) = split(&model.uri).unwrap_or_default();
+    let mut read = vec![prefix];
+    if let Some((same_bucket, previous)) = serving.and_then(split)
+        && same_bucket == bucket
+        && !read.contains(&previous)
+    {
+        read.push(previous);
+    }
+    Grants {
+        bucket,
+        read,
+        write: vec![],
     }
 }
 
@@ -244,6 +271,20 @@ pub fn build_service(md: &ModelDeployment) -> Service {
     }
 }
 
+/// The model URI the predictors of `deployment` load (their pod template's annotation).
+pub fn template_model_uri(deployment: &Deployment) -> Option<&str> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(MODEL_URI_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// The run a Deployment's pod template serves.
 pub fn template_run(deployment: &Deployment) -> Option<&str> {
     deployment
@@ -306,7 +347,10 @@ impl Desired {
 
 /// The predictors' Secret, Service and Deployment for serving `model`.
 pub fn desired(md: &ModelDeployment, model: &ServedModel, settings: &PredictorSettings) -> Desired {
-    let secret = build_secret(md, &settings.credentials);
+    let credentials = settings
+        .keys
+        .credentials(Holder::Predictor, &md.uid().unwrap_or_default());
+    let secret = build_secret(md, &credentials);
     let service = build_service(md);
     let mut deployment = build_deployment(md, model, settings);
     let mut hasher = Sha256::new();
@@ -358,10 +402,10 @@ pub(super) mod tests {
             image: "miniautoml/predictor:0.1.0".into(),
             s3_endpoint: Some("http://minio:9000".into()),
             s3_region: "us-east-1".into(),
-            credentials: Credentials {
+            keys: crate::pod_keys::PodKeys::Shared(Credentials {
                 access_key_id: "key".into(),
                 secret_access_key: "secret".into(),
-            },
+            }),
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
             security_context: crate::controller::children::restricted_security_context(),
@@ -377,6 +421,44 @@ pub(super) mod tests {
             .into_iter()
             .map(|e| (e.name.clone(), e))
             .collect()
+    }
+
+    #[test]
+    fn predictors_may_read_the_model_they_load_and_the_one_being_replaced_only() {
+        let first = predictor_grants(&model("1"), None);
+        assert_eq!(first.bucket, "miniautoml");
+        assert_eq!(first.read, vec!["models/team-a/twitter-model/uid-1/".to_string()]);
+        assert!(first.write.is_empty());
+        let rolling = predictor_grants(
+            &model("2"),
+            Some("s3://miniautoml/models/team-a/twitter-model/uid-1/"),
+        );
+        assert_eq!(
+            rolling.read,
+            vec![
+                "models/team-a/twitter-model/uid-2/".to_string(),
+                "models/team-a/twitter-model/uid-1/".to_string()
+            ]
+        );
+        let elsewhere = predictor_grants(&model("2"), Some("s3://other/models/x/"));
+        assert_eq!(elsewhere.read.len(), 1, "never another bucket");
+    }
+
+    #[test]
+    fn own_keys_go_into_the_secret_and_stay_the_same_for_the_same_deployment() {
+        let mut scoped = settings();
+        scoped.keys = crate::pod_keys::PodKeys::Scoped {
+            issuer: miniautoml_data::KeyIssuer::new(Some("http://store:8333"), "op", "op-secret"),
+            derivation: crate::pod_keys::Derivation::new(b"operator secret"),
+        };
+        let md = fixture();
+        let first = desired(&md, &model("1"), &scoped);
+        let again = desired(&md, &model("1"), &scoped);
+        assert_eq!(first.digest(), again.digest());
+        let entries = first.secret.string_data.unwrap();
+        assert!(entries[ACCESS_KEY].starts_with("MA"), "{:?}", entries[ACCESS_KEY]);
+        assert_ne!(entries[ACCESS_KEY], "op");
+        assert_ne!(entries[SECRET_KEY], "op-secret");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use kube::{
         Controller,
         controller::Action,
         events::EventType,
+        finalizer::{Event as Finalizer, finalizer},
         reflector::{self, ObjectRef},
     },
 };
@@ -45,22 +46,45 @@ use miniautoml_api::{
     labels::{MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL},
     model_deployment::{MODEL_READY, READY},
 };
+use miniautoml_data::KeyError;
 
 use self::status::{Observed, pod_problem};
 use super::{reconciled::report_unreadable, watches::Events};
-use crate::{Result, conditions, context::Context, status::modify_cached_status};
+use crate::{Error, Result, conditions, context::Context, status::modify_cached_status};
 
 /// Reconciles one ModelDeployment.
 #[tracing::instrument(skip_all, fields(modeldeployment = %ObjectRef::from_obj(guard.as_ref())))]
 pub async fn reconcile(guard: Arc<DeserializeGuard<ModelDeployment>>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started("modeldeployment");
-    match &guard.0 {
-        Err(error) => report_unreadable(&guard, error, &ctx).await,
-        // Owner references let the garbage collector remove the predictors.
-        Ok(md) if md.metadata.deletion_timestamp.is_some() => Ok(Action::await_change()),
-        Ok(md) => reconcile_deployment(md, &ctx).await,
+    let md = match &guard.0 {
+        Err(error) => return report_unreadable(&guard, error, &ctx).await,
+        Ok(md) => md,
+    };
+    // Owner references let the garbage collector remove the predictors; their own storage key
+    // is revoked under the finalizer.
+    let own_keys = ctx.serving.as_ref().is_some_and(|s| s.keys.scoped());
+    if !own_keys {
+        if md.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        return reconcile_deployment(md, &ctx).await;
     }
+    let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, Arc::new(md.clone()), |event| async {
+        match event {
+            Finalizer::Apply(md) => reconcile_deployment(&md, &ctx).await,
+            Finalizer::Cleanup(md) => {
+                apply::revoke_key(&md, &ctx).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer)
 }
+
+/// Finalizer of ModelDeployments whose predictors hold a storage key of their own.
+pub const FINALIZER: &str = "miniautoml.io/predictor-storage-key";
 
 /// The ModelDeployment controller on the watches of ModelDeployments, of the predictors'
 /// Deployments and pods (which wake their ModelDeployment when they change) and of
@@ -105,18 +129,33 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Act
     let cached = dereference::cached_deployment(md, ctx);
     let model = validate::model(&job);
     let blocked = validate::blocked(ctx.serving.as_ref());
-    let deployment = match (&model, &ctx.serving) {
+    let (deployment, key_problem) = match (&model, &ctx.serving) {
         (Ok(model), Some(settings)) => {
             let desired = build::desired(md, model, settings);
-            Some(apply::apply(md, model, &desired, cached.as_ref(), ctx).await?)
+            match apply::apply(md, model, &desired, cached.as_ref(), ctx).await {
+                Ok(deployment) => (Some(deployment), None),
+                // Nothing new is applied without a key that works: said in the status.
+                Err(Error::StorageKey(error)) => (cached, Some(error)),
+                Err(error) => return Err(error),
+            }
         }
-        _ => cached,
+        _ => (cached, None),
     };
+    let key_blocked = key_problem.as_ref().map(|error| {
+        let reason = match error {
+            KeyError::Refused { .. } => "StorageKeyRefused",
+            KeyError::Unavailable { .. } => "StorageKeyUnavailable",
+        };
+        (
+            reason,
+            format!("the predictors' own storage key cannot be issued: {error}"),
+        )
+    });
     let observed = Observed {
         model: &model,
         deployment: deployment.as_ref(),
         pod_problem: pod_problem(&dereference::predictor_pods(md, ctx)),
-        blocked: blocked.filter(|_| model.is_ok()),
+        blocked: blocked.or(key_blocked).filter(|_| model.is_ok()),
     };
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
     let now = Time(Timestamp::now());
@@ -131,6 +170,11 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Act
     let after = written.status.unwrap_or_default();
     announce(ctx, md, &before, &after).await;
     let ready = conditions::find(&after.conditions, READY).is_some_and(|c| c.status == "True");
+    if let Some(error) = &key_problem {
+        ctx.publish(md, EventType::Warning, "StorageKey", error.to_string())
+            .await;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     Ok(if ready || model.is_err() {
         // Watches of the TrainingJob, Deployment and pods bring every change.
         Action::await_change()

@@ -215,10 +215,10 @@ mod tests {
             image: "miniautoml/predictor:0.1.0".into(),
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
-            credentials: Credentials {
+            keys: crate::pod_keys::PodKeys::Shared(Credentials {
                 access_key_id: "k".into(),
                 secret_access_key: "s".into(),
-            },
+            }),
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
             security_context: crate::controller::children::restricted_security_context(),

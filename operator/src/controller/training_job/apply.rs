@@ -13,12 +13,16 @@ use kube::{
 };
 use miniautoml_api::TrainingJob;
 
-use super::build::{RunInputs, build_job, build_secret, build_service, job_name};
+use miniautoml_data::KeyError;
+
+use super::build::{RunInputs, build_job, build_secret, build_service, job_name, run_grants};
 use crate::{
     Result,
+    config::Credentials,
     context::{Context, MANAGER, TrainingSettings},
     ids::RUN_ID,
     names::run_secret,
+    pod_keys::Holder,
     tombstones::{self, Tombstone},
 };
 
@@ -34,6 +38,30 @@ pub async fn assign_run_id(
         .await
 }
 
+/// The storage key the run's pods get: their own, issued now for exactly [`run_grants`] (the
+/// same key every time), or the shared one.
+pub async fn issue_key(
+    job: &TrainingJob,
+    inputs: &RunInputs,
+    settings: &TrainingSettings,
+) -> Result<Credentials, KeyError> {
+    let uid = job.uid().unwrap_or_default();
+    settings
+        .keys
+        .issue(Holder::Run, &uid, &run_grants(job, inputs))
+        .await
+}
+
+/// Revokes the run's own storage key (its pods' key stops working at once); nothing to do
+/// when pods get the shared key or it is revoked already.
+pub async fn revoke_key(job: &TrainingJob, ctx: &Context) -> Result<()> {
+    if let Some(settings) = &ctx.training {
+        let uid = job.uid().unwrap_or_default();
+        settings.keys.revoke(Holder::Run, &uid).await?;
+    }
+    Ok(())
+}
+
 /// Launches the run: its Secret, the headless Service of a multi-worker run, then the Job.
 /// Returns the Job. The Secret is applied, not created: one that someone made under its name
 /// before the run was launched gets the operator's token and credentials (the token is derived
@@ -42,13 +70,13 @@ pub async fn launch(
     job: &TrainingJob,
     ctx: &Context,
     inputs: &RunInputs,
-    settings: &TrainingSettings,
+    (settings, credentials): (&TrainingSettings, &Credentials),
 ) -> Result<Job> {
     let namespace = job.namespace().unwrap_or_default();
     let apply = PatchParams::apply(MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let token = settings.run_tokens.token(&job.uid().unwrap_or_default());
-    let secret = build_secret(job, inputs.run_id, &token, &settings.credentials);
+    let secret = build_secret(job, inputs.run_id, &token, credentials);
     secrets
         .patch(&run_secret(job), &apply, &Patch::Apply(&secret))
         .await?;

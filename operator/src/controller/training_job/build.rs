@@ -18,6 +18,7 @@ use miniautoml_api::{
     Dataset, SnapshotStatus, TrainingJob,
     labels::{RUN_ID_LABEL, TRAINING_JOB_LABEL},
 };
+use miniautoml_data::{Grants, layout};
 
 use crate::{
     config::Credentials,
@@ -137,6 +138,20 @@ fn owned_meta(job: &TrainingJob, name: String, run_id: u64) -> ObjectMeta {
         labels: Some(labels(job, run_id)),
         owner_references: job.controller_owner_ref(&()).map(|r| vec![r]),
         ..Default::default()
+    }
+}
+
+/// What the run's own storage key may do: read its snapshot, write its model folder (where
+/// `CreateArtifact` tells the trainer to upload). The epoch history is the operator's to write.
+pub fn run_grants(job: &TrainingJob, inputs: &RunInputs) -> Grants {
+    Grants {
+        bucket: inputs.bucket.clone(),
+        read: vec![inputs.data_path.clone()],
+        write: vec![layout::model_prefix(
+            &job.namespace().unwrap_or_default(),
+            &job.name_any(),
+            &job.uid().unwrap_or_default(),
+        )],
     }
 }
 
@@ -440,10 +455,10 @@ mod tests {
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
             bucket: "b".into(),
-            credentials: Credentials {
+            keys: crate::pod_keys::PodKeys::Shared(Credentials {
                 access_key_id: "a".into(),
                 secret_access_key: "s".into(),
-            },
+            }),
             max_concurrent_runs: 0,
             image_pull_secrets: Vec::new(),
             algorithm_pull_policies: BTreeMap::new(),

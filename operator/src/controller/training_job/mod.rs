@@ -43,7 +43,7 @@ use self::{
     build::{job_name, launched_version_hash, run_inputs},
     dereference::Waiting,
     observe::{image_digest, observe},
-    status::{Found, phase},
+    status::{Found, PodKey, holds_own_key, phase},
 };
 use super::{reconciled::report_unreadable, watches::Events};
 use crate::{Error, Result, context::Context, status::modify_cached_status};
@@ -59,8 +59,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
         Err(error) => return report_unreadable(&guard, error, &ctx).await,
         Ok(job) => Arc::new(job.clone()),
     };
-    // Owner references let the garbage collector stop the pods; storage needs the finalizer.
-    if !needs_finalizer(&job) {
+    // Owner references let the garbage collector stop the pods; storage and the pods' own key
+    // need the finalizer.
+    let own_keys = ctx.training.as_ref().is_some_and(|s| s.keys.scoped());
+    if !needs_finalizer(&job, own_keys) {
         if job.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
@@ -82,7 +84,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
         match event {
             Finalizer::Apply(job) => reconcile_run(&job, &ctx).await,
             Finalizer::Cleanup(job) => {
-                apply::delete_run_objects(&job, &ctx).await?;
+                apply::revoke_key(&job, &ctx).await?;
+                if job.spec.artifact_retain_policy == RetainPolicy::Delete {
+                    apply::delete_run_objects(&job, &ctx).await?;
+                }
                 Ok(Action::await_change())
             }
         }
@@ -115,10 +120,10 @@ fn still_running(pod: &Pod) -> bool {
     )
 }
 
-/// Whether deleting `job` must first delete its objects in storage (`artifactRetainPolicy:
-/// Delete`); the spec is immutable, so this never changes.
-pub fn needs_finalizer(job: &TrainingJob) -> bool {
-    job.spec.artifact_retain_policy == RetainPolicy::Delete
+/// Whether deleting `job` must first revoke its pods' own storage key (`own_keys`: pods get
+/// keys of their own) or delete its objects in storage (`artifactRetainPolicy: Delete`).
+pub fn needs_finalizer(job: &TrainingJob, own_keys: bool) -> bool {
+    own_keys || job.spec.artifact_retain_policy == RetainPolicy::Delete
 }
 
 /// Writes the status `found` makes of `job`.
@@ -134,9 +139,13 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     let namespace = job.namespace().unwrap_or_default();
     let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
     if job.has_ended() {
-        // Only a run-id label someone changed is put back.
+        // Only a run-id label someone changed is put back, and its pods' own key revoked.
         if job.run_id().is_some() {
             apply::assign_run_id(job, ctx, &api).await?;
+        }
+        if holds_own_key(job) {
+            apply::revoke_key(job, ctx).await?;
+            report(&api, job, &Found::KeyRevoked).await?;
         }
         return Ok(Action::await_change());
     }
@@ -198,7 +207,18 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 }
             }
             let inputs = run_inputs(job, run_id, &image, (&ready.0, &ready.1), settings);
-            let run = apply::launch(job, ctx, &inputs, settings).await?;
+            let credentials = match apply::issue_key(job, &inputs, settings).await {
+                Ok(credentials) => credentials,
+                Err(error) => {
+                    let written = report(&api, job, &Found::NoStorageKey(&error)).await?;
+                    if job.status != written.status {
+                        ctx.publish(job, EventType::Warning, "StorageKey", error.to_string())
+                            .await;
+                    }
+                    return Ok(Action::requeue(Duration::from_secs(30)));
+                }
+            };
+            let run = apply::launch(job, ctx, &inputs, (settings, &credentials)).await?;
             (run, version_hash)
         }
     };
@@ -210,6 +230,11 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
         job_name: &name,
         code_version: digest.as_deref(),
         workers: &workers,
+        key: if settings.keys.scoped() {
+            PodKey::Own
+        } else {
+            PodKey::Shared
+        },
     };
     let written = report(&api, job, &found).await?;
     match phase(&written) {

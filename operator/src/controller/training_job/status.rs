@@ -7,8 +7,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use miniautoml_api::{
     TrainingJob, TrainingJobStatus,
-    training_job::{DATASET_READY, FAILED, RUNNING, SUCCEEDED, TrainingPhase},
+    training_job::{DATASET_READY, FAILED, RUNNING, STORAGE_KEY, SUCCEEDED, TrainingPhase},
 };
+use miniautoml_data::KeyError;
 
 use super::{observe::Observed, validate::Invalid};
 use crate::conditions::{self, ACCEPTED};
@@ -38,6 +39,10 @@ pub enum Found<'a> {
         /// `--max-concurrent-runs`.
         max: u32,
     },
+    /// The run's own storage key could not be issued, so it is not launched.
+    NoStorageKey(&'a KeyError),
+    /// The run ended and its own storage key is revoked.
+    KeyRevoked,
     /// The run's Job exists.
     Launched {
         /// The snapshot it trains on.
@@ -48,7 +53,29 @@ pub enum Found<'a> {
         code_version: Option<&'a str>,
         /// What the Job and its pods say.
         workers: &'a Observed,
+        /// Which storage key its pods hold.
+        key: PodKey,
     },
+}
+
+/// Which storage key a run's pods hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodKey {
+    /// Their own (`--storage-credentials=scoped`).
+    Own,
+    /// The store's shared key (`--storage-credentials=shared`).
+    Shared,
+}
+
+/// Reason of the `StorageKey` condition while the run's pods hold a key of their own.
+pub const OWN_KEY: &str = "Scoped";
+
+/// Whether `job`'s pods were given a key of their own that is not revoked yet.
+pub fn holds_own_key(job: &TrainingJob) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, STORAGE_KEY))
+        .is_some_and(|c| c.status == "True" && c.reason == OWN_KEY)
 }
 
 /// The phase recorded so far.
@@ -76,6 +103,27 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
     }
     match found {
         Found::Invalid(_) => {}
+        Found::NoStorageKey(error) => {
+            let reason = match error {
+                KeyError::Refused { .. } => "StorageKeyRefused",
+                KeyError::Unavailable { .. } => "StorageKeyUnavailable",
+            };
+            let message =
+                format!("the run's own storage key cannot be issued, so it is not launched: {error}");
+            set(status, at, STORAGE_KEY, false, reason, &message);
+            set(status, at, RUNNING, false, reason, &message);
+            status.phase = Some(TrainingPhase::Queued);
+        }
+        Found::KeyRevoked => {
+            set(
+                status,
+                at,
+                STORAGE_KEY,
+                false,
+                "Revoked",
+                "the run ended: its pods' own storage key is revoked",
+            );
+        }
         Found::NotConfigured => {
             set(
                 status,
@@ -106,7 +154,21 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
             job_name,
             code_version,
             workers,
+            key,
         } => {
+            let (reason, message) = match key {
+                PodKey::Own => (
+                    OWN_KEY,
+                    "its pods hold a storage key of their own, which reads only its snapshot and writes only its \
+                     model folder; revoked when the run ends",
+                ),
+                PodKey::Shared => (
+                    "SharedKey",
+                    "its pods hold the store's shared key (--storage-credentials=shared): code running in them \
+                     can read and write every namespace's data",
+                ),
+            };
+            set(status, at, STORAGE_KEY, true, reason, message);
             status.dataset_version_hash = Some(version_hash.to_string());
             status.job_name = Some(job_name.to_string());
             if let Some(digest) = code_version {
@@ -260,6 +322,51 @@ mod tests {
     }
 
     #[test]
+    fn the_storage_key_condition_says_which_key_the_pods_hold_until_it_is_revoked() {
+        let mut job = job();
+        let launched = |key| Found::Launched {
+            version_hash: "h",
+            job_name: "j",
+            code_version: None,
+            workers: &Observed::Running,
+            key,
+        };
+        record(&mut job, &launched(PodKey::Own), &at(1));
+        assert!(holds_own_key(&job));
+        record(&mut job, &Found::KeyRevoked, &at(2));
+        assert!(!holds_own_key(&job));
+        let condition = conditions::find(&job.status.as_ref().unwrap().conditions, STORAGE_KEY).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "Revoked")
+        );
+
+        let mut shared = self::job();
+        record(&mut shared, &launched(PodKey::Shared), &at(1));
+        assert!(!holds_own_key(&shared), "nothing to revoke");
+        let condition = conditions::find(&shared.status.as_ref().unwrap().conditions, STORAGE_KEY).unwrap();
+        assert_eq!(condition.reason, "SharedKey");
+        assert!(condition.message.contains("every namespace's data"));
+
+        let mut refused = self::job();
+        let error = KeyError::Refused {
+            action: "CreateUser",
+            user: "run-u".into(),
+            message: "AccessDenied: IAM write operations are disabled on this server".into(),
+        };
+        record(&mut refused, &Found::NoStorageKey(&error), &at(1));
+        let status = refused.status.unwrap();
+        assert_eq!(status.phase, Some(TrainingPhase::Queued));
+        let running = conditions::find(&status.conditions, RUNNING).unwrap();
+        assert_eq!(running.reason, "StorageKeyRefused");
+        assert!(
+            running.message.contains("IAM write operations are disabled"),
+            "{}",
+            running.message
+        );
+    }
+
+    #[test]
     fn a_launched_run_follows_its_workers_to_the_end() {
         let mut job = job();
         job.status.get_or_insert_with(Default::default).position_in_queue = Some(3);
@@ -268,6 +375,7 @@ mod tests {
             job_name: "twitter-model-train",
             code_version: Some("repo@sha256:ab"),
             workers,
+            key: PodKey::Own,
         };
         assert!(record(&mut job, &launched(&Observed::Running), &at(1)));
         let status = job.status.clone().unwrap();
@@ -320,6 +428,7 @@ mod tests {
             job_name: "j",
             code_version: None,
             workers: &failed,
+            key: PodKey::Shared,
         };
         record(&mut job, &found, &at(1));
         assert_eq!(
