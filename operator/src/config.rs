@@ -129,6 +129,17 @@ pub struct Config {
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     pub s3_region: String,
 
+    /// A namespace that gets an upload key: the Secret `miniautoml-upload` there holds a
+    /// storage key that reads, writes and lists only `raw/<namespace>/` (where its Datasets
+    /// ingest from), so data engineers upload without the bucket-wide key; repeat the flag or
+    /// separate with commas. A namespace taken off the list has its key revoked.
+    #[arg(
+        long = "upload-key-namespace",
+        env = "MINIAUTOML_UPLOAD_KEY_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub upload_key_namespaces: Vec<String>,
+
     /// A source a namespace may ingest Datasets from besides its own `raw/<namespace>/` prefix
     /// of the bucket, `NAMESPACE=BUCKET/PREFIX` (`*=…` for every namespace); repeat the flag or
     /// separate with commas. The

@@ -200,6 +200,11 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         )
     };
     tokio::spawn(tombstones::run(ctx.clone(), shutdown.clone()));
+    tokio::spawn(controller::uploads::run(
+        ctx.clone(),
+        config.upload_key_namespaces.clone(),
+        shutdown.clone(),
+    ));
     let controllers = controller::run(ctx, triggers, readiness.clone(), shutdown.clone());
     let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
     // Only now that no reconcile runs may another replica lead.

@@ -21,6 +21,8 @@ pub enum Holder {
     Run,
     /// The predictors of the ModelDeployment with this uid.
     Predictor,
+    /// The data engineers of the namespace of this name (its upload key).
+    Upload,
 }
 
 impl Holder {
@@ -28,6 +30,7 @@ impl Holder {
         match self {
             Holder::Run => "run",
             Holder::Predictor => "predictor",
+            Holder::Upload => "upload",
         }
     }
 }

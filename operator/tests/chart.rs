@@ -861,3 +861,30 @@ fn pods_get_storage_keys_of_their_own_unless_shared_is_chosen() {
     let error = try_render(&["storage.credentialScope=everyone"]).unwrap_err();
     assert!(error.contains("credentialScope"), "{error}");
 }
+
+#[test]
+fn the_listed_namespaces_and_the_grpc_namespace_get_upload_keys() {
+    let args = operator_args(&render(&[]));
+    assert!(
+        args.contains(&"--upload-key-namespace=default,ml".to_string()),
+        "{args:?}"
+    );
+    let args = operator_args(&render(&[
+        "uploads.namespaces={team-a,team-b}",
+        "uploads.grpcNamespace=false",
+    ]));
+    assert!(
+        args.contains(&"--upload-key-namespace=team-a,team-b".to_string()),
+        "{args:?}"
+    );
+    let args = operator_args(&render(&[
+        "uploads.namespaces=null",
+        "uploads.grpcNamespace=false",
+    ]));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--upload-key-namespace")),
+        "{args:?}"
+    );
+    let error = try_render(&["uploads.namespaces={Not_A_Namespace}"]).unwrap_err();
+    assert!(error.contains("uploads"), "{error}");
+}

@@ -798,3 +798,101 @@ async fn run_and_predictor_pods_hold_keys_of_their_own_that_end_with_them() {
     refused(&predictor_store, &format!("{model}manifest.json")).await;
     admin.delete_prefix(&foreign).await.unwrap();
 }
+
+/// Waits (at most [`WITHIN`]) until the Secret `name` in `secrets` exists; returns it.
+async fn secret_appears(secrets: &Api<Secret>, name: &str) -> Secret {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(secret) = secrets.get_opt(name).await.unwrap() {
+            return secret;
+        }
+        assert!(start.elapsed() < WITHIN, "Secret {name} did not appear");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_engineers_upload_with_their_namespaces_key_into_its_raw_prefix_only() {
+    let cluster = LocalCluster::shared();
+    let client = cluster.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let a = TestNamespace::new(cluster, &client, "upload-a").await.unwrap();
+    let b = TestNamespace::new(cluster, &client, "upload-b").await.unwrap();
+    let _logs = logs_on_failure(cluster, &a);
+    let both = format!("--upload-key-namespace={},{}", a.name, b.name);
+    let grpc_addr = cluster.free_addr();
+    let binary = env!("CARGO_BIN_EXE_miniautoml-operator");
+    let mut operator = OperatorProcess::start_at(
+        binary,
+        cluster,
+        &a.name,
+        &cluster.s3_secret_key,
+        grpc_addr,
+        &[&both],
+    );
+
+    let a_secrets = Api::<Secret>::namespaced(client.clone(), &a.name);
+    let b_secrets = Api::<Secret>::namespaced(client.clone(), &b.name);
+    let (a_key, a_store) = store_of(cluster, &secret_appears(&a_secrets, "miniautoml-upload").await);
+    let (b_key, b_store) = store_of(cluster, &secret_appears(&b_secrets, "miniautoml-upload").await);
+    assert_ne!(a_key, cluster.s3_access_key);
+    assert_ne!(a_key, b_key);
+
+    // Namespace a's key uploads into raw/<a>/, reads and lists it back — and nothing else.
+    let mine = format!("raw/{}/tweets.csv", a.name);
+    a_store
+        .put(&mine, b"text,label\nhi,greeting\n".to_vec(), "text/csv")
+        .await
+        .unwrap();
+    assert_eq!(a_store.read(&mine).await.unwrap(), b"text,label\nhi,greeting\n");
+    assert_eq!(
+        a_store
+            .list(&cluster.s3_bucket, &format!("raw/{}/", a.name))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let denied = |result: Result<_, miniautoml_data::StorageError>| {
+        matches!(result, Err(miniautoml_data::StorageError::Denied(_)))
+    };
+    assert!(denied(
+        a_store
+            .put(&format!("raw/{}/poison.csv", b.name), b"x".to_vec(), "text/csv")
+            .await
+    ));
+    assert!(denied(b_store.read(&mine).await.map(|_| ())), "b read a's upload");
+    assert!(denied(
+        a_store
+            .put(
+                "models/x/y/z/model.bin",
+                b"x".to_vec(),
+                "application/octet-stream"
+            )
+            .await
+    ));
+    assert!(denied(a_store.list(&cluster.s3_bucket, "raw/").await.map(|_| ())));
+
+    // Taken off the list: b's key is revoked and its Secret deleted.
+    operator.kill();
+    let only_a = format!("--upload-key-namespace={}", a.name);
+    let _operator = OperatorProcess::start_at(
+        binary,
+        cluster,
+        &a.name,
+        &cluster.s3_secret_key,
+        grpc_addr,
+        &[&only_a],
+    );
+    refused(&b_store, &format!("raw/{}/anything.csv", b.name)).await;
+    let start = std::time::Instant::now();
+    while b_secrets.get_opt("miniautoml-upload").await.unwrap().is_some() {
+        assert!(start.elapsed() < WITHIN, "b's upload Secret is still there");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a_store.read(&mine).await.expect("a's key still works");
+    Store::new(cluster.s3(), &cluster.s3_bucket)
+        .delete_prefix(&format!("raw/{}/", a.name))
+        .await
+        .unwrap();
+}
