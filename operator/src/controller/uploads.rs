@@ -38,6 +38,8 @@ pub const SECRET: &str = "miniautoml-upload";
 pub const RECORD: &str = "miniautoml-upload-keys";
 /// How often the leader makes sure the listed namespaces have their keys.
 pub const EVERY: Duration = Duration::from_secs(300);
+/// How soon a failed pass is tried again.
+pub const RETRY: Duration = Duration::from_secs(5);
 
 /// A namespace's raw-data prefix: where it uploads, and what its Datasets read by default.
 pub fn raw_prefix(namespace: &str) -> String {
@@ -102,15 +104,18 @@ pub async fn run(ctx: Arc<Context>, listed: Vec<String>, shutdown: CancellationT
     }
     let mut gained = ctx.leadership.gained();
     loop {
+        let mut wait = EVERY;
         if ctx.leadership.is_leading()
             && let Err(error) = pass(&ctx, &listed).await
         {
-            warn!(%error, "upload keys: a pass failed; trying again");
+            // The store may still be starting (a fresh install): soon again.
+            warn!(%error, "upload keys: a pass failed; trying again in 5 s");
+            wait = RETRY;
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = gained.changed() => {}
-            () = tokio::time::sleep(EVERY) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
