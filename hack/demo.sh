@@ -70,17 +70,14 @@ done
 show helm upgrade --install "$RELEASE" charts/miniautoml -n "$NAMESPACE" --create-namespace --wait --timeout 5m
 show kubectl get pods,services -n "$NAMESPACE"
 
-step "Upload tweet_emotion part 1 to the bundled object store, with namespace default's upload key"
-# The operator gives each namespace of uploads.namespaces (default: default) a Secret
-# miniautoml-upload whose key writes only raw/<namespace>/ — never the bucket-wide key.
-for _ in $(seq 1 60); do kubectl get secret -n default miniautoml-upload >/dev/null 2>&1 && break; sleep 2; done
+step "Upload tweet_emotion part 1 to the bundled object store"
 forward "$NAMESPACE" "svc/$RELEASE-object-store" 8333
 S3_ENDPOINT=http://$FORWARDED
 S3_BUCKET=miniautoml
-echo "\$ export AWS_ACCESS_KEY_ID=\$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"
-AWS_ACCESS_KEY_ID=$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)
-echo "\$ export AWS_SECRET_ACCESS_KEY=\$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"
-AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
+echo "\$ export AWS_ACCESS_KEY_ID=\$(kubectl get secret -n $NAMESPACE $RELEASE-object-store-credentials -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"
+AWS_ACCESS_KEY_ID=$(kubectl get secret -n "$NAMESPACE" "$RELEASE-object-store-credentials" -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)
+echo "\$ export AWS_SECRET_ACCESS_KEY=\$(kubectl get secret -n $NAMESPACE $RELEASE-object-store-credentials -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"
+AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n "$NAMESPACE" "$RELEASE-object-store-credentials" -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
 export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 # The operator creates the bucket at start; the first upload may come before it.
 for attempt in $(seq 1 30); do
@@ -147,10 +144,6 @@ show env GRPC_ADDR="$GRPC_ADDR" hack/grpc-predict.sh "$RUN_ID" "I am so happy to
 
 step "The original dataset workflow over gRPC (hack/grpc-datasets.sh)"
 kubectl delete dataset -n "$NAMESPACE" tweets-grpc --ignore-not-found --wait >/dev/null
-# It uploads into raw/$NAMESPACE/, with that namespace's upload key (uploads.grpcNamespace).
-echo "\$ export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...   # from: kubectl get secret -n $NAMESPACE miniautoml-upload"
-AWS_ACCESS_KEY_ID=$(kubectl get secret -n "$NAMESPACE" miniautoml-upload -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)
-AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n "$NAMESPACE" miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
 show env GRPC_ADDR="$GRPC_ADDR" GRPC_NAMESPACE="$NAMESPACE" hack/grpc-datasets.sh tweets-grpc | tee "$WORK/grpc.log"
 step "The original training workflow over gRPC (hack/grpc-training.sh)"
 id=$(sed -n 's/.*"datasetId": "\([0-9]*\)".*/\1/p' "$WORK/grpc.log" | awk 'NR == 1')

@@ -102,16 +102,9 @@ fn the_lab_through_helm_install() {
         .contains("keep")
     );
 
-    let t = step(
-        "Upload tweet_emotion part 1 to the bundled object store with namespace default's upload key (kubectl port-forward, curl)",
-    );
+    let t = step("Upload tweet_emotion part 1 to the bundled object store (kubectl port-forward, curl)");
     let s3 = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}-object-store"), 8333);
-    let (access_key, secret_key) = wait_until(
-        "namespace default's upload key (Secret miniautoml-upload)",
-        Duration::from_secs(120),
-        SECOND,
-        upload_key,
-    );
+    let (access_key, secret_key) = credentials();
     let endpoint = format!("http://{}", s3.addr());
     wait_until(
         "the bucket (created by the operator)",
@@ -128,18 +121,6 @@ fn the_lab_through_helm_install() {
         },
     );
     figures.time("upload", t.elapsed());
-    // The upload key writes raw/default/ only.
-    let outside = s3_put(
-        &endpoint,
-        &access_key,
-        &secret_key,
-        "tweet_emotion_part1.csv",
-        "datasets/default/tweet-emotion/commits/1/examples.csv",
-    );
-    assert!(
-        outside.as_ref().is_err_and(|e| e.contains("403")),
-        "the upload key wrote outside raw/default/: {outside:?}"
-    );
 
     let applied = step("kubectl apply the examples (Dataset, TrainingJob, ModelDeployment)");
     kubectl(&["create", "namespace", LAB]);
@@ -515,23 +496,16 @@ fn lease_holder() -> Option<String> {
 }
 
 /// The object store's credentials, from the Secret the chart generated.
-/// Namespace default's upload key (`uploads.namespaces`), once the operator has written it.
-fn upload_key() -> Result<(String, String), String> {
-    let secret: Value = serde_json::from_str(&try_run(
-        "kubectl",
-        &[
-            "get",
-            "secret",
-            "-n",
-            "default",
-            "miniautoml-upload",
-            "-o",
-            "json",
-        ],
-    )?)
-    .map_err(|e| e.to_string())?;
+fn credentials() -> (String, String) {
+    let secret = kubectl_json(&[
+        "get",
+        "secret",
+        "-n",
+        NAMESPACE,
+        &format!("{RELEASE}-object-store-credentials"),
+    ]);
     let decode = |key: &str| base64_decode(&text(&secret, &format!("/data/{key}")));
-    Ok((decode("AWS_ACCESS_KEY_ID"), decode("AWS_SECRET_ACCESS_KEY")))
+    (decode("AWS_ACCESS_KEY_ID"), decode("AWS_SECRET_ACCESS_KEY"))
 }
 
 /// A Secret's value, decoded (`base64 -d`).
@@ -644,6 +618,10 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
     (
         "delete secrets",
         "the upload key of a namespace taken off uploads.namespaces (operator/tests/tenant_isolation.rs)",
+    ),
+    (
+        "patch miniautoml.io/modeldeployments",
+        "the finalizer that revokes a predictor's own key, with storage.credentialScope=scoped (operator/tests/tenant_isolation.rs)",
     ),
     (
         "get miniautoml.io/modeldeployments/status",
