@@ -868,6 +868,14 @@ fn pods_get_storage_keys_of_their_own_unless_shared_is_chosen() {
 fn the_listed_namespaces_and_the_grpc_namespace_get_upload_keys() {
     let args = operator_args(&render(&[]));
     assert!(
+        !args.iter().any(|a| a.starts_with("--upload-key-namespace")),
+        "none by default: {args:?}"
+    );
+    let args = operator_args(&render(&[
+        "uploads.namespaces={default}",
+        "uploads.grpcNamespace=true",
+    ]));
+    assert!(
         args.contains(&"--upload-key-namespace=default,ml".to_string()),
         "{args:?}"
     );
