@@ -382,9 +382,6 @@ fn the_lab_through_helm_install() {
     step("No credential in any CR, event, pod log or /metrics");
     no_credentials_leak(&token, &tls);
 
-    step("The object store answers other pods on its S3 port only");
-    store_ports_closed();
-
     let t = step("helm uninstall leaves only the kept CRDs and the users' data");
     helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "3m"]);
     // The release's pods stop within their grace period (the garbage collector deletes them).
@@ -1039,76 +1036,6 @@ fn assert_single_run(namespace: &str, name: &str, job: &Value) {
     epochs.sort();
     epochs.dedup();
     assert_eq!(epochs.len(), count, "{name}: an epoch recorded twice");
-}
-
-/// From a pod in the users' namespace: the bundled store's pod refuses connections on
-/// SeaweedFS's master (9333), volume (8080) and filer (8888) ports and their gRPC ports, which
-/// answer without credentials, and on the Iceberg (8181) and Lance (9101) ports; its S3 port
-/// answers (and asks for a signature).
-fn store_ports_closed() {
-    let ip = kubectl(&[
-        "get",
-        "pod",
-        "-n",
-        NAMESPACE,
-        &format!("{RELEASE}-object-store-0"),
-        "-o",
-        "jsonpath={.status.podIP}",
-    ]);
-    let script = format!(
-        r#"fail=0
-for port in 9333 19333 8080 18080 8888 18888 8181 9101; do
-  out=$(timeout 5 wget -q -O /dev/null -T 3 http://{ip}:$port/ 2>&1)
-  case "$out" in *"refused"*) echo "port $port: refused";; *) echo "port $port: ANSWERED: $out"; fail=1;; esac
-done
-out=$(timeout 5 wget -q -O /dev/null -T 3 http://{ip}:8333/ 2>&1)
-case "$out" in *403*) echo "port 8333 (S3): answered 403 without a signature";; *) echo "port 8333 (S3): $out"; fail=1;; esac
-exit $fail"#
-    );
-    let pod = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "store-ports"},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "activeDeadlineSeconds": 120,
-            "containers": [{
-                "name": "probe",
-                "image": "docker.io/miniautoml/test-client:1",
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["/bin/sh", "-c", script],
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
-    });
-    kubectl_apply(LAB, &pod.to_string());
-    let phase = wait_until(
-        "the store-ports pod finished",
-        Duration::from_secs(150),
-        SECOND,
-        || {
-            let phase = kubectl(&[
-                "get",
-                "pod",
-                "-n",
-                LAB,
-                "store-ports",
-                "-o",
-                "jsonpath={.status.phase}",
-            ]);
-            match phase.as_str() {
-                "Succeeded" | "Failed" => Ok(phase),
-                other => Err(other.to_string()),
-            }
-        },
-    );
-    let log = kubectl(&["logs", "-n", LAB, "store-ports"]);
-    println!("{log}");
-    kubectl(&["delete", "pod", "-n", LAB, "store-ports", "--wait=false"]);
-    assert_eq!(
-        phase, "Succeeded",
-        "a store port other than S3 answered a pod:\n{log}"
-    );
 }
 
 /// A pod in the users' namespace that loops predictions, each on a new connection, through the
