@@ -866,35 +866,31 @@ fn pods_get_storage_keys_of_their_own_unless_shared_is_chosen() {
 
 #[test]
 fn the_listed_namespaces_and_the_grpc_namespace_get_upload_keys() {
-    let args = operator_args(&render(&[]));
-    assert!(
-        !args.iter().any(|a| a.starts_with("--upload-key-namespace")),
-        "none by default: {args:?}"
-    );
-    let args = operator_args(&render(&[
-        "uploads.namespaces={default}",
-        "uploads.grpcNamespace=true",
-    ]));
-    assert!(
-        args.contains(&"--upload-key-namespace=default,ml".to_string()),
-        "{args:?}"
-    );
-    let args = operator_args(&render(&[
-        "uploads.namespaces={team-a,team-b}",
-        "uploads.grpcNamespace=false",
-    ]));
-    assert!(
-        args.contains(&"--upload-key-namespace=team-a,team-b".to_string()),
-        "{args:?}"
-    );
-    let args = operator_args(&render(&[
-        "uploads.namespaces=null",
-        "uploads.grpcNamespace=false",
-    ]));
-    assert!(
-        !args.iter().any(|a| a.starts_with("--upload-key-namespace")),
-        "{args:?}"
-    );
+    let upload_flag = |sets: &[&str]| {
+        operator_args(&render(sets))
+            .into_iter()
+            .find(|a| a.starts_with("--upload-key-namespace"))
+    };
+    for (sets, expected) in [
+        (&[][..], None),
+        (
+            &["uploads.namespaces={default}", "uploads.grpcNamespace=true"][..],
+            Some("--upload-key-namespace=default,ml"),
+        ),
+        (
+            &[
+                "uploads.namespaces={team-a,team-b}",
+                "uploads.grpcNamespace=false",
+            ][..],
+            Some("--upload-key-namespace=team-a,team-b"),
+        ),
+        (
+            &["uploads.namespaces=null", "uploads.grpcNamespace=false"][..],
+            None,
+        ),
+    ] {
+        assert_eq!(upload_flag(sets).as_deref(), expected, "{sets:?}");
+    }
     let error = try_render(&["uploads.namespaces={Not_A_Namespace}"]).unwrap_err();
     assert!(error.contains("uploads"), "{error}");
 }

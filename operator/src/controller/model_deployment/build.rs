@@ -271,14 +271,14 @@ pub fn build_service(md: &ModelDeployment) -> Service {
     }
 }
 
+/// The metadata of `deployment`'s pod template.
+fn template_meta(deployment: &Deployment) -> Option<&ObjectMeta> {
+    deployment.spec.as_ref()?.template.metadata.as_ref()
+}
+
 /// The model URI the predictors of `deployment` load (their pod template's annotation).
 pub fn template_model_uri(deployment: &Deployment) -> Option<&str> {
-    deployment
-        .spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
+    template_meta(deployment)?
         .annotations
         .as_ref()?
         .get(MODEL_URI_ANNOTATION)
@@ -287,12 +287,7 @@ pub fn template_model_uri(deployment: &Deployment) -> Option<&str> {
 
 /// The run a Deployment's pod template serves.
 pub fn template_run(deployment: &Deployment) -> Option<&str> {
-    deployment
-        .spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
+    template_meta(deployment)?
         .labels
         .as_ref()?
         .get(RUN_ID_LABEL)
