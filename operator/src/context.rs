@@ -184,9 +184,27 @@ impl Context {
         run: u64,
         fresh_enough: impl Fn(&TrainingJob) -> bool,
     ) -> Result<Option<TrainingJob>> {
+        self.find_run_where(run, |_| true, fresh_enough).await
+    }
+
+    /// The TrainingJob of run `run` whose uid is `uid`, as [`Context::find_run`] finds it. Where
+    /// two TrainingJobs carry the same run id (another operator's, watching a namespace this one
+    /// watches too, counts its own ids), only the one the uid names answers.
+    pub async fn find_run_with_uid(&self, run: u64, uid: &str) -> Result<Option<TrainingJob>> {
+        self.find_run_where(run, |job| job.metadata.uid.as_deref() == Some(uid), |_| true)
+            .await
+    }
+
+    async fn find_run_where(
+        &self,
+        run: u64,
+        matches: impl Fn(&TrainingJob) -> bool,
+        fresh_enough: impl Fn(&TrainingJob) -> bool,
+    ) -> Result<Option<TrainingJob>> {
+        let is_it = |job: &TrainingJob| job.run_id() == Some(run) && matches(job);
         let cached = self.caches.training_jobs.state().iter().find_map(|guard| {
             let job = guard.0.as_ref().ok()?;
-            (job.run_id() == Some(run)).then(|| job.clone())
+            is_it(job).then(|| job.clone())
         });
         if let Some(job) = cached.filter(|job| fresh_enough(job)) {
             return Ok(Some(job));
@@ -194,12 +212,7 @@ impl Context {
         // The label mirrors the id and narrows the list; the status decides.
         let api: Api<TrainingJob> = self.watched();
         let params = ListParams::default().labels(&format!("{RUN_ID_LABEL}={run}"));
-        Ok(api
-            .list(&params)
-            .await?
-            .items
-            .into_iter()
-            .find(|job| job.run_id() == Some(run)))
+        Ok(api.list(&params).await?.items.into_iter().find(|job| is_it(job)))
     }
 
     /// Publishes an event about `object`; a failure is logged, not returned (an event is never

@@ -15,7 +15,7 @@ use kube::{
 };
 use miniautoml_api::{Dataset, ModelDeployment, TrainingJob};
 use miniautoml_data::Store;
-use miniautoml_operator::grpc::in_flight::PER_CALLER;
+use miniautoml_operator::{grpc::in_flight::PER_CALLER, run_tokens::RunTokens};
 use miniautoml_proto::{
     data_management::{
         CreateDatasetRequest, DatasetPointer, DatasetType, FileInfo, ListQueryOptions,
@@ -275,6 +275,52 @@ async fn a_user_set_run_id_or_dataset_id_label_changes_nothing() {
     assert_eq!(summary.name, "victim-data");
     let victim_after = jobs.get("victim-run").await.unwrap();
     assert_eq!(victim_after.run_id().unwrap().to_string(), victim_run);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_token_answers_for_its_run_where_other_objects_carry_the_same_run_id() {
+    // Another operator (its own id counter) watching a namespace this one watches gives its runs
+    // ids this one gives too: five such TrainingJobs carry the run id of a run of ours.
+    let (cluster, client, ns, operator) = namespace_with_operator("shared-run-id").await;
+    let _logs = logs_on_failure(cluster, &ns);
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    jobs.create(
+        &PostParams::default(),
+        &training_job("ours", serde_json::json!({"dataset": {"name": "not-there-yet"}})),
+    )
+    .await
+    .unwrap();
+    let ours = until(&jobs, "ours", |j: &TrainingJob| j.run_id().is_some()).await;
+    let run_id = ours.run_id().unwrap().to_string();
+    for n in 0..5 {
+        let name = format!("foreign-{n}");
+        jobs.create(
+            &PostParams::default(),
+            &training_job(&name, serde_json::json!({"dataset": {"name": "not-there-yet"}})),
+        )
+        .await
+        .unwrap();
+        until(&jobs, &name, |j: &TrainingJob| j.run_id().is_some()).await;
+        let same_id = serde_json::json!({"status": {"runId": run_id}});
+        jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&same_id))
+            .await
+            .unwrap();
+    }
+    until(&jobs, "foreign-4", |j: &TrainingJob| {
+        j.run_id().map(|id| id.to_string()) == Some(run_id.clone())
+    })
+    .await;
+
+    // The run's own token is taken, whichever of the six the operator's cache lists first.
+    let token = RunTokens::derived_from(&cluster.s3_secret_key).token(&ours.uid().unwrap());
+    let mut metadata: MetadataStoreServiceClient<Channel> =
+        MetadataStoreServiceClient::new(operator.grpc_channel().await);
+    for epoch_id in ["0-9", "10-19", "20-29"] {
+        metadata
+            .log_epoch(with_token(&token, epoch(&run_id, epoch_id)))
+            .await
+            .unwrap_or_else(|status| panic!("epoch {epoch_id}: {status:?}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -482,10 +482,57 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// Takes the finalizers off the namespace's MiniAutoML objects. The test's operator, which
+    /// would have run them, has been stopped by now: left on, they would keep the namespace
+    /// Terminating, and its runs (whose ids another operator watching every namespace gives
+    /// too) in that operator's caches.
+    fn strip_finalizers(&self) -> std::result::Result<(), String> {
+        const KINDS: &str =
+            "trainingjobs.miniautoml.io,modeldeployments.miniautoml.io,datasets.miniautoml.io";
+        let listed = self
+            .cluster
+            .kubectl()
+            .args(["get", KINDS, "-n", &self.name, "-o", "json"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !listed.status.success() {
+            return Err(String::from_utf8_lossy(&listed.stderr).into_owned());
+        }
+        let list: serde_json::Value = serde_json::from_slice(&listed.stdout).map_err(|e| e.to_string())?;
+        let finalized = list["items"].as_array().into_iter().flatten().filter(|item| {
+            item["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        });
+        for item in finalized {
+            let (kind, name) = (&item["kind"], &item["metadata"]["name"]);
+            let (Some(kind), Some(name)) = (kind.as_str(), name.as_str()) else {
+                continue;
+            };
+            let object = format!("{}.miniautoml.io/{name}", kind.to_lowercase());
+            let patched = self
+                .cluster
+                .kubectl()
+                .args(["patch", &object, "-n", &self.name, "--type=merge"])
+                .args(["-p", r#"{"metadata":{"finalizers":null}}"#])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !patched.status.success() {
+                return Err(String::from_utf8_lossy(&patched.stderr).into_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Drop cannot await, and a kube Client cannot be driven from here (its connection task
         // lives on the test's runtime, which this call blocks), so ask kubectl.
+        if let Err(error) = self.strip_finalizers() {
+            eprintln!("cleanup: finalizers in {}: {error}", self.name);
+        }
         let deleted = self
             .cluster
             .kubectl()

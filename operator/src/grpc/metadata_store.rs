@@ -197,10 +197,9 @@ impl MetadataStore {
         let uid = tokens.verify(presented).ok_or_else(denied)?;
         let job = self
             .ctx
-            .find_run(run, |_| true)
+            .find_run_with_uid(run, uid)
             .await
             .map_err(errors::operator)?
-            .filter(|job| job.uid().as_deref() == Some(uid))
             .ok_or_else(denied)?;
         if job.metadata.deletion_timestamp.is_some() {
             // Its storage is being cleaned: a late report would leave objects behind.
