@@ -177,16 +177,57 @@ impl KeyIssuer {
             .send()
             .await;
         match created {
+            Ok(_) => {}
+            // The same key, issued before (checked below: it must be this user's).
+            Err(error) if code(&error) == Some("EntityAlreadyExists") => {}
+            Err(error) => return Err(classify("CreateAccessKey", user, error)),
+        }
+        // The user holds this key and no other: a key an earlier install made for the same user
+        // (a store that kept its data, another run-token key) stops working here.
+        let held = self.access_keys(user).await?;
+        if !held.contains(&key.access_key_id) {
+            return Err(KeyError::Refused {
+                action: "CreateAccessKey",
+                user: user.to_string(),
+                message: format!(
+                    "the store says key {} is in use, and not by {user}",
+                    key.access_key_id
+                ),
+            });
+        }
+        for other in held.iter().filter(|id| **id != key.access_key_id) {
+            self.delete_access_key(user, other).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes every key of `user` and removes the user with its policy. A user or key already
+    /// gone is fine. Once this returns, the store refuses the user's keys.
+    pub async fn revoke(&self, user: &str) -> Result<(), KeyError> {
+        for key in self.access_keys(user).await? {
+            self.delete_access_key(user, &key).await?;
+        }
+        match self.iam.delete_user().user_name(user).send().await {
             Ok(_) => Ok(()),
-            // The same key, issued before.
-            Err(error) if code(&error) == Some("EntityAlreadyExists") => Ok(()),
-            Err(error) => Err(classify("CreateAccessKey", user, error)),
+            Err(error) if code(&error) == Some("NoSuchEntity") => Ok(()),
+            Err(error) => Err(classify("DeleteUser", user, error)),
         }
     }
 
-    /// Revokes `access_key_id` and removes `user` with its policy. A user or key already gone
-    /// is fine. Once this returns, the store refuses the key.
-    pub async fn revoke(&self, user: &str, access_key_id: &str) -> Result<(), KeyError> {
+    /// The ids of `user`'s keys (none when the user is gone).
+    async fn access_keys(&self, user: &str) -> Result<Vec<String>, KeyError> {
+        match self.iam.list_access_keys().user_name(user).send().await {
+            Ok(listed) => Ok(listed
+                .access_key_metadata()
+                .iter()
+                .filter_map(|key| key.access_key_id().map(str::to_string))
+                .collect()),
+            Err(error) if code(&error) == Some("NoSuchEntity") => Ok(Vec::new()),
+            Err(error) => Err(classify("ListAccessKeys", user, error)),
+        }
+    }
+
+    async fn delete_access_key(&self, user: &str, access_key_id: &str) -> Result<(), KeyError> {
         let deleted = self
             .iam
             .delete_access_key()
@@ -195,14 +236,9 @@ impl KeyIssuer {
             .send()
             .await;
         match deleted {
-            Ok(_) => {}
-            Err(error) if code(&error) == Some("NoSuchEntity") => {}
-            Err(error) => return Err(classify("DeleteAccessKey", user, error)),
-        }
-        match self.iam.delete_user().user_name(user).send().await {
             Ok(_) => Ok(()),
             Err(error) if code(&error) == Some("NoSuchEntity") => Ok(()),
-            Err(error) => Err(classify("DeleteUser", user, error)),
+            Err(error) => Err(classify("DeleteAccessKey", user, error)),
         }
     }
 }

@@ -147,8 +147,8 @@ async fn a_runs_key_reads_its_snapshot_writes_its_folder_and_nothing_else_until_
     );
 
     // Revoked: refused at once; revoking again is fine.
-    issuer.revoke(&user, &key.access_key_id).await.unwrap();
-    issuer.revoke(&user, &key.access_key_id).await.unwrap();
+    issuer.revoke(&user).await.unwrap();
+    issuer.revoke(&user).await.unwrap();
     denied(
         scoped.read(&format!("{snapshot}examples.csv")).await,
         "its own snapshot after revocation",
@@ -182,4 +182,58 @@ async fn a_store_without_iam_writes_is_a_clear_refusal() {
     let text = error.to_string();
     assert!(text.contains("refused CreateUser"), "{text}");
     assert!(text.contains("credentialScope: shared"), "{text}");
+}
+
+#[tokio::test]
+async fn a_user_left_by_an_earlier_install_takes_the_new_installs_key() {
+    // A reinstall over a store that kept its data: the user exists with a key derived from the
+    // old install's secret; the new install issues another for the same user.
+    let cluster = LocalCluster::shared();
+    let admin = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let namespace = unique("ns");
+    let prefix = format!("raw/{namespace}/");
+    admin
+        .put(
+            &format!("{prefix}part1.csv"),
+            b"text,label\n".to_vec(),
+            "text/csv",
+        )
+        .await
+        .unwrap();
+    let grants = Grants {
+        bucket: cluster.s3_bucket.clone(),
+        read: vec![prefix.clone()],
+        write: vec![prefix.clone()],
+    };
+    let suffix = namespace[namespace.len() - 8..].to_uppercase().replace('-', "0");
+    let key = |install: &str| StoreKey {
+        access_key_id: format!("MA{install}{suffix}"),
+        secret_access_key: format!("secret{install}{suffix}secret"),
+    };
+    let user = format!("upload-{namespace}");
+    let issuer = issuer(cluster);
+    issuer.issue(&user, &grants, &key("OLD")).await.unwrap();
+    issuer.issue(&user, &grants, &key("NEW")).await.unwrap();
+    assert_eq!(
+        store_as(cluster, &key("NEW"))
+            .read(&format!("{prefix}part1.csv"))
+            .await
+            .expect("the new install's key reads"),
+        b"text,label\n"
+    );
+    // The earlier install's key stopped working when the new one was issued.
+    denied(
+        store_as(cluster, &key("OLD"))
+            .read(&format!("{prefix}part1.csv"))
+            .await,
+        "the earlier install's key",
+    );
+    // Revoking removes the user whatever keys it holds.
+    issuer.revoke(&user).await.unwrap();
+    denied(
+        store_as(cluster, &key("NEW"))
+            .read(&format!("{prefix}part1.csv"))
+            .await,
+        "the new key after revocation",
+    );
 }

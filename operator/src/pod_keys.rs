@@ -92,10 +92,7 @@ impl PodKeys {
     pub async fn revoke(&self, holder: Holder, uid: &str) -> Result<(), KeyError> {
         match self {
             PodKeys::Shared(_) => Ok(()),
-            PodKeys::Scoped { issuer, derivation } => {
-                let key = derivation.key(holder, uid);
-                issuer.revoke(&user(holder, uid), &key.access_key_id).await
-            }
+            PodKeys::Scoped { issuer, .. } => issuer.revoke(&user(holder, uid)).await,
         }
     }
 }
