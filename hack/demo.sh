@@ -70,14 +70,17 @@ done
 show helm upgrade --install "$RELEASE" charts/miniautoml -n "$NAMESPACE" --create-namespace --wait --timeout 5m
 show kubectl get pods,services -n "$NAMESPACE"
 
-step "Upload tweet_emotion part 1 to the bundled object store"
+step "Upload tweet_emotion part 1 to the bundled object store, with namespace default's upload key"
+# The operator gives each namespace of uploads.namespaces (default: default) a Secret
+# miniautoml-upload whose key writes only raw/<namespace>/ — never the bucket-wide key.
+for _ in $(seq 1 60); do kubectl get secret -n default miniautoml-upload >/dev/null 2>&1 && break; sleep 2; done
 forward "$NAMESPACE" "svc/$RELEASE-object-store" 8333
 S3_ENDPOINT=http://$FORWARDED
 S3_BUCKET=miniautoml
-echo "\$ export AWS_ACCESS_KEY_ID=\$(kubectl get secret -n $NAMESPACE $RELEASE-object-store-credentials -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"
-AWS_ACCESS_KEY_ID=$(kubectl get secret -n "$NAMESPACE" "$RELEASE-object-store-credentials" -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)
-echo "\$ export AWS_SECRET_ACCESS_KEY=\$(kubectl get secret -n $NAMESPACE $RELEASE-object-store-credentials -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"
-AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n "$NAMESPACE" "$RELEASE-object-store-credentials" -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
+echo "\$ export AWS_ACCESS_KEY_ID=\$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"
+AWS_ACCESS_KEY_ID=$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)
+echo "\$ export AWS_SECRET_ACCESS_KEY=\$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"
+AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
 export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 # The operator creates the bucket at start; the first upload may come before it.
 for attempt in $(seq 1 30); do
@@ -122,10 +125,15 @@ echo
 step "The original gRPC API on the operator's Service: health, reflection, Predict"
 forward "$NAMESPACE" "svc/$RELEASE" 51001
 GRPC_ADDR=$FORWARDED
-show grpcurl -plaintext "$GRPC_ADDR" grpc.health.v1.Health/Check
-show grpcurl -plaintext "$GRPC_ADDR" list
+echo "# TLS by default: the chart generated a CA and a certificate (also for 127.0.0.1); trust its CA."
+echo "\$ kubectl get secret -n $NAMESPACE $RELEASE-tls -o jsonpath='{.data.ca\.crt}' | base64 -d > ca.crt"
+kubectl get secret -n "$NAMESPACE" "$RELEASE-tls" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$WORK/ca.crt"
+GRPC_CACERT=$WORK/ca.crt
+export GRPC_CACERT
+show grpcurl -cacert "$GRPC_CACERT" "$GRPC_ADDR" grpc.health.v1.Health/Check
+show grpcurl -cacert "$GRPC_CACERT" "$GRPC_ADDR" list
 echo "# Every other method needs a caller Kubernetes knows, allowed to do what the method does:"
-show grpcurl -plaintext -d "{\"runId\": \"$RUN_ID\", \"document\": \"hello\"}" "$GRPC_ADDR" prediction.PredictionService/Predict || true
+show grpcurl -cacert "$GRPC_CACERT" -d "{\"runId\": \"$RUN_ID\", \"document\": \"hello\"}" "$GRPC_ADDR" prediction.PredictionService/Predict || true
 
 step "A caller of the gRPC API: a ServiceAccount with the chart's user roles, and its token"
 # `kubectl create ARGS`, shown, and kept when it exists already (a second `make demo`).
@@ -144,6 +152,10 @@ show env GRPC_ADDR="$GRPC_ADDR" hack/grpc-predict.sh "$RUN_ID" "I am so happy to
 
 step "The original dataset workflow over gRPC (hack/grpc-datasets.sh)"
 kubectl delete dataset -n "$NAMESPACE" tweets-grpc --ignore-not-found --wait >/dev/null
+# It uploads into raw/$NAMESPACE/, with that namespace's upload key (uploads.grpcNamespace).
+echo "\$ export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...   # from: kubectl get secret -n $NAMESPACE miniautoml-upload"
+AWS_ACCESS_KEY_ID=$(kubectl get secret -n "$NAMESPACE" miniautoml-upload -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)
+AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n "$NAMESPACE" miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
 show env GRPC_ADDR="$GRPC_ADDR" GRPC_NAMESPACE="$NAMESPACE" hack/grpc-datasets.sh tweets-grpc | tee "$WORK/grpc.log"
 step "The original training workflow over gRPC (hack/grpc-training.sh)"
 id=$(sed -n 's/.*"datasetId": "\([0-9]*\)".*/\1/p' "$WORK/grpc.log" | awk 'NR == 1')
@@ -156,9 +168,10 @@ cat <<EOT
   kubectl describe trainingjob twitter-model     # epochs, artifact, events
   kubectl logs -n $NAMESPACE deployment/$RELEASE  # the operator (JSON lines)
   kubectl port-forward -n $NAMESPACE svc/$RELEASE 51001:51001 &
-  grpcurl -plaintext 127.0.0.1:51001 list        # the original gRPC API
+  kubectl get secret -n $NAMESPACE $RELEASE-tls -o jsonpath='{.data.ca\.crt}' | base64 -d > ca.crt
+  grpcurl -cacert ca.crt 127.0.0.1:51001 list    # the original gRPC API, over TLS
   export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE --audience miniautoml)   # a caller with the user roles
-  grpcurl -plaintext -expand-headers -H 'authorization: Bearer \${GRPC_TOKEN}' -d '{}' 127.0.0.1:51001 data_management.DataManagementService/ListDatasets
+  grpcurl -cacert ca.crt -expand-headers -H 'authorization: Bearer \${GRPC_TOKEN}' -d '{}' 127.0.0.1:51001 data_management.DataManagementService/ListDatasets
   helm upgrade $RELEASE charts/miniautoml -n $NAMESPACE --set replicas=2   # two replicas, one leader
   helm uninstall $RELEASE -n $NAMESPACE           # keeps the CRDs and your data
 EOT

@@ -12,6 +12,8 @@
 # only place it may ingest from unless an administrator granted more.
 # GRPC_TOKEN, when set, is the caller's bearer token (kubectl create token NAME -n NAMESPACE --audience miniautoml),
 # for an operator that checks callers (the chart's default, grpc.auth=kubernetes).
+# GRPC_CACERT, when set, is the operator's CA (the chart's TLS Secret's ca.crt; its default is
+# TLS): calls go over TLS, checking GRPC_SERVERNAME when set; without it, plain text.
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"

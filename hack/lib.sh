@@ -21,14 +21,22 @@ seaweedfs_image_tag() {
   echo "${stamp:0:8}-${stamp##*-}"
 }
 
-# grpc ARGS...: grpcurl in plaintext as the caller whose bearer token is in GRPC_TOKEN (e.g.
+# grpc ARGS...: grpcurl as the caller whose bearer token is in GRPC_TOKEN (e.g.
 # `export GRPC_TOKEN=$(kubectl create token NAME -n NAMESPACE --audience miniautoml)`), when one is set: the operator
 # checks it unless it runs with --grpc-auth=none. The token stays out of the command line (ps).
+# Over TLS trusting GRPC_CACERT (the operator's ca.crt, as the chart serves by default) when it is
+# set, with GRPC_SERVERNAME as the name to check when the address does not carry it; else in
+# plain text (a local lab's operator, or a chart installed with tls.enabled=false).
 grpc() {
+  local transport=(-plaintext)
+  if [ -n "${GRPC_CACERT:-}" ]; then
+    transport=(-cacert "$GRPC_CACERT")
+    [ -z "${GRPC_SERVERNAME:-}" ] || transport+=(-servername "$GRPC_SERVERNAME")
+  fi
   if [ -n "${GRPC_TOKEN:-}" ]; then
-    GRPC_TOKEN=$GRPC_TOKEN grpcurl -plaintext -expand-headers -H 'authorization: Bearer ${GRPC_TOKEN}' "$@"
+    GRPC_TOKEN=$GRPC_TOKEN grpcurl "${transport[@]}" -expand-headers -H 'authorization: Bearer ${GRPC_TOKEN}' "$@"
   else
-    grpcurl -plaintext "$@"
+    grpcurl "${transport[@]}" "$@"
   fi
 }
 

@@ -6,10 +6,12 @@
 //! `helm install` with the bundled object store → upload tweet_emotion part 1 → `kubectl apply`
 //! the examples → Dataset ingested (2963 examples, 3 labels) → TrainingJob Succeeded in a
 //! container → ModelDeployment rolled out → predictions over Open Inference Protocol v2 REST and
-//! `PredictionService/Predict` through `kubectl port-forward` → the original grpcurl dataset and
-//! training workflow through the operator's Service → `helm upgrade` to a new operator image
-//! while a client in the cluster loops predictions and a run trains → two replicas serving TLS
-//! from a `kubernetes.io/tls` Secret, the leader killed mid-training, the run reporting over TLS → `helm uninstall` leaves only the kept CRDs and the users' data.
+//! `PredictionService/Predict` through `kubectl port-forward` over TLS (the chart generates a
+//! certificate by default) → the original grpcurl dataset and training workflow through the
+//! operator's Service → `helm upgrade` to a new operator image while a client in the cluster
+//! loops predictions and a run trains → two replicas serving a certificate from a
+//! `kubernetes.io/tls` Secret of one's own, the leader killed mid-training, the run reporting over
+//! TLS → `helm uninstall` leaves only the kept CRDs and the users' data.
 
 use std::{
     collections::BTreeSet,
@@ -76,7 +78,7 @@ fn the_lab_through_helm_install() {
         format!("kubectl rollout status -n {NAMESPACE} deployment/{RELEASE}"),
         "kubectl apply -f examples/dataset.yaml".into(),
         format!("kubectl port-forward -n {NAMESPACE} svc/{RELEASE} 51001:51001"),
-        "grpcurl -plaintext 127.0.0.1:51001 list".into(),
+        "grpcurl -cacert ca.crt 127.0.0.1:51001 list".into(),
         "prediction.PredictionService/Predict".into(),
         format!("svc/{RELEASE}-object-store"),
         "/v2/models/twitter-model/infer".into(),
@@ -102,9 +104,16 @@ fn the_lab_through_helm_install() {
         .contains("keep")
     );
 
-    let t = step("Upload tweet_emotion part 1 to the bundled object store (kubectl port-forward, curl)");
+    let t = step(
+        "Upload tweet_emotion part 1 to the bundled object store with namespace default's upload key (kubectl port-forward, curl)",
+    );
     let s3 = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}-object-store"), 8333);
-    let (access_key, secret_key) = credentials();
+    let (access_key, secret_key) = wait_until(
+        "namespace default's upload key (Secret miniautoml-upload)",
+        Duration::from_secs(120),
+        SECOND,
+        || upload_key("default"),
+    );
     let endpoint = format!("http://{}", s3.addr());
     wait_until(
         "the bucket (created by the operator)",
@@ -121,6 +130,18 @@ fn the_lab_through_helm_install() {
         },
     );
     figures.time("upload", t.elapsed());
+    // The upload key writes raw/default/ only.
+    let outside = s3_put(
+        &endpoint,
+        &access_key,
+        &secret_key,
+        "tweet_emotion_part1.csv",
+        "datasets/default/tweet-emotion/commits/1/examples.csv",
+    );
+    assert!(
+        outside.as_ref().is_err_and(|e| e.contains("403")),
+        "the upload key wrote outside raw/default/: {outside:?}"
+    );
 
     let applied = step("kubectl apply the examples (Dataset, TrainingJob, ModelDeployment)");
     kubectl(&["create", "namespace", LAB]);
@@ -208,21 +229,33 @@ fn the_lab_through_helm_install() {
     step(
         "Predict through the original PredictionService/Predict (the operator's Service), as a reviewed caller",
     );
+    // TLS by default: the chart generated the certificate; callers trust its CA.
+    let generated = generated_ca();
     let grpc = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}"), 51001);
-    callers_are_reviewed(&grpc.addr(), &run_id);
-    let predicted = predict(&grpc.addr(), &token, &run_id, "this traffic makes me furious");
+    callers_are_reviewed(&grpc.addr(), &generated, &run_id);
+    let predicted = predict(
+        &grpc.addr(),
+        &generated,
+        &token,
+        &run_id,
+        "this traffic makes me furious",
+    );
     println!("{predicted}");
     assert!(predicted.contains("result"), "{predicted}");
 
     let t = step("The original dataset and training workflow through grpcurl (the operator's Service)");
+    // CreateDataset reads raw/<gRPC namespace>/: uploaded with that namespace's key
+    // (uploads.grpcNamespace).
+    let (grpc_access_key, grpc_secret_key) = upload_key(NAMESPACE).unwrap();
     let hack_env = [
         ("GRPC_ADDR", grpc.addr()),
+        ("GRPC_CACERT", generated.to_string_lossy().into_owned()),
         ("GRPC_TOKEN", token.clone()),
         ("S3_ENDPOINT", endpoint.clone()),
         ("S3_BUCKET", "miniautoml".to_string()),
         ("GRPC_NAMESPACE", NAMESPACE.to_string()),
-        ("AWS_ACCESS_KEY_ID", access_key.clone()),
-        ("AWS_SECRET_ACCESS_KEY", secret_key.clone()),
+        ("AWS_ACCESS_KEY_ID", grpc_access_key),
+        ("AWS_SECRET_ACCESS_KEY", grpc_secret_key),
     ];
     let datasets = hack("grpc-datasets.sh", &["tweets-grpc"], &hack_env);
     assert!(datasets.contains("hashBg=="), "{datasets}");
@@ -247,7 +280,7 @@ fn the_lab_through_helm_install() {
     let t = step("helm upgrade to a new operator image while a client loops predictions and a run trains");
     start_run("upgrade-run");
     wait_for_phase(LAB, "upgrade-run", "Running");
-    let client = start_prediction_client(&run_id, &token);
+    let client = start_prediction_client(&run_id, &token, &generated);
     let old_pods = operator_pods();
     assert_eq!(old_pods.len(), 1, "{old_pods:?}");
     let old_log = LogFollower::start(NAMESPACE, &old_pods[0]);
@@ -303,13 +336,15 @@ fn the_lab_through_helm_install() {
     );
     figures.time("helm upgrade step", t.elapsed());
 
-    let t = step("Two replicas over TLS (a kubernetes.io/tls Secret); the leader is killed mid-training");
+    let t = step(
+        "Two replicas, the certificate taken over by a kubernetes.io/tls Secret of one's own; the leader is killed mid-training",
+    );
     let tls = tls_secret();
     upgrade(&chart, &format!("replicas=2,tls.secretName={TLS_SECRET}"));
-    // A run launched by the old leader, still leading while it drains, would be told the old
-    // plain-text address: start once a TLS replica leads.
+    // A run launched by the old leader, still leading while it drains, would be told to trust
+    // the generated CA: start once a replica serving the new certificate leads.
     wait_until(
-        "a replica serving TLS to lead",
+        "a replica serving the new certificate to lead",
         Duration::from_secs(60),
         SECOND,
         || match lease_holder() {
@@ -492,17 +527,24 @@ fn lease_holder() -> Option<String> {
     Some(pod.to_string())
 }
 
-/// The object store's credentials, from the Secret the chart generated.
-fn credentials() -> (String, String) {
-    let secret = kubectl_json(&[
-        "get",
-        "secret",
-        "-n",
-        NAMESPACE,
-        &format!("{RELEASE}-object-store-credentials"),
-    ]);
+/// `namespace`'s upload key (`uploads.namespaces`, `uploads.grpcNamespace`), once the operator
+/// has written it.
+fn upload_key(namespace: &str) -> Result<(String, String), String> {
+    let secret: Value = serde_json::from_str(&try_run(
+        "kubectl",
+        &[
+            "get",
+            "secret",
+            "-n",
+            namespace,
+            "miniautoml-upload",
+            "-o",
+            "json",
+        ],
+    )?)
+    .map_err(|e| e.to_string())?;
     let decode = |key: &str| base64_decode(&text(&secret, &format!("/data/{key}")));
-    (decode("AWS_ACCESS_KEY_ID"), decode("AWS_SECRET_ACCESS_KEY"))
+    Ok((decode("AWS_ACCESS_KEY_ID"), decode("AWS_SECRET_ACCESS_KEY")))
 }
 
 /// A Secret's value, decoded (`base64 -d`).
@@ -615,10 +657,6 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
     (
         "delete secrets",
         "the upload key of a namespace taken off uploads.namespaces (operator/tests/tenant_isolation.rs)",
-    ),
-    (
-        "patch miniautoml.io/modeldeployments",
-        "the finalizer that revokes a predictor's own key, with storage.credentialScope=scoped (operator/tests/tenant_isolation.rs)",
     ),
     (
         "get miniautoml.io/modeldeployments/status",
@@ -803,11 +841,18 @@ fn grpc_user() -> String {
     .to_string()
 }
 
-/// grpcurl `method` with `request` at `addr`, as the caller whose token is `token` (passed in
-/// the environment, so that no command line or failure message shows it).
-fn grpcurl(addr: &str, token: Option<&str>, method: &str, request: &str) -> Result<String, String> {
+/// grpcurl `method` with `request` at `addr` over TLS trusting the CA in the file `ca`, as the
+/// caller whose token is `token` (passed in the environment, so that no command line or failure
+/// message shows it).
+fn grpcurl(
+    addr: &str,
+    ca: &Path,
+    token: Option<&str>,
+    method: &str,
+    request: &str,
+) -> Result<String, String> {
     let mut command = Command::new("grpcurl");
-    command.args(["-plaintext", "-max-time", "60"]);
+    command.arg("-cacert").arg(ca).args(["-max-time", "60"]);
     if let Some(token) = token {
         command
             .args(["-expand-headers", "-H", "authorization: Bearer ${GRPC_TOKEN}"])
@@ -827,15 +872,15 @@ fn grpcurl(addr: &str, token: Option<&str>, method: &str, request: &str) -> Resu
 
 /// No token: UNAUTHENTICATED; the token of a ServiceAccount without a role: PERMISSION_DENIED,
 /// naming the permission it lacks.
-fn callers_are_reviewed(addr: &str, run: &str) {
+fn callers_are_reviewed(addr: &str, ca: &Path, run: &str) {
     let request = serde_json::json!({"runId": run, "document": "who am I"}).to_string();
     let method = "prediction.PredictionService/Predict";
-    let anonymous = grpcurl(addr, None, method, &request).unwrap_err();
+    let anonymous = grpcurl(addr, ca, None, method, &request).unwrap_err();
     assert!(anonymous.contains("Unauthenticated"), "{anonymous}");
     kubectl(&["create", "serviceaccount", "nobody", "-n", NAMESPACE]);
     // A real token made for the API server (not the operator's audience) is no credential here.
     let for_the_api_server = kubectl(&["create", "token", "nobody", "-n", NAMESPACE]);
-    let wrong_audience = grpcurl(addr, Some(for_the_api_server.trim()), method, &request).unwrap_err();
+    let wrong_audience = grpcurl(addr, ca, Some(for_the_api_server.trim()), method, &request).unwrap_err();
     assert!(
         wrong_audience.contains("Unauthenticated") && wrong_audience.contains("--audience miniautoml"),
         "{wrong_audience}"
@@ -849,7 +894,7 @@ fn callers_are_reviewed(addr: &str, run: &str) {
         "--audience",
         "miniautoml",
     ]);
-    let refused = grpcurl(addr, Some(nobody.trim()), method, &request).unwrap_err();
+    let refused = grpcurl(addr, ca, Some(nobody.trim()), method, &request).unwrap_err();
     assert!(refused.contains("PermissionDenied"), "{refused}");
     assert!(
         refused.contains(&format!(
@@ -863,16 +908,27 @@ fn callers_are_reviewed(addr: &str, run: &str) {
 }
 
 /// The original `PredictionService/Predict` through grpcurl.
-fn predict(addr: &str, token: &str, run: &str, document: &str) -> String {
+fn predict(addr: &str, ca: &Path, token: &str, run: &str, document: &str) -> String {
     let request = serde_json::json!({"runId": run, "document": document}).to_string();
     wait_until("a Predict answer", Duration::from_secs(60), SECOND, || {
         grpcurl(
             addr,
+            ca,
             Some(token),
             "prediction.PredictionService/Predict",
             &request,
         )
     })
+}
+
+/// The CA of the certificate the chart generated (TLS is on by default), in a file of its own.
+fn generated_ca() -> PathBuf {
+    let secret = kubectl_json(&["get", "secret", "-n", NAMESPACE, &format!("{RELEASE}-tls")]);
+    let ca = base64_decode(&text(&secret, "/data/ca.crt"));
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    let file = std::env::temp_dir().join(format!("miniautoml-e2e-generated-ca-{}.crt", std::process::id()));
+    std::fs::write(&file, ca).unwrap();
+    file
 }
 
 /// A CA and a certificate for the operator Service (and 127.0.0.1, for port-forwards) in the
@@ -1041,15 +1097,16 @@ fn assert_single_run(namespace: &str, name: &str, job: &Value) {
 /// A pod in the users' namespace that loops predictions, each on a new connection, through the
 /// operator's Service (`PredictionService/Predict`) and the predictor's Service (REST), until
 /// told to stop (a file), for at most 10 minutes or 3000 rounds.
-fn start_prediction_client(run: &str, token: &str) -> String {
+fn start_prediction_client(run: &str, token: &str, ca: &Path) -> String {
     let grpc = format!("{RELEASE}.{NAMESPACE}.svc.cluster.local:51001");
     let rest =
         format!("http://twitter-model-predictor.{LAB}.svc.cluster.local:8080/v2/models/twitter-model/infer");
     let script = format!(
-        r#"ok=0; failed=0; round=0; start=$(date +%s)
+        r#"printf '%s' "$CA" > /tmp/ca.crt
+ok=0; failed=0; round=0; start=$(date +%s)
 while [ ! -e /tmp/stop ] && [ $round -lt 3000 ] && [ $(( $(date +%s) - start )) -lt 600 ]; do
   round=$((round + 1))
-  if out=$(grpcurl -plaintext -max-time 10 -expand-headers -H 'authorization: Bearer ${{GRPC_TOKEN}}' -d '{{"runId": "{run}", "document": "what a wonderful day"}}' {grpc} prediction.PredictionService/Predict 2>&1) && echo "$out" | grep -q result; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round Predict failed: $out"; fi
+  if out=$(grpcurl -cacert /tmp/ca.crt -max-time 10 -expand-headers -H 'authorization: Bearer ${{GRPC_TOKEN}}' -d '{{"runId": "{run}", "document": "what a wonderful day"}}' {grpc} prediction.PredictionService/Predict 2>&1) && echo "$out" | grep -q result; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round Predict failed: $out"; fi
   if out=$(timeout 10 wget -q -O - --header 'Content-Type: application/json' --post-data '{{"inputs": [{{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["so sad"]}}]}}' {rest} 2>&1) && echo "$out" | grep -q outputs; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "round $round REST failed: $out"; fi
   sleep 0.2
 done
@@ -1068,7 +1125,7 @@ echo "predictions ok=$ok failed=$failed"
                 "image": "docker.io/miniautoml/test-client:1",
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["/bin/sh", "-c", script],
-                "env": [{"name": "GRPC_TOKEN", "value": token}],
+                "env": [{"name": "GRPC_TOKEN", "value": token}, {"name": "CA", "value": std::fs::read_to_string(ca).unwrap()}],
                 "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
             }],
         },

@@ -153,6 +153,7 @@ fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
             "RoleBinding/miniautoml-leader-election",
             "Secret/miniautoml-object-store-credentials",
             "Secret/miniautoml-run-token-key",
+            "Secret/miniautoml-tls",
             "Service/miniautoml",
             "Service/miniautoml-metrics",
             "Service/miniautoml-object-store",
@@ -603,13 +604,84 @@ fn metrics_get_a_service_and_optionally_a_service_monitor() {
     assert!(error.contains("needs metrics.service.enabled"), "{error}");
 }
 
+/// `openssl ARGS` in `dir`: its output, or why it failed.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "openssl {args:?}: {text}");
+    text
+}
+
 #[test]
-fn tls_from_a_secret_covers_both_ports_and_cert_manager_can_issue_it() {
-    let plain = render(&[]);
+fn tls_is_on_by_default_with_a_generated_certificate_for_the_service() {
+    let documents = render(&[]);
+    let container = operator(&documents);
+    assert!(operator_args(&documents).contains(&"--tls-dir=/etc/miniautoml/tls".to_string()));
+    assert_eq!(str(container, "volumeMounts.0.mountPath"), "/etc/miniautoml/tls");
+    let pod = at(find(&documents, "Deployment", "miniautoml"), "spec.template.spec");
+    assert_eq!(str(pod, "volumes.0.secret.secretName"), "miniautoml-tls");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(str(container, &format!("{probe}.httpGet.scheme")), "HTTPS");
+    }
+    assert!(!has(&documents, "Certificate"));
+
+    // The generated Secret: a CA, and a certificate it signed for the host trainers are given
+    // and for port-forwards; no CA private key.
+    let secret = find(&documents, "Secret", "miniautoml-tls");
+    assert_eq!(str(secret, "type"), "kubernetes.io/tls");
+    let data = at(secret, "data").as_mapping().unwrap();
+    let mut keys: Vec<&str> = data.keys().filter_map(Value::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+    let dir = std::env::temp_dir().join(format!("miniautoml-chart-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for key in keys {
+        let encoded = data[key].as_str().unwrap();
+        std::fs::write(dir.join(format!("{key}.b64")), encoded).unwrap();
+        openssl(
+            &dir,
+            &["base64", "-d", "-A", "-in", &format!("{key}.b64"), "-out", key],
+        );
+    }
+    let verified = openssl(&dir, &["verify", "-CAfile", "ca.crt", "tls.crt"]);
+    assert!(verified.contains("tls.crt: OK"), "{verified}");
+    let names = openssl(
+        &dir,
+        &["x509", "-in", "tls.crt", "-noout", "-ext", "subjectAltName"],
+    );
+    let address = operator_args(&documents)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--metadata-store-address=").map(str::to_string))
+        .unwrap();
+    let host = address.rsplit_once(':').unwrap().0.to_string();
+    for name in [
+        format!("DNS:{host}"),
+        "DNS:localhost".into(),
+        "IP Address:127.0.0.1".into(),
+    ] {
+        assert!(names.contains(&name), "{name} not in {names}");
+    }
+    let key = openssl(&dir, &["pkey", "-in", "tls.key", "-pubout"]);
+    let certified = openssl(&dir, &["x509", "-in", "tls.crt", "-noout", "-pubkey"]);
+    assert_eq!(key, certified, "tls.key is the certificate's key");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Plain text only when asked for (the NOTES warn); then nothing TLS is rendered.
+    let plain = render(&["tls.enabled=false"]);
     assert!(!operator_args(&plain).iter().any(|a| a.starts_with("--tls-dir")));
     assert_eq!(str(operator(&plain), "livenessProbe.httpGet.scheme"), "HTTP");
-    assert!(!has(&plain, "Certificate"));
+    assert!(!has_named(&plain, "Secret", "miniautoml-tls"));
+    let error = try_render(&["tls.enabled=false", "tls.secretName=operator-tls"]).unwrap_err();
+    assert!(error.contains("need tls.enabled=true"), "{error}");
+}
 
+#[test]
+fn tls_from_a_secret_covers_both_ports_and_cert_manager_can_issue_it() {
     let documents = render(&[
         "tls.secretName=operator-tls",
         "metrics.serviceMonitor.enabled=true",
@@ -619,6 +691,10 @@ fn tls_from_a_secret_covers_both_ports_and_cert_manager_can_issue_it() {
     assert_eq!(str(container, "volumeMounts.0.mountPath"), "/etc/miniautoml/tls");
     let pod = at(find(&documents, "Deployment", "miniautoml"), "spec.template.spec");
     assert_eq!(str(pod, "volumes.0.secret.secretName"), "operator-tls");
+    assert!(
+        !has_named(&documents, "Secret", "miniautoml-tls"),
+        "nothing generated"
+    );
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(str(container, &format!("{probe}.httpGet.scheme")), "HTTPS");
     }
@@ -627,6 +703,10 @@ fn tls_from_a_secret_covers_both_ports_and_cert_manager_can_issue_it() {
     assert_eq!(
         str(monitor, "spec.endpoints.0.tlsConfig.serverName"),
         "miniautoml.ml.svc"
+    );
+    assert_eq!(
+        str(monitor, "spec.endpoints.0.tlsConfig.ca.secret.name"),
+        "operator-tls"
     );
     assert!(!has(&documents, "Certificate"));
 
@@ -830,9 +910,7 @@ fn wrong_keys_and_types_fail_with_the_path_of_the_value() {
 
 #[test]
 fn pods_get_storage_keys_of_their_own_unless_shared_is_chosen() {
-    // Shared by default for now (docs/security.md, "Still open"); scoped by choice.
-    assert!(operator_args(&render(&[])).contains(&"--storage-credentials=shared".to_string()));
-    let documents = render(&["storage.credentialScope=scoped"]);
+    let documents = render(&[]);
     assert!(operator_args(&documents).contains(&"--storage-credentials=scoped".to_string()));
     // The bundled store takes the operator's IAM writes and no self-made keys.
     let store = find(&documents, "StatefulSet", "miniautoml-object-store");
@@ -872,11 +950,7 @@ fn the_listed_namespaces_and_the_grpc_namespace_get_upload_keys() {
             .find(|a| a.starts_with("--upload-key-namespace"))
     };
     for (sets, expected) in [
-        (&[][..], None),
-        (
-            &["uploads.namespaces={default}", "uploads.grpcNamespace=true"][..],
-            Some("--upload-key-namespace=default,ml"),
-        ),
+        (&[][..], Some("--upload-key-namespace=default,ml")),
         (
             &[
                 "uploads.namespaces={team-a,team-b}",

@@ -100,7 +100,17 @@ app.kubernetes.io/component: object-store
 {{- default .Release.Namespace .Values.grpc.namespace -}}
 {{- end -}}
 
+{{/* The TLS Secret the operator serves with: tls.secretName, else the one the chart generates;
+empty when TLS is off. */}}
+{{- define "miniautoml.tls.secret" -}}
+{{- if .Values.tls.enabled -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" (include "miniautoml.fullname" .)) -}}
+{{- else if or .Values.tls.secretName .Values.tls.certManager.issuerRef -}}
+{{- fail "tls.secretName and tls.certManager need tls.enabled=true" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The scheme of the operator's metrics/health port: HTTPS when TLS is on. */}}
 {{- define "miniautoml.adminScheme" -}}
-{{- if .Values.tls.secretName }}HTTPS{{ else }}HTTP{{ end }}
+{{- if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
