@@ -82,8 +82,12 @@ AWS_ACCESS_KEY_ID=$(kubectl get secret -n default miniautoml-upload -o jsonpath=
 echo "\$ export AWS_SECRET_ACCESS_KEY=\$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"
 AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
 export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
-# The operator creates the bucket at start; the first upload may come before it.
+# The operator creates the bucket at start; the first upload may come before it. The key is
+# read again on each try: a Secret an earlier install left holds that install's key until this
+# operator writes its own.
 for attempt in $(seq 1 30); do
+  AWS_ACCESS_KEY_ID=$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)
+  AWS_SECRET_ACCESS_KEY=$(kubectl get secret -n default miniautoml-upload -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)
   printf '$ curl --aws-sigv4 aws:amz:us-east-1:s3 --user ... -T testdata/tweet_emotion/tweet_emotion_part1.csv %s\n' \
     "$S3_ENDPOINT/$S3_BUCKET/raw/default/tweet_emotion/tweet_emotion_part1.csv"
   if s3_put testdata/tweet_emotion/tweet_emotion_part1.csv raw/default/tweet_emotion/tweet_emotion_part1.csv; then break; fi

@@ -9,8 +9,10 @@
 //! the AWS API), so issuing is idempotent — a retried or repeated issue gives the same key — and
 //! the operator never reads a Secret back.
 
+use std::time::Duration;
+
 use aws_sdk_iam::{
-    config::{BehaviorVersion, Credentials, Region},
+    config::{BehaviorVersion, Credentials, Region, timeout::TimeoutConfig},
     error::{ProvideErrorMetadata, SdkError},
 };
 use aws_smithy_types::body::SdkBody;
@@ -139,6 +141,15 @@ impl KeyIssuer {
         if let Some(endpoint) = endpoint {
             config = config.endpoint_url(endpoint);
         }
+        // A store that does not answer holds up one reconcile for seconds, not forever: the
+        // call fails as Unavailable and the object is retried.
+        config = config.timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        );
         KeyIssuer {
             iam: aws_sdk_iam::Client::from_conf(config.build()),
         }
