@@ -372,7 +372,7 @@ up() {
   node_up
   storage_up
   wait_for kube-controller-manager "${kubectl[@]}" get serviceaccount default -n default
-  for component in kube-scheduler kwok kubelet kube-proxy coredns seaweedfs local-path-provisioner; do
+  for component in kube-scheduler kwok kubelet kube-proxy kube-router coredns seaweedfs local-path-provisioner; do
     running "$component" || { log "$component exited:"; tail -n 20 "$LOGS/$component.log" >&2; return 1; }
   done
 
@@ -410,7 +410,7 @@ down() {
 }
 
 status() {
-  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok seaweedfs containerd kubelet kube-proxy coredns local-path-provisioner; do
+  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok seaweedfs containerd kubelet kube-proxy kube-router coredns local-path-provisioner; do
     if running "$component"; then echo "$component: running"; else echo "$component: stopped"; fi
   done
   [ -f "$ENV_FILE" ] && echo "env: $ENV_FILE"

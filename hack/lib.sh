@@ -11,7 +11,7 @@ TOOLS_BIN=$TOOLS_DIR/bin
 KWOK_STAGES=$TOOLS_DIR/kwok-stages
 # What the local cluster and the tests need; `make tools` also builds the rest.
 CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm grpcurl
-  crictl coredns umoci weed local-path-provisioner kind kind-config-check)
+  crictl coredns umoci weed local-path-provisioner kind kind-config-check kube-router)
 OTHER_TOOLS=(kwokctl)
 
 # The tag of the SeaweedFS image (`make images`, the chart's objectStore.image.tag): the pinned

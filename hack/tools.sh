@@ -120,6 +120,9 @@ if ! have weed; then
     "$(non_local_replaces_of github.com/seaweedfs/seaweedfs "$SEAWEEDFS_VERSION")" \
     "-s -w" github.com/seaweedfs/seaweedfs/weed
 fi
+# The node's NetworkPolicy engine, so that tests prove the chart's and the operator's policies.
+go_install kube-router "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION" \
+  "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
 # helm install's PVCs (the bundled object store) need a dynamic provisioner, as on kind.
 go_install local-path-provisioner "github.com/rancher/local-path-provisioner@$LOCAL_PATH_PROVISIONER_VERSION"
 # kind itself, and kind's own config loader and validation run over kind-config.yaml: a small

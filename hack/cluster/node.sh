@@ -24,7 +24,7 @@ NODE_MEMORY=${NODE_MEMORY:-12Gi}
 NODE_DIR=$STATE/node
 CONTAINERD_SOCK=$NODE_DIR/containerd.sock
 IMAGES_DIR=${IMAGES_DIR:-$REPO_ROOT/target/images}
-NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack)
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack ipset)
 
 # write_config FILE: writes stdin to FILE only when it differs, so that an idempotent `up` does
 # not touch the files of running components (kube-proxy exits when its config file changes).
@@ -88,9 +88,11 @@ node_certificates() {
   certificate node-serving "$NODE_NAME" "" "IP:$NODE_IP,DNS:$NODE_NAME"
   certificate kube-proxy system:kube-proxy ""
   certificate coredns system:coredns ""
+  certificate kube-router system:kube-router ""
   kubeconfig node node
   kubeconfig kube-proxy kube-proxy
   kubeconfig coredns coredns
+  kubeconfig kube-router kube-router
 }
 
 node_configs() {
@@ -226,6 +228,27 @@ kind: ClusterRoleBinding
 metadata: {name: "system:coredns"}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}]
+---
+# kube-router's firewall: the pods, namespaces, nodes and NetworkPolicies it enforces.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:kube-router"}
+rules:
+  - apiGroups: [""]
+    resources: [pods, namespaces, nodes, services, endpoints]
+    verbs: [get, list, watch]
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kube-router"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-router"}]
 EOT
 }
 
@@ -264,11 +287,17 @@ node_up() {
   start kube-proxy "$TOOLS_BIN/kube-proxy" --config "$NODE_DIR/kube-proxy.yaml"
   start coredns "$TOOLS_BIN/coredns" -conf "$NODE_DIR/Corefile" -quiet
   wait_for kubelet "${kubectl[@]}" wait --for=condition=Ready --timeout=2s "node/$NODE_NAME"
+  # NetworkPolicies enforced on the node's pods: kube-router's firewall only, once the node is
+  # registered (the bridge CNI keeps the pod network, kube-proxy the Services).
+  start kube-router "$TOOLS_BIN/kube-router" --kubeconfig "$STATE/kube-router.kubeconfig" \
+    --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false \
+    --run-service-proxy=false --enable-cni=false --enable-ipv6=false --health-port=0 \
+    --service-cluster-ip-range=198.19.0.0/16 --iptables-sync-period=1m
 }
 
 node_down() {
   local component
-  for component in coredns kube-proxy kubelet; do stop_component "$component"; done
+  for component in coredns kube-router kube-proxy kubelet; do stop_component "$component"; done
   if [ -S "$CONTAINERD_SOCK" ] && running containerd; then
     # Stop every pod sandbox (CNI DEL frees its address and veth) before containerd goes.
     if [ -x "$TOOLS_BIN/crictl" ]; then
@@ -278,6 +307,22 @@ node_down() {
   stop_component containerd
   # What kubelet, kube-proxy and the CNI plugins leave on the host.
   if [ -x "$TOOLS_BIN/kube-proxy" ]; then "$TOOLS_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
+  # kube-router's chains and ipsets (its --cleanup-config leaves its chains and then panics in
+  # the service proxy's clean-up, which it does not run here): the jumps from the built-in
+  # chains, then every KUBE-ROUTER-, KUBE-NWPLCY- and KUBE-POD-FW- chain, then the sets.
+  iptables -S | awk '$1 == "-A" && $0 ~ /-j KUBE-ROUTER-/ && $2 !~ /^KUBE-/' | sed 's/^-A/-D/' |
+    while read -r rule; do eval "iptables $rule" 2>/dev/null || true; done
+  iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}' | while read -r chain; do
+    iptables -F "$chain" 2>/dev/null || true
+  done
+  iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}' | while read -r chain; do
+    iptables -X "$chain" 2>/dev/null || true
+  done
+  if command -v ipset >/dev/null 2>&1; then
+    ipset list -n 2>/dev/null | grep -E '^(KUBE-(SRC|DST)-|kube-router)' | while read -r set; do
+      ipset destroy "$set" 2>/dev/null || true
+    done
+  fi
   iptables -D FORWARD -j MINIAUTOML-POD-EGRESS 2>/dev/null || true
   iptables -F MINIAUTOML-POD-EGRESS 2>/dev/null && iptables -X MINIAUTOML-POD-EGRESS 2>/dev/null || true
   local table chain t

@@ -293,3 +293,88 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
     assert_eq!(terminated.reason.as_deref(), Some("OOMKilled"), "{terminated:?}");
     assert_eq!(terminated.exit_code, 137);
 }
+
+/// A pod that tries `url` up to `tries` times (5 s each) and prints whether it got through.
+fn prober(name: &str, url: &str, tries: u32, labels: serde_json::Value) -> Pod {
+    let script = format!(
+        "for i in $(seq 1 {tries}); do if timeout 5 wget -q -O - {url}; then echo REACHED; exit 0; fi; sleep 1; done; echo REFUSED"
+    );
+    let mut prober = pod(
+        name,
+        "miniautoml/test-tools:1",
+        Some(&script),
+        serde_json::json!({}),
+    );
+    if let Some(map) = labels.as_object() {
+        let own = prober.metadata.labels.get_or_insert_with(Default::default);
+        for (key, value) in map {
+            own.insert(key.clone(), value.as_str().unwrap().to_string());
+        }
+    }
+    prober
+}
+
+#[tokio::test]
+async fn the_node_enforces_network_policies() {
+    let (cluster, client, ns) = setup("node-netpol").await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    let web = pod(
+        "web",
+        "miniautoml/test-tools:1",
+        Some("mkdir -p /tmp/www && echo served > /tmp/www/hello.txt && exec httpd -f -p 8080 -h /tmp/www"),
+        serde_json::json!({"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
+    );
+    pods.create(&PostParams::default(), &web).await.unwrap();
+    let web = wait_pod(&pods, "web", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await;
+    let ip = web.status.unwrap().pod_ip.unwrap();
+    let url = format!("http://{ip}:8080/hello.txt");
+
+    // Only pods labelled friend=yes may reach web.
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "web-friends-only"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"friend": "yes"}}}]}],
+        },
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+
+    // A friend gets through (retried while the engine syncs the policy); a stranger, asked
+    // after that, is refused on every try.
+    pods.create(
+        &PostParams::default(),
+        &prober("friend", &url, 8, serde_json::json!({"friend": "yes"})),
+    )
+    .await
+    .unwrap();
+    let friend = wait_pod(&pods, "friend", |p| matches!(phase(p), "Succeeded" | "Failed")).await;
+    let logs = kubectl(cluster, &ns.name, &["logs", "friend"]);
+    assert!(
+        phase(&friend) == "Succeeded" && logs.contains("REACHED"),
+        "{logs}"
+    );
+    pods.create(
+        &PostParams::default(),
+        &prober("stranger", &url, 3, serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    wait_pod(&pods, "stranger", |p| matches!(phase(p), "Succeeded" | "Failed")).await;
+    let logs = kubectl(cluster, &ns.name, &["logs", "stranger"]);
+    assert!(
+        logs.contains("REFUSED") && !logs.contains("served"),
+        "a pod the policy does not allow reached web: {logs}"
+    );
+}
