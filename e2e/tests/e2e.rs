@@ -216,6 +216,21 @@ fn the_lab_through_helm_install() {
     });
     println!("{}", kubectl(&["get", "miniautoml", "-n", LAB]));
 
+    step(
+        "The store's S3 port answers MiniAutoML's pods only (the chart's NetworkPolicy, kube-router on the node)",
+    );
+    let stranger = store_probe("stranger", None);
+    assert!(
+        stranger.contains("REFUSED"),
+        "an unlabelled pod reached the store: {stranger}"
+    );
+    let trainer_like = store_probe("labelled", Some(("miniautoml.io/trainingjob", "probe")));
+    assert!(
+        trainer_like.contains("REACHED"),
+        "a trainer's pod could not reach the store: {trainer_like}"
+    );
+    println!("an unlabelled pod: refused; a pod labelled as a trainer's: reached (S3 still checks its key)");
+
     step("Predict over the Open Inference Protocol v2 (REST, the predictor's Service)");
     let rest = PortForward::start(LAB, "svc/twitter-model-predictor", 8080);
     let answer = infer(&rest.addr(), "I am so happy today!");
@@ -1097,6 +1112,51 @@ fn assert_single_run(namespace: &str, name: &str, job: &Value) {
     epochs.sort();
     epochs.dedup();
     assert_eq!(epochs.len(), count, "{name}: an epoch recorded twice");
+}
+
+/// What a pod in the users' namespace with `label` (if any) gets from the store's S3 port:
+/// `REACHED` or `REFUSED` (three tries of 5 s), with its log.
+fn store_probe(name: &str, label: Option<(&str, &str)>) -> String {
+    let store = format!("http://{RELEASE}-object-store.{NAMESPACE}.svc.cluster.local:8333/healthz");
+    let script = format!(
+        "for i in 1 2 3; do if timeout 5 wget -q -O /dev/null {store}; then echo REACHED; exit 0; fi; sleep 1; done; echo REFUSED"
+    );
+    let mut labels = serde_json::json!({"app": "store-probe"});
+    if let Some((key, value)) = label {
+        labels[key] = value.into();
+    }
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("store-probe-{name}"), "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "activeDeadlineSeconds": 120,
+            "containers": [{
+                "name": "probe",
+                "image": "docker.io/miniautoml/test-client:1",
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    });
+    kubectl_apply(LAB, &pod.to_string());
+    let pod = format!("store-probe-{name}");
+    wait_until(
+        "the store probe to finish",
+        Duration::from_secs(90),
+        SECOND,
+        || {
+            let phase = kubectl(&["get", "pod", "-n", LAB, &pod, "-o", "jsonpath={.status.phase}"]);
+            matches!(phase.as_str(), "Succeeded" | "Failed")
+                .then_some(())
+                .ok_or(phase)
+        },
+    );
+    let log = kubectl(&["logs", "-n", LAB, &pod]);
+    kubectl(&["delete", "pod", "-n", LAB, &pod, "--wait=false"]);
+    log
 }
 
 /// A pod in the users' namespace that loops predictions, each on a new connection, through the

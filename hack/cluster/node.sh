@@ -319,7 +319,7 @@ node_down() {
     iptables -X "$chain" 2>/dev/null || true
   done
   if command -v ipset >/dev/null 2>&1; then
-    ipset list -n 2>/dev/null | grep -E '^(KUBE-(SRC|DST)-|kube-router)' | while read -r set; do
+    { ipset list -n 2>/dev/null || true; } | awk '/^(KUBE-(SRC|DST)-|kube-router)/' | while read -r set; do
       ipset destroy "$set" 2>/dev/null || true
     done
   fi

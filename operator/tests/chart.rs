@@ -149,6 +149,7 @@ fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
             "CustomResourceDefinition/trainingjobs.miniautoml.io",
             "Deployment/miniautoml",
             "Lease/miniautoml",
+            "NetworkPolicy/miniautoml-object-store",
             "Role/miniautoml-leader-election",
             "RoleBinding/miniautoml-leader-election",
             "Secret/miniautoml-object-store-credentials",
@@ -728,6 +729,66 @@ fn tls_from_a_secret_covers_both_ports_and_cert_manager_can_issue_it() {
     assert!(names.lines().any(|line| line == format!("- {host}")), "{names}");
     let error = try_render(&["tls.certManager.issuerRef.name=lab-ca"]).unwrap_err();
     assert!(error.contains("needs tls.secretName"), "{error}");
+}
+
+#[test]
+fn the_store_takes_s3_traffic_only_from_the_operator_and_miniautoml_pods() {
+    let documents = render(&[]);
+    let policy = find(&documents, "NetworkPolicy", "miniautoml-object-store");
+    let store = find(&documents, "StatefulSet", "miniautoml-object-store");
+    assert_eq!(
+        at(policy, "spec.podSelector.matchLabels"),
+        at(store, "spec.selector.matchLabels")
+    );
+    assert_eq!(
+        serde_yaml::to_string(at(policy, "spec.policyTypes")).unwrap(),
+        "- Ingress\n"
+    );
+    let rule = at(policy, "spec.ingress.0");
+    assert!(at(policy, "spec.ingress.1").is_null(), "one rule only");
+    assert_eq!(at(rule, "ports.0.port").as_u64(), Some(8333));
+    assert!(at(rule, "ports.1").is_null(), "the S3 port only");
+    let operator_pods = at(
+        find(&documents, "Deployment", "miniautoml"),
+        "spec.selector.matchLabels",
+    );
+    assert_eq!(at(rule, "from.0.podSelector.matchLabels"), operator_pods);
+    assert!(
+        at(rule, "from.0.namespaceSelector").is_null(),
+        "the operator's own namespace"
+    );
+    for (i, label) in ["miniautoml.io/trainingjob", "miniautoml.io/modeldeployment"]
+        .iter()
+        .enumerate()
+    {
+        let peer = at(rule, &format!("from.{}", i + 1));
+        assert!(
+            at(peer, "namespaceSelector")
+                .as_mapping()
+                .is_some_and(|m| m.is_empty())
+        );
+        assert_eq!(str(peer, "podSelector.matchExpressions.0.key"), *label);
+        assert_eq!(str(peer, "podSelector.matchExpressions.0.operator"), "Exists");
+    }
+    assert!(at(rule, "from.3").is_null());
+
+    let extra = render(&["objectStore.networkPolicy.extraFrom[0].namespaceSelector.matchLabels.team=data"]);
+    let rule = at(
+        find(&extra, "NetworkPolicy", "miniautoml-object-store"),
+        "spec.ingress.0",
+    );
+    assert_eq!(str(rule, "from.3.namespaceSelector.matchLabels.team"), "data");
+
+    for off in [
+        &["objectStore.networkPolicy.enabled=false"][..],
+        &[
+            "objectStore.enabled=false",
+            "storage.endpoint=http://s3.example:9000",
+            "storage.existingSecret=s3",
+        ][..],
+    ] {
+        assert!(!has(&render(off), "NetworkPolicy"), "{off:?}");
+    }
 }
 
 #[test]
