@@ -272,3 +272,72 @@ async fn uploads_a_dead_writer_left_are_aborted() {
         .unwrap();
     assert_eq!(uploads(prefix).await, 0);
 }
+
+/// A listener on a free loopback port that, after `closed_for`, starts passing connections to
+/// `target` (the store): a new pod's first seconds, before the network admits it.
+async fn opens_after(closed_for: std::time::Duration, target: std::net::SocketAddr) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    tokio::spawn(async move {
+        tokio::time::sleep(closed_for).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        // Bounded: the test makes a handful of connections.
+        for _ in 0..16 {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn a_new_pods_store_waits_for_the_network_a_plain_one_does_not() {
+    let cluster = LocalCluster::shared();
+    let key = format!("raw/{}/hello.txt", unique("patient"));
+    Store::new(cluster.s3(), &cluster.s3_bucket)
+        .put(&key, b"hello".to_vec(), "text/plain")
+        .await
+        .unwrap();
+    let target: std::net::SocketAddr = cluster
+        .s3_endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let store = |endpoint: &str, patient: bool| {
+        let build = if patient {
+            Store::for_new_pod
+        } else {
+            Store::with_credentials
+        };
+        build(
+            Some(endpoint),
+            "us-east-1",
+            &cluster.s3_access_key,
+            &cluster.s3_secret_key,
+            cluster.s3_bucket.clone(),
+        )
+    };
+    let closed_for = std::time::Duration::from_secs(6);
+    // Refused for its first 6 s: a plain store gives up, a new pod's store reads the object.
+    let plain = opens_after(closed_for, target).await;
+    let refused = store(&plain, false).read(&key).await;
+    assert!(refused.is_err(), "a plain store waited: {refused:?}");
+    let patient = opens_after(closed_for, target).await;
+    let started = std::time::Instant::now();
+    let read = store(&patient, true)
+        .read(&key)
+        .await
+        .expect("a new pod's store waits");
+    assert_eq!(read, b"hello");
+    assert!(started.elapsed() >= closed_for, "{:?}", started.elapsed());
+}

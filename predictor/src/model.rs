@@ -68,7 +68,7 @@ pub async fn fetch(source: &Source, config: &Config) -> Result<ModelFiles> {
                     "the model is in S3 but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set".into(),
                 ));
             };
-            let store = Store::with_credentials(
+            let store = Store::for_new_pod(
                 config.s3_endpoint.as_deref(),
                 &config.s3_region,
                 access_key,

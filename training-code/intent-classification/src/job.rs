@@ -253,7 +253,7 @@ fn run_started(
     model_path: &str,
 ) -> Result<Outcome> {
     let hyperparameters = &config.hyperparameters;
-    let data = Store::with_credentials(
+    let data = Store::for_new_pod(
         Some(&config.s3_endpoint),
         &config.s3_region,
         &config.access_key,
@@ -310,7 +310,7 @@ fn run_started(
         ]),
     };
     let packaged = package(&trained, &examples, &split, hyperparameters, &provenance)?;
-    let models = Store::with_credentials(
+    let models = Store::for_new_pod(
         Some(&config.s3_endpoint),
         &config.s3_region,
         &config.access_key,
