@@ -1115,11 +1115,12 @@ fn assert_single_run(namespace: &str, name: &str, job: &Value) {
 }
 
 /// What a pod in the users' namespace with `label` (if any) gets from the store's S3 port:
-/// `REACHED` or `REFUSED` (three tries of 5 s), with its log.
+/// `REACHED` or `REFUSED` (ten tries of up to 5 s a second apart: a new pod's address reaches the
+/// policy engine a moment after the pod starts), with its log.
 fn store_probe(name: &str, label: Option<(&str, &str)>) -> String {
     let store = format!("http://{RELEASE}-object-store.{NAMESPACE}.svc.cluster.local:8333/healthz");
     let script = format!(
-        "for i in 1 2 3; do if timeout 5 wget -q -O /dev/null {store}; then echo REACHED; exit 0; fi; sleep 1; done; echo REFUSED"
+        "for i in $(seq 1 10); do if timeout 5 wget -q -O /dev/null {store}; then echo REACHED; exit 0; fi; sleep 1; done; echo REFUSED"
     );
     let mut labels = serde_json::json!({"app": "store-probe"});
     if let Some((key, value)) = label {
