@@ -93,37 +93,6 @@ impl Store {
         secret_key: &str,
         bucket: impl Into<String>,
     ) -> Store {
-        Store::configured(endpoint, region, access_key, secret_key, bucket, None)
-    }
-
-    /// As [`Store::with_credentials`], for a pod that has just started (a trainer, a
-    /// predictor): a request that cannot connect or times out is tried up to 10 times with
-    /// backoff (1 s doubling to 10 s, jittered; about half a minute in all). Its first
-    /// connection may come before the cluster's NetworkPolicy engine admits the new pod's
-    /// address (kube-router on the local node refused a trainer's first read in one CI run),
-    /// or while the store restarts. Refusals by the store itself are not retried.
-    pub fn for_new_pod(
-        endpoint: Option<&str>,
-        region: &str,
-        access_key: &str,
-        secret_key: &str,
-        bucket: impl Into<String>,
-    ) -> Store {
-        let patient = aws_sdk_s3::config::retry::RetryConfig::standard()
-            .with_max_attempts(10)
-            .with_initial_backoff(std::time::Duration::from_secs(1))
-            .with_max_backoff(std::time::Duration::from_secs(10));
-        Store::configured(endpoint, region, access_key, secret_key, bucket, Some(patient))
-    }
-
-    fn configured(
-        endpoint: Option<&str>,
-        region: &str,
-        access_key: &str,
-        secret_key: &str,
-        bucket: impl Into<String>,
-        retry: Option<aws_sdk_s3::config::retry::RetryConfig>,
-    ) -> Store {
         let credentials = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "static");
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -133,10 +102,22 @@ impl Store {
         if let Some(endpoint) = endpoint {
             config = config.endpoint_url(endpoint);
         }
-        if let Some(retry) = retry {
-            config = config.retry_config(retry);
-        }
         Store::new(aws_sdk_s3::Client::from_conf(config.build()), bucket)
+    }
+
+    /// This store, for a pod that has just started (a trainer, a predictor): a request that
+    /// cannot connect or times out is tried up to 10 times with backoff (1 s doubling to 10 s,
+    /// jittered; about half a minute in all). Its first connection may come before the
+    /// cluster's NetworkPolicy engine admits the new pod's address (kube-router on the local
+    /// node refused a trainer's first read in one CI run), or while the store restarts.
+    /// Refusals by the store itself are not retried.
+    pub fn for_new_pod(self) -> Store {
+        let patient = aws_sdk_s3::config::retry::RetryConfig::standard()
+            .with_max_attempts(10)
+            .with_initial_backoff(std::time::Duration::from_secs(1))
+            .with_max_backoff(std::time::Duration::from_secs(10));
+        let config = self.client.config().to_builder().retry_config(patient).build();
+        Store::new(aws_sdk_s3::Client::from_conf(config), self.bucket)
     }
 
     /// Streams an object of any bucket.

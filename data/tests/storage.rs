@@ -314,18 +314,14 @@ async fn a_new_pods_store_waits_for_the_network_a_plain_one_does_not() {
         .parse()
         .unwrap();
     let store = |endpoint: &str, patient: bool| {
-        let build = if patient {
-            Store::for_new_pod
-        } else {
-            Store::with_credentials
-        };
-        build(
+        let store = Store::with_credentials(
             Some(endpoint),
             "us-east-1",
             &cluster.s3_access_key,
             &cluster.s3_secret_key,
             cluster.s3_bucket.clone(),
-        )
+        );
+        if patient { store.for_new_pod() } else { store }
     };
     let closed_for = std::time::Duration::from_secs(6);
     // Refused for its first 6 s: a plain store gives up, a new pod's store reads the object.

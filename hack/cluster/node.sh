@@ -209,47 +209,32 @@ cluster.local:53 in-addr.arpa:53 {
 EOT
 }
 
-# CoreDNS reads Services, EndpointSlices, Pods and Namespaces cluster-wide.
-coredns_rbac() {
+# user_role NAME RULES: a ClusterRole system:NAME with RULES (YAML), bound to the user
+# system:NAME (the CN of the component's client certificate).
+user_role() {
   "${kubectl[@]}" apply --server-side -f - >/dev/null <<EOT
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
-metadata: {name: "system:coredns"}
+metadata: {name: "system:$1"}
 rules:
-  - apiGroups: [""]
-    resources: [endpoints, services, pods, namespaces]
-    verbs: [list, watch]
-  - apiGroups: [discovery.k8s.io]
-    resources: [endpointslices]
-    verbs: [list, watch]
+$2
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
-metadata: {name: "system:coredns"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}]
----
-# kube-router's firewall: the pods, namespaces, nodes and NetworkPolicies it enforces.
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: "system:kube-router"}
-rules:
-  - apiGroups: [""]
-    resources: [pods, namespaces, nodes, services, endpoints]
-    verbs: [get, list, watch]
-  - apiGroups: [networking.k8s.io]
-    resources: [networkpolicies]
-    verbs: [list, watch]
-  - apiGroups: [discovery.k8s.io]
-    resources: [endpointslices]
-    verbs: [list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: "system:kube-router"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kube-router"}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-router"}]
+metadata: {name: "system:$1"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:$1"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:$1"}]
 EOT
+}
+
+# CoreDNS reads Services, EndpointSlices, Pods and Namespaces cluster-wide; kube-router's
+# firewall the pods, namespaces, nodes and NetworkPolicies it enforces.
+node_rbac() {
+  user_role coredns '  - {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
+  - {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}'
+  user_role kube-router '  - {apiGroups: [""], resources: [pods, namespaces, nodes, services, endpoints], verbs: [get, list, watch]}
+  - {apiGroups: [networking.k8s.io], resources: [networkpolicies], verbs: [list, watch]}
+  - {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}'
 }
 
 # Imports every archive of `make images` into the node's containerd (the same content is a
@@ -271,7 +256,7 @@ node_load_images() {
 node_up() {
   node_certificates
   node_configs
-  coredns_rbac
+  node_rbac
   # Images are imported, never pulled: containerd sends every registry request to a proxy on a
   # closed loopback port, so a missing image fails at once (ErrImagePull) without a DNS lookup
   # or a packet leaving this machine. (containerd 1.6 has no catch-all registry host config.)

@@ -68,13 +68,14 @@ pub async fn fetch(source: &Source, config: &Config) -> Result<ModelFiles> {
                     "the model is in S3 but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set".into(),
                 ));
             };
-            let store = Store::for_new_pod(
+            let store = Store::with_credentials(
                 config.s3_endpoint.as_deref(),
                 &config.s3_region,
                 access_key,
                 secret_key,
                 bucket.clone(),
-            );
+            )
+            .for_new_pod();
             let mut files = ModelFiles::default();
             let manifest = get(&store, bucket, &format!("{prefix}{MANIFEST_FILE}")).await?;
             let listed: Manifest = serde_json::from_slice(&manifest)

@@ -480,9 +480,7 @@ impl TestNamespace {
             .map_err(|e| Error::Timeout(e.to_string()))?;
         Ok(created)
     }
-}
 
-impl TestNamespace {
     /// Takes the finalizers off the namespace's MiniAutoML objects. The test's operator, which
     /// would have run them, has been stopped by now: left on, they would keep the namespace
     /// Terminating, and its runs (whose ids another operator watching every namespace gives
@@ -490,36 +488,38 @@ impl TestNamespace {
     fn strip_finalizers(&self) -> std::result::Result<(), String> {
         const KINDS: &str =
             "trainingjobs.miniautoml.io,modeldeployments.miniautoml.io,datasets.miniautoml.io";
-        let listed = self
-            .cluster
-            .kubectl()
-            .args(["get", KINDS, "-n", &self.name, "-o", "json"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !listed.status.success() {
-            return Err(String::from_utf8_lossy(&listed.stderr).into_owned());
-        }
-        let list: serde_json::Value = serde_json::from_slice(&listed.stdout).map_err(|e| e.to_string())?;
-        let finalized = list["items"].as_array().into_iter().flatten().filter(|item| {
-            item["metadata"]["finalizers"]
-                .as_array()
-                .is_some_and(|f| !f.is_empty())
-        });
-        for item in finalized {
-            let (kind, name) = (&item["kind"], &item["metadata"]["name"]);
-            let (Some(kind), Some(name)) = (kind.as_str(), name.as_str()) else {
-                continue;
-            };
-            let object = format!("{}.miniautoml.io/{name}", kind.to_lowercase());
-            let patched = self
+        let kubectl = |args: &[&str]| {
+            let output = self
                 .cluster
                 .kubectl()
-                .args(["patch", &object, "-n", &self.name, "--type=merge"])
-                .args(["-p", r#"{"metadata":{"finalizers":null}}"#])
+                .args(args)
+                .args(["-n", &self.name])
                 .output()
                 .map_err(|e| e.to_string())?;
-            if !patched.status.success() {
-                return Err(String::from_utf8_lossy(&patched.stderr).into_owned());
+            if output.status.success() {
+                Ok(output.stdout)
+            } else {
+                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+            }
+        };
+        let listed = kubectl(&["get", KINDS, "-o", "json"])?;
+        let list: serde_json::Value = serde_json::from_slice(&listed).map_err(|e| e.to_string())?;
+        for item in list["items"].as_array().into_iter().flatten() {
+            let finalized = item["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            let (Some(kind), Some(name)) = (item["kind"].as_str(), item["metadata"]["name"].as_str()) else {
+                continue;
+            };
+            if finalized {
+                let object = format!("{}.miniautoml.io/{name}", kind.to_lowercase());
+                kubectl(&[
+                    "patch",
+                    &object,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ])?;
             }
         }
         Ok(())

@@ -60,6 +60,31 @@ fn container(pod: &Pod) -> Option<&ContainerStatus> {
     pod.status.as_ref()?.container_statuses.as_ref()?.first()
 }
 
+/// Pod `web`: httpd on 8080 serving `/hello.txt` with `text` (shell-expanded), ready once the
+/// port takes connections.
+fn web_server(text: &str) -> Pod {
+    pod(
+        "web",
+        "miniautoml/test-tools:1",
+        Some(&format!(
+            "mkdir -p /tmp/www && echo {text} > /tmp/www/hello.txt && exec httpd -f -p 8080 -h /tmp/www"
+        )),
+        serde_json::json!({"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
+    )
+}
+
+/// Waits for pod `web` to run and be ready.
+async fn web_ready(pods: &Api<Pod>) -> Pod {
+    wait_pod(pods, "web", |p| {
+        phase(p) == "Running"
+            && p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await
+}
+
 fn kubectl(cluster: &LocalCluster, ns: &str, args: &[&str]) -> String {
     let output = cluster.kubectl().arg("-n").arg(ns).args(args).output().unwrap();
     assert!(
@@ -142,15 +167,9 @@ async fn a_pod_is_a_container_of_its_own_as_nonroot_on_the_pod_network() {
 async fn a_pod_reaches_a_service_by_dns_name_and_kubectl_exec_and_port_forward_work() {
     let (cluster, client, ns) = setup("node-svc").await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
-    let web = pod(
-        "web",
-        "miniautoml/test-tools:1",
-        Some(
-            "mkdir -p /tmp/www && echo served-by-$(hostname) > /tmp/www/hello.txt && exec httpd -f -p 8080 -h /tmp/www",
-        ),
-        serde_json::json!({"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
-    );
-    pods.create(&PostParams::default(), &web).await.unwrap();
+    pods.create(&PostParams::default(), &web_server("served-by-$(hostname)"))
+        .await
+        .unwrap();
     let service: Service = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
@@ -165,14 +184,7 @@ async fn a_pod_reaches_a_service_by_dns_name_and_kubectl_exec_and_port_forward_w
         cluster_ip.starts_with("198.19."),
         "Service IP {cluster_ip} is outside 198.19.0.0/16"
     );
-    wait_pod(&pods, "web", |p| {
-        phase(p) == "Running"
-            && p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
-    .await;
+    web_ready(&pods).await;
 
     // By name through CoreDNS, to the ClusterIP through kube-proxy, to the pod (bounded retries).
     let name = format!("web.{}.svc.cluster.local", ns.name);
@@ -318,20 +330,10 @@ fn prober(name: &str, url: &str, tries: u32, labels: serde_json::Value) -> Pod {
 async fn the_node_enforces_network_policies() {
     let (cluster, client, ns) = setup("node-netpol").await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
-    let web = pod(
-        "web",
-        "miniautoml/test-tools:1",
-        Some("mkdir -p /tmp/www && echo served > /tmp/www/hello.txt && exec httpd -f -p 8080 -h /tmp/www"),
-        serde_json::json!({"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
-    );
-    pods.create(&PostParams::default(), &web).await.unwrap();
-    let web = wait_pod(&pods, "web", |p| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
-    .await;
+    pods.create(&PostParams::default(), &web_server("served"))
+        .await
+        .unwrap();
+    let web = web_ready(&pods).await;
     let ip = web.status.unwrap().pod_ip.unwrap();
     let url = format!("http://{ip}:8080/hello.txt");
 

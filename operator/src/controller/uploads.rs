@@ -109,7 +109,7 @@ pub async fn run(ctx: Arc<Context>, listed: Vec<String>, shutdown: CancellationT
             && let Err(error) = pass(&ctx, &listed).await
         {
             // The store may still be starting (a fresh install): soon again.
-            warn!(%error, "upload keys: a pass failed; trying again in 5 s");
+            warn!(%error, retry_in = ?RETRY, "upload keys: a pass failed; trying again soon");
             wait = RETRY;
         }
         tokio::select! {

@@ -253,13 +253,14 @@ fn run_started(
     model_path: &str,
 ) -> Result<Outcome> {
     let hyperparameters = &config.hyperparameters;
-    let data = Store::for_new_pod(
+    let data = Store::with_credentials(
         Some(&config.s3_endpoint),
         &config.s3_region,
         &config.access_key,
         &config.secret_key,
         &config.data_bucket,
-    );
+    )
+    .for_new_pod();
     let read = |name: &str| {
         let key = format!("{}/{name}", config.data_path);
         runtime
@@ -310,13 +311,14 @@ fn run_started(
         ]),
     };
     let packaged = package(&trained, &examples, &split, hyperparameters, &provenance)?;
-    let models = Store::for_new_pod(
+    let models = Store::with_credentials(
         Some(&config.s3_endpoint),
         &config.s3_region,
         &config.access_key,
         &config.secret_key,
         model_bucket,
-    );
+    )
+    .for_new_pod();
     runtime.block_on(upload(&models, model_path, &packaged.files.files))?;
     runtime.block_on(call(
         "CreateArtifact",
