@@ -70,7 +70,17 @@ pub struct ModelDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+
+    /// Namespaces whose pods may call the predictors, besides the ModelDeployment's own
+    /// namespace and the operator (`*`: every namespace). The operator enforces it with a
+    /// NetworkPolicy on the predictor pods where the cluster's network plugin enforces them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ALLOWED_NAMESPACES), inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")))]
+    pub allowed_namespaces: Vec<String>,
 }
+
+/// The most namespaces a ModelDeployment may let in besides its own.
+pub const MAX_ALLOWED_NAMESPACES: u32 = 32;
 
 fn default_replicas() -> i32 {
     1

@@ -53,7 +53,7 @@ pub fn granted(role: &Value) -> Result<BTreeSet<String>, String> {
 pub struct Exercised {
     /// The permissions used by allowed requests.
     pub used: BTreeSet<String>,
-    /// The permissions of requests the API server refused (403).
+    /// The permissions of requests authorization refused (403 without an `allow` decision).
     pub refused: BTreeSet<String>,
     /// Audit events of the user read.
     pub requests: usize,
@@ -90,8 +90,15 @@ pub fn exercised<'a>(lines: impl IntoIterator<Item = &'a str>, user: &str, since
         let used = permission(verb, text("apiGroup"), &resource);
         exercised.requests += 1;
         let code = event["responseStatus"]["code"].as_u64().unwrap_or_default();
-        if code == 403 {
+        // A 403 that authorization allowed was refused by admission (such as a write into a
+        // namespace being deleted): the permission was granted and used.
+        let authorized = event["annotations"]["authorization.k8s.io/decision"] == "allow";
+        if code == 403 && !authorized {
             exercised.refused.insert(used);
+            continue;
+        }
+        if code == 403 {
+            exercised.used.insert(used);
             continue;
         }
         // A server-side apply that made the object was authorized as a create too (the API
@@ -206,6 +213,18 @@ mod tests {
                    "requestReceivedTimestamp": "2026-12-02T10:00:02.000000Z", "requestURI": "/version"})
             .to_string(),
         ];
+        // Allowed by RBAC, refused by admission (a namespace being deleted): used, not refused.
+        let mut terminating: Value = serde_json::from_str(&event(
+            user,
+            "2026-12-02T10:00:00.000006Z",
+            "ResponseComplete",
+            "patch",
+            json!({"resource": "secrets", "namespace": "gone"}),
+            403,
+        ))
+        .unwrap();
+        terminating["annotations"] = json!({"authorization.k8s.io/decision": "allow"});
+        let lines: Vec<String> = lines.into_iter().chain([terminating.to_string()]).collect();
         let exercised = exercised(
             lines.iter().map(String::as_str),
             user,
@@ -217,11 +236,12 @@ mod tests {
                 "create services".to_string(),
                 "list pods".into(),
                 "patch miniautoml.io/datasets/status".into(),
+                "patch secrets".into(),
                 "patch services".into(),
                 "watch pods".into()
             ])
         );
         assert_eq!(exercised.refused, BTreeSet::from(["delete pods".to_string()]));
-        assert_eq!(exercised.requests, 5);
+        assert_eq!(exercised.requests, 6);
     }
 }

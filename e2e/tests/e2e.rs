@@ -231,6 +231,67 @@ fn the_lab_through_helm_install() {
     );
     println!("an unlabelled pod: refused; a pod labelled as a trainer's: reached (S3 still checks its key)");
 
+    step(
+        "Predictors answer their own namespace, the operator and the namespaces the ModelDeployment allows (its NetworkPolicy)",
+    );
+    let ready = format!("http://twitter-model-predictor.{LAB}.svc.cluster.local:8080/v2/health/ready");
+    let neighbour = probe(LAB, "predictor-probe-neighbour", &ready, None);
+    assert!(
+        neighbour.contains("REACHED"),
+        "a pod of the ModelDeployment's namespace could not reach its predictors: {neighbour}"
+    );
+    let outsider = probe(NAMESPACE, "predictor-probe-outsider", &ready, None);
+    assert!(
+        outsider.contains("REFUSED"),
+        "a pod of another namespace reached the predictors: {outsider}"
+    );
+    let allow = |namespace: &str| {
+        try_run(
+            "kubectl",
+            &[
+                "patch",
+                "modeldeployment",
+                "-n",
+                LAB,
+                "twitter-model",
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"spec": {{"allowedNamespaces": ["{namespace}"]}}}}"#),
+            ],
+        )
+    };
+    let refused = allow("Not_A_Namespace").expect_err("the API server accepts a namespace name it cannot be");
+    assert!(refused.contains("allowedNamespaces"), "{refused}");
+    allow(NAMESPACE).unwrap();
+    wait_until(
+        "the allowed namespace in the policy",
+        Duration::from_secs(60),
+        SECOND,
+        || {
+            let policy = kubectl(&[
+                "get",
+                "networkpolicy",
+                "-n",
+                LAB,
+                "twitter-model-predictor",
+                "-o",
+                "json",
+            ]);
+            policy
+                .contains(&format!("\"{NAMESPACE}\""))
+                .then_some(())
+                .ok_or(policy)
+        },
+    );
+    let allowed = probe(NAMESPACE, "predictor-probe-allowed", &ready, None);
+    assert!(
+        allowed.contains("REACHED"),
+        "a pod of a namespace the ModelDeployment allows could not reach its predictors: {allowed}"
+    );
+    println!(
+        "its own namespace: reached; another namespace: refused, then reached once allowedNamespaces names it"
+    );
+
     step("Predict over the Open Inference Protocol v2 (REST, the predictor's Service)");
     let rest = PortForward::start(LAB, "svc/twitter-model-predictor", 8080);
     let answer = infer(&rest.addr(), "I am so happy today!");
@@ -1114,21 +1175,26 @@ fn assert_single_run(namespace: &str, name: &str, job: &Value) {
     assert_eq!(epochs.len(), count, "{name}: an epoch recorded twice");
 }
 
-/// What a pod in the users' namespace with `label` (if any) gets from the store's S3 port:
-/// `REACHED` or `REFUSED` (ten tries of up to 5 s a second apart: a new pod's address reaches the
-/// policy engine a moment after the pod starts), with its log.
+/// What a pod in the users' namespace with `label` (if any) gets from the store's S3 port.
 fn store_probe(name: &str, label: Option<(&str, &str)>) -> String {
     let store = format!("http://{RELEASE}-object-store.{NAMESPACE}.svc.cluster.local:8333/healthz");
+    probe(LAB, &format!("store-probe-{name}"), &store, label)
+}
+
+/// What a pod `name` in `namespace` with `label` (if any) gets from `url`: `REACHED` or
+/// `REFUSED` (ten tries of up to 2 s a second apart: a new pod's address reaches the policy
+/// engine a moment after the pod starts), with its log.
+fn probe(namespace: &str, name: &str, url: &str, label: Option<(&str, &str)>) -> String {
     let script = format!(
-        "for i in $(seq 1 10); do if timeout 5 wget -q -O /dev/null {store}; then echo REACHED; exit 0; fi; sleep 1; done; echo REFUSED"
+        "for i in $(seq 1 10); do if timeout 2 wget -q -O /dev/null {url}; then echo REACHED; exit 0; fi; sleep 1; done; echo REFUSED"
     );
-    let mut labels = serde_json::json!({"app": "store-probe"});
+    let mut labels = serde_json::json!({"app": "probe"});
     if let Some((key, value)) = label {
         labels[key] = value.into();
     }
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("store-probe-{name}"), "labels": labels},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
@@ -1142,21 +1208,23 @@ fn store_probe(name: &str, label: Option<(&str, &str)>) -> String {
             }],
         },
     });
-    kubectl_apply(LAB, &pod.to_string());
-    let pod = format!("store-probe-{name}");
-    wait_until(
-        "the store probe to finish",
-        Duration::from_secs(90),
-        SECOND,
-        || {
-            let phase = kubectl(&["get", "pod", "-n", LAB, &pod, "-o", "jsonpath={.status.phase}"]);
-            matches!(phase.as_str(), "Succeeded" | "Failed")
-                .then_some(())
-                .ok_or(phase)
-        },
-    );
-    let log = kubectl(&["logs", "-n", LAB, &pod]);
-    kubectl(&["delete", "pod", "-n", LAB, &pod, "--wait=false"]);
+    kubectl_apply(namespace, &pod.to_string());
+    wait_until("the probe to finish", Duration::from_secs(90), SECOND, || {
+        let phase = kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            namespace,
+            name,
+            "-o",
+            "jsonpath={.status.phase}",
+        ]);
+        matches!(phase.as_str(), "Succeeded" | "Failed")
+            .then_some(())
+            .ok_or(phase)
+    });
+    let log = kubectl(&["logs", "-n", namespace, name]);
+    kubectl(&["delete", "pod", "-n", namespace, name, "--wait=false"]);
     log
 }
 

@@ -97,6 +97,25 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_PREDICTOR_SECURITY_CONTEXT", value_parser = parse_security_context)]
     pub predictor_security_context: Option<SecurityContext>,
 
+    /// Give each ModelDeployment's predictors a NetworkPolicy that lets in only pods of its own
+    /// namespace, of the namespaces its `spec.allowedNamespaces` names, and the operator's pods
+    /// (`--operator-pod-label` in POD_NAMESPACE); traffic from the node (kubelet probes, an
+    /// operator run outside the cluster) is not subject to it. `false`: the operator writes no
+    /// policy (existing ones stay until their ModelDeployment goes).
+    #[arg(long, env = "MINIAUTOML_PREDICTOR_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub predictor_network_policy: bool,
+
+    /// A label of this operator's pods, `KEY=VALUE`; repeat the flag or separate with commas.
+    /// With POD_NAMESPACE it names the pods that predictors' NetworkPolicies let in (the
+    /// operator forwards `PredictionService/Predict` to the predictors). Unset: none.
+    #[arg(
+        long = "operator-pod-label",
+        env = "MINIAUTOML_OPERATOR_POD_LABELS",
+        value_delimiter = ',',
+        value_parser = parse_label
+    )]
+    pub operator_pod_labels: Vec<(String, String)>,
+
     /// Image of the predictors ModelDeployments run (unless their spec names one).
     #[arg(
         long,
@@ -234,6 +253,11 @@ pub struct Config {
     #[arg(skip = std::env::var("POD_SERVICE_ACCOUNT").ok().filter(|name| !name.is_empty()))]
     pub service_account: Option<String>,
 
+    /// This pod's namespace (POD_NAMESPACE, from the downward API), where predictors' NetworkPolicies
+    /// let the operator's pods in from.
+    #[arg(skip = std::env::var("POD_NAMESPACE").ok().filter(|name| !name.is_empty()))]
+    pub pod_namespace: Option<String>,
+
     /// This pod's IP (POD_IP): where the other replicas forward gRPC writes to the leader.
     #[arg(skip = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok()))]
     pub pod_ip: Option<std::net::IpAddr>,
@@ -320,14 +344,20 @@ fn parse_pull_policy(text: &str) -> Result<String, String> {
     }
 }
 
-fn parse_algorithm_pull_policy(text: &str) -> Result<(String, String), String> {
-    let (name, policy) = text
+/// Splits `NAME=VALUE` (the flag's `form`, e.g. `NAME=IMAGE`) into its trimmed, non-empty parts.
+fn pair<'a>(text: &'a str, form: &str) -> Result<(&'a str, &'a str), String> {
+    let (name, value) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not NAME=POLICY"))?;
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(format!("{text:?} is not NAME=POLICY: the name is empty"));
+        .ok_or_else(|| format!("{text:?} is not {form}"))?;
+    let (name, value) = (name.trim(), value.trim());
+    if name.is_empty() || value.is_empty() {
+        return Err(format!("{text:?} is not {form}: both parts must be non-empty"));
     }
+    Ok((name, value))
+}
+
+fn parse_algorithm_pull_policy(text: &str) -> Result<(String, String), String> {
+    let (name, policy) = pair(text, "NAME=POLICY")?;
     Ok((name.to_string(), parse_pull_policy(policy)?))
 }
 
@@ -337,40 +367,28 @@ fn parse_security_context(text: &str) -> Result<SecurityContext, String> {
 }
 
 fn parse_algorithm_security_context(text: &str) -> Result<(String, SecurityContext), String> {
-    let (name, context) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not NAME=JSON"))?;
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(format!("{text:?} is not NAME=JSON: the name is empty"));
-    }
+    let (name, context) = pair(text, "NAME=JSON")?;
     Ok((name.to_string(), parse_security_context(context)?))
 }
 
 fn parse_dataset_source(text: &str) -> Result<(String, String), String> {
-    let (namespace, location) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not NAMESPACE=BUCKET/PREFIX"))?;
-    let (namespace, location) = (namespace.trim(), location.trim());
-    if namespace.is_empty() || location.is_empty() || location.starts_with('/') {
+    let (namespace, location) = pair(text, "NAMESPACE=BUCKET/PREFIX")?;
+    if location.starts_with('/') {
         return Err(format!(
-            "{text:?} is not NAMESPACE=BUCKET/PREFIX: both parts must be non-empty"
+            "{text:?} is not NAMESPACE=BUCKET/PREFIX: the bucket is empty"
         ));
     }
     Ok((namespace.to_string(), location.to_string()))
 }
 
 fn parse_algorithm(text: &str) -> Result<(String, String), String> {
-    let (name, image) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not NAME=IMAGE"))?;
-    let (name, image) = (name.trim(), image.trim());
-    if name.is_empty() || image.is_empty() {
-        return Err(format!(
-            "{text:?} is not NAME=IMAGE: both parts must be non-empty"
-        ));
-    }
+    let (name, image) = pair(text, "NAME=IMAGE")?;
     Ok((name.to_string(), image.to_string()))
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = pair(text, "KEY=VALUE")?;
+    Ok((key.to_string(), value.to_string()))
 }
 
 #[cfg(test)]
@@ -471,6 +489,29 @@ mod tests {
             error.to_string().contains("is not a container securityContext"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn predictor_policies_are_on_by_default_and_name_the_operators_pods_by_label() {
+        let config = Config::try_parse_from(["miniautoml-operator"]).unwrap();
+        assert!(config.predictor_network_policy);
+        assert!(config.operator_pod_labels.is_empty());
+        let config = Config::try_parse_from([
+            "miniautoml-operator",
+            "--predictor-network-policy=false",
+            "--operator-pod-label=app.kubernetes.io/name=miniautoml,app.kubernetes.io/instance=ml",
+        ])
+        .unwrap();
+        assert!(!config.predictor_network_policy);
+        assert_eq!(
+            config.operator_pod_labels,
+            [
+                ("app.kubernetes.io/name".to_string(), "miniautoml".to_string()),
+                ("app.kubernetes.io/instance".to_string(), "ml".to_string()),
+            ]
+        );
+        let error = Config::try_parse_from(["miniautoml-operator", "--operator-pod-label=name"]).unwrap_err();
+        assert!(error.to_string().contains("is not KEY=VALUE"), "{error}");
     }
 
     #[test]

@@ -96,6 +96,17 @@ pub struct PredictorSettings {
     pub image_pull_policy: Option<String>,
     /// Security context of the predictor containers.
     pub security_context: SecurityContext,
+    /// Who the predictors' NetworkPolicy lets in besides the pods of their namespace and of the
+    /// namespaces their ModelDeployment allows; `None`: the operator writes no policy.
+    pub ingress: Option<PredictorIngress>,
+}
+
+/// The peers every predictor NetworkPolicy lets in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PredictorIngress {
+    /// The operator's pods: their namespace and labels (`None`: unknown, as for an operator
+    /// run outside the cluster, whose traffic comes from a node).
+    pub operator: Option<(String, BTreeMap<String, String>)>,
 }
 
 /// What every reconcile and gRPC method can use.

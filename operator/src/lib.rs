@@ -30,7 +30,7 @@ use tracing::info;
 pub use crate::error::{Error, Result, StartupError};
 use crate::{
     config::{Config, CredentialScope, GrpcAuth},
-    context::{Context, PredictorSettings, TrainingSettings},
+    context::{Context, PredictorIngress, PredictorSettings, TrainingSettings},
     leader::Leadership,
     metrics::Metrics,
     pod_keys::{Derivation, PodKeys},
@@ -352,6 +352,14 @@ fn pod_keys(config: &Config) -> Option<PodKeys> {
 
 /// What predictors need, when storage credentials are set.
 fn predictor_settings(config: &Config, keys: PodKeys) -> Option<PredictorSettings> {
+    if config.predictor_network_policy
+        && config.pod_namespace.is_some()
+        && config.operator_pod_labels.is_empty()
+    {
+        tracing::warn!(
+            "no --operator-pod-label: predictors' NetworkPolicies let in no pod of this operator, so PredictionService/Predict cannot reach them from a pod"
+        );
+    }
     Some(PredictorSettings {
         image: config.predictor_image.clone(),
         s3_endpoint: config.s3_endpoint.clone(),
@@ -363,6 +371,13 @@ fn predictor_settings(config: &Config, keys: PodKeys) -> Option<PredictorSetting
             .predictor_security_context
             .clone()
             .unwrap_or_else(controller::children::restricted_security_context),
+        ingress: config.predictor_network_policy.then(|| PredictorIngress {
+            operator: config
+                .pod_namespace
+                .clone()
+                .filter(|_| !config.operator_pod_labels.is_empty())
+                .map(|namespace| (namespace, config.operator_pod_labels.iter().cloned().collect())),
+        }),
     })
 }
 

@@ -791,6 +791,74 @@ fn the_store_takes_s3_traffic_only_from_the_operator_and_miniautoml_pods() {
     }
 }
 
+/// The rules of the operator's ClusterRole for `resource`, as `group/resource: verbs` lines.
+fn cluster_role_rules(documents: &[Value], resource: &str) -> Vec<String> {
+    at(find(documents, "ClusterRole", "miniautoml"), "rules")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            at(rule, "resources")
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str() == Some(resource))
+        })
+        .map(|rule| serde_yaml::to_string(at(rule, "verbs")).unwrap())
+        .collect()
+}
+
+#[test]
+fn predictors_let_in_the_operators_own_pods_unless_policies_are_off() {
+    let documents = render(&[]);
+    let args = operator_args(&documents);
+    assert!(
+        args.contains(&"--predictor-network-policy=true".to_string()),
+        "{args:?}"
+    );
+    // Exactly the labels the operator's Deployment selects its pods by.
+    let selector = at(
+        find(&documents, "Deployment", "miniautoml"),
+        "spec.selector.matchLabels",
+    )
+    .as_mapping()
+    .unwrap();
+    let mut labels: Vec<String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--operator-pod-label="))
+        .map(str::to_string)
+        .collect();
+    let mut expected: Vec<String> = selector
+        .iter()
+        .map(|(k, v)| format!("{}={}", k.as_str().unwrap(), v.as_str().unwrap()))
+        .collect();
+    labels.sort();
+    expected.sort();
+    assert_eq!(labels, expected);
+    assert!(
+        env(operator(&documents))
+            .iter()
+            .any(|e| e.contains("POD_NAMESPACE") && e.contains("metadata.namespace")),
+        "the operator learns its namespace from the downward API"
+    );
+    assert_eq!(
+        cluster_role_rules(&documents, "networkpolicies"),
+        ["- create\n- patch\n"]
+    );
+
+    let off = render(&["predictor.networkPolicy.enabled=false"]);
+    let args = operator_args(&off);
+    assert!(
+        args.contains(&"--predictor-network-policy=false".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--operator-pod-label")),
+        "{args:?}"
+    );
+    assert!(cluster_role_rules(&off, "networkpolicies").is_empty());
+}
+
 #[test]
 fn placement_and_pod_metadata_reach_the_operator_pods() {
     let documents = render(&[

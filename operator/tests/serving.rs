@@ -16,6 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Pod, Service},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, ResourceExt,
@@ -270,6 +271,15 @@ async fn a_model_deployment_serves_its_run_switches_runs_without_a_failed_reques
     );
     let deployment = predictor_deployments.get("tweets-predictor").await.unwrap();
     assert_eq!(deployment.owner_references()[0].name, "tweets");
+    // Its NetworkPolicy (kube-router enforces it): this operator, outside the cluster, reaches
+    // the predictors from the node, which policies do not cover (the e2e suite proves the rest).
+    let policy = Api::<NetworkPolicy>::namespaced(client.clone(), &ns.name)
+        .get("tweets-predictor")
+        .await
+        .unwrap();
+    assert_eq!(policy.owner_references()[0].name, "tweets");
+    let selected = policy.spec.unwrap().pod_selector.unwrap().match_labels.unwrap();
+    assert_eq!(selected["miniautoml.io/modeldeployment"], "tweets");
 
     // PredictionService/Predict through the operator: a label of the run's label set.
     let mut predict = PredictionServiceClient::connect(format!("http://{}", operator.grpc_addr))

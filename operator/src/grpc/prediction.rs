@@ -146,6 +146,7 @@ impl Prediction {
                 replicas: 1,
                 resources: Default::default(),
                 image: None,
+                allowed_namespaces: Vec::new(),
             },
             status: None,
         };

@@ -1,11 +1,12 @@
 //! The ModelDeployment's writes besides its status: the predictors' own storage key (issued for
-//! the models they load), their Secret, Service and Deployment by server-side apply — all
-//! skipped when the Deployment already carries their digest — and, under the finalizer, the
-//! key's revocation.
+//! the models they load), their Secret, Service, NetworkPolicy and Deployment by server-side
+//! apply — all skipped when the Deployment already carries their digest — and, under the
+//! finalizer, the key's revocation.
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Secret, Service},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, ResourceExt,
@@ -56,6 +57,13 @@ pub async fn apply(
     services
         .patch(&deployment_name(md), &params, &Patch::Apply(&desired.service))
         .await?;
+    // The policy goes first, so no predictor pod is ever open to more than it allows.
+    if let Some(policy) = &desired.network_policy {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        policies
+            .patch(&deployment_name(md), &params, &Patch::Apply(policy))
+            .await?;
+    }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let previous = cached.and_then(template_run).map(str::to_string);
     let written = deployments

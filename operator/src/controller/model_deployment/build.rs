@@ -1,10 +1,13 @@
 //! Pure builders of what a ModelDeployment runs: the predictors' storage Secret, their
-//! Deployment and the Service in front of them, and the rollout state read back from the
-//! Deployment.
+//! Deployment, the Service in front of them and the NetworkPolicy that says who may call them,
+//! and the rollout state read back from the Deployment.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
+    api::networking::v1::{
+        NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    },
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
@@ -13,7 +16,7 @@ use k8s_openapi::{
         },
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
@@ -29,7 +32,7 @@ use miniautoml_data::Grants;
 
 use crate::{
     config::Credentials,
-    context::PredictorSettings,
+    context::{PredictorIngress, PredictorSettings},
     controller::children::{
         ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
         requests_and_limits, scratch_mount, scratch_volume,
@@ -271,6 +274,75 @@ pub fn build_service(md: &ModelDeployment) -> Service {
     }
 }
 
+/// The label every namespace carries with its name (set by the API server).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A selector of the namespaces named `names`.
+fn namespaces_named(names: Vec<String>) -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: NAMESPACE_NAME_LABEL.into(),
+            operator: "In".into(),
+            values: Some(names),
+        }]),
+        ..Default::default()
+    }
+}
+
+/// Who may call the predictors, on their two ports: pods of the ModelDeployment's namespace, of
+/// the namespaces its `allowedNamespaces` names (`*`: every one), and the operator's pods.
+/// Traffic from nodes (kubelet probes) is not subject to NetworkPolicies.
+pub fn build_network_policy(md: &ModelDeployment, ingress: &PredictorIngress) -> NetworkPolicy {
+    let mut from = vec![NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..Default::default()
+    }];
+    let mut allowed = md.spec.allowed_namespaces.clone();
+    allowed.sort();
+    allowed.dedup();
+    if allowed.iter().any(|name| name == "*") {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        });
+    } else if !allowed.is_empty() {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(namespaces_named(allowed)),
+            ..Default::default()
+        });
+    }
+    if let Some((namespace, labels)) = &ingress.operator {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(namespaces_named(vec![namespace.clone()])),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let port = |number: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(number)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: owned_meta(md, deployment_name(md)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(md)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(from),
+                ports: Some(vec![port(GRPC_PORT), port(HTTP_PORT)]),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
 /// The metadata of `deployment`'s pod template.
 fn template_meta(deployment: &Deployment) -> Option<&ObjectMeta> {
     deployment.spec.as_ref()?.template.metadata.as_ref()
@@ -329,7 +401,9 @@ pub struct Desired {
     pub secret: Secret,
     /// The Service in front of the predictors.
     pub service: Service,
-    /// The predictors, annotated with the digest of all three ([`APPLIED_ANNOTATION`]).
+    /// Who may call the predictors (`None`: the operator writes no policy).
+    pub network_policy: Option<NetworkPolicy>,
+    /// The predictors, annotated with the digest of all four ([`APPLIED_ANNOTATION`]).
     pub deployment: Deployment,
 }
 
@@ -340,18 +414,23 @@ impl Desired {
     }
 }
 
-/// The predictors' Secret, Service and Deployment for serving `model`.
+/// The predictors' Secret, Service, NetworkPolicy and Deployment for serving `model`.
 pub fn desired(md: &ModelDeployment, model: &ServedModel, settings: &PredictorSettings) -> Desired {
     let credentials = settings
         .keys
         .credentials(Holder::Predictor, &md.uid().unwrap_or_default());
     let secret = build_secret(md, &credentials);
     let service = build_service(md);
+    let network_policy = settings
+        .ingress
+        .as_ref()
+        .map(|ingress| build_network_policy(md, ingress));
     let mut deployment = build_deployment(md, model, settings);
     let mut hasher = Sha256::new();
     for object in [
         serde_json::to_value(&secret).expect("a Secret serialises"),
         serde_json::to_value(&service).expect("a Service serialises"),
+        serde_json::to_value(&network_policy).expect("a NetworkPolicy serialises"),
         serde_json::to_value(&deployment).expect("a Deployment serialises"),
     ] {
         hasher.update(object.to_string().as_bytes());
@@ -363,6 +442,7 @@ pub fn desired(md: &ModelDeployment, model: &ServedModel, settings: &PredictorSe
     Desired {
         secret,
         service,
+        network_policy,
         deployment,
     }
 }
@@ -404,6 +484,12 @@ pub(super) mod tests {
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
             security_context: crate::controller::children::restricted_security_context(),
+            ingress: Some(crate::context::PredictorIngress {
+                operator: Some((
+                    "miniautoml".into(),
+                    BTreeMap::from([("app.kubernetes.io/name".into(), "miniautoml".into())]),
+                )),
+            }),
         }
     }
 
@@ -609,6 +695,80 @@ pub(super) mod tests {
         );
         let long = ModelDeployment::new(&"m".repeat(253), md.spec.clone());
         assert!(deployment_name(&long).len() <= 63);
+    }
+
+    /// The policy's peers as `(namespaces, pods)` selectors in JSON, for comparing.
+    fn peers(policy: &NetworkPolicy) -> Vec<serde_json::Value> {
+        let rule = &policy.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
+        rule.from
+            .iter()
+            .flatten()
+            .map(|peer| serde_json::to_value(peer).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn predictors_let_in_their_namespace_the_allowed_ones_and_the_operator_only() {
+        let mut md = fixture();
+        let ingress = settings().ingress.unwrap();
+        let policy = build_network_policy(&md, &ingress);
+        assert_eq!(policy.metadata.name.as_deref(), Some("twitter-model-predictor"));
+        assert_eq!(policy.metadata.namespace.as_deref(), Some("team-a"));
+        let spec = policy.spec.clone().unwrap();
+        assert_eq!(
+            serde_json::to_value(&spec.pod_selector).unwrap(),
+            serde_json::json!({"matchLabels": {"miniautoml.io/modeldeployment": "twitter-model"}})
+        );
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let ports: Vec<_> = spec.ingress.unwrap()[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port.clone().unwrap())
+            .collect();
+        assert_eq!(ports, [IntOrString::Int(8081), IntOrString::Int(8080)]);
+        let own = serde_json::json!({"podSelector": {}});
+        let operator = serde_json::json!({
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["miniautoml"]}]},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "miniautoml"}},
+        });
+        assert_eq!(peers(&policy), [own.clone(), operator.clone()]);
+
+        md.spec.allowed_namespaces = vec!["web".into(), "batch".into(), "web".into()];
+        let named = serde_json::json!({
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["batch", "web"]}]},
+        });
+        assert_eq!(
+            peers(&build_network_policy(&md, &ingress)),
+            [own.clone(), named, operator.clone()]
+        );
+
+        md.spec.allowed_namespaces = vec!["web".into(), "*".into()];
+        let every = serde_json::json!({"namespaceSelector": {}});
+        assert_eq!(
+            peers(&build_network_policy(&md, &ingress)),
+            [own.clone(), every, operator]
+        );
+
+        // An operator outside the cluster reaches predictors from a node: no peer for it.
+        md.spec.allowed_namespaces.clear();
+        let outside = PredictorIngress { operator: None };
+        assert_eq!(peers(&build_network_policy(&md, &outside)), [own]);
+    }
+
+    #[test]
+    fn without_ingress_settings_no_policy_is_written_and_a_changed_policy_is_applied_again() {
+        let mut md = fixture();
+        let before = desired(&md, &model("3"), &settings());
+        assert!(before.network_policy.is_some());
+        md.spec.allowed_namespaces = vec!["web".into()];
+        let after = desired(&md, &model("3"), &settings());
+        assert_ne!(before.digest(), after.digest());
+        let off = PredictorSettings {
+            ingress: None,
+            ..settings()
+        };
+        assert!(desired(&md, &model("3"), &off).network_policy.is_none());
     }
 
     #[test]

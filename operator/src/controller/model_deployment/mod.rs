@@ -3,7 +3,7 @@
 //! 1. [`dereference`]: the referenced TrainingJob (by name or run id), the predictors'
 //!    Deployment and pods (reads only);
 //! 2. [`validate`]: whether that run can be served, and whether anything can be deployed;
-//! 3. [`build`]: the predictors' Secret, Deployment and Service (pure);
+//! 3. [`build`]: the predictors' Secret, Deployment, Service and NetworkPolicy (pure);
 //! 4. [`apply`]: server-side apply, skipped when nothing changed;
 //! 5. [`status`]: the status, computed once from what the stages found (pure), then the events a
 //!    user wants (a new model served, a model that cannot be).

@@ -222,6 +222,15 @@ mod tests {
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
             security_context: crate::controller::children::restricted_security_context(),
+            ingress: Some(crate::context::PredictorIngress {
+                operator: Some((
+                    "miniautoml".into(),
+                    std::collections::BTreeMap::from([(
+                        "app.kubernetes.io/name".into(),
+                        "miniautoml".into(),
+                    )]),
+                )),
+            }),
         }
     }
 
