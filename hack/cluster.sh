@@ -152,6 +152,12 @@ s3_credentials() {
     '{identities: [{name: "miniautoml", credentials: [{accessKey: $access, secretKey: $secret}],
       actions: ["Admin", "Read", "List", "Tagging", "Write"]}]}' >"$STATE/s3.json"
   chmod 600 "$STATE/s3.json"
+  # Its STS (AssumeRole on the S3 port, for credentialScope: sts) signs session tokens with a
+  # key of its own, made once.
+  if [ ! -f "$STATE/s3-iam.json" ]; then
+    jq -n --arg key "$(openssl rand -base64 32)" '{sts: {signingKey: $key}}' >"$STATE/s3-iam.json"
+    chmod 600 "$STATE/s3-iam.json"
+  fi
 }
 
 # Dynamic volumes, as kind provides them: rancher's local-path-provisioner (the one kind ships)
@@ -256,7 +262,8 @@ EOT
 # and filer (which answer without credentials) and the Iceberg and Lance endpoints listen on
 # loopback or not at all, so no pod reaches them. Its IAM API (on the S3 port) takes the
 # operator's writes — the scoped keys of runs and predictors — and no user may make keys for
-# itself. The bucket is created through the S3 API. Each
+# itself; its STS gives temporary keys narrowed by a session policy (AssumeRole, as an external
+# S3 with credentialScope: sts would). The bucket is created through the S3 API. Each
 # bucket is a collection that takes 7 volumes when first written: 100 volumes (sparse files, at
 # most 1 GiB each) leave room for a dozen buckets (the auto limit, free disk / 1 GiB, can be 12).
 s3_up() {
@@ -265,7 +272,7 @@ s3_up() {
     -master.port "$SEAWEED_MASTER_PORT" -volume.port "$SEAWEED_VOLUME_PORT" \
     -filer -filer.port "$SEAWEED_FILER_PORT" -s3 -s3.ip.bind "$NODE_IP" -s3.port "$S3_PORT" \
     -s3.port.iceberg 0 -s3.port.lance 0 -s3.config "$STATE/s3.json" \
-    -s3.iam.readOnly=false -s3.iam.selfServiceRequiresGrant=true \
+    -s3.iam.readOnly=false -s3.iam.selfServiceRequiresGrant=true -s3.iam.config "$STATE/s3-iam.json" \
     -master.volumeSizeLimitMB 1024 -volume.max 100 -master.raftHashicorp=false
   local endpoint=http://$NODE_IP:$S3_PORT
   wait_for seaweedfs curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" \

@@ -98,9 +98,9 @@ pub enum KeyError {
     /// The store answered and refused (no IAM API, IAM writes off, a malformed policy, the
     /// operator's key not an admin's): retrying will not help until the store is configured.
     #[error(
-        "the object store's IAM API refused {action} for {user}: {message} (the store must serve an IAM API \
-         that takes writes — the bundled SeaweedFS does with -s3.iam.readOnly=false — or pods get the shared \
-         key only with credentialScope: shared)"
+        "{} refused {action} for {user}: {message} ({})",
+        service(action),
+        hint(action)
     )]
     Refused {
         /// The IAM action.
@@ -111,7 +111,7 @@ pub enum KeyError {
         message: String,
     },
     /// The store did not answer: retry later.
-    #[error("the object store's IAM API did not answer {action} for {user}: {message}; retrying")]
+    #[error("{} did not answer {action} for {user}: {message}; retrying", service(action))]
     Unavailable {
         /// The IAM action.
         action: &'static str,
@@ -120,6 +120,26 @@ pub enum KeyError {
         /// What went wrong.
         message: String,
     },
+}
+
+/// Who answers `action`: the store's IAM API, or the STS endpoint for `AssumeRole`.
+fn service(action: &str) -> &'static str {
+    if action == "AssumeRole" {
+        "the STS endpoint"
+    } else {
+        "the object store's IAM API"
+    }
+}
+
+/// What to change when the store refuses `action`.
+fn hint(action: &str) -> &'static str {
+    if action == "AssumeRole" {
+        "the operator's key must be allowed to assume storage.sts.roleArn for storage.sts.durationSeconds, \
+         and the role must allow what the session policy grants"
+    } else {
+        "the store must serve an IAM API that takes writes — the bundled SeaweedFS does with \
+         -s3.iam.readOnly=false — or pods get the shared key only with credentialScope: shared"
+    }
 }
 
 /// Issues and revokes scoped keys with an admin's credentials.
@@ -262,14 +282,14 @@ fn form_fields(key: &StoreKey) -> String {
     )
 }
 
-fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<&str> {
+pub(crate) fn code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<&str> {
     match error {
         SdkError::ServiceError(service) => service.err().code(),
         _ => None,
     }
 }
 
-fn classify<E, R>(action: &'static str, user: &str, error: SdkError<E, R>) -> KeyError
+pub(crate) fn classify<E, R>(action: &'static str, user: &str, error: SdkError<E, R>) -> KeyError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,

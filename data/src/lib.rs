@@ -13,11 +13,13 @@
 pub mod ingest;
 pub mod keys;
 pub mod layout;
+pub mod sessions;
 pub mod store;
 pub mod text_intent;
 pub mod version;
 
 pub use ingest::{IngestError, Written, build_snapshot, ingest_commit};
 pub use keys::{Grants, KeyError, KeyIssuer, StoreKey};
+pub use sessions::{SessionIssuer, SessionKey};
 pub use store::{StorageError, Store};
 pub use version::{SnapshotSelector, version_hash};

@@ -93,7 +93,24 @@ impl Store {
         secret_key: &str,
         bucket: impl Into<String>,
     ) -> Store {
-        let credentials = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "static");
+        Store::with_session_token(endpoint, region, (access_key, secret_key, None), bucket)
+    }
+
+    /// [`Store::with_credentials`] for a key that may be temporary: `(access key, secret key,
+    /// session token)` (an STS key's token goes with every request).
+    pub fn with_session_token(
+        endpoint: Option<&str>,
+        region: &str,
+        (access_key, secret_key, session_token): (&str, &str, Option<&str>),
+        bucket: impl Into<String>,
+    ) -> Store {
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            access_key,
+            secret_key,
+            session_token.map(str::to_string),
+            None,
+            "static",
+        );
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(region.to_string()))

@@ -233,6 +233,23 @@ pub struct Config {
     )]
     pub storage_credentials: CredentialScope,
 
+    /// With `--storage-credentials=sts`: the role whose temporary keys pods get (`arn:aws:iam::
+    /// <account>:role/<name>`); the operator's key must be allowed to assume it. Unset: a session
+    /// of the operator's own identity, where the STS allows that.
+    #[arg(long, env = "MINIAUTOML_STS_ROLE_ARN")]
+    pub sts_role_arn: Option<String>,
+
+    /// With `--storage-credentials=sts`: the STS endpoint URL (unset: `--s3-endpoint`, else AWS's
+    /// regional STS).
+    #[arg(long, env = "MINIAUTOML_STS_ENDPOINT")]
+    pub sts_endpoint: Option<String>,
+
+    /// With `--storage-credentials=sts`: how long a temporary key lasts, in seconds (900–43200;
+    /// the role's maximum session duration must allow it). A run must end within it; a
+    /// predictor's key is issued again before half of it is gone.
+    #[arg(long, env = "MINIAUTOML_STS_DURATION", value_parser = parse_sts_duration, default_value = "3600")]
+    pub sts_duration: std::time::Duration,
+
     /// Object storage credentials, from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY only (never
     /// flags, which `ps` would show); read once, with the configuration.
     #[arg(skip = Credentials::from_env())]
@@ -270,6 +287,8 @@ pub struct Credentials {
     pub access_key_id: String,
     /// AWS_SECRET_ACCESS_KEY.
     pub secret_access_key: String,
+    /// AWS_SESSION_TOKEN: only a temporary (STS) key has one.
+    pub session_token: Option<String>,
 }
 
 impl Credentials {
@@ -278,6 +297,7 @@ impl Credentials {
         Some(Credentials {
             access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok()?,
             secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+            session_token: None,
         })
     }
 }
@@ -301,11 +321,24 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
+fn parse_sts_duration(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))?;
+    if !(900..=43_200).contains(&seconds) {
+        return Err(format!("{seconds}: STS gives keys lasting 900 to 43200 seconds"));
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 /// The storage key the pods of runs and predictors get (`crate::pod_keys`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CredentialScope {
     /// A key of their own, for their prefixes only, revoked when they end.
     Scoped,
+    /// A temporary key of their own from STS `AssumeRole` with a session policy of their
+    /// prefixes (an external S3 without an IAM API the operator may write to).
+    Sts,
     /// The operator's own bucket-wide key.
     Shared,
 }
@@ -400,6 +433,7 @@ mod tests {
         let credentials = Credentials {
             access_key_id: "AKIAEXAMPLE".into(),
             secret_access_key: "wJalrXUtnFEMI".into(),
+            session_token: None,
         };
         let shown = format!("{credentials:?}");
         assert!(shown.contains("AKIAEXAMPLE"), "{shown}");
@@ -512,6 +546,25 @@ mod tests {
         );
         let error = Config::try_parse_from(["miniautoml-operator", "--operator-pod-label=name"]).unwrap_err();
         assert!(error.to_string().contains("is not KEY=VALUE"), "{error}");
+    }
+
+    #[test]
+    fn sts_keys_last_what_sts_gives() {
+        let config = Config::try_parse_from(["miniautoml-operator"]).unwrap();
+        assert_eq!(config.sts_duration.as_secs(), 3600);
+        let config = Config::try_parse_from([
+            "miniautoml-operator",
+            "--storage-credentials=sts",
+            "--sts-duration=43200",
+            "--sts-role-arn=arn:aws:iam::1:role/pods",
+        ])
+        .unwrap();
+        assert_eq!(config.storage_credentials, CredentialScope::Sts);
+        assert_eq!(config.sts_duration.as_secs(), 43_200);
+        for bad in ["--sts-duration=899", "--sts-duration=43201", "--sts-duration=1h"] {
+            let error = Config::try_parse_from(["miniautoml-operator", bad]).unwrap_err();
+            assert!(error.to_string().contains("--sts-duration"), "{error}");
+        }
     }
 
     #[test]

@@ -347,6 +347,13 @@ fn pod_keys(config: &Config) -> Option<PodKeys> {
             ),
             derivation: Derivation::new(&run_tokens(config, &credentials).subkey("storage keys")),
         },
+        CredentialScope::Sts => PodKeys::Sessions(miniautoml_data::SessionIssuer::new(
+            config.sts_endpoint.as_deref().or(config.s3_endpoint.as_deref()),
+            &config.s3_region,
+            (&credentials.access_key_id, &credentials.secret_access_key),
+            config.sts_role_arn.clone(),
+            config.sts_duration,
+        )),
     })
 }
 

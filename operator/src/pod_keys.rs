@@ -5,11 +5,15 @@
 //!   needs, and revoked when the run ends or the ModelDeployment goes. The key is derived from a
 //!   secret only the operator holds (the run-token key) and the object's uid, so issuing again
 //!   gives the same key and the operator never reads a Secret back.
+//! - **sts**: for an external S3 without an IAM API the operator may write to: each run and each
+//!   ModelDeployment gets a temporary key from STS `AssumeRole` with a session policy of exactly
+//!   the same prefixes (`miniautoml_data::sessions`). It cannot be revoked: it expires a set
+//!   time after it is issued, and predictors' keys are issued again before they expire.
 //! - **shared**: pods get the operator's own bucket-wide key — an explicit choice for a store
-//!   without an IAM API, which each run's `StorageKey` condition states.
+//!   with neither, which each run's `StorageKey` condition states.
 
 use hmac::{Hmac, KeyInit, Mac};
-use miniautoml_data::{Grants, KeyError, KeyIssuer, StoreKey};
+use miniautoml_data::{Grants, KeyError, KeyIssuer, SessionIssuer, StoreKey};
 use sha2::Sha256;
 
 use crate::config::Credentials;
@@ -50,48 +54,73 @@ pub enum PodKeys {
         /// What the keys are derived from.
         derivation: Derivation,
     },
+    /// Temporary keys from STS (see the module).
+    Sessions(SessionIssuer),
     /// The operator's own key, for every pod.
     Shared(Credentials),
 }
 
 impl PodKeys {
-    /// Whether pods get keys of their own.
+    /// Whether pods get keys the store revokes when they end (and so a finalizer).
     pub fn scoped(&self) -> bool {
         matches!(self, PodKeys::Scoped { .. })
     }
 
-    /// The key `holder` with `uid` gets (pure: derived, or the shared one); [`PodKeys::issue`]
-    /// makes the store take it.
-    pub fn credentials(&self, holder: Holder, uid: &str) -> Credentials {
+    /// How long a temporary key lasts (`None`: keys do not expire).
+    pub fn session_duration(&self) -> Option<std::time::Duration> {
         match self {
-            PodKeys::Shared(credentials) => credentials.clone(),
-            PodKeys::Scoped { derivation, .. } => {
-                let key = derivation.key(holder, uid);
-                Credentials {
-                    access_key_id: key.access_key_id,
-                    secret_access_key: key.secret_access_key,
-                }
-            }
+            PodKeys::Sessions(issuer) => Some(issuer.duration()),
+            _ => None,
         }
     }
 
-    /// The key `holder` with `uid` may use for `grants`, issued (idempotently) when scoped.
+    /// The key `holder` with `uid` gets, where that is known without issuing it (derived, or
+    /// the shared one); `None` for a temporary key, which only [`PodKeys::issue`] gives.
+    pub fn credentials(&self, holder: Holder, uid: &str) -> Option<Credentials> {
+        match self {
+            PodKeys::Shared(credentials) => Some(credentials.clone()),
+            PodKeys::Scoped { derivation, .. } => {
+                let key = derivation.key(holder, uid);
+                Some(Credentials {
+                    access_key_id: key.access_key_id,
+                    secret_access_key: key.secret_access_key,
+                    session_token: None,
+                })
+            }
+            PodKeys::Sessions(_) => None,
+        }
+    }
+
+    /// The key `holder` with `uid` may use for `grants`: issued (idempotently) when scoped, a
+    /// new temporary one from STS, or the shared one.
     pub async fn issue(&self, holder: Holder, uid: &str, grants: &Grants) -> Result<Credentials, KeyError> {
         match self {
             PodKeys::Shared(credentials) => Ok(credentials.clone()),
             PodKeys::Scoped { issuer, derivation } => {
-                issuer
-                    .issue(&user(holder, uid), grants, &derivation.key(holder, uid))
-                    .await?;
-                Ok(self.credentials(holder, uid))
+                let key = derivation.key(holder, uid);
+                issuer.issue(&user(holder, uid), grants, &key).await?;
+                Ok(Credentials {
+                    access_key_id: key.access_key_id,
+                    secret_access_key: key.secret_access_key,
+                    session_token: None,
+                })
+            }
+            PodKeys::Sessions(issuer) => {
+                let key = issuer.issue(&user(holder, uid), grants).await?;
+                Ok(Credentials {
+                    access_key_id: key.access_key_id,
+                    secret_access_key: key.secret_access_key,
+                    session_token: Some(key.session_token),
+                })
             }
         }
     }
 
-    /// Revokes the key of `holder` with `uid` (nothing to do when shared, or when it is gone).
+    /// Revokes the key of `holder` with `uid` (nothing to do when shared or temporary, or when
+    /// it is gone).
     pub async fn revoke(&self, holder: Holder, uid: &str) -> Result<(), KeyError> {
         match self {
-            PodKeys::Shared(_) => Ok(()),
+            PodKeys::Shared(_) | PodKeys::Sessions(_) => Ok(()),
             PodKeys::Scoped { issuer, .. } => issuer.revoke(&user(holder, uid)).await,
         }
     }
@@ -165,6 +194,7 @@ mod tests {
         let shared = Credentials {
             access_key_id: "op".into(),
             secret_access_key: "op-secret".into(),
+            session_token: None,
         };
         let keys = PodKeys::Shared(shared.clone());
         assert!(!keys.scoped());

@@ -1067,6 +1067,37 @@ fn pods_get_storage_keys_of_their_own_unless_shared_is_chosen() {
         "storage.credentialScope=shared",
     ]);
     assert!(operator_args(&shared).contains(&"--storage-credentials=shared".to_string()));
+    assert!(
+        !operator_args(&shared).iter().any(|a| a.starts_with("--sts-")),
+        "STS values only with credentialScope=sts"
+    );
+
+    // An external S3 with STS: temporary keys from the role named, for the time set.
+    let sts = render(&[
+        "objectStore.enabled=false",
+        "storage.endpoint=https://s3.example.com",
+        "storage.existingSecret=s3-keys",
+        "storage.credentialScope=sts",
+        "storage.sts.roleArn=arn:aws:iam::123456789012:role/miniautoml-pods",
+        "storage.sts.durationSeconds=7200",
+    ]);
+    let args = operator_args(&sts);
+    for arg in [
+        "--storage-credentials=sts",
+        "--sts-role-arn=arn:aws:iam::123456789012:role/miniautoml-pods",
+        "--sts-duration=7200",
+    ] {
+        assert!(args.contains(&arg.to_string()), "{arg} not in {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--sts-endpoint")), "{args:?}");
+    for bad in [
+        "storage.sts.durationSeconds=60",
+        "storage.sts.durationSeconds=86400",
+        "storage.sts.roleArn=my-role",
+    ] {
+        let error = try_render(&["storage.credentialScope=sts", bad]).unwrap_err();
+        assert!(error.contains("/storage/sts/"), "{bad}: {error}");
+    }
     let error = try_render(&["storage.credentialScope=everyone"]).unwrap_err();
     assert!(error.contains("credentialScope"), "{error}");
 }

@@ -713,13 +713,15 @@ async fn the_local_stores_internal_ports_answer_no_pod() {
 
 /// The storage key in `secret` (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) as a store.
 fn store_of(cluster: &LocalCluster, secret: &Secret) -> (String, Store) {
-    let entry = |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
-    let id = entry("AWS_ACCESS_KEY_ID");
-    let store = Store::with_credentials(
+    let data = secret.data.as_ref().unwrap();
+    let entry = |key: &str| Some(String::from_utf8(data.get(key)?.0.clone()).unwrap());
+    let id = entry("AWS_ACCESS_KEY_ID").unwrap();
+    let secret_key = entry("AWS_SECRET_ACCESS_KEY").unwrap();
+    let token = entry("AWS_SESSION_TOKEN");
+    let store = Store::with_session_token(
         Some(&cluster.s3_endpoint),
         "us-east-1",
-        &id,
-        &entry("AWS_SECRET_ACCESS_KEY"),
+        (&id, &secret_key, token.as_deref()),
         &cluster.s3_bucket,
     );
     (id, store)
@@ -842,6 +844,127 @@ async fn run_and_predictor_pods_hold_keys_of_their_own_that_end_with_them() {
     );
     tokio::time::timeout(WITHIN, gone).await.unwrap().unwrap();
     refused(&predictor_store, &format!("{model}manifest.json")).await;
+    admin.delete_prefix(&foreign).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sts_a_run_and_its_predictors_hold_temporary_keys_of_their_own() {
+    let (cluster, client, ns, _operator) = harness::namespace_with_operator(
+        env!("CARGO_BIN_EXE_miniautoml-operator"),
+        "sts-keys",
+        &["--storage-credentials=sts", "--sts-duration=900"],
+    )
+    .await;
+    let _logs = logs_on_failure(cluster, &ns);
+    tweet_emotion(cluster, &Api::namespaced(client.clone(), &ns.name), &ns.name).await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let admin = Store::new(cluster.s3(), &cluster.s3_bucket);
+    let foreign = format!("models/other-{}/x/uid/model.bin", ns.name);
+    admin
+        .put(&foreign, b"secret weights".to_vec(), "application/octet-stream")
+        .await
+        .unwrap();
+
+    // The trainer read its snapshot and wrote its model with a temporary key from the store's
+    // STS, which the run's status names.
+    let done = succeeded_run(&jobs, "intent", &ns.name).await;
+    let status = done.status.clone().unwrap();
+    let key = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "StorageKey")
+        .unwrap();
+    assert_eq!(
+        (key.status.as_str(), key.reason.as_str()),
+        ("True", "SessionKey"),
+        "{key:?}"
+    );
+    assert!(key.message.contains("expires 900 s after launch"), "{key:?}");
+    assert!(
+        done.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .all(|f| !f.contains("storage-key")),
+        "nothing to revoke: {:?}",
+        done.metadata.finalizers
+    );
+    let model = status
+        .artifact
+        .unwrap()
+        .uri
+        .trim_start_matches(&format!("s3://{}/", cluster.s3_bucket))
+        .to_string();
+    let run_secret = secrets.get("intent-run").await.unwrap();
+    assert!(
+        run_secret
+            .data
+            .as_ref()
+            .unwrap()
+            .contains_key("AWS_SESSION_TOKEN")
+    );
+    let (run_key, run_store) = store_of(cluster, &run_secret);
+    assert_ne!(run_key, cluster.s3_access_key);
+    run_store
+        .read(&format!("{model}manifest.json"))
+        .await
+        .expect("the run's key reads its own model folder");
+    assert!(
+        matches!(
+            run_store.read(&foreign).await,
+            Err(miniautoml_data::StorageError::Denied(_))
+        ),
+        "the run's key read another namespace's model"
+    );
+
+    // The predictors' temporary key reads their model only; the Deployment dates it.
+    let mds = Api::<ModelDeployment>::namespaced(client.clone(), &ns.name);
+    mds.create(
+        &PostParams::default(),
+        &harness::model_deployment("intent", "intent"),
+    )
+    .await
+    .unwrap();
+    let rolled_out = await_condition(mds.clone(), "intent", |md: Option<&ModelDeployment>| {
+        md.and_then(|md| md.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    });
+    let ready = match tokio::time::timeout(Duration::from_secs(180), rolled_out).await {
+        Ok(found) => found.unwrap().unwrap(),
+        Err(_) => panic!("the predictors did not roll out: {:#?}", mds.get("intent").await),
+    };
+    assert!(
+        ready.metadata.finalizers.is_none(),
+        "{:?}",
+        ready.metadata.finalizers
+    );
+    let deployment = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns.name)
+        .get("intent-predictor")
+        .await
+        .unwrap();
+    let expires: k8s_openapi::jiff::Timestamp = deployment.annotations()["miniautoml.io/storage-key-expires"]
+        .parse()
+        .unwrap();
+    let left = expires.duration_since(k8s_openapi::jiff::Timestamp::now());
+    assert!(
+        left.as_secs() > 600 && left.as_secs() <= 900,
+        "the key's expiry: {expires}"
+    );
+    let (predictor_key, predictor_store) =
+        store_of(cluster, &secrets.get("intent-predictor-s3").await.unwrap());
+    assert_ne!(predictor_key, run_key);
+    predictor_store
+        .read(&format!("{model}manifest.json"))
+        .await
+        .expect("the predictors' key reads their model");
+    assert!(matches!(
+        predictor_store.read(&foreign).await,
+        Err(miniautoml_data::StorageError::Denied(_))
+    ));
     admin.delete_prefix(&foreign).await.unwrap();
 }
 

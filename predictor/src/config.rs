@@ -79,6 +79,10 @@ pub struct Config {
     /// S3 secret key (environment only in a pod: from a Secret).
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_key: Option<String>,
+
+    /// S3 session token of a temporary key (environment only in a pod: from a Secret).
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub s3_session_token: Option<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -68,11 +68,10 @@ pub async fn fetch(source: &Source, config: &Config) -> Result<ModelFiles> {
                     "the model is in S3 but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set".into(),
                 ));
             };
-            let store = Store::with_credentials(
+            let store = Store::with_session_token(
                 config.s3_endpoint.as_deref(),
                 &config.s3_region,
-                access_key,
-                secret_key,
+                (access_key, secret_key, config.s3_session_token.as_deref()),
                 bucket.clone(),
             )
             .for_new_pod();

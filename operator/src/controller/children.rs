@@ -23,13 +23,22 @@ pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
 
 /// `name` from key `key` of Secret `secret` (which must exist).
 pub fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    secret_entry(name, secret, key, false)
+}
+
+/// `name` from key `key` of Secret `secret`, unset when the Secret has no such key.
+pub fn from_secret_if_there(name: &str, secret: &str, key: &str) -> EnvVar {
+    secret_entry(name, secret, key, true)
+}
+
+fn secret_entry(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.into(),
                 key: key.into(),
-                optional: Some(false),
+                optional: Some(optional),
             }),
             ..Default::default()
         }),
@@ -63,12 +72,30 @@ pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
 /// Key of the S3 secret key in the Secrets the operator writes.
 pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 
-/// The Secret entries holding the storage credentials `(access key, secret key)`.
+/// Key of the S3 session token (a temporary key's) in the Secrets the operator writes.
+pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+
+/// The Secret entries holding the storage credentials: access key, secret key and, for a
+/// temporary key, its session token.
 pub fn credential_entries(credentials: &Credentials) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut entries = BTreeMap::from([
         (ACCESS_KEY.to_string(), credentials.access_key_id.clone()),
         (SECRET_KEY.to_string(), credentials.secret_access_key.clone()),
-    ])
+    ]);
+    if let Some(token) = &credentials.session_token {
+        entries.insert(SESSION_TOKEN.to_string(), token.clone());
+    }
+    entries
+}
+
+/// The storage credentials' environment variables, from Secret `secret` (the session token
+/// only where the Secret has one).
+pub fn credential_env(secret: &str) -> Vec<EnvVar> {
+    vec![
+        from_secret(ACCESS_KEY, secret, ACCESS_KEY),
+        from_secret(SECRET_KEY, secret, SECRET_KEY),
+        from_secret_if_there(SESSION_TOKEN, secret, SESSION_TOKEN),
+    ]
 }
 
 /// A pod spec's `imagePullSecrets` for the Secrets named (the operator's `--image-pull-secret`),

@@ -128,7 +128,9 @@ async fn pass(ctx: &Context, listed: &[String]) -> Result<()> {
     };
     if !settings.keys.scoped() {
         warn!(
-            "upload keys are not made with --storage-credentials=shared (they would be the bucket-wide key)"
+            "upload keys are made only with --storage-credentials=scoped (the store's IAM API): with shared they \
+             would be the bucket-wide key, with sts they would expire; data engineers upload with keys the \
+             store's administrator gives them"
         );
         return Ok(());
     }
@@ -212,6 +214,7 @@ mod tests {
         let credentials = Credentials {
             access_key_id: "MAKEY".into(),
             secret_access_key: "secret".into(),
+            session_token: None,
         };
         let secret = build_secret("team-a", &credentials, "miniautoml", Some("http://store:8333"));
         let entries = secret.string_data.unwrap();

@@ -43,6 +43,8 @@ pub struct JobConfig {
     pub access_key: String,
     /// `MINIO_SERVER_SECRET_KEY` or `AWS_SECRET_ACCESS_KEY`.
     pub secret_key: String,
+    /// `AWS_SESSION_TOKEN`: a temporary (STS) key's.
+    pub session_token: Option<String>,
     /// `RANK` (default 0).
     pub rank: usize,
     /// `WORLD_SIZE` (default 1).
@@ -109,6 +111,7 @@ impl JobConfig {
             s3_region: optional("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
             access_key: either("MINIO_SERVER_ACCESS_KEY", "AWS_ACCESS_KEY_ID")?,
             secret_key: either("MINIO_SERVER_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")?,
+            session_token: optional("AWS_SESSION_TOKEN"),
             rank,
             world_size,
             run_token: optional(RUN_TOKEN_VARIABLE),

@@ -253,11 +253,14 @@ fn run_started(
     model_path: &str,
 ) -> Result<Outcome> {
     let hyperparameters = &config.hyperparameters;
-    let data = Store::with_credentials(
+    let data = Store::with_session_token(
         Some(&config.s3_endpoint),
         &config.s3_region,
-        &config.access_key,
-        &config.secret_key,
+        (
+            &config.access_key,
+            &config.secret_key,
+            config.session_token.as_deref(),
+        ),
         &config.data_bucket,
     )
     .for_new_pod();
@@ -311,11 +314,14 @@ fn run_started(
         ]),
     };
     let packaged = package(&trained, &examples, &split, hyperparameters, &provenance)?;
-    let models = Store::with_credentials(
+    let models = Store::with_session_token(
         Some(&config.s3_endpoint),
         &config.s3_region,
-        &config.access_key,
-        &config.secret_key,
+        (
+            &config.access_key,
+            &config.secret_key,
+            config.session_token.as_deref(),
+        ),
         model_bucket,
     )
     .for_new_pod();

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::networking::v1::{
         NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -34,8 +35,8 @@ use crate::{
     config::Credentials,
     context::{PredictorIngress, PredictorSettings},
     controller::children::{
-        ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
-        requests_and_limits, scratch_mount, scratch_volume,
+        cpu_and_memory, credential_entries, credential_env, env, pull_secrets, requests_and_limits,
+        scratch_mount, scratch_volume,
     },
     names::truncate,
     pod_keys::Holder,
@@ -121,13 +122,37 @@ pub fn predictor_grants(model: &ServedModel, serving: Option<&str>) -> Grants {
     }
 }
 
-/// The predictors' storage credentials.
-pub fn build_secret(md: &ModelDeployment, credentials: &Credentials) -> Secret {
+/// The predictors' storage credentials (`None`: a temporary key, filled in once issued).
+pub fn build_secret(md: &ModelDeployment, credentials: Option<&Credentials>) -> Secret {
     Secret {
         metadata: owned_meta(md, secret_name(md)),
-        string_data: Some(credential_entries(credentials)),
+        string_data: credentials.map(credential_entries),
         type_: Some("Opaque".into()),
         ..Default::default()
+    }
+}
+
+/// Annotation on the Deployment: when the temporary storage key in the predictors' Secret
+/// expires (RFC 3339); the key is issued again once less than half its lifetime is left.
+pub const KEY_EXPIRES_ANNOTATION: &str = "miniautoml.io/storage-key-expires";
+
+/// Whether the temporary key the `deployment`'s annotation dates must be issued again at `now`
+/// (less than half of `lifetime` left, or no date); `false` for keys that do not expire.
+pub fn key_renewal_due(
+    deployment: &Deployment,
+    lifetime: Option<std::time::Duration>,
+    now: Timestamp,
+) -> bool {
+    let Some(lifetime) = lifetime else {
+        return false;
+    };
+    let expires = deployment
+        .annotations()
+        .get(KEY_EXPIRES_ANNOTATION)
+        .and_then(|at| at.parse::<Timestamp>().ok());
+    match (expires, SignedDuration::try_from(lifetime / 2)) {
+        (Some(expires), Ok(half)) => now.checked_add(half).is_ok_and(|later| later >= expires),
+        _ => true,
     }
 }
 
@@ -168,9 +193,8 @@ pub fn build_deployment(
         env("PREDICTOR_HTTP_PORT", HTTP_PORT.to_string()),
         env("PREDICTOR_SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS.to_string()),
         env("AWS_REGION", &settings.s3_region),
-        from_secret(ACCESS_KEY, &secret, ACCESS_KEY),
-        from_secret(SECRET_KEY, &secret, SECRET_KEY),
     ];
+    vars.extend(credential_env(&secret));
     if let Some(endpoint) = &settings.s3_endpoint {
         vars.push(env("AWS_ENDPOINT_URL", endpoint));
     }
@@ -419,7 +443,7 @@ pub fn desired(md: &ModelDeployment, model: &ServedModel, settings: &PredictorSe
     let credentials = settings
         .keys
         .credentials(Holder::Predictor, &md.uid().unwrap_or_default());
-    let secret = build_secret(md, &credentials);
+    let secret = build_secret(md, credentials.as_ref());
     let service = build_service(md);
     let network_policy = settings
         .ingress
@@ -480,6 +504,7 @@ pub(super) mod tests {
             keys: crate::pod_keys::PodKeys::Shared(Credentials {
                 access_key_id: "key".into(),
                 secret_access_key: "secret".into(),
+                session_token: None,
             }),
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
@@ -537,6 +562,7 @@ pub(super) mod tests {
         let again = desired(&md, &model("1"), &scoped);
         assert_eq!(first.digest(), again.digest());
         let entries = first.secret.string_data.unwrap();
+        use crate::controller::children::{ACCESS_KEY, SECRET_KEY};
         assert!(entries[ACCESS_KEY].starts_with("MA"), "{:?}", entries[ACCESS_KEY]);
         assert_ne!(entries[ACCESS_KEY], "op");
         assert_ne!(entries[SECRET_KEY], "op-secret");
@@ -687,8 +713,9 @@ pub(super) mod tests {
         let credentials = Credentials {
             access_key_id: "k".into(),
             secret_access_key: "s".into(),
+            session_token: None,
         };
-        let secret = build_secret(&md, &credentials);
+        let secret = build_secret(&md, Some(&credentials));
         assert_eq!(
             secret.metadata.name.as_deref(),
             Some("twitter-model-predictor-s3")
@@ -769,6 +796,45 @@ pub(super) mod tests {
             ..settings()
         };
         assert!(desired(&md, &model("3"), &off).network_policy.is_none());
+    }
+
+    #[test]
+    fn a_temporary_key_is_issued_again_once_half_its_lifetime_is_gone() {
+        let lifetime = Some(std::time::Duration::from_secs(3600));
+        let issued: Timestamp = "2026-12-06T10:00:00Z".parse().unwrap();
+        let mut deployment = build_deployment(&fixture(), &model("3"), &settings());
+        // Keys that do not expire never are; an undated temporary key always is.
+        assert!(!key_renewal_due(&deployment, None, issued));
+        assert!(key_renewal_due(&deployment, lifetime, issued));
+        deployment
+            .annotations_mut()
+            .insert(KEY_EXPIRES_ANNOTATION.into(), "2026-12-06T11:00:00Z".into());
+        let at = |time: &str| key_renewal_due(&deployment, lifetime, time.parse().unwrap());
+        assert!(!at("2026-12-06T10:00:00Z"));
+        assert!(!at("2026-12-06T10:29:59Z"));
+        assert!(at("2026-12-06T10:30:00Z"));
+        assert!(at("2026-12-06T12:00:00Z"));
+    }
+
+    #[test]
+    fn a_temporary_keys_secret_carries_its_session_token_and_the_pods_read_it_if_there() {
+        let md = fixture();
+        let credentials = Credentials {
+            access_key_id: "ASIA1".into(),
+            secret_access_key: "s".into(),
+            session_token: Some("token".into()),
+        };
+        let secret = build_secret(&md, Some(&credentials));
+        assert_eq!(secret.string_data.unwrap()["AWS_SESSION_TOKEN"], "token");
+        // Filled in only once issued: no entries, so the digest does not change with each key.
+        assert!(build_secret(&md, None).string_data.is_none());
+        let vars = env_of(&build_deployment(&md, &model("3"), &settings()));
+        let token = vars["AWS_SESSION_TOKEN"].value_from.clone().unwrap();
+        let selector = token.secret_key_ref.unwrap();
+        assert_eq!(
+            (selector.name.as_str(), selector.key.as_str(), selector.optional),
+            ("twitter-model-predictor-s3", "AWS_SESSION_TOKEN", Some(true))
+        );
     }
 
     #[test]

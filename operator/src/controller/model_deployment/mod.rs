@@ -175,7 +175,11 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Act
             .await;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
-    Ok(if ready || model.is_err() {
+    let renewal = ctx.serving.as_ref().and_then(|s| s.keys.session_duration());
+    Ok(if let (Some(lifetime), Ok(_)) = (renewal, &model) {
+        // A temporary storage key is issued again before half its lifetime is gone.
+        Action::requeue((lifetime / 4).min(Duration::from_secs(30 * 60)))
+    } else if ready || model.is_err() {
         // Watches of the TrainingJob, Deployment and pods bring every change.
         Action::await_change()
     } else {

@@ -218,6 +218,7 @@ mod tests {
             keys: crate::pod_keys::PodKeys::Shared(Credentials {
                 access_key_id: "k".into(),
                 secret_access_key: "s".into(),
+                session_token: None,
             }),
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,

@@ -24,8 +24,8 @@ use crate::{
     config::Credentials,
     context::TrainingSettings,
     controller::children::{
-        ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, env, from_secret, pull_secrets,
-        requests_and_limits, restricted_security_context, scratch_mount, scratch_volume,
+        ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, credential_env, env, from_secret,
+        pull_secrets, requests_and_limits, restricted_security_context, scratch_mount, scratch_volume,
     },
     names::{RUN_TOKEN_KEY as TOKEN_KEY, run_secret as secret_name, truncate},
 };
@@ -193,8 +193,9 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
         env("MODEL_BUCKET", &inputs.bucket),
         env("MODEL_NAME", &job.spec.output_model_name),
         env("AWS_REGION", &inputs.s3_region),
-        from_secret(ACCESS_KEY, &secret, ACCESS_KEY),
-        from_secret(SECRET_KEY, &secret, SECRET_KEY),
+    ]);
+    vars.extend(credential_env(&secret));
+    vars.extend([
         from_secret("MINIO_SERVER_ACCESS_KEY", &secret, ACCESS_KEY),
         from_secret("MINIO_SERVER_SECRET_KEY", &secret, SECRET_KEY),
         from_secret("MINIAUTOML_RUN_TOKEN", &secret, TOKEN_KEY),
@@ -458,6 +459,7 @@ mod tests {
             keys: crate::pod_keys::PodKeys::Shared(Credentials {
                 access_key_id: "a".into(),
                 secret_access_key: "s".into(),
+                session_token: None,
             }),
             max_concurrent_runs: 0,
             image_pull_secrets: Vec::new(),

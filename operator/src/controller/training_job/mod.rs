@@ -230,10 +230,10 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
         job_name: &name,
         code_version: digest.as_deref(),
         workers: &workers,
-        key: if settings.keys.scoped() {
-            PodKey::Own
-        } else {
-            PodKey::Shared
+        key: match (settings.keys.scoped(), settings.keys.session_duration()) {
+            (true, _) => PodKey::Own,
+            (false, Some(lifetime)) => PodKey::Session(lifetime),
+            (false, None) => PodKey::Shared,
         },
     };
     let written = report(&api, job, &found).await?;

@@ -63,6 +63,8 @@ pub enum Found<'a> {
 pub enum PodKey {
     /// Their own (`--storage-credentials=scoped`).
     Own,
+    /// A temporary key of their own from STS (`--storage-credentials=sts`), lasting this long.
+    Session(std::time::Duration),
     /// The store's shared key (`--storage-credentials=shared`).
     Shared,
 }
@@ -160,15 +162,26 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
                 PodKey::Own => (
                     OWN_KEY,
                     "its pods hold a storage key of their own, which reads only its snapshot and writes only its \
-                     model folder; revoked when the run ends",
+                     model folder; revoked when the run ends"
+                        .to_string(),
+                ),
+                PodKey::Session(lifetime) => (
+                    "SessionKey",
+                    format!(
+                        "its pods hold a temporary key from STS AssumeRole whose session policy reads only its \
+                         snapshot and writes only its model folder; it expires {} s after launch (it cannot be \
+                         revoked sooner, and a run still going then can no longer reach the store)",
+                        lifetime.as_secs()
+                    ),
                 ),
                 PodKey::Shared => (
                     "SharedKey",
                     "its pods hold the store's shared key (--storage-credentials=shared): code running in them \
-                     can read and write every namespace's data",
+                     can read and write every namespace's data"
+                        .to_string(),
                 ),
             };
-            set(status, at, STORAGE_KEY, true, reason, message);
+            set(status, at, STORAGE_KEY, true, reason, &message);
             status.dataset_version_hash = Some(version_hash.to_string());
             status.job_name = Some(job_name.to_string());
             if let Some(digest) = code_version {
