@@ -1095,9 +1095,17 @@ fn pods_get_storage_keys_of_their_own_unless_shared_is_chosen() {
         "storage.sts.durationSeconds=86400",
         "storage.sts.roleArn=my-role",
     ] {
-        let error = try_render(&["storage.credentialScope=sts", bad]).unwrap_err();
+        let error = try_render(&[
+            "objectStore.enabled=false",
+            "storage.existingSecret=s3-keys",
+            "storage.credentialScope=sts",
+            bad,
+        ])
+        .unwrap_err();
         assert!(error.contains("/storage/sts/"), "{bad}: {error}");
     }
+    let error = try_render(&["storage.credentialScope=sts"]).unwrap_err();
+    assert!(error.contains("for an external S3"), "{error}");
     let error = try_render(&["storage.credentialScope=everyone"]).unwrap_err();
     assert!(error.contains("credentialScope"), "{error}");
 }
