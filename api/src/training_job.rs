@@ -148,7 +148,8 @@ pub struct TrainingJobSpec {
     pub tolerations: Vec<Toleration>,
 
     /// Number of workers (ranks). More than one runs an Indexed Job with `WORLD_SIZE`, `RANK`,
-    /// `MASTER_ADDR` and `MASTER_PORT` set.
+    /// `MASTER_ADDR` and `MASTER_PORT` set, for an image that trains data-parallel; an algorithm
+    /// the operator knows trains on fewer refuses more (`Accepted=False`, `TooManyWorkers`).
     #[serde(default = "default_workers")]
     #[schemars(range(min = 1, max = MAX_WORKERS))]
     pub workers: i32,

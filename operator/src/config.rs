@@ -54,6 +54,19 @@ pub struct Config {
     )]
     pub algorithms: Vec<(String, String)>,
 
+    /// Most workers a run of an algorithm may have, `NAME=N`; repeat the flag or separate with
+    /// commas. An algorithm whose image does not train data-parallel gets 1, so that `workers:
+    /// 3` is refused with a reason instead of running three copies of the same work. Unlisted:
+    /// the CRD's limit (64).
+    #[arg(
+        long = "algorithm-max-workers",
+        env = "MINIAUTOML_ALGORITHM_MAX_WORKERS",
+        value_delimiter = ',',
+        value_parser = parse_algorithm_max_workers,
+        default_value = "intent-classification=1"
+    )]
+    pub algorithm_max_workers: Vec<(String, u32)>,
+
     /// Image pull policy of an algorithm's training pods, `NAME=POLICY` (Always, IfNotPresent or
     /// Never); repeat the flag or separate with commas. Unset: Kubernetes' default for the image.
     #[arg(
@@ -419,6 +432,14 @@ fn parse_algorithm(text: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), image.to_string()))
 }
 
+fn parse_algorithm_max_workers(text: &str) -> Result<(String, u32), String> {
+    let (name, count) = pair(text, "NAME=N")?;
+    match count.parse::<u32>() {
+        Ok(count @ 1..=64) => Ok((name.to_string(), count)),
+        _ => Err(format!("{text:?}: N must be a whole number from 1 to 64")),
+    }
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = pair(text, "KEY=VALUE")?;
     Ok((key.to_string(), value.to_string()))
@@ -546,6 +567,29 @@ mod tests {
         );
         let error = Config::try_parse_from(["miniautoml-operator", "--operator-pod-label=name"]).unwrap_err();
         assert!(error.to_string().contains("is not KEY=VALUE"), "{error}");
+    }
+
+    #[test]
+    fn the_built_in_algorithm_trains_on_one_worker_and_others_may_say_how_many() {
+        let config = Config::try_parse_from(["miniautoml-operator"]).unwrap();
+        assert_eq!(
+            config.algorithm_max_workers,
+            [("intent-classification".to_string(), 1)]
+        );
+        let config = Config::try_parse_from([
+            "miniautoml-operator",
+            "--algorithm-max-workers=intent-classification=1,pytorch-intent=8",
+        ])
+        .unwrap();
+        assert_eq!(config.algorithm_max_workers[1], ("pytorch-intent".to_string(), 8));
+        for bad in [
+            "--algorithm-max-workers=a=0",
+            "--algorithm-max-workers=a=65",
+            "--algorithm-max-workers=a",
+        ] {
+            let error = Config::try_parse_from(["miniautoml-operator", bad]).unwrap_err();
+            assert!(error.to_string().contains("--algorithm-max-workers"), "{error}");
+        }
     }
 
     #[test]

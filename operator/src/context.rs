@@ -119,6 +119,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Algorithm name → training image (operator configuration).
     pub algorithm_images: BTreeMap<String, String>,
+    /// Algorithm name → most workers one of its runs may have (unlisted: the CRD's limit).
+    pub algorithm_max_workers: BTreeMap<String, u32>,
     /// The bucket of datasets and models; `None` when no credentials are configured.
     pub store: Option<miniautoml_data::Store>,
     /// The namespace the controllers watch; `None`: every namespace.
@@ -165,6 +167,7 @@ impl Context {
             client,
             metrics,
             algorithm_images,
+            algorithm_max_workers: BTreeMap::new(),
             store,
             watch_namespace: None,
             training: None,

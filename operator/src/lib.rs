@@ -2,6 +2,7 @@
 //! HTTP server and the gRPC API server, in one process.
 
 pub mod admin;
+pub mod algorithms;
 pub mod conditions;
 pub mod config;
 pub mod context;
@@ -99,6 +100,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         config.pod_name.clone(),
         caches,
     );
+    ctx.algorithm_max_workers = config.algorithm_max_workers.iter().cloned().collect();
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.id_namespace = config.grpc_namespace.clone();
     ctx.sources = sources;

@@ -333,13 +333,24 @@ fn typed(channel: &Channel, bucket: &str, raw_prefix: &str, id: &str) -> Vec<Cas
                 "parameter" => {
                     metadata.parameters.insert(s.clone(), s.clone());
                 }
+                "workers" => {
+                    metadata.parameters.insert("PARALLEL_INSTANCES".into(), s.clone());
+                }
                 _ => metadata.dataset_id = s.clone(),
             }
             training::TrainRequest {
                 metadata: Some(metadata),
             }
         };
-        for field in ["dataset", "algorithm", "name", "hash", "output", "parameter"] {
+        for field in [
+            "dataset",
+            "algorithm",
+            "name",
+            "hash",
+            "output",
+            "parameter",
+            "workers",
+        ] {
             case!(
                 format!("Train {field} {what}"),
                 training.train(metadata_with(field))
@@ -401,6 +412,19 @@ fn typed(channel: &Channel, bucket: &str, raw_prefix: &str, id: &str) -> Vec<Cas
     case!(
         "Train without metadata".into(),
         training.train(training::TrainRequest { metadata: None })
+    );
+    case!(
+        "Train with PARALLEL_INSTANCES=3 of a one-worker algorithm".into(),
+        training.train(training::TrainRequest {
+            metadata: Some(training::TrainingJobMetadata {
+                algorithm: "intent-classification".into(),
+                dataset_id: "424242".into(),
+                name: "copies".into(),
+                train_data_version_hash: "hashBg==".into(),
+                parameters: BTreeMap::from([("PARALLEL_INSTANCES".to_string(), "3".to_string())]),
+                output_model_name: "intent".into(),
+            }),
+        })
     );
     case!(
         "LogEpoch without an epoch".into(),

@@ -179,6 +179,7 @@ fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
         "--metadata-store-address=miniautoml.ml.svc:51001",
         "--grpc-namespace=ml",
         "--algorithm=intent-classification=docker.io/miniautoml/intent-classification:0.1.0",
+        "--algorithm-max-workers=intent-classification=1",
         "--predictor-image=docker.io/miniautoml/predictor:0.1.0",
         "--shutdown-delay=5",
     ] {
@@ -422,7 +423,17 @@ fn images_take_registry_repository_tag_digest_and_pull_policy() {
         "algorithms.random-forest.image.repository=acme/forest",
         "algorithms.random-forest.image.tag=2",
     ]);
-    assert!(operator_args(&documents).contains(&"--algorithm=random-forest=acme/forest:2".into()));
+    let args = operator_args(&documents);
+    assert!(args.contains(&"--algorithm=random-forest=acme/forest:2".into()));
+    // An algorithm without maxWorkers: the CRD's limit only.
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--algorithm-max-workers=random-forest")),
+        "{args:?}"
+    );
+    let error = try_render(&["algorithms.intent-classification.maxWorkers=0"]).unwrap_err();
+    assert!(error.contains("maxWorkers"), "{error}");
 }
 
 #[test]

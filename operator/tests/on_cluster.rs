@@ -32,6 +32,22 @@ fn run(command: &mut Command) -> String {
 
 // Several threads: the gRPC connections the test opens close in the background while it waits,
 // blocking, for the operator to exit (which waits for them).
+/// Waits (at most [`WAIT`]) until TrainingJob `name` is `Accepted=False` with `reason`.
+async fn not_accepted(jobs: &Api<TrainingJob>, name: &str, reason: &str) -> TrainingJob {
+    let refused = await_condition(jobs.clone(), name, |job: Option<&TrainingJob>| {
+        job.and_then(|j| j.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Accepted" && c.reason == reason)
+        })
+    });
+    tokio::time::timeout(WAIT, refused)
+        .await
+        .expect("status in time")
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
     let cluster = LocalCluster::shared();
@@ -113,18 +129,7 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
     job.spec.algorithm = Some("random-forest".into());
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
     jobs.create(&PostParams::default(), &job).await.unwrap();
-    let rejected = await_condition(jobs, "twitter-model", |job: Option<&TrainingJob>| {
-        job.and_then(|j| j.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Accepted" && c.reason == "UnknownAlgorithm")
-        })
-    });
-    let job = tokio::time::timeout(WAIT, rejected)
-        .await
-        .expect("status in time")
-        .unwrap()
-        .unwrap();
+    let job = not_accepted(&jobs, "twitter-model", "UnknownAlgorithm").await;
     let status = job.status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
     assert!(
@@ -132,6 +137,21 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
             .message
             .contains("\"random-forest\" is not configured")
     );
+
+    // The built-in algorithm has no data-parallel training: three workers would be three
+    // copies of the same work, so the run is refused with the reason and nothing is launched.
+    let mut copies: TrainingJob = example("trainingjob.yaml");
+    copies.metadata.name = Some("three-copies".into());
+    copies.spec.workers = 3;
+    jobs.create(&PostParams::default(), &copies).await.unwrap();
+    let refused = not_accepted(&jobs, "three-copies", "TooManyWorkers").await;
+    let message = &refused.status.unwrap().conditions[0].message;
+    assert!(message.contains("trains on one worker"), "{message}");
+    let launched = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(launched.items.is_empty(), "no Job for a refused run");
 
     let events = Api::<Event>::namespaced(client.clone(), &ns.name);
     let mut warned = false;

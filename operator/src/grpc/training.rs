@@ -15,7 +15,7 @@ use kube::{
 use miniautoml_api::{
     Dataset, TrainingJob, TrainingJobSpec,
     labels::{DATASET_ID_ANNOTATION, IDEMPOTENCY_KEY_LABEL},
-    training_job::TrainingPhase,
+    training_job::{MAX_WORKERS, TrainingPhase},
 };
 use miniautoml_proto::training::{
     self as pb, TrainingStatus, training_service_server::TrainingService as Service,
@@ -28,6 +28,7 @@ use super::{
     input,
 };
 use crate::{
+    algorithms::too_many_workers,
     context::Context,
     ids::{RUN_ID, RUN_IDS},
     names::{self, NAME_ANNOTATION},
@@ -37,6 +38,20 @@ use crate::{
 pub struct Training {
     ctx: Arc<Context>,
     namespace: String,
+}
+
+/// The worker count `PARALLEL_INSTANCES` asks for (the original lab's parameter; 1 when unset).
+pub fn parallel_instances(parameters: &std::collections::BTreeMap<String, String>) -> Result<i32, Status> {
+    let Some(value) = parameters.get("PARALLEL_INSTANCES") else {
+        return Ok(1);
+    };
+    match value.trim().parse::<i32>() {
+        Ok(count @ 1..=MAX_WORKERS) => Ok(count),
+        _ => Err(Status::invalid_argument(format!(
+            "PARALLEL_INSTANCES={}: a whole number of workers from 1 to {MAX_WORKERS}",
+            input::shown(value)
+        ))),
+    }
 }
 
 /// The commit a snapshot's commits `1..=n` amount to, when they are exactly that.
@@ -126,6 +141,16 @@ impl Service for Training {
                 known.join(", ")
             )));
         }
+        // The original's PARALLEL_INSTANCES is the run's worker count (and stays a parameter,
+        // as the original passed it on to the trainer's environment).
+        let workers = parallel_instances(&metadata.parameters)?;
+        if let Some(message) = too_many_workers(
+            Some(&metadata.algorithm),
+            workers,
+            &self.ctx.algorithm_max_workers,
+        ) {
+            return Err(Status::invalid_argument(message));
+        }
         let datasets: Api<Dataset> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let dataset = crate::ids::find_dataset(&datasets, dataset_id)
             .await
@@ -194,6 +219,7 @@ impl Service for Training {
                 "dataset": {"name": dataset.name_any(), "commit": commit},
                 "parameters": metadata.parameters,
                 "outputModelName": metadata.output_model_name,
+                "workers": workers,
             }))
             .map_err(|e| Status::invalid_argument(e.to_string()))?,
             status: None,
@@ -285,6 +311,20 @@ impl Service for Training {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_instances_is_the_worker_count() {
+        let with =
+            |value: &str| parallel_instances(&[("PARALLEL_INSTANCES".to_string(), value.to_string())].into());
+        assert_eq!(parallel_instances(&Default::default()).unwrap(), 1);
+        assert_eq!(with("3").unwrap(), 3);
+        assert_eq!(with(" 64 ").unwrap(), 64);
+        for bad in ["0", "65", "-1", "two", ""] {
+            let error = with(bad).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument);
+            assert!(error.message().contains("PARALLEL_INSTANCES"), "{error}");
+        }
+    }
 
     #[test]
     fn only_commits_one_to_n_map_to_a_commit() {

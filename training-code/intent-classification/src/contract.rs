@@ -90,6 +90,15 @@ impl JobConfig {
             .map_err(|why| Error::Contract(format!("MINIO_SERVER={server:?}: {why}")))?;
         let data_path = required("TRAINING_DATA_PATH")?.trim_matches('/').to_string();
         let world_size = whole("WORLD_SIZE", 1, 1)?;
+        if world_size > 1 {
+            // N ranks would each train the whole model on all the data: N times the cost for
+            // the same model. The operator refuses such runs (its --algorithm-max-workers); an
+            // image run by hand is told here.
+            return Err(Error::Contract(format!(
+                "WORLD_SIZE={world_size}: this algorithm trains on one worker (it has no data-parallel \
+                 training); run it with workers: 1"
+            )));
+        }
         let rank = whole("RANK", 0, 0)?;
         if rank >= world_size {
             return Err(Error::Contract(format!(
@@ -237,6 +246,16 @@ mod tests {
     }
 
     #[test]
+    fn more_than_one_worker_is_refused_with_the_reason() {
+        let mut env = complete();
+        env.insert("WORLD_SIZE", "2");
+        env.insert("RANK", "1");
+        let error = parse(&env).unwrap_err().to_string();
+        assert!(error.contains("trains on one worker"), "{error}");
+        assert!(error.contains("workers: 1"), "{error}");
+    }
+
+    #[test]
     fn each_malformed_variable_is_named() {
         for (name, value) in [
             ("METADATA_STORE_SERVER", "host:port"),
@@ -244,6 +263,7 @@ mod tests {
             ("RANK", "first"),
             ("RANK", "2"),
             ("WORLD_SIZE", "0"),
+            ("WORLD_SIZE", "3"),
             ("EPOCHS", "many"),
             ("LR", "0"),
             ("BATCH_SIZE", "-1"),

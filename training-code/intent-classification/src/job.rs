@@ -3,10 +3,9 @@
 //! "test accuracy 0.xxx")`. Any failure after the run has started is reported with
 //! `LogRunEnd(false, reason)` before the process exits non-zero.
 //!
-//! Every rank of a multi-worker job trains the whole model on the whole training split and
-//! reports its epochs as `"<rank>-<epoch>"`; only rank 0 uploads the model and ends the run.
-//! (The model trains in about a second on one core: exchanging gradients would cost more than
-//! it saves. The ranks exist so the operator's tracking of every rank is exercised.)
+//! It trains on one worker (`WORLD_SIZE=1`; more is refused with a reason, since every rank
+//! would train the same model on the same data) and reports its epochs as `"<rank>-<epoch>"`,
+//! as the original contract's ranks do.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -297,11 +296,6 @@ fn run_started(
         ))?;
         Ok(())
     })?;
-    if config.rank != 0 {
-        return Ok(Outcome {
-            message: format!("rank {} trained {} epochs", config.rank, trained.epochs.len()),
-        });
-    }
     let provenance = Provenance {
         algorithm: config.algorithm.clone(),
         data: BTreeMap::from([

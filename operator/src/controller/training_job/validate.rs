@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use miniautoml_api::{TrainingJob, TrainingJobSpec};
 
-use crate::context::Context;
+use crate::{algorithms::too_many_workers, context::Context};
 
 /// A spec the operator cannot act on until the user changes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,74 +53,19 @@ pub fn resolve_image<'a>(
         })
 }
 
-/// Validation beyond the schema: the image must be resolvable; returns it.
+/// Validation beyond the schema: the image must be resolvable, and the algorithm must train
+/// with that many workers; returns the image.
 pub fn validate<'a>(job: &'a TrainingJob, ctx: &'a Context) -> Result<&'a str, Invalid> {
+    let spec = &job.spec;
+    if let Some(message) = too_many_workers(
+        spec.algorithm.as_deref(),
+        spec.workers,
+        &ctx.algorithm_max_workers,
+    ) {
+        return Err(Invalid {
+            reason: "TooManyWorkers",
+            message,
+        });
+    }
     resolve_image(&job.spec, &ctx.algorithm_images)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture() -> TrainingJob {
-        serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap()
-    }
-
-    fn images() -> BTreeMap<String, String> {
-        BTreeMap::from([(
-            "intent-classification".into(),
-            "miniautoml/intent-classification:0.1.0".into(),
-        )])
-    }
-
-    #[test]
-    fn a_configured_algorithm_resolves_to_its_image() {
-        let job = fixture();
-        assert_eq!(
-            resolve_image(&job.spec, &images()),
-            Ok("miniautoml/intent-classification:0.1.0")
-        );
-    }
-
-    #[test]
-    fn an_explicit_image_is_used_as_is() {
-        let mut job = fixture();
-        job.spec.algorithm = None;
-        job.spec.image = Some("registry.example/custom:7".into());
-        assert_eq!(
-            resolve_image(&job.spec, &BTreeMap::new()),
-            Ok("registry.example/custom:7")
-        );
-    }
-
-    #[test]
-    fn an_unknown_algorithm_names_the_configured_ones_and_the_fixes() {
-        let mut job = fixture();
-        job.spec.algorithm = Some("random-forest".into());
-        let Err(Invalid { reason, message }) = resolve_image(&job.spec, &images()) else {
-            panic!("an unknown algorithm must be rejected");
-        };
-        assert_eq!(reason, "UnknownAlgorithm");
-        assert!(message.contains("\"random-forest\""), "{message}");
-        assert!(message.contains("configured: intent-classification"), "{message}");
-        assert!(message.contains("spec.image"), "{message}");
-
-        let Err(Invalid { message, .. }) = resolve_image(&job.spec, &BTreeMap::new()) else {
-            panic!("an unknown algorithm must be rejected");
-        };
-        assert!(message.contains("configured: none"), "{message}");
-    }
-
-    #[test]
-    fn neither_algorithm_nor_image_is_rejected() {
-        let mut job = fixture();
-        job.spec.algorithm = None;
-        assert_eq!(
-            resolve_image(&job.spec, &images()).unwrap_err(),
-            Invalid {
-                reason: "NoImage",
-                message: "set exactly one of spec.algorithm and spec.image".into(),
-            }
-        );
-    }
 }

@@ -1,0 +1,49 @@
+//! What the operator is told about its algorithms beyond their images, shared by the
+//! TrainingJob controller and the gRPC `Train`.
+
+use std::collections::BTreeMap;
+
+/// Why a run of `algorithm` cannot have `workers` workers, given the configured maxima (an
+/// algorithm that does not train data-parallel has 1, so it refuses more rather than run copies
+/// of the same work); `None` when it can. An image of the spec's own (`algorithm: None`) and an
+/// unlisted algorithm have no maximum but the CRD's.
+pub fn too_many_workers(
+    algorithm: Option<&str>,
+    workers: i32,
+    max_workers: &BTreeMap<String, u32>,
+) -> Option<String> {
+    let algorithm = algorithm?;
+    let max = *max_workers.get(algorithm)?;
+    (workers > max as i32).then(|| {
+        if max == 1 {
+            format!(
+                "algorithm {algorithm:?} trains on one worker (it has no data-parallel training, so {workers} workers \
+                 would each do the same work); set workers: 1, or use an image that trains data-parallel"
+            )
+        } else {
+            format!("algorithm {algorithm:?} trains on at most {max} workers; set workers to {max} or fewer")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_algorithm_without_data_parallel_training_refuses_more_workers() {
+        let max = BTreeMap::from([("intent-classification".to_string(), 1), ("ddp".to_string(), 4)]);
+        assert_eq!(too_many_workers(Some("intent-classification"), 1, &max), None);
+        let refused = too_many_workers(Some("intent-classification"), 3, &max).unwrap();
+        assert!(refused.contains("trains on one worker"), "{refused}");
+        assert_eq!(too_many_workers(Some("ddp"), 4, &max), None);
+        assert!(
+            too_many_workers(Some("ddp"), 5, &max)
+                .unwrap()
+                .contains("at most 4")
+        );
+        // Unlisted algorithms and images of the spec's own: the CRD's limit only.
+        assert_eq!(too_many_workers(Some("other"), 64, &max), None);
+        assert_eq!(too_many_workers(None, 64, &max), None);
+    }
+}
