@@ -85,9 +85,14 @@ impl JobConfig {
                  the PEM certificate of the CA that signed it"
             )));
         }
-        let server = either("MINIO_SERVER", "AWS_ENDPOINT_URL")?;
-        let s3_endpoint = endpoint_url(&server)
-            .map_err(|why| Error::Contract(format!("MINIO_SERVER={server:?}: {why}")))?;
+        // The operator gives both: the URL (which says http or https) wins over the original's
+        // `host:port` (plain HTTP).
+        let (variable, server) = match optional("AWS_ENDPOINT_URL") {
+            Some(url) => ("AWS_ENDPOINT_URL", url),
+            None => ("MINIO_SERVER", either("MINIO_SERVER", "AWS_ENDPOINT_URL")?),
+        };
+        let s3_endpoint =
+            endpoint_url(&server).map_err(|why| Error::Contract(format!("{variable}={server:?}: {why}")))?;
         let data_path = required("TRAINING_DATA_PATH")?.trim_matches('/').to_string();
         let world_size = whole("WORLD_SIZE", 1, 1)?;
         if world_size > 1 {
@@ -243,6 +248,17 @@ mod tests {
             let error = parse(&env).unwrap_err().to_string();
             assert!(error.starts_with(name), "{name} blank: {error}");
         }
+    }
+
+    #[test]
+    fn the_endpoint_url_wins_over_the_originals_host_and_port() {
+        let mut env = complete();
+        assert_eq!(parse(&env).unwrap().s3_endpoint, "http://127.0.0.1:9000");
+        env.insert("AWS_ENDPOINT_URL", "https://s3.example.com");
+        assert_eq!(parse(&env).unwrap().s3_endpoint, "https://s3.example.com");
+        env.insert("AWS_ENDPOINT_URL", "ftp://s3.example.com");
+        let error = parse(&env).unwrap_err().to_string();
+        assert!(error.starts_with("AWS_ENDPOINT_URL="), "{error}");
     }
 
     #[test]

@@ -155,6 +155,25 @@ pub fn run_grants(job: &TrainingJob, inputs: &RunInputs) -> Grants {
     }
 }
 
+/// `host:port` of an `http(s)://host[:port][/…]` URL (the port its scheme implies when none is
+/// given), as the original training images take `MINIO_SERVER`.
+pub fn host_and_port(url: &str) -> String {
+    let (rest, port) = match url.split_once("://") {
+        Some(("https", rest)) => (rest, 443),
+        Some((_, rest)) => (rest, 80),
+        None => (url, 80),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{port}")
+    }
+}
+
 /// The run's Secret: the token only this run's pods can read (the metadata store checks it) and
 /// the storage credentials the trainer uses.
 pub fn build_secret(job: &TrainingJob, run_id: u64, token: &str, credentials: &Credentials) -> Secret {
@@ -202,7 +221,8 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
     ]);
     if let Some(endpoint) = &inputs.s3_endpoint {
         vars.push(env("AWS_ENDPOINT_URL", endpoint));
-        vars.push(env("MINIO_SERVER", endpoint));
+        // The original images pass it to `Minio(MINIO_SERVER, secure=False)`: `host:port`.
+        vars.push(env("MINIO_SERVER", host_and_port(endpoint)));
     }
     let workers = job.spec.workers.max(1);
     vars.push(env("WORLD_SIZE", workers.to_string()));
@@ -384,6 +404,16 @@ mod tests {
     }
 
     #[test]
+    fn minio_server_is_the_hosts_address_and_port() {
+        assert_eq!(host_and_port("http://minio:9000"), "minio:9000");
+        assert_eq!(host_and_port("http://198.18.0.1:39000/"), "198.18.0.1:39000");
+        assert_eq!(host_and_port("https://s3.example.com"), "s3.example.com:443");
+        assert_eq!(host_and_port("http://store.ns.svc/path"), "store.ns.svc:80");
+        assert_eq!(host_and_port("http://[fd00::1]:8333"), "[fd00::1]:8333");
+        assert_eq!(host_and_port("http://[fd00::1]"), "[fd00::1]:80");
+    }
+
+    #[test]
     fn a_single_worker_job_carries_the_contract() {
         let built = build_job(&fixture(), &inputs());
         assert_eq!(built.metadata.name.as_deref(), Some("twitter-model-train"));
@@ -408,7 +438,8 @@ mod tests {
         );
         assert_eq!(value("TRAINING_DATASET_VERSION_HASH"), "hashBg==");
         assert_eq!(value("MODEL_NAME"), "twitter-model");
-        assert_eq!(value("MINIO_SERVER"), "http://minio:9000");
+        assert_eq!(value("MINIO_SERVER"), "minio:9000");
+        assert_eq!(value("AWS_ENDPOINT_URL"), "http://minio:9000");
         assert_eq!((value("RANK"), value("WORLD_SIZE")), ("0".into(), "1".into()));
         assert_eq!(value("EPOCHS"), "15");
         let token = env["MINIAUTOML_RUN_TOKEN"]
