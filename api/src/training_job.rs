@@ -27,7 +27,8 @@ pub const FAILED: &str = "Failed";
 pub const STORAGE_KEY: &str = "StorageKey";
 
 /// Environment variables of the training-image contract that the operator sets; a
-/// hyperparameter cannot override them (nor `AWS_*`, `MINIAUTOML_*` or `METADATA_STORE_*`).
+/// hyperparameter cannot override them (nor `AWS_*`, `MINIAUTOML_*`, `METADATA_STORE_*` or
+/// torchrun's `PET_*`).
 pub const CONTRACT_VARIABLES: [&str; 17] = [
     "JOB_ID",
     "ALGORITHM_NAME",
@@ -123,7 +124,7 @@ pub struct TrainingJobSpec {
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(
         validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))").message("parameter names must be environment variable names (letters, digits and _, not starting with a digit)"),
-        validation = Rule::new("self.all(k, !(k in ['JOB_ID', 'ALGORITHM_NAME', 'METADATA_STORE_SERVER', 'TRAINING_DATASET_ID', 'TRAINING_DATASET_VERSION_HASH', 'TRAINING_DATA_BUCKET', 'TRAINING_DATA_PATH', 'MODEL_BUCKET', 'MODEL_NAME', 'MINIO_SERVER', 'MINIO_SERVER_ACCESS_KEY', 'MINIO_SERVER_SECRET_KEY', 'WORLD_SIZE', 'RANK', 'MASTER_ADDR', 'MASTER_PORT']) && !k.startsWith('AWS_') && !k.startsWith('MINIAUTOML_') && !k.startsWith('METADATA_STORE_'))").message("parameter names must not be ones the operator sets: the training-image contract's variables (JOB_ID, TRAINING_*, MODEL_*, MINIO_*, WORLD_SIZE, RANK, MASTER_*, ...), AWS_*, MINIAUTOML_* or METADATA_STORE_*"),
+        validation = Rule::new("self.all(k, !(k in ['JOB_ID', 'ALGORITHM_NAME', 'METADATA_STORE_SERVER', 'TRAINING_DATASET_ID', 'TRAINING_DATASET_VERSION_HASH', 'TRAINING_DATA_BUCKET', 'TRAINING_DATA_PATH', 'MODEL_BUCKET', 'MODEL_NAME', 'MINIO_SERVER', 'MINIO_SERVER_ACCESS_KEY', 'MINIO_SERVER_SECRET_KEY', 'WORLD_SIZE', 'RANK', 'MASTER_ADDR', 'MASTER_PORT']) && !k.startsWith('AWS_') && !k.startsWith('MINIAUTOML_') && !k.startsWith('METADATA_STORE_') && !k.startsWith('PET_'))").message("parameter names must not be ones the operator sets: the training-image contract's variables (JOB_ID, TRAINING_*, MODEL_*, MINIO_*, WORLD_SIZE, RANK, MASTER_*, ...), AWS_*, MINIAUTOML_*, METADATA_STORE_* or torchrun's PET_*"),
         validation = Rule::new("self.all(k, size(self[k]) <= 1024)").message("parameter values must be at most 1024 characters"),
         validation = Rule::new("!('EPOCHS' in self) || (self['EPOCHS'].matches('^[0-9]{1,6}$') && int(self['EPOCHS']) >= 1 && int(self['EPOCHS']) <= 10000)").message("EPOCHS must be a whole number from 1 to 10000"),
     )]

@@ -143,6 +143,7 @@ fn training_job_parameters_are_checked() {
         "AWS_REGION",
         "MINIAUTOML_X",
         "METADATA_STORE_TOKEN",
+        "PET_NNODES",
     ]) {
         assert!(
             rejection(with_parameter(reserved, "1")).contains("must not be ones the operator sets"),

@@ -224,29 +224,51 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
         // The original images pass it to `Minio(MINIO_SERVER, secure=False)`: `host:port`.
         vars.push(env("MINIO_SERVER", host_and_port(endpoint)));
     }
+    vars.extend(launcher_env(job));
+    vars.extend(job.spec.parameters.iter().map(|(k, v)| env(k, v)));
+    vars
+}
+
+/// Where each worker stands, for both launchers: `torch.distributed`'s (and the original
+/// contract's) `WORLD_SIZE`, `RANK`, `MASTER_ADDR`, `MASTER_PORT`, and torchrun's `PET_*`
+/// (one process per pod, the node rank the pod's completion index), so that `python train.py`
+/// and a bare `torchrun train.py` both work unchanged.
+fn launcher_env(job: &TrainingJob) -> Vec<EnvVar> {
     let workers = job.spec.workers.max(1);
-    vars.push(env("WORLD_SIZE", workers.to_string()));
-    if workers > 1 {
-        vars.push(EnvVar {
-            name: "RANK".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.annotations['batch.kubernetes.io/job-completion-index']".into(),
+    let rank = |name: &str| {
+        if workers > 1 {
+            EnvVar {
+                name: name.into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.annotations['batch.kubernetes.io/job-completion-index']".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            }
+        } else {
+            env(name, "0")
+        }
+    };
+    let master = if workers > 1 {
         let name = job_name(job);
-        vars.push(env("MASTER_ADDR", format!("{name}-0.{name}")));
+        format!("{name}-0.{name}")
     } else {
-        vars.push(env("RANK", "0"));
-        vars.push(env("MASTER_ADDR", "localhost"));
-    }
-    vars.push(env("MASTER_PORT", MASTER_PORT.to_string()));
-    vars.extend(job.spec.parameters.iter().map(|(k, v)| env(k, v)));
-    vars
+        "localhost".into()
+    };
+    vec![
+        env("WORLD_SIZE", workers.to_string()),
+        rank("RANK"),
+        env("MASTER_ADDR", &master),
+        env("MASTER_PORT", MASTER_PORT.to_string()),
+        env("PET_NNODES", workers.to_string()),
+        rank("PET_NODE_RANK"),
+        env("PET_NPROC_PER_NODE", "1"),
+        env("PET_MASTER_ADDR", &master),
+        env("PET_MASTER_PORT", MASTER_PORT.to_string()),
+    ]
 }
 
 fn resources(job: &TrainingJob) -> Option<ResourceRequirements> {
@@ -441,6 +463,10 @@ mod tests {
         assert_eq!(value("MINIO_SERVER"), "minio:9000");
         assert_eq!(value("AWS_ENDPOINT_URL"), "http://minio:9000");
         assert_eq!((value("RANK"), value("WORLD_SIZE")), ("0".into(), "1".into()));
+        assert_eq!(
+            (value("PET_NODE_RANK"), value("PET_NNODES")),
+            ("0".into(), "1".into())
+        );
         assert_eq!(value("EPOCHS"), "15");
         let token = env["MINIAUTOML_RUN_TOKEN"]
             .value_from
@@ -586,8 +612,17 @@ mod tests {
             .as_ref()
             .unwrap();
         assert!(rank.field_path.contains("job-completion-index"));
+        // torchrun reads the same from its PET_ variables: one process per pod.
+        let value = |name: &str| env[name].value.clone().unwrap_or_default();
+        assert_eq!(value("PET_NNODES"), "3");
+        assert_eq!(value("PET_NPROC_PER_NODE"), "1");
+        assert_eq!(value("PET_MASTER_ADDR"), value("MASTER_ADDR"));
+        assert_eq!(value("PET_MASTER_PORT"), value("MASTER_PORT"));
+        assert_eq!(env["PET_NODE_RANK"].value_from, env["RANK"].value_from);
         let service = build_service(&job, 7);
-        assert_eq!(service.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+        let spec = service.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
     }
 
     #[test]
