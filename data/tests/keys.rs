@@ -1,7 +1,10 @@
 //! Scoped keys against the local cluster's real SeaweedFS (its IAM API on the S3 port): what a
 //! run's key may read, write and list, and that it stops working when revoked.
 
-use miniautoml_data::{Grants, KeyIssuer, StorageError, Store, StoreKey};
+mod common;
+
+use common::denied;
+use miniautoml_data::{Grants, KeyIssuer, Store, StoreKey};
 use miniautoml_test_support::{LocalCluster, unique};
 
 fn issuer(cluster: &LocalCluster) -> KeyIssuer {
@@ -20,13 +23,6 @@ fn store_as(cluster: &LocalCluster, key: &StoreKey) -> Store {
         &key.secret_access_key,
         &cluster.s3_bucket,
     )
-}
-
-fn denied<T: std::fmt::Debug>(result: Result<T, StorageError>, what: &str) {
-    match result {
-        Err(StorageError::Denied(_)) => {}
-        other => panic!("{what}: expected access denied, got {other:?}"),
-    }
 }
 
 #[tokio::test]

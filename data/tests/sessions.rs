@@ -2,9 +2,12 @@
 //! SeaweedFS, whose STS answers on the S3 port as an external S3's would: what a run's
 //! temporary key may read, write and list, and that it cannot widen itself.
 
+mod common;
+
+use common::denied;
 use std::time::{Duration, SystemTime};
 
-use miniautoml_data::{Grants, KeyError, SessionIssuer, SessionKey, StorageError, Store};
+use miniautoml_data::{Grants, KeyError, SessionIssuer, SessionKey, Store};
 use miniautoml_test_support::{LocalCluster, unique};
 
 fn issuer(cluster: &LocalCluster, access_key: &str, secret_key: &str) -> SessionIssuer {
@@ -24,13 +27,6 @@ fn store_as(cluster: &LocalCluster, key: &SessionKey, token: Option<&str>) -> St
         (&key.access_key_id, &key.secret_access_key, token),
         &cluster.s3_bucket,
     )
-}
-
-fn denied<T: std::fmt::Debug>(result: Result<T, StorageError>, what: &str) {
-    match result {
-        Err(StorageError::Denied(_)) => {}
-        other => panic!("{what}: expected access denied, got {other:?}"),
-    }
 }
 
 #[tokio::test]

@@ -791,23 +791,7 @@ async fn run_and_predictor_pods_hold_keys_of_their_own_that_end_with_them() {
     // A ModelDeployment's predictors get their own key: it reads the model they serve and
     // nothing else, and goes with the ModelDeployment.
     let mds = Api::<ModelDeployment>::namespaced(client.clone(), &ns.name);
-    mds.create(
-        &PostParams::default(),
-        &harness::model_deployment("intent", "intent"),
-    )
-    .await
-    .unwrap();
-    let rolled_out = await_condition(mds.clone(), "intent", |md: Option<&ModelDeployment>| {
-        md.and_then(|md| md.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    });
-    let ready = match tokio::time::timeout(Duration::from_secs(180), rolled_out).await {
-        Ok(found) => found.unwrap().unwrap(),
-        Err(_) => panic!("the predictors did not roll out: {:#?}", mds.get("intent").await),
-    };
+    let ready = serve_intent(&mds).await;
     let (predictor_key, predictor_store) =
         store_of(cluster, &secrets.get("intent-predictor-s3").await.unwrap());
     assert_ne!(predictor_key, cluster.s3_access_key);
@@ -920,23 +904,7 @@ async fn with_sts_a_run_and_its_predictors_hold_temporary_keys_of_their_own() {
 
     // The predictors' temporary key reads their model only; the Deployment dates it.
     let mds = Api::<ModelDeployment>::namespaced(client.clone(), &ns.name);
-    mds.create(
-        &PostParams::default(),
-        &harness::model_deployment("intent", "intent"),
-    )
-    .await
-    .unwrap();
-    let rolled_out = await_condition(mds.clone(), "intent", |md: Option<&ModelDeployment>| {
-        md.and_then(|md| md.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    });
-    let ready = match tokio::time::timeout(Duration::from_secs(180), rolled_out).await {
-        Ok(found) => found.unwrap().unwrap(),
-        Err(_) => panic!("the predictors did not roll out: {:#?}", mds.get("intent").await),
-    };
+    let ready = serve_intent(&mds).await;
     assert!(
         ready.metadata.finalizers.is_none(),
         "{:?}",
@@ -966,6 +934,28 @@ async fn with_sts_a_run_and_its_predictors_hold_temporary_keys_of_their_own() {
         Err(miniautoml_data::StorageError::Denied(_))
     ));
     admin.delete_prefix(&foreign).await.unwrap();
+}
+
+/// Creates the ModelDeployment `intent` serving the TrainingJob `intent` and waits (at most
+/// 180 s) until it is Ready; returns it.
+async fn serve_intent(mds: &Api<ModelDeployment>) -> ModelDeployment {
+    mds.create(
+        &PostParams::default(),
+        &harness::model_deployment("intent", "intent"),
+    )
+    .await
+    .unwrap();
+    let rolled_out = await_condition(mds.clone(), "intent", |md: Option<&ModelDeployment>| {
+        md.and_then(|md| md.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    });
+    match tokio::time::timeout(Duration::from_secs(180), rolled_out).await {
+        Ok(found) => found.unwrap().unwrap(),
+        Err(_) => panic!("the predictors did not roll out: {:#?}", mds.get("intent").await),
+    }
 }
 
 /// Waits (at most [`WITHIN`]) until the Secret `name` in `secrets` exists; returns it.
