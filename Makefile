@@ -7,14 +7,16 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md and the gRPC code in proto/src/generated
+generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md, the gRPC code in proto/src/generated and the Python helper's descriptor set
 	$(CARGO) run --quiet --locked -p miniautoml-api --bin crdgen
 	$(CARGO) run --quiet --locked -p miniautoml-proto --features codegen --bin protogen
+	cp proto/src/generated/descriptor.bin training-code/miniautoml-training/miniautoml_training/descriptor.bin
 
 test: ## Run every test: unit and integration tests (the local cluster started on demand and reused), then the e2e suite through helm install
 	@hack/tools.sh cluster >/dev/null
 	@hack/images.sh >/dev/null
 	@if hack/cluster.sh status | grep -q '^containerd: running'; then hack/cluster.sh load; fi
+	hack/python-tests.sh
 	$(CARGO) test --workspace --locked --no-fail-fast --exclude miniautoml-e2e
 	E2E_IMAGES_BUILT=1 hack/e2e.sh local
 

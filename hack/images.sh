@@ -82,7 +82,15 @@ base_rootfs() {
     mkdir -p "$root/var/lib/dpkg/status.d"
     dpkg-deb -f "$deb" >"$root/var/lib/dpkg/status.d/$package"
   done
-  rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/lintian" "$root/usr/share/locale"
+  runtime_files "$root"
+}
+
+# What a runtime root needs beside its packages' files: no documentation, the CA bundle
+# update-ca-certificates would write, the users distroless has, /tmp and nonroot's home.
+runtime_files() {
+  local root=$1
+  rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/lintian" "$root/usr/share/locale" \
+    "$root/usr/share/info"
   mkdir -p "$root/etc/ssl/certs"
   find "$root/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs cat >"$root/etc/ssl/certs/ca-certificates.crt"
   cat >"$root/etc/passwd" <<'EOT'
@@ -113,8 +121,18 @@ image() {
   shift
   local layout=$WORK/layout-${name//\//-} archive=$OUT/${name//\//-}-$tag.oci.tar
   rm -rf "$layout"
-  umoci init --layout "$layout"
-  umoci new --image "$layout:$tag"
+  if [ -n "${FROM_LAYOUT:-}" ]; then
+    # A cached layout whose tag "base" holds the big layers, compressed once.
+    # Blobs are immutable and named by digest: linked, not copied; the index is copied.
+    mkdir -p "$layout"
+    cp -al "$FROM_LAYOUT/blobs" "$layout/"
+    cp "$FROM_LAYOUT/index.json" "$FROM_LAYOUT/oci-layout" "$layout/"
+    umoci tag --image "$layout:base" "$tag"
+    umoci rm --image "$layout:base"
+  else
+    umoci init --layout "$layout"
+    umoci new --image "$layout:$tag"
+  fi
   local part
   for part in $LAYERS; do
     umoci raw add-layer --image "$layout:$tag" --history.created "$CREATED" \
@@ -177,6 +195,101 @@ LAYERS="base predictor" image miniautoml/predictor --config.user 65532:65532 \
   --config.exposedports 8081/tcp --config.exposedports 8080/tcp --config.workingdir /home/nonroot
 LAYERS="base trainer" image miniautoml/intent-classification --config.user 65532:65532 \
   --config.entrypoint /usr/local/bin/intent-classification --config.workingdir /home/nonroot
+
+# The PyTorch runtime: Debian 12's python3-torch and what the training helper needs, exactly the
+# .deb files hack/images/pytorch.lock pins (sha256 checked), the shared libraries nothing loads
+# pruned (hack/images/prune-libraries.py), bytecode compiled in place. Its layer is compressed
+# once per lock and recipe and kept in the cache; the images add our Python code on top.
+pytorch_rootfs() {
+  local root=$1 name version sha deb
+  mkdir -p "$root" "$DEBS"
+  while read -r name version sha; do
+    deb=$DEBS/${name}_${version//:/%3a}_amd64.deb
+    [ -f "$deb" ] || deb=$DEBS/${name}_${version//:/%3a}_all.deb
+    if [ ! -f "$deb" ] || [ "$(sha256sum "$deb" | cut -d' ' -f1)" != "$sha" ]; then
+      (cd "$DEBS" && apt-get download -q "$name=$version" >/dev/null 2>&1) ||
+        (apt-get update -q >/dev/null && cd "$DEBS" && apt-get download -q "$name=$version" >/dev/null) ||
+        { log "apt no longer serves $name $version (hack/images/pytorch.lock): run hack/pytorch-lock.sh"; return 1; }
+      deb=$(compgen -G "$DEBS/${name}_${version//:/%3a}_*.deb" | head -n1)
+      [ "$(sha256sum "$deb" | cut -d' ' -f1)" = "$sha" ] ||
+        { log "$deb does not have the sha256 hack/images/pytorch.lock pins ($sha)"; return 1; }
+    fi
+    dpkg-deb -x "$deb" "$root"
+    mkdir -p "$root/var/lib/dpkg/status.d"
+    dpkg-deb -f "$deb" >"$root/var/lib/dpkg/status.d/$name"
+  done < <(grep -v '^#' "$HACK_DIR/images/pytorch.lock")
+  # What update-alternatives would link: BLAS and LAPACK are OpenBLAS's.
+  local lib=$root/usr/lib/x86_64-linux-gnu
+  ln -sf openblas-pthread/libblas.so.3 "$lib/libblas.so.3"
+  ln -sf openblas-pthread/liblapack.so.3 "$lib/liblapack.so.3"
+  ln -sf openblas-pthread/libopenblas.so.0 "$lib/libopenblas.so.0"
+  # torch 1.13 with Python 3.11: `for s in Std` no longer yields Std.NONE and Std.ALL (3.11's
+  # Flag iteration skips zero and multi-bit members), so torchrun's default "--redirects 0"
+  # parses to None and every launch dies in to_map(). Iterate the members by name instead
+  # (what later torch releases do).
+  local std=$root/usr/lib/python3/dist-packages/torch/distributed/elastic/multiprocessing/api.py
+  sed -i 's/^            for s in Std:$/            for s in Std.__members__.values():/' "$std"
+  grep -q 'for s in Std.__members__.values():' "$std" || { log "$std: torchrun's Std fix did not apply"; return 1; }
+  # libtorch-test is a dependency of python3-torch, never loaded by it.
+  rm -rf "$root/usr/lib/libtorch-test" "$root/usr/share/proj" "$root/usr/share/gdcm-3.0"
+  python3 "$HACK_DIR/images/prune-libraries.py" "$root" usr/lib/python3/dist-packages usr/lib/python3.11 \
+    usr/bin/python3.11 usr/lib/x86_64-linux-gnu/openblas-pthread >&2 ||
+    log "(torch's own test extensions name test libraries Debian does not ship: harmless)"
+  runtime_files "$root"
+  ldconfig -r "$root"
+  # Bytecode next to the sources (nonroot cannot write it there at run time); hash-based, so
+  # the files do not depend on when they were compiled.
+  chroot "$root" /usr/bin/python3 -m compileall -q --invalidation-mode unchecked-hash \
+    /usr/lib/python3/dist-packages /usr/lib/python3.11 >/dev/null
+}
+
+pytorch_base() {
+  local key cache epoch
+  key=$( (cat "$HACK_DIR/images/pytorch.lock" "$HACK_DIR/images/prune-libraries.py"; declare -f pytorch_rootfs runtime_files layer) |
+    sha256sum | cut -c1-16)
+  cache=$MINIAUTOML_CACHE/images/pytorch-$key
+  if [ ! -d "$cache" ]; then
+    log "PyTorch runtime ($(grep -vc '^#' "$HACK_DIR/images/pytorch.lock") Debian packages; once per hack/images/pytorch.lock)"
+    # Older runtimes are not needed again.
+    rm -rf "$WORK/pytorch" "$MINIAUTOML_CACHE"/images/pytorch-*
+    pytorch_rootfs "$WORK/pytorch"
+    # Its time is the lock's last commit, so the layer's digest outlives other commits.
+    epoch=$(git -C "$REPO_ROOT" log -1 --format=%ct -- hack/images/pytorch.lock 2>/dev/null || true)
+    SOURCE_DATE_EPOCH=${epoch:-$SOURCE_DATE_EPOCH} layer "$WORK/pytorch" "$WORK/pytorch.tar"
+    rm -rf "$WORK/pytorch"
+    mkdir -p "$(dirname "$cache")"
+    umoci init --layout "$cache.new"
+    umoci new --image "$cache.new:base"
+    umoci raw add-layer --image "$cache.new:base" --history.created "$CREATED" \
+      --history.created_by "hack/images.sh: Debian packages of hack/images/pytorch.lock" "$WORK/pytorch.tar"
+    rm -f "$WORK/pytorch.tar" "$cache.new/oci-layout.lock"
+    mv "$cache.new" "$cache"
+  fi
+  echo "$cache"
+}
+
+log "pytorch-intent (training-code/pytorch-intent, training-code/miniautoml-training)"
+PYTORCH_BASE=$(pytorch_base)
+python_app() {
+  local dir=$WORK/python-app site=$WORK/python-app/usr/local/lib/python3.11/dist-packages
+  rm -rf "$dir"
+  mkdir -p "$site" "$dir/opt/pytorch-intent"
+  cp -r "$REPO_ROOT/training-code/miniautoml-training/miniautoml_training" "$site/"
+  cp "$REPO_ROOT"/training-code/pytorch-intent/*.py "$dir/opt/pytorch-intent/"
+  find "$dir" -name __pycache__ -prune -exec rm -rf {} +
+  find "$dir" -type d -exec chmod 0755 {} + && find "$dir" -type f -exec chmod 0644 {} +
+  layer "$dir" "$WORK/python-app.tar"
+}
+python_app
+PYTHON_ENV=(--config.env PYTHONDONTWRITEBYTECODE=1 --config.env PYTHONUNBUFFERED=1
+  --config.env "MINIAUTOML_CODE_VERSION=pytorch-intent $REVISION")
+FROM_LAYOUT=$PYTORCH_BASE LAYERS=python-app image miniautoml/pytorch-intent --config.user 65532:65532 \
+  "${PYTHON_ENV[@]}" --config.entrypoint /usr/bin/python3 --config.entrypoint /opt/pytorch-intent/train.py \
+  --config.workingdir /opt/pytorch-intent
+# The same code launched by a bare torchrun (the tests' "torchrun works unchanged").
+TAG=1 FROM_LAYOUT=$PYTORCH_BASE LAYERS=python-app image miniautoml/test-torchrun --config.user 65532:65532 \
+  "${PYTHON_ENV[@]}" --config.entrypoint /usr/bin/torchrun --config.entrypoint /opt/pytorch-intent/train.py \
+  --config.workingdir /opt/pytorch-intent
 
 # The chart's bundled object store: SeaweedFS's one binary (master, volume server, filer and S3
 # gateway), built by hack/tools.sh from the pinned module.

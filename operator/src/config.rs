@@ -50,7 +50,7 @@ pub struct Config {
         env = "MINIAUTOML_ALGORITHMS",
         value_delimiter = ',',
         value_parser = parse_algorithm,
-        default_value = "intent-classification=miniautoml/intent-classification:0.1.0"
+        default_value = "intent-classification=miniautoml/intent-classification:0.1.0,pytorch-intent=miniautoml/pytorch-intent:0.1.0"
     )]
     pub algorithms: Vec<(String, String)>,
 

@@ -201,3 +201,34 @@ fn the_dockerfile_reader_reads_a_final_stage() {
         }
     );
 }
+
+#[test]
+fn the_pytorch_image_runs_its_script_as_nonroot_with_the_helper_installed() {
+    let path = repo_root().join(format!(
+        "target/images/miniautoml-pytorch-intent-{}.oci.tar",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(path.exists(), "{}: run make images", path.display());
+    let (config, files) = archive(&path);
+    let runtime = &config["config"];
+    assert_eq!(
+        strings(&runtime["Entrypoint"]),
+        ["/usr/bin/python3", "/opt/pytorch-intent/train.py"]
+    );
+    assert_eq!(runtime["User"].as_str(), Some("65532:65532"));
+    // Our code is the last layer: the script, the model it shares with serving, the helper.
+    for file in [
+        "/opt/pytorch-intent/train.py",
+        "/opt/pytorch-intent/model.py",
+        "/usr/local/lib/python3.11/dist-packages/miniautoml_training/run.py",
+        "/usr/local/lib/python3.11/dist-packages/miniautoml_training/descriptor.bin",
+    ] {
+        assert!(files.iter().any(|f| f == file), "{file}: {files:?}");
+    }
+    assert!(
+        strings(&runtime["Env"])
+            .iter()
+            .any(|e| e.starts_with("MINIAUTOML_CODE_VERSION=pytorch-intent ")),
+        "{runtime}"
+    );
+}

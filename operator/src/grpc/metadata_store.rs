@@ -125,6 +125,7 @@ pub fn accuracy_in(message: &str) -> Option<f64> {
         .strip_prefix("test accuracy")?
         .split_whitespace()
         .next()?
+        .trim_end_matches([',', ';', ')'])
         .parse()
         .ok()
 }
@@ -637,6 +638,7 @@ mod tests {
     fn the_original_message_carries_the_accuracy() {
         assert_eq!(accuracy_in("test accuracy 0.712"), Some(0.712));
         assert_eq!(accuracy_in("test accuracy    0.712"), Some(0.712));
+        assert_eq!(accuracy_in("test accuracy 0.637, macro-F1 0.581"), Some(0.637));
         assert_eq!(accuracy_in("trained 3 epochs"), None);
     }
 
