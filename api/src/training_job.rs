@@ -155,10 +155,19 @@ pub struct TrainingJobSpec {
     #[schemars(range(min = 1, max = MAX_WORKERS))]
     pub workers: i32,
 
-    /// Retries of a failed worker pod before the run fails.
+    /// One worker: retries of its failed pod before the run fails. Several workers form a gang
+    /// whose pods are never retried alone (see `maxRestarts`).
     #[serde(default)]
     #[schemars(range(min = 0, max = 10))]
     pub backoff_limit: i32,
+
+    /// Several workers: how many times the whole gang is restarted after a rank fails. The
+    /// first failed rank fails the attempt, every other pod of it is stopped, and once they
+    /// are gone a new Job starts every rank again on the same snapshot. An eviction or
+    /// preemption restarts without counting.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    pub max_restarts: i32,
 
     /// Seconds the run may take before it is stopped and marked failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,6 +278,48 @@ pub struct TrainingJobStatus {
     /// The model artifact, once all its files are written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<ArtifactStatus>,
+    /// The attempt running now (1 the first; each gang restart starts the next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Gang restarts counted against `maxRestarts` (evictions and preemptions are not).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+    /// Each rank of the current attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_WORKERS))]
+    pub workers: Vec<WorkerStatus>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One rank of a run: its pod and how it is doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    /// The rank (the pod's completion index).
+    pub rank: u32,
+    /// The rank's current pod.
+    pub pod: String,
+    /// The pod's phase (`Pending`, `Running`, `Succeeded`, `Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The node it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Times this rank was started again: gang restarts, and retries of a lone worker's pod.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The trainer's exit code, once it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it is not running or why it ended (e.g. `ContainerCreating`, `Error`, `OOMKilled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The rank's latest reported epoch (`<rank>-<epoch>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_epoch: Option<String>,
 }
 
 /// Summary phase of a TrainingJob: `Queued` (waiting for its snapshot or a free slot),
@@ -341,6 +392,13 @@ impl TrainingJobStatus {
         for epoch in epochs {
             self.epochs.retain(|e| e.id != epoch.id);
             self.epochs.push(epoch.clone());
+            let rank = epoch
+                .id
+                .split_once('-')
+                .and_then(|(rank, _)| rank.parse::<u32>().ok());
+            if let Some(worker) = self.workers.iter_mut().find(|w| Some(w.rank) == rank) {
+                worker.last_epoch = Some(epoch.id.clone());
+            }
         }
         let rank_zero = |e: &EpochStatus| e.id.strip_prefix("0-")?.parse::<u64>().ok();
         let Some(done) = self.epochs.iter().filter_map(rank_zero).max() else {

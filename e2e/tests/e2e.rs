@@ -729,6 +729,10 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
         "DataManagementService/DeleteDataset (operator/tests/data_management.rs)",
     ),
     (
+        "delete jobs",
+        "a gang restart of a multi-worker run's failed attempt (operator/tests/pytorch.rs)",
+    ),
+    (
         "delete secrets",
         "the upload key of a namespace taken off uploads.namespaces (operator/tests/tenant_isolation.rs)",
     ),

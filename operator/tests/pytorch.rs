@@ -3,7 +3,13 @@
 //! ranks (DDP over gloo), launched by `python train.py` and by a bare `torchrun`. The helper
 //! package (`training-code/miniautoml-training`) reports every epoch and stores the model.
 
-use kube::{Api, api::PostParams};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+};
 use miniautoml_api::{Dataset, TrainingJob, training_job::TrainingPhase};
 use miniautoml_data::Store;
 use miniautoml_test_support::{
@@ -195,4 +201,223 @@ fn pod_logs(cluster: &LocalCluster, namespace: &str, job: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The pods of the Job `job` in `namespace`, by rank.
+async fn ranks(pods: &Api<Pod>, job: &str) -> Vec<(u32, Pod)> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter_map(|pod| {
+            let rank = pod
+                .annotations()
+                .get("batch.kubernetes.io/job-completion-index")?
+                .parse()
+                .ok()?;
+            Some((rank, pod))
+        })
+        .collect()
+}
+
+/// `pod`'s trainer's exit code, if it exited.
+fn exit_code(pod: &Pod) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| Some(c.state.as_ref()?.terminated.as_ref()?.exit_code))
+}
+
+/// When `pod`'s trainer exited, if it did.
+fn exited_at(pod: &Pod) -> Option<Timestamp> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| Some(c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref()?.0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_rank_stops_its_gang_within_seconds_and_the_whole_gang_restarts() {
+    let (cluster, client, ns, _operator) =
+        harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), "gang", &[]).await;
+    let _logs = logs_on_failure(cluster, &ns);
+    tweet_emotion(
+        cluster,
+        &Api::<Dataset>::namespaced(client.clone(), &ns.name),
+        &ns.name,
+    )
+    .await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    // Rank 1 fails at epoch 2 of the first attempt only; the second attempt trains through.
+    let flaky = serde_json::json!({"maxRestarts": 1, "parameters": {
+        "EPOCHS": "3", "THREADS": "1", "FAIL_RANK": "1", "FAIL_EPOCH": "2", "FAIL_ATTEMPT": "1"}});
+    // Rank 1 fails in every attempt: one restart, then the run fails with its reason.
+    let broken = serde_json::json!({"maxRestarts": 1, "parameters": {
+        "EPOCHS": "3", "THREADS": "1", "FAIL_RANK": "1", "FAIL_EPOCH": "1"}});
+    jobs.create(&PostParams::default(), &pytorch_job("flaky", 2, flaky))
+        .await
+        .unwrap();
+    jobs.create(&PostParams::default(), &pytorch_job("broken", 2, broken))
+        .await
+        .unwrap();
+
+    // Attempt 1 of "flaky": once rank 1 has exited, rank 0 (blocked in its next all-reduce)
+    // is stopped by the Job controller within seconds; it is never left hanging.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (failed_at, stopped_after) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "rank 1 of flaky never failed: {:#?}",
+            ranks(&pods, "flaky-train").await
+        );
+        let seen = ranks(&pods, "flaky-train").await;
+        // Rank 1 exits non-zero only in the first attempt.
+        let failed = seen
+            .iter()
+            .find(|(rank, pod)| *rank == 1 && exit_code(pod).is_some_and(|code| code != 0));
+        if let Some((_, pod)) = failed {
+            let failed_at = exited_at(pod).unwrap();
+            // Rank 0's pod of that attempt: stopped, or already gone.
+            let stopped = loop {
+                let seen = ranks(&pods, "flaky-train").await;
+                let rank0 = seen.iter().find(|(rank, p)| {
+                    *rank == 0 && p.metadata.creation_timestamp <= pod.metadata.creation_timestamp
+                });
+                match rank0 {
+                    Some((_, p)) if exited_at(p).is_none() && p.metadata.deletion_timestamp.is_none() => {
+                        assert!(Instant::now() < deadline, "rank 0 kept running: {p:#?}");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Some((_, p)) => break exited_at(p).unwrap_or_else(Timestamp::now),
+                    None => break Timestamp::now(),
+                }
+            };
+            break (failed_at, stopped.duration_since(failed_at));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("flaky: rank 1 exited at {failed_at}; rank 0 stopped {stopped_after:?} later");
+    assert!(
+        stopped_after.as_secs_f64() < 15.0,
+        "rank 0 ran on {stopped_after:?} after rank 1 failed"
+    );
+
+    let status = succeeded(&jobs, "flaky", &ns.name).await;
+    assert_eq!((status.attempt, status.restarts), (Some(2), 1), "{status:#?}");
+    assert_eq!(status.workers.len(), 2, "{status:#?}");
+    for (rank, worker) in status.workers.iter().enumerate() {
+        assert_eq!(worker.rank, rank as u32);
+        assert_eq!(worker.phase.as_deref(), Some("Succeeded"), "{worker:?}");
+        assert_eq!((worker.exit_code, worker.restarts), (Some(0), 1), "{worker:?}");
+        assert_eq!(
+            worker.last_epoch.as_deref(),
+            Some(format!("{rank}-3").as_str()),
+            "{worker:?}"
+        );
+        assert!(worker.node.is_some(), "{worker:?}");
+    }
+    let message = status.message.unwrap();
+    assert!(message.contains("weights identical on 2 ranks"), "{message}");
+    let events = cluster
+        .kubectl()
+        .args([
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "reason=GangRestart",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("attempt 1 failed: worker rank 1")
+            && events.contains("FAIL_RANK=1 FAIL_EPOCH=2: failing on purpose"),
+        "{events}"
+    );
+
+    // Out of restarts: the run fails with the first failed rank and the trainer's own error.
+    let done = wait_for(&jobs, "broken", &ns.name, finished).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Some(TrainingPhase::Failed), "{status:#?}");
+    assert_eq!((status.attempt, status.restarts), (Some(2), 1), "{status:#?}");
+    let message = status.message.unwrap();
+    assert!(
+        message.starts_with("worker rank 1 (pod broken-train-1-"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("RuntimeError: FAIL_RANK=1 FAIL_EPOCH=1: failing on purpose"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicted_rank_restarts_its_gang_uncounted_and_a_late_rank_0_is_waited_for() {
+    let (cluster, client, ns, _operator) =
+        harness::namespace_with_operator(env!("CARGO_BIN_EXE_miniautoml-operator"), "evicted", &[]).await;
+    let _logs = logs_on_failure(cluster, &ns);
+    tweet_emotion(
+        cluster,
+        &Api::<Dataset>::namespaced(client.clone(), &ns.name),
+        &ns.name,
+    )
+    .await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    // Rank 0 starts 30 s after its pod does, in every attempt: rank 1 waits for it.
+    let late = serde_json::json!({"maxRestarts": 0, "parameters": {
+        "EPOCHS": "2", "THREADS": "1", "DELAY_RANK": "0", "DELAY_SECONDS": "30"}});
+    jobs.create(&PostParams::default(), &pytorch_job("late", 2, late))
+        .await
+        .unwrap();
+
+    // While rank 0 sleeps, rank 1 is evicted (as a drain or a preemption would).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let evicted = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the ranks never ran: {:#?}",
+            ranks(&pods, "late-train").await
+        );
+        let seen = ranks(&pods, "late-train").await;
+        let running = |rank: u32| {
+            seen.iter().find(|(r, p)| {
+                *r == rank && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+        };
+        if let (Some(_), Some((_, rank1))) = (running(0), running(1)) {
+            let name = rank1.name_any();
+            pods.evict(&name, &Default::default()).await.unwrap();
+            break name;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("evicted {evicted}");
+
+    let status = succeeded(&jobs, "late", &ns.name).await;
+    // The eviction restarted the gang without using a restart: maxRestarts is 0.
+    assert_eq!((status.attempt, status.restarts), (Some(2), 0), "{status:#?}");
+    assert!(status.workers.iter().all(|w| w.pod != evicted), "{status:#?}");
+    let logs = pod_logs(cluster, &ns.name, "late-train");
+    assert!(logs.contains("rank 0: starting 30 s late"), "{logs}");
+    assert!(
+        logs.contains("weights identical on 2 ranks")
+            || status
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("identical"),
+        "{logs}"
+    );
 }

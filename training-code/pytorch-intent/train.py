@@ -6,10 +6,13 @@ BATCH_SIZE / WORLD_SIZE, so the effective batch, the steps and the model are tho
 worker. The contract (environment, reports, model files) is handled by miniautoml_training.
 Hyperparameters: EPOCHS (5), BATCH_SIZE (64), LR (0.005), EMBEDDING_DIM (64), HIDDEN (64),
 MIN_COUNT (2), SEED (42), VALIDATION_FRACTION (0.1), TEST_FRACTION (0.1), THREADS (torch's
-default). FAIL_RANK and FAIL_EPOCH make that rank raise at that epoch (to try gang restarts).
+default). To try failures: FAIL_RANK and FAIL_EPOCH make that rank raise at that epoch (only
+in attempt FAIL_ATTEMPT when set: MINIAUTOML_ATTEMPT counts the gang's attempts), and
+DELAY_RANK with DELAY_SECONDS start that rank late.
 """
 
 import hashlib
+import os
 import random
 import time
 
@@ -54,6 +57,11 @@ def weights_digest(network) -> str:
 
 
 def main():
+    delay_rank = os.environ.get("DELAY_RANK")
+    if delay_rank is not None and delay_rank == os.environ.get("RANK", "0"):
+        seconds = float(os.environ.get("DELAY_SECONDS", "30"))
+        print(f"rank {delay_rank}: starting {seconds:.0f} s late (DELAY_RANK)", flush=True)
+        time.sleep(seconds)
     with Run() as run:
         epochs = run.parameter("EPOCHS", 5, int)
         batch_size = run.parameter("BATCH_SIZE", 64, int)
@@ -67,6 +75,9 @@ def main():
         threads = run.parameter("THREADS", 0, int)
         fail_rank = run.parameter("FAIL_RANK", -1, int)
         fail_epoch = run.parameter("FAIL_EPOCH", 0, int)
+        fail_attempt = run.parameter("FAIL_ATTEMPT", 0, int)
+        if fail_attempt and fail_attempt != int(os.environ.get("MINIAUTOML_ATTEMPT", "1")):
+            fail_rank = -1
         if threads > 0:
             torch.set_num_threads(threads)
         if batch_size < run.world_size:

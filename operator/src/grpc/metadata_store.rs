@@ -469,12 +469,18 @@ impl MetadataStoreService for MetadataStore {
                 let generation = current.metadata.generation;
                 let status = current.status.get_or_insert_with(Default::default);
                 let before = status.clone();
-                status.message = Some(message.clone());
+                // The first failure reported in an attempt is its cause (a gang's other ranks
+                // report losing their peer after it): a later one does not replace it.
+                let failure_reported = conditions::find(&status.conditions, FAILED)
+                    .is_some_and(|c| c.status == "True" && c.reason == "TrainerFailed");
+                if request.success || !failure_reported {
+                    status.message = Some(message.clone());
+                }
                 if request.success {
                     if let Some(accuracy) = accuracy_in(&message) {
                         status.metrics.insert("accuracy".into(), accuracy);
                     }
-                } else {
+                } else if !failure_reported {
                     conditions::upsert(
                         &mut status.conditions,
                         conditions::condition(

@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::events::EventType,
 };
 use miniautoml_api::TrainingJob;
@@ -113,6 +113,18 @@ pub async fn stop_job(job: &TrainingJob, ctx: &Context) -> Result<()> {
         .patch(&job_name(job), &PatchParams::default(), &Patch::Merge(&suspend))
         .await
     {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Deletes the Job of a gang's failed attempt in the foreground: the Job is gone only once
+/// its pods are, so the next attempt's pods never meet a rank of the last one (a Job already
+/// gone, or going, is fine).
+pub async fn stop_gang(job: &TrainingJob, ctx: &Context) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    match jobs.delete(&job_name(job), &DeleteParams::foreground()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(error) => Err(error.into()),

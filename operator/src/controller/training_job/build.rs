@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        batch::v1::{Job, JobSpec},
+        batch::v1::{
+            Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+        },
         core::v1::{
             Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
             ResourceRequirements, Secret, SecurityContext, Service, ServiceSpec, Toleration,
@@ -32,6 +34,9 @@ use crate::{
 
 /// Annotation on a run's Job: the dataset snapshot it trains on.
 pub const VERSION_HASH_ANNOTATION: &str = "miniautoml.io/dataset-version-hash";
+/// Annotation on a run's Job: which attempt of the run it is (1 the first; a gang restart
+/// starts the next).
+pub const ATTEMPT_ANNOTATION: &str = "miniautoml.io/attempt";
 /// The port rank 0 listens on for the other ranks.
 pub const MASTER_PORT: i32 = 23456;
 /// The container's name in the workers' pods.
@@ -259,6 +264,8 @@ fn launcher_env(job: &TrainingJob) -> Vec<EnvVar> {
         "localhost".into()
     };
     vec![
+        // Which attempt this is (1 the first; a gang restart starts the next).
+        env("MINIAUTOML_ATTEMPT", attempt(job).to_string()),
         env("WORLD_SIZE", workers.to_string()),
         rank("RANK"),
         env("MASTER_ADDR", &master),
@@ -297,15 +304,24 @@ fn tolerations(job: &TrainingJob) -> Option<Vec<Toleration>> {
     (!tolerations.is_empty()).then_some(tolerations)
 }
 
+/// The run's current attempt (1 until a gang restart).
+pub fn attempt(job: &TrainingJob) -> u32 {
+    job.status.as_ref().and_then(|s| s.attempt).unwrap_or(1)
+}
+
 /// The batch/v1 Job running every worker: one pod per rank (an Indexed Job for several), never
-/// restarted in place (`backoffLimit` retries a failed pod), suspended under Kueue.
+/// restarted in place, suspended under Kueue. One worker: `backoffLimit` retries its failed
+/// pod. Several form a gang: the first failed pod fails the Job (`backoffLimit` 0), whose
+/// controller then stops the others, and the operator restarts the whole gang; a pod's
+/// disruption (eviction, preemption) fails it by the pod failure policy, so that the Job's
+/// reason (`PodFailurePolicy`) tells the operator not to count that restart.
 pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
     let workers = job.spec.workers.max(1);
     let mut meta = owned_meta(job, job_name(job), inputs.run_id);
-    meta.annotations = Some(BTreeMap::from([(
-        VERSION_HASH_ANNOTATION.to_string(),
-        inputs.version_hash.clone(),
-    )]));
+    meta.annotations = Some(BTreeMap::from([
+        (VERSION_HASH_ANNOTATION.to_string(), inputs.version_hash.clone()),
+        (ATTEMPT_ANNOTATION.to_string(), attempt(job).to_string()),
+    ]));
     let mut pod_labels = labels(job, inputs.run_id);
     if let Some(queue) = &job.spec.queue_name {
         meta.labels
@@ -319,7 +335,17 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
             completions: Some(workers),
             parallelism: Some(workers),
             completion_mode: Some(if workers > 1 { "Indexed" } else { "NonIndexed" }.into()),
-            backoff_limit: Some(job.spec.backoff_limit),
+            backoff_limit: Some(if workers > 1 { 0 } else { job.spec.backoff_limit }),
+            pod_failure_policy: (workers > 1).then(|| PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "FailJob".into(),
+                    on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                        type_: "DisruptionTarget".into(),
+                        status: "True".into(),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
             active_deadline_seconds: job.spec.active_deadline_seconds,
             suspend: job.spec.queue_name.as_ref().map(|_| true),
             template: PodTemplateSpec {
@@ -346,6 +372,9 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
                         resources: resources(job),
                         security_context: Some(inputs.security_context.clone()),
                         volume_mounts: Some(vec![scratch_mount()]),
+                        // A trainer that exits non-zero without a termination message leaves
+                        // its last log lines there: the run's message ends with its own error.
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -355,6 +384,14 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
         }),
         status: None,
     }
+}
+
+/// The attempt a run's Job runs (1 for Jobs of before gang restarts).
+pub fn launched_attempt(run: &Job) -> u32 {
+    run.annotations()
+        .get(ATTEMPT_ANNOTATION)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The snapshot a run's Job was launched on.
@@ -623,6 +660,42 @@ mod tests {
         let spec = service.spec.unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    }
+
+    #[test]
+    fn a_gang_is_never_retried_pod_by_pod_and_a_disruption_fails_it_by_policy() {
+        let mut job = fixture();
+        job.spec.backoff_limit = 4;
+        let alone = build_job(&job, &inputs());
+        let spec = alone.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(4), "one worker: its pod is retried");
+        assert!(spec.pod_failure_policy.is_none());
+        assert_eq!(launched_attempt(&alone), 1);
+
+        job.spec.workers = 2;
+        job.status = Some(miniautoml_api::TrainingJobStatus {
+            attempt: Some(3),
+            ..Default::default()
+        });
+        let gang = build_job(&job, &inputs());
+        let spec = gang.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.backoff_limit,
+            Some(0),
+            "the first failed rank fails the attempt"
+        );
+        let rule = &spec.pod_failure_policy.as_ref().unwrap().rules[0];
+        assert_eq!(rule.action, "FailJob");
+        assert_eq!(
+            rule.on_pod_conditions.as_ref().unwrap()[0].type_,
+            "DisruptionTarget"
+        );
+        assert_eq!(launched_attempt(&gang), 3);
+        let container = &spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            container.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
     }
 
     #[test]

@@ -169,6 +169,48 @@ pub async fn ready_snapshot(
     }
 }
 
+/// The Dataset and the snapshot `job` was launched on (`status.datasetVersionHash`), for the
+/// next attempt of a gang restart: the same data, whatever was committed since.
+pub async fn launched_snapshot(
+    job: &TrainingJob,
+    ctx: &Context,
+) -> Result<Result<(Dataset, SnapshotStatus), Waiting>> {
+    let namespace = job.namespace().unwrap_or_default();
+    let dataset_name = &job.spec.dataset.name;
+    let hash = job
+        .status
+        .as_ref()
+        .and_then(|s| s.dataset_version_hash.clone())
+        .unwrap_or_default();
+    let Some(dataset) = Api::<Dataset>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(dataset_name)
+        .await?
+    else {
+        return waiting(
+            "DatasetNotFound",
+            format!("Dataset {dataset_name:?}, which the run's first attempt trained on, no longer exists"),
+            10,
+        );
+    };
+    let snapshot = dataset.status.as_ref().and_then(|s| {
+        s.snapshots
+            .iter()
+            .find(|snapshot| snapshot.version_hash == hash && snapshot.state == SnapshotState::Ready)
+            .cloned()
+    });
+    match snapshot {
+        Some(snapshot) => Ok(Ok((dataset, snapshot))),
+        None => waiting(
+            "SnapshotGone",
+            format!(
+                "snapshot {hash} of Dataset {dataset_name:?}, which the run's first attempt trained on, is not \
+                 Ready; the restart waits for it"
+            ),
+            15,
+        ),
+    }
+}
+
 /// `(queued runs ahead of job, runs holding a slot)` among every run the operator watches.
 pub async fn queue(job: &TrainingJob, ctx: &Context) -> Result<(usize, usize)> {
     let scope: Api<TrainingJob> = ctx.watched();

@@ -4,8 +4,10 @@
 //!    queue (reads only);
 //! 2. [`validate`]: what the schema cannot check (the algorithm is configured);
 //! 3. [`build`]: the run's Secret, Job and headless Service (pure);
-//! 4. [`apply`]: the run-id label, launching the run, deleting its objects under the finalizer;
-//! 5. [`status`]: the status, computed once from what the stages found (pure) and written
+//! 4. [`restart`]: whether a multi-worker run's failed attempt restarts its gang (pure);
+//! 5. [`apply`]: the run-id label, launching the run, stopping a failed gang, deleting its
+//!    objects under the finalizer;
+//! 6. [`status`]: the status, computed once from what the stages found (pure) and written
 //!    read-modify-write. The metadata store writes what the trainer reports into the same status.
 //!
 //! Phases: `Queued` (waiting for its snapshot or a slot), `Launching` (Job created, pods not
@@ -16,6 +18,7 @@ pub mod apply;
 pub mod build;
 pub mod dereference;
 pub mod observe;
+pub mod restart;
 pub mod status;
 pub mod validate;
 
@@ -40,9 +43,9 @@ use kube::{
 use miniautoml_api::{RetainPolicy, TrainingJob, labels::TRAINING_JOB_LABEL, training_job::TrainingPhase};
 
 use self::{
-    build::{job_name, launched_version_hash, run_inputs},
+    build::{attempt, job_name, launched_attempt, launched_version_hash, run_inputs},
     dereference::Waiting,
-    observe::{image_digest, observe},
+    observe::{Observed, image_digest, observe},
     status::{Found, PodKey, holds_own_key, phase},
 };
 use super::{reconciled::report_unreadable, watches::Events};
@@ -177,7 +180,15 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
             (existing, hash)
         }
         None => {
-            let ready = match dereference::ready_snapshot(job, ctx).await? {
+            // A gang restart launches the next attempt on the snapshot the first trained on,
+            // and ahead of the queue: the run holds its slot.
+            let restarting = attempt(job) > 1;
+            let snapshot = if restarting {
+                dereference::launched_snapshot(job, ctx).await?
+            } else {
+                dereference::ready_snapshot(job, ctx).await?
+            };
+            let ready = match snapshot {
                 Ok(ready) => ready,
                 Err(Waiting {
                     reason,
@@ -193,7 +204,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 }
             };
             let version_hash = ready.1.version_hash.clone();
-            if settings.max_concurrent_runs > 0 {
+            if settings.max_concurrent_runs > 0 && !restarting {
                 let (ahead, active) = dereference::queue(job, ctx).await?;
                 if active + ahead >= settings.max_concurrent_runs as usize {
                     let found = Found::WaitingForSlot {
@@ -223,13 +234,37 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
         }
     };
     let pods = dereference::run_pods(ctx, &namespace, &name).await?;
-    let workers = observe(&run, &pods);
+    let workers = observe(&run, &pods, status::reported_failure_rank(job));
+    let launched = launched_attempt(&run);
+    if job.spec.workers > 1 {
+        // The Job of an earlier attempt, going: wait until its pods are gone.
+        if run.metadata.deletion_timestamp.is_some() || launched < attempt(job) {
+            apply::stop_gang(job, ctx).await?;
+            report(&api, job, &Found::GangStopping { attempt: launched }).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        if let (Some(counted), Observed::Failed { message, .. }) = (restart::restart(job, &workers), &workers)
+        {
+            let found = Found::GangRestart {
+                failed: launched,
+                message,
+                counted,
+            };
+            let written = report(&api, job, &found).await?;
+            apply::stop_gang(job, ctx).await?;
+            let text = written.status.and_then(|s| s.message).unwrap_or_default();
+            ctx.publish(job, EventType::Warning, "GangRestart", text).await;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+    }
     let digest = image_digest(&pods);
     let found = Found::Launched {
         version_hash: &version_hash,
         job_name: &name,
         code_version: digest.as_deref(),
         workers: &workers,
+        pods: &pods,
+        attempt: launched,
         key: match (settings.keys.scoped(), settings.keys.session_duration()) {
             (true, _) => PodKey::Own,
             (false, Some(lifetime)) => PodKey::Session(lifetime),

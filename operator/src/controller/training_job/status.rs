@@ -4,14 +4,17 @@
 //! both write read-modify-write against the resourceVersion read (`crate::status`), so neither
 //! overwrites the other's fields.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use miniautoml_api::{
     TrainingJob, TrainingJobStatus,
     training_job::{DATASET_READY, FAILED, RUNNING, STORAGE_KEY, SUCCEEDED, TrainingPhase},
 };
 use miniautoml_data::KeyError;
 
-use super::{observe::Observed, validate::Invalid};
+use super::{
+    observe::{self, Observed},
+    validate::Invalid,
+};
 use crate::conditions::{self, ACCEPTED};
 
 /// What one reconcile of a run found.
@@ -53,8 +56,26 @@ pub enum Found<'a> {
         code_version: Option<&'a str>,
         /// What the Job and its pods say.
         workers: &'a Observed,
+        /// The Job's pods, for each rank's status.
+        pods: &'a [Pod],
+        /// The attempt the Job runs.
+        attempt: u32,
         /// Which storage key its pods hold.
         key: PodKey,
+    },
+    /// A gang's attempt failed and the gang restarts: its Job is being deleted.
+    GangRestart {
+        /// The failed attempt.
+        failed: u32,
+        /// Why it failed (the first failed rank).
+        message: &'a str,
+        /// Whether the restart counts against `maxRestarts` (not for a disruption).
+        counted: bool,
+    },
+    /// The pods of an earlier attempt are still stopping; the next starts once they are gone.
+    GangStopping {
+        /// The attempt whose pods are stopping.
+        attempt: u32,
     },
 }
 
@@ -156,6 +177,8 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
             job_name,
             code_version,
             workers,
+            pods,
+            attempt,
             key,
         } => {
             let (reason, message) = match key {
@@ -188,10 +211,73 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
                 status.code_version = Some(digest.to_string());
             }
             status.position_in_queue = None;
+            status.attempt = Some(*attempt);
+            status.workers = observe::workers(pods, *attempt, &status.workers);
             record_workers(status, at, workers);
+        }
+        Found::GangRestart {
+            failed,
+            message,
+            counted,
+        } => {
+            // Once per failed attempt: a retry of this write, or a later reconcile, finds the
+            // next attempt recorded already.
+            if status.attempt.unwrap_or(1) <= *failed {
+                status.attempt = Some(failed + 1);
+                if *counted {
+                    status.restarts += 1;
+                }
+                let why = if *counted {
+                    format!("restart {} of {}", status.restarts, job.spec.max_restarts)
+                } else {
+                    "a disruption, not counted against maxRestarts".into()
+                };
+                let text = format!("attempt {failed} failed: {message}; every rank restarts ({why})");
+                status.message = Some(text.clone());
+                status.phase = Some(TrainingPhase::Launching);
+                set(status, at, RUNNING, false, "GangRestart", &text);
+                set(status, at, FAILED, false, "GangRestarted", &text);
+                // The status shows the attempt running; the history in storage keeps every
+                // epoch reported.
+                status.epochs.clear();
+                status.progress = None;
+                status.workers.clear();
+            }
+        }
+        Found::GangStopping { attempt } => {
+            status.phase = Some(TrainingPhase::Launching);
+            let text = format!(
+                "waiting for every pod of attempt {attempt} to stop before attempt {} starts",
+                attempt + 1
+            );
+            set(status, at, RUNNING, false, "GangRestart", &text);
         }
     }
     *status != before
+}
+
+/// The rank whose trainer reported the attempt's first failure (`LogRunEnd(false, "rank N:
+/// …")`, kept as the run's message until the attempt ends).
+pub fn reported_failure_rank(job: &TrainingJob) -> Option<u32> {
+    let status = job.status.as_ref()?;
+    conditions::find(&status.conditions, FAILED)
+        .filter(|c| c.status == "True" && c.reason == "TrainerFailed")?;
+    let (rank, _) = status.message.as_deref()?.split_once(": ")?;
+    rank.strip_prefix("rank ")?.parse().ok()
+}
+
+/// A trainer's reason without the `rank N: ` the helper puts before it.
+fn strip_rank(message: &str) -> &str {
+    match message.split_once(": ") {
+        Some((rank, rest))
+            if rank
+                .strip_prefix("rank ")
+                .is_some_and(|n| n.parse::<u32>().is_ok()) =>
+        {
+            rest
+        }
+        _ => message,
+    }
 }
 
 /// Sets one condition of `status`, observed for the generation at the time in `at`.
@@ -240,12 +326,14 @@ fn record_workers(status: &mut TrainingJobStatus, at: (Option<i64>, &Time), obse
                 set(status, at, FAILED, true, "NoArtifact", message);
             }
         }
-        Observed::Failed { reason, message } => {
+        Observed::Failed { reason, message, .. } => {
             status.phase = Some(TrainingPhase::Failed);
             status.completion_time.get_or_insert_with(|| now.clone());
-            // The trainer's own reason (LogRunEnd(false, …)) says more than an exit code.
-            let trainer = status.message.clone().filter(|_| {
+            // The trainer's own reason (LogRunEnd(false, …)) says more than an exit code, unless
+            // the pod's message already ends with it (its log's last line).
+            let trainer = status.message.clone().filter(|trainer| {
                 conditions::find(&status.conditions, FAILED).is_some_and(|c| c.reason == "TrainerFailed")
+                    && !message.contains(strip_rank(trainer))
             });
             let message = match trainer {
                 Some(trainer) => format!("{message}: {trainer}"),
@@ -342,6 +430,8 @@ mod tests {
             job_name: "j",
             code_version: None,
             workers: &Observed::Running,
+            pods: &[],
+            attempt: 1,
             key,
         };
         record(&mut job, &launched(PodKey::Own), &at(1));
@@ -388,6 +478,8 @@ mod tests {
             job_name: "twitter-model-train",
             code_version: Some("repo@sha256:ab"),
             workers,
+            pods: &[],
+            attempt: 1,
             key: PodKey::Own,
         };
         assert!(record(&mut job, &launched(&Observed::Running), &at(1)));
@@ -435,18 +527,85 @@ mod tests {
         let failed = Observed::Failed {
             reason: "Error".into(),
             message: "worker rank 0 exited with code 1".into(),
+            disrupted: false,
         };
         let found = Found::Launched {
             version_hash: "h",
             job_name: "j",
             code_version: None,
             workers: &failed,
+            pods: &[],
+            attempt: 1,
             key: PodKey::Shared,
         };
+        let mut again = job.clone();
         record(&mut job, &found, &at(1));
         assert_eq!(
             job.status.unwrap().message.as_deref(),
             Some("worker rank 0 exited with code 1: loss diverged")
         );
+        // The pod's message already ends with the trainer's last line: said once.
+        let status = again.status.as_mut().unwrap();
+        status.message = Some("rank 1: ValueError: loss diverged".into());
+        let failed = Observed::Failed {
+            reason: "Error".into(),
+            message: "worker rank 1 exited with code 1 (Error): ValueError: loss diverged".into(),
+            disrupted: false,
+        };
+        let found = Found::Launched {
+            version_hash: "h",
+            job_name: "j",
+            code_version: None,
+            workers: &failed,
+            pods: &[],
+            attempt: 1,
+            key: PodKey::Shared,
+        };
+        record(&mut again, &found, &at(1));
+        assert_eq!(
+            again.status.unwrap().message.as_deref(),
+            Some("worker rank 1 exited with code 1 (Error): ValueError: loss diverged")
+        );
+    }
+
+    #[test]
+    fn a_gang_restart_starts_the_next_attempt_once_and_counts_only_failures() {
+        let mut job = job();
+        job.spec.workers = 2;
+        job.spec.max_restarts = 2;
+        let status = job.status.get_or_insert_with(Default::default);
+        status.epochs.push(Default::default());
+        status.progress = Some("1/3".into());
+        let restart = Found::GangRestart {
+            failed: 1,
+            message: "worker rank 1 exited with code 1",
+            counted: true,
+        };
+        assert!(record(&mut job, &restart, &at(1)));
+        assert!(
+            !record(&mut job, &restart, &at(2)),
+            "the same failed attempt restarts once"
+        );
+        let status = job.status.clone().unwrap();
+        assert_eq!((status.attempt, status.restarts), (Some(2), 1));
+        assert_eq!(status.phase, Some(TrainingPhase::Launching));
+        assert!(status.epochs.is_empty() && status.progress.is_none());
+        let message = status.message.unwrap();
+        assert!(
+            message.contains("attempt 1 failed: worker rank 1") && message.contains("restart 1 of 2"),
+            "{message}"
+        );
+        assert_eq!(condition(&job, RUNNING), ("False".into(), "GangRestart".into()));
+
+        record(&mut job, &Found::GangStopping { attempt: 1 }, &at(3));
+        let disrupted = Found::GangRestart {
+            failed: 2,
+            message: "worker rank 0 was evicted",
+            counted: false,
+        };
+        record(&mut job, &disrupted, &at(4));
+        let status = job.status.clone().unwrap();
+        assert_eq!((status.attempt, status.restarts), (Some(3), 1));
+        assert!(status.message.unwrap().contains("not counted"));
     }
 }
