@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict fuzz chaos
+.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict bench-distributed fuzz chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operato
 
 bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet_emotion and 150 generated labels (quality and time)
 	hack/bench-train.sh
+
+bench-distributed: ## Benchmark pytorch-intent TrainingJobs with 1, 2 and 4 workers (DDP) and the Rust trainer on the same snapshot: wall time, examples/s, test accuracy and macro-F1
+	hack/bench-distributed.sh
 
 bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Python grpcio baseline: req/s, p50/p99, RSS
 	hack/bench-predict.sh

@@ -729,7 +729,7 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
         "DataManagementService/DeleteDataset (operator/tests/data_management.rs)",
     ),
     (
-        "delete jobs",
+        "delete batch/jobs",
         "a gang restart of a multi-worker run's failed attempt (operator/tests/pytorch.rs)",
     ),
     (

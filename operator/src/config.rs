@@ -129,6 +129,16 @@ pub struct Config {
     )]
     pub operator_pod_labels: Vec<(String, String)>,
 
+    /// Image of the start step of a multi-worker run's pods, which waits (up to 5 minutes) until
+    /// rank 0's name resolves before the trainer starts: this operator's own image
+    /// (`miniautoml-operator wait-for-host`). The chart passes its operator image.
+    #[arg(
+        long,
+        env = "MINIAUTOML_LAUNCHER_IMAGE",
+        default_value = concat!("miniautoml/operator:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub launcher_image: String,
+
     /// Image of the predictors ModelDeployments run (unless their spec names one).
     #[arg(
         long,

@@ -74,6 +74,8 @@ pub struct TrainingSettings {
     pub image_pull_secrets: Vec<String>,
     /// Algorithm name → image pull policy of its runs' pods.
     pub algorithm_pull_policies: BTreeMap<String, String>,
+    /// Image of a multi-worker run's start step (`--launcher-image`).
+    pub launcher_image: String,
     /// Algorithm name → security context of its runs' containers, where configured (else the
     /// restricted default, which a spec's own image always gets).
     pub algorithm_security_contexts: BTreeMap<String, SecurityContext>,

@@ -316,6 +316,7 @@ fn training_settings(
         max_concurrent_runs: config.max_concurrent_runs,
         image_pull_secrets: config.image_pull_secrets.clone(),
         algorithm_pull_policies: config.algorithm_pull_policies.iter().cloned().collect(),
+        launcher_image: config.launcher_image.clone(),
         algorithm_security_contexts: config.algorithm_security_contexts.iter().cloned().collect(),
         run_tokens: run_tokens(config, &credentials),
         keys,

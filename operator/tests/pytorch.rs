@@ -126,6 +126,28 @@ async fn the_pytorch_example_trains_alone_and_data_parallel_to_the_same_weights_
             "{name}: {message}"
         );
         assert_eq!(status.progress.as_deref(), Some("3/3"), "{status:#?}");
+        // Every rank's start step waited for rank 0's name before its trainer started.
+        let started = cluster
+            .kubectl()
+            .args([
+                "logs",
+                "-n",
+                &ns.name,
+                "-l",
+                &format!("job-name={name}-train"),
+                "-c",
+                "wait-for-master",
+            ])
+            .output()
+            .unwrap();
+        let started = String::from_utf8_lossy(&started.stdout);
+        assert_eq!(
+            started
+                .matches(&format!("{name}-train-0.{name}-train resolves to "))
+                .count(),
+            workers as usize,
+            "{started}"
+        );
         let logs = pod_logs(cluster, &ns.name, &format!("{name}-train"));
         for rank in 0..workers {
             assert!(

@@ -72,6 +72,8 @@ pub struct RunInputs {
     pub image_pull_policy: Option<String>,
     /// The trainer container's security context.
     pub security_context: SecurityContext,
+    /// Image of the start step of a multi-worker run's pods (the operator's).
+    pub launcher_image: String,
 }
 
 /// What a run is launched with: its id and image, the snapshot, and the operator's settings.
@@ -109,6 +111,7 @@ pub fn run_inputs(
         security_context: configured_algorithm(job)
             .and_then(|algorithm| settings.algorithm_security_contexts.get(algorithm).cloned())
             .unwrap_or_else(restricted_security_context),
+        launcher_image: settings.launcher_image.clone(),
     }
 }
 
@@ -364,6 +367,7 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
                     tolerations: tolerations(job),
                     image_pull_secrets: pull_secrets(&inputs.image_pull_secrets),
                     volumes: Some(vec![scratch_volume()]),
+                    init_containers: (workers > 1).then(|| vec![wait_for_master(job, inputs)]),
                     containers: vec![Container {
                         name: CONTAINER.into(),
                         image: Some(inputs.image.clone()),
@@ -383,6 +387,26 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The start step of a multi-worker run's pods: waits, up to 5 minutes, until rank 0's name
+/// (`MASTER_ADDR`) resolves. Rank 0's pod may be created or scheduled after the others, and
+/// torch 1.13 (the original images' `init_process_group`) treats a failed lookup as fatal.
+fn wait_for_master(job: &TrainingJob, inputs: &RunInputs) -> Container {
+    let name = job_name(job);
+    Container {
+        name: "wait-for-master".into(),
+        image: Some(inputs.launcher_image.clone()),
+        command: Some(vec![
+            "/usr/local/bin/miniautoml-operator".into(),
+            "wait-for-host".into(),
+            format!("{name}-0.{name}"),
+            "300".into(),
+        ]),
+        security_context: Some(restricted_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
     }
 }
 
@@ -440,6 +464,7 @@ mod tests {
             image_pull_secrets: Vec::new(),
             image_pull_policy: None,
             security_context: restricted_security_context(),
+            launcher_image: "miniautoml/operator:0.1.0".into(),
         }
     }
 
@@ -558,6 +583,7 @@ mod tests {
             max_concurrent_runs: 0,
             image_pull_secrets: Vec::new(),
             algorithm_pull_policies: BTreeMap::new(),
+            launcher_image: "miniautoml/operator:0.1.0".into(),
             run_tokens: crate::run_tokens::RunTokens::new(b"k"),
             algorithm_security_contexts: BTreeMap::from([(
                 "intent-classification".to_string(),
@@ -656,6 +682,18 @@ mod tests {
         assert_eq!(value("PET_MASTER_ADDR"), value("MASTER_ADDR"));
         assert_eq!(value("PET_MASTER_PORT"), value("MASTER_PORT"));
         assert_eq!(env["PET_NODE_RANK"].value_from, env["RANK"].value_from);
+        // Every rank waits for rank 0's name before its trainer starts.
+        let pod = built.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let wait = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(wait.image.as_deref(), Some("miniautoml/operator:0.1.0"));
+        assert_eq!(
+            wait.command.as_ref().unwrap()[1..],
+            [
+                "wait-for-host",
+                "twitter-model-train-0.twitter-model-train",
+                "300"
+            ]
+        );
         let service = build_service(&job, 7);
         let spec = service.spec.unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
