@@ -290,6 +290,21 @@ FROM_LAYOUT=$PYTORCH_BASE LAYERS=python-app image miniautoml/pytorch-intent --co
 TAG=1 FROM_LAYOUT=$PYTORCH_BASE LAYERS=python-app image miniautoml/test-torchrun --config.user 65532:65532 \
   "${PYTHON_ENV[@]}" --config.entrypoint /usr/bin/torchrun --config.entrypoint /opt/pytorch-intent/train.py \
   --config.workingdir /opt/pytorch-intent
+# A test image that follows the original MiniAutoML's contract to the letter (no token, plain
+# text, the four files): hack/images/original-contract/train.py, with the API's descriptor set.
+original_contract() {
+  local dir=$WORK/original-contract
+  rm -rf "$dir"
+  mkdir -p "$dir/opt/original-contract"
+  cp "$HACK_DIR/images/original-contract/train.py" \
+    "$REPO_ROOT/training-code/miniautoml-training/miniautoml_training/descriptor.bin" "$dir/opt/original-contract/"
+  find "$dir" -type d -exec chmod 0755 {} + && find "$dir" -type f -exec chmod 0644 {} +
+  layer "$dir" "$WORK/original-contract.tar"
+}
+original_contract
+TAG=1 FROM_LAYOUT=$PYTORCH_BASE LAYERS=original-contract image miniautoml/test-original --config.user 65532:65532 \
+  --config.env PYTHONDONTWRITEBYTECODE=1 --config.env PYTHONUNBUFFERED=1 --config.entrypoint /usr/bin/python3 --config.entrypoint /opt/original-contract/train.py \
+  --config.workingdir /opt/original-contract
 
 # The chart's bundled object store: SeaweedFS's one binary (master, volume server, filer and S3
 # gateway), built by hack/tools.sh from the pinned module.

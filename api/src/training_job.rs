@@ -185,6 +185,35 @@ pub struct TrainingJobSpec {
     /// removes them with it.
     #[serde(default = "retain")]
     pub artifact_retain_policy: RetainPolicy,
+
+    /// How the trainer reports: `MiniAutoML` (with the run's token, over TLS where the
+    /// operator serves it) or `Original` (the original MiniAutoML's images, unchanged: no token,
+    /// plain text to a port of its own, accepted only from this run's own pods and only for
+    /// this run). Unset: the algorithm's, as the operator is configured (else `MiniAutoML`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<Contract>,
+}
+
+/// How a trainer proves a report comes from its run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Contract {
+    // The run's token (`MINIAUTOML_RUN_TOKEN`), on the operator's gRPC port.
+    #[default]
+    MiniAutoML,
+    // The original images': no token, plain text, from one of the run's own pods.
+    Original,
+}
+
+impl std::str::FromStr for Contract {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "MiniAutoML" => Ok(Contract::MiniAutoML),
+            "Original" => Ok(Contract::Original),
+            other => Err(format!("{other:?} is not a contract: MiniAutoML or Original")),
+        }
+    }
 }
 
 fn default_workers() -> i32 {

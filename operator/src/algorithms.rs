@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use miniautoml_api::{TrainingJob, training_job::Contract};
+
 /// Why a run of `algorithm` cannot have `workers` workers, given the configured maxima (an
 /// algorithm that does not train data-parallel has 1, so it refuses more rather than run copies
 /// of the same work); `None` when it can. An image of the spec's own (`algorithm: None`) and an
@@ -26,9 +28,68 @@ pub fn too_many_workers(
     })
 }
 
+/// How `job`'s trainer reports: its spec's contract, else its algorithm's as configured, else
+/// with its run's token.
+pub fn contract(job: &TrainingJob, algorithm_contracts: &BTreeMap<String, Contract>) -> Contract {
+    job.spec
+        .contract
+        .or_else(|| {
+            let algorithm = job.spec.algorithm.as_ref().filter(|_| job.spec.image.is_none())?;
+            algorithm_contracts.get(algorithm).copied()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_contract_wins_over_its_algorithms() {
+        let configured = BTreeMap::from([("orig".to_string(), Contract::Original)]);
+        let job = |spec: serde_json::Value| -> TrainingJob {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "miniautoml.io/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": "t", "namespace": "n"},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let base = serde_json::json!({"dataset": {"name": "d"}, "outputModelName": "m"});
+        let with = |extra: serde_json::Value| {
+            let mut spec = base.clone();
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            job(spec)
+        };
+        assert_eq!(
+            contract(&with(serde_json::json!({"algorithm": "orig"})), &configured),
+            Contract::Original
+        );
+        assert_eq!(
+            contract(&with(serde_json::json!({"algorithm": "other"})), &configured),
+            Contract::MiniAutoML
+        );
+        assert_eq!(
+            contract(
+                &with(serde_json::json!({"algorithm": "orig", "contract": "MiniAutoML"})),
+                &configured
+            ),
+            Contract::MiniAutoML
+        );
+        assert_eq!(
+            contract(
+                &with(serde_json::json!({"image": "me/original:1", "contract": "Original"})),
+                &configured
+            ),
+            Contract::Original
+        );
+        assert_eq!(
+            contract(&with(serde_json::json!({"image": "me/ours:1"})), &configured),
+            Contract::MiniAutoML
+        );
+    }
 
     #[test]
     fn an_algorithm_without_data_parallel_training_refuses_more_workers() {

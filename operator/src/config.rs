@@ -67,6 +67,31 @@ pub struct Config {
     )]
     pub algorithm_max_workers: Vec<(String, u32)>,
 
+    /// How an algorithm's trainer reports, `NAME=CONTRACT`: `MiniAutoML` (its run's token; the
+    /// default) or `Original` (the original MiniAutoML's images, unchanged: no token, plain text
+    /// to `--original-contract-addr`, accepted only from the run's own pods). A TrainingJob's
+    /// `spec.contract` wins.
+    #[arg(
+        long = "algorithm-contract",
+        env = "MINIAUTOML_ALGORITHM_CONTRACTS",
+        value_delimiter = ',',
+        value_parser = parse_algorithm_contract
+    )]
+    pub algorithm_contracts: Vec<(String, miniautoml_api::training_job::Contract)>,
+
+    /// Where the reports of original-contract runs arrive: a plain-text gRPC listener that
+    /// takes only LogRunStart, LogEpoch, CreateArtifact and LogRunEnd, each from a pod of the
+    /// run it names (its source IP, in the watch cache). Those runs' `METADATA_STORE_SERVER`
+    /// is the host of `--metadata-store-address` with this port. `none`: no such listener
+    /// (original-contract runs are not accepted).
+    #[arg(
+        long,
+        env = "MINIAUTOML_ORIGINAL_CONTRACT_ADDR",
+        value_parser = parse_optional_addr,
+        default_value = "0.0.0.0:51002"
+    )]
+    pub original_contract_addr: OptionalAddr,
+
     /// Image pull policy of an algorithm's training pods, `NAME=POLICY` (Always, IfNotPresent or
     /// Never); repeat the flag or separate with commas. Unset: Kubernetes' default for the image.
     #[arg(
@@ -450,6 +475,25 @@ fn parse_algorithm_max_workers(text: &str) -> Result<(String, u32), String> {
     }
 }
 
+fn parse_algorithm_contract(text: &str) -> Result<(String, miniautoml_api::training_job::Contract), String> {
+    let (name, contract) = pair(text, "NAME=CONTRACT")?;
+    Ok((name.to_string(), contract.parse()?))
+}
+
+/// A listener's address, or none (`none`: the listener is off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
+    match text.trim() {
+        "none" => Ok(OptionalAddr(None)),
+        addr => addr
+            .parse()
+            .map(|addr| OptionalAddr(Some(addr)))
+            .map_err(|e| format!("{addr:?} is not HOST:PORT or none: {e}")),
+    }
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = pair(text, "KEY=VALUE")?;
     Ok((key.to_string(), value.to_string()))
@@ -505,6 +549,35 @@ mod tests {
         assert_eq!(images.len(), 2);
         assert_eq!(images["a"], "img/a:3");
         assert_eq!(images["b"], "img/b:2");
+        assert_eq!(
+            config.original_contract_addr,
+            OptionalAddr(Some("0.0.0.0:51002".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn contracts_are_checked_and_the_original_listener_can_be_off() {
+        use miniautoml_api::training_job::Contract;
+        let config = Config::try_parse_from([
+            "miniautoml-operator",
+            "--algorithm-contract=orig=Original,ours=MiniAutoML",
+            "--original-contract-addr=none",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.algorithm_contracts,
+            [
+                ("orig".to_string(), Contract::Original),
+                ("ours".to_string(), Contract::MiniAutoML)
+            ]
+        );
+        assert_eq!(config.original_contract_addr, OptionalAddr(None));
+        let error = Config::try_parse_from(["miniautoml-operator", "--algorithm-contract=orig=original"])
+            .unwrap_err();
+        assert!(error.to_string().contains("is not a contract"), "{error}");
+        let error =
+            Config::try_parse_from(["miniautoml-operator", "--original-contract-addr=51002"]).unwrap_err();
+        assert!(error.to_string().contains("is not HOST:PORT or none"), "{error}");
     }
 
     #[test]

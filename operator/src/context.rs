@@ -58,6 +58,11 @@ pub struct TrainingSettings {
     pub metadata_store_address: String,
     /// The CA the pods trust for it, when it serves TLS (PEM).
     pub metadata_store_ca: Option<String>,
+    /// `host:port` of the plain-text listener for original-contract runs' reports, as the pods
+    /// reach it; `None` when it is off (such runs are not accepted).
+    pub original_contract_address: Option<String>,
+    /// Algorithm name → how its trainer reports, where configured (else with its run's token).
+    pub algorithm_contracts: BTreeMap<String, miniautoml_api::training_job::Contract>,
     /// S3 endpoint URL for the trainers (`None`: AWS S3).
     pub s3_endpoint: Option<String>,
     /// S3 region.

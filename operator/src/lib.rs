@@ -49,6 +49,10 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     let shutdown = CancellationToken::new();
     let admin_listener = bind("admin", config.admin_addr).await?;
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+    let original_listener = match config.original_contract_addr.0 {
+        Some(addr) => Some(bind("original contract", addr).await?),
+        None => None,
+    };
     let tls = match &config.tls_dir {
         Some(dir) => {
             let server_name = config.metadata_store_address.as_deref().and_then(tls::host_of);
@@ -181,6 +185,31 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     let training = grpc::training::Training::new(ctx.clone(), config.grpc_namespace.clone());
     let prediction = grpc::prediction::Prediction::new(ctx.clone(), config.predict_deploy_timeout);
     let leader_check = plain_text_leader_check(&config, &ctx.client);
+    // Forwarded reports travel as the gRPC port's do: over TLS where it serves TLS.
+    let original_forwarding = (
+        ctx.clone(),
+        leadership.clone(),
+        match &tls {
+            Some(tls) => grpc::forward::LeaderCheck::Tls(tls.client_config()),
+            None => leader_check.clone(),
+        },
+    );
+    let original_metadata = metadata.clone();
+    let original_contract = async {
+        let Some(listener) = original_listener else {
+            return Ok(());
+        };
+        stop_on_error(
+            grpc::original_contract::serve(
+                listener,
+                readiness.clone(),
+                shutdown.clone(),
+                original_metadata,
+                original_forwarding,
+            )
+            .await,
+        )
+    };
     let grpc = async {
         stop_on_error(
             grpc::serve(
@@ -208,10 +237,10 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         shutdown.clone(),
     ));
     let controllers = controller::run(ctx, triggers, readiness.clone(), shutdown.clone());
-    let (admin, grpc, ()) = tokio::join!(admin, grpc, controllers);
+    let (admin, grpc, original_contract, ()) = tokio::join!(admin, grpc, original_contract, controllers);
     // Only now that no reconcile runs may another replica lead.
     leadership.step_down().await;
-    admin.and(grpc)
+    admin.and(grpc).and(original_contract)
 }
 
 /// Once `stop` fires, stays up for `delay` reporting not ready (so that Services take this
@@ -310,6 +339,16 @@ fn training_settings(
     Some(TrainingSettings {
         metadata_store_address: tls::metadata_store_url(&address, tls.is_some()),
         metadata_store_ca: tls.map(|tls| tls.ca_pem().to_string()),
+        original_contract_address: config.original_contract_addr.0.and_then(|addr| {
+            let host = tls::host_of(&address)?;
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            Some(format!("{host}:{}", addr.port()))
+        }),
+        algorithm_contracts: config.algorithm_contracts.iter().cloned().collect(),
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
         bucket: config.bucket.clone(),

@@ -16,7 +16,11 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-const LOCAL_PORTS: [&str; 2] = ["--admin-addr=127.0.0.1:0", "--grpc-addr=127.0.0.1:0"];
+const LOCAL_PORTS: [&str; 3] = [
+    "--admin-addr=127.0.0.1:0",
+    "--grpc-addr=127.0.0.1:0",
+    "--original-contract-addr=127.0.0.1:0",
+];
 
 #[test]
 fn no_cluster_configuration_is_a_clear_error() {
@@ -62,7 +66,11 @@ fn a_taken_port_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let output = operator(
-        &[&format!("--grpc-addr={addr}"), "--admin-addr=127.0.0.1:0"],
+        &[
+            &format!("--grpc-addr={addr}"),
+            "--admin-addr=127.0.0.1:0",
+            "--original-contract-addr=127.0.0.1:0",
+        ],
         "/nonexistent/kubeconfig",
     );
     assert_eq!(output.status.code(), Some(1));

@@ -282,6 +282,8 @@ pub struct OperatorProcess {
     pub grpc_addr: std::net::SocketAddr,
     /// Where its admin server (`/metrics`, `/readyz`) listens.
     pub admin_addr: std::net::SocketAddr,
+    /// Where its original contract's listener is (unless the test's flags named another).
+    pub original_contract_addr: std::net::SocketAddr,
 }
 
 /// A loopback address with a port nothing listens on now (bound, noted and freed).
@@ -352,6 +354,13 @@ impl OperatorProcess {
         env: &[(&str, &str)],
     ) -> OperatorProcess {
         let admin_addr = free_addr();
+        // Original-contract runs report to a port of their own, also on the node IP (each test's
+        // operator its own, unless the test names one).
+        let original_contract_addr = cluster.free_addr();
+        let original_contract = (!extra
+            .iter()
+            .any(|flag| flag.starts_with("--original-contract-addr")))
+        .then(|| format!("--original-contract-addr={original_contract_addr}"));
         let child = Command::new(binary)
             .args([
                 format!("--admin-addr={admin_addr}"),
@@ -363,6 +372,7 @@ impl OperatorProcess {
                 // Training pods reach it over the pod network, at the node IP.
                 format!("--metadata-store-address={grpc_addr}"),
             ])
+            .args(original_contract)
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             // The tests' clients call without tokens; a test of the reviews passes
@@ -380,6 +390,7 @@ impl OperatorProcess {
             child,
             grpc_addr,
             admin_addr,
+            original_contract_addr,
         }
     }
 

@@ -190,10 +190,20 @@ impl MetadataStore {
                 Status::failed_precondition("the operator runs no training: it takes no run reports")
             })?
             .run_tokens;
+        // A report through the original contract's listener: the pod it came from.
+        let pod = request
+            .metadata()
+            .get(super::original_contract::REPORTING_POD)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let denied = || {
-            Status::permission_denied(format!(
-                "the token is not run {run}'s: only the run's own pods may write to it"
-            ))
+            Status::permission_denied(match &pod {
+                Some(pod) => format!(
+                    "pod {pod} may report only to its own run, not to run {run}: only the run's own pods may \
+                     write to it"
+                ),
+                None => format!("the token is not run {run}'s: only the run's own pods may write to it"),
+            })
         };
         let uid = tokens.verify(presented).ok_or_else(denied)?;
         let job = self

@@ -19,10 +19,12 @@ use kube::{Resource, ResourceExt, api::ObjectMeta};
 use miniautoml_api::{
     Dataset, SnapshotStatus, TrainingJob,
     labels::{RUN_ID_LABEL, TRAINING_JOB_LABEL},
+    training_job::Contract,
 };
 use miniautoml_data::{Grants, layout};
 
 use crate::{
+    algorithms,
     config::Credentials,
     context::TrainingSettings,
     controller::children::{
@@ -54,6 +56,10 @@ pub struct RunInputs {
     pub metadata_store: String,
     /// The CA the trainer trusts for it when it serves TLS (PEM): `METADATA_STORE_CA`.
     pub metadata_store_ca: Option<String>,
+    /// How the trainer reports: with the run's token (`MINIAUTOML_RUN_TOKEN`), or as the
+    /// original images do (no token, plain text to the original-contract listener, from a
+    /// working directory it may write).
+    pub contract: Contract,
     /// Dataset id for the contract (its numeric id when it has one, else its name).
     pub dataset_id: String,
     /// The snapshot's version hash.
@@ -84,11 +90,20 @@ pub fn run_inputs(
     (dataset, snapshot): (&Dataset, &SnapshotStatus),
     settings: &TrainingSettings,
 ) -> RunInputs {
+    let contract = algorithms::contract(job, &settings.algorithm_contracts);
     RunInputs {
         run_id,
         image: image.to_string(),
-        metadata_store: settings.metadata_store_address.clone(),
-        metadata_store_ca: settings.metadata_store_ca.clone(),
+        metadata_store: match contract {
+            Contract::MiniAutoML => settings.metadata_store_address.clone(),
+            // Validation refuses an original-contract run while the listener is off.
+            Contract::Original => settings.original_contract_address.clone().unwrap_or_default(),
+        },
+        metadata_store_ca: settings
+            .metadata_store_ca
+            .clone()
+            .filter(|_| contract == Contract::MiniAutoML),
+        contract,
         dataset_id: dataset
             .dataset_id()
             .map(|id| id.to_string())
@@ -225,8 +240,11 @@ pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
     vars.extend([
         from_secret("MINIO_SERVER_ACCESS_KEY", &secret, ACCESS_KEY),
         from_secret("MINIO_SERVER_SECRET_KEY", &secret, SECRET_KEY),
-        from_secret("MINIAUTOML_RUN_TOKEN", &secret, TOKEN_KEY),
     ]);
+    // An original-contract trainer has no token: its pod's address is what the listener trusts.
+    if inputs.contract == Contract::MiniAutoML {
+        vars.push(from_secret("MINIAUTOML_RUN_TOKEN", &secret, TOKEN_KEY));
+    }
     if let Some(endpoint) = &inputs.s3_endpoint {
         vars.push(env("AWS_ENDPOINT_URL", endpoint));
         // The original images pass it to `Minio(MINIO_SERVER, secure=False)`: `host:port`.
@@ -376,6 +394,10 @@ pub fn build_job(job: &TrainingJob, inputs: &RunInputs) -> Job {
                         resources: resources(job),
                         security_context: Some(inputs.security_context.clone()),
                         volume_mounts: Some(vec![scratch_mount()]),
+                        // The original images download into and save their model under their
+                        // working directory: the writable scratch volume, not a read-only root.
+                        working_dir: (inputs.contract == Contract::Original)
+                            .then(|| scratch_mount().mount_path),
                         // A trainer that exits non-zero without a termination message leaves
                         // its last log lines there: the run's message ends with its own error.
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -455,6 +477,7 @@ mod tests {
             image: "miniautoml/intent-classification:0.1.0".into(),
             metadata_store: "miniautoml-operator.miniautoml:51001".into(),
             metadata_store_ca: None,
+            contract: Contract::MiniAutoML,
             dataset_id: "3".into(),
             version_hash: "hashBg==".into(),
             bucket: "miniautoml".into(),
@@ -571,7 +594,9 @@ mod tests {
     fn only_a_configured_algorithm_loosens_the_security_context() {
         let settings = TrainingSettings {
             metadata_store_address: "op:51001".into(),
-            metadata_store_ca: None,
+            metadata_store_ca: Some("CA".into()),
+            original_contract_address: Some("op:51002".into()),
+            algorithm_contracts: BTreeMap::from([("original".to_string(), Contract::Original)]),
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
             bucket: "b".into(),
@@ -603,6 +628,66 @@ mod tests {
         own_image.spec.image = Some("example.com/mine:1".into());
         let own = run_inputs(&own_image, 7, "img", (&dataset, &snapshot), &settings);
         assert_eq!(own.security_context, restricted_security_context());
+        assert_eq!(
+            (
+                own.contract,
+                own.metadata_store.as_str(),
+                own.metadata_store_ca.as_deref()
+            ),
+            (Contract::MiniAutoML, "op:51001", Some("CA"))
+        );
+
+        // An original-contract run reports to the plain-text listener, without a CA.
+        let mut original = fixture();
+        original.spec.algorithm = Some("original".into());
+        let original = run_inputs(&original, 7, "img", (&dataset, &snapshot), &settings);
+        assert_eq!(
+            (
+                original.contract,
+                original.metadata_store.as_str(),
+                original.metadata_store_ca
+            ),
+            (Contract::Original, "op:51002", None)
+        );
+    }
+
+    #[test]
+    fn an_original_contract_trainer_gets_no_token_and_a_writable_working_directory() {
+        let ours = build_job(&fixture(), &inputs());
+        let container = &ours
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert_eq!(container.working_dir, None);
+        assert!(env_of(&ours).contains_key("MINIAUTOML_RUN_TOKEN"));
+
+        let mut original = inputs();
+        original.contract = Contract::Original;
+        original.metadata_store = "miniautoml-operator.miniautoml:51002".into();
+        let job = build_job(&fixture(), &original);
+        let env = env_of(&job);
+        assert!(!env.contains_key("MINIAUTOML_RUN_TOKEN"));
+        assert_eq!(
+            env["METADATA_STORE_SERVER"].value.as_deref(),
+            Some("miniautoml-operator.miniautoml:51002")
+        );
+        // Its storage key still comes from the run's Secret, under the original's names.
+        assert!(env["MINIO_SERVER_ACCESS_KEY"].value_from.is_some());
+        let container = &job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert_eq!(container.working_dir.as_deref(), Some("/tmp"));
     }
 
     #[test]

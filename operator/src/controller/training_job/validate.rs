@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use miniautoml_api::{TrainingJob, TrainingJobSpec};
+use miniautoml_api::{TrainingJob, TrainingJobSpec, training_job::Contract};
 
-use crate::{algorithms::too_many_workers, context::Context};
+use crate::{
+    algorithms::{self, too_many_workers},
+    context::Context,
+};
 
 /// A spec the operator cannot act on until the user changes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +68,18 @@ pub fn validate<'a>(job: &'a TrainingJob, ctx: &'a Context) -> Result<&'a str, I
         return Err(Invalid {
             reason: "TooManyWorkers",
             message,
+        });
+    }
+    if let Some(training) = &ctx.training
+        && training.original_contract_address.is_none()
+        && algorithms::contract(job, &training.algorithm_contracts) == Contract::Original
+    {
+        return Err(Invalid {
+            reason: "NoOriginalContractListener",
+            message: "this run reports by the original contract (no token, plain text), but the operator \
+                      runs no listener for it (--original-contract-addr=none); set contract: MiniAutoML \
+                      for an image that sends its run's token, or ask an administrator to turn the listener on"
+                .into(),
         });
     }
     resolve_image(&job.spec, &ctx.algorithm_images)
