@@ -292,37 +292,40 @@ node_down() {
   stop_component containerd
   # What kubelet, kube-proxy and the CNI plugins leave on the host.
   if [ -x "$TOOLS_BIN/kube-proxy" ]; then "$TOOLS_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
-  # kube-router's chains and ipsets (its --cleanup-config leaves its chains and then panics in
-  # the service proxy's clean-up, which it does not run here): the jumps from the built-in
-  # chains, then every KUBE-ROUTER-, KUBE-NWPLCY- and KUBE-POD-FW- chain, then the sets.
-  iptables -S | awk '$1 == "-A" && $0 ~ /-j KUBE-ROUTER-/ && $2 !~ /^KUBE-/' | sed 's/^-A/-D/' |
-    while read -r rule; do eval "iptables $rule" 2>/dev/null || true; done
-  iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}' | while read -r chain; do
-    iptables -F "$chain" 2>/dev/null || true
-  done
-  iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}' | while read -r chain; do
-    iptables -X "$chain" 2>/dev/null || true
-  done
-  if command -v ipset >/dev/null 2>&1; then
-    { ipset list -n 2>/dev/null || true; } | awk '/^(KUBE-(SRC|DST)-|kube-router)/' | while read -r set; do
-      ipset destroy "$set" 2>/dev/null || true
+  # No iptables yet (a brand-new machine, whose node was never up): no chains of ours to remove.
+  if command -v iptables >/dev/null 2>&1; then
+    # kube-router's chains and ipsets (its --cleanup-config leaves its chains and then panics in
+    # the service proxy's clean-up, which it does not run here): the jumps from the built-in
+    # chains, then every KUBE-ROUTER-, KUBE-NWPLCY- and KUBE-POD-FW- chain, then the sets.
+    iptables -S | awk '$1 == "-A" && $0 ~ /-j KUBE-ROUTER-/ && $2 !~ /^KUBE-/' | sed 's/^-A/-D/' |
+      while read -r rule; do eval "iptables $rule" 2>/dev/null || true; done
+    iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}' | while read -r chain; do
+      iptables -F "$chain" 2>/dev/null || true
     done
-  fi
-  iptables -D FORWARD -j MINIAUTOML-POD-EGRESS 2>/dev/null || true
-  iptables -F MINIAUTOML-POD-EGRESS 2>/dev/null && iptables -X MINIAUTOML-POD-EGRESS 2>/dev/null || true
-  local table chain t
-  for table in iptables ip6tables; do
-    for t in filter mangle nat; do
-      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
-        "$table" -t "$t" -S "$chain" >/dev/null 2>&1 || continue
-        # Jumps from the built-in chains first, then the chain itself.
-        "$table" -t "$t" -S | awk -v c="$chain" '$1 == "-A" && $3 == "-j" && $4 == c {print $2}' |
-          while read -r from; do "$table" -t "$t" -D "$from" -j "$chain" 2>/dev/null || true; done
-        "$table" -t "$t" -F "$chain" 2>/dev/null || true
-        "$table" -t "$t" -X "$chain" 2>/dev/null || true
+    iptables -S | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|NWPLCY|POD-FW)-/ {print $2}' | while read -r chain; do
+      iptables -X "$chain" 2>/dev/null || true
+    done
+    if command -v ipset >/dev/null 2>&1; then
+      { ipset list -n 2>/dev/null || true; } | awk '/^(KUBE-(SRC|DST)-|kube-router)/' | while read -r set; do
+        ipset destroy "$set" 2>/dev/null || true
+      done
+    fi
+    iptables -D FORWARD -j MINIAUTOML-POD-EGRESS 2>/dev/null || true
+    iptables -F MINIAUTOML-POD-EGRESS 2>/dev/null && iptables -X MINIAUTOML-POD-EGRESS 2>/dev/null || true
+    local table chain t
+    for table in iptables ip6tables; do
+      for t in filter mangle nat; do
+        for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+          "$table" -t "$t" -S "$chain" >/dev/null 2>&1 || continue
+          # Jumps from the built-in chains first, then the chain itself.
+          "$table" -t "$t" -S | awk -v c="$chain" '$1 == "-A" && $3 == "-j" && $4 == c {print $2}' |
+            while read -r from; do "$table" -t "$t" -D "$from" -j "$chain" 2>/dev/null || true; done
+          "$table" -t "$t" -F "$chain" 2>/dev/null || true
+          "$table" -t "$t" -X "$chain" 2>/dev/null || true
+        done
       done
     done
-  done
+  fi
   # Leftover shims of killed containers, their mounts, then the network and cgroups.
   pkill -f "containerd-shim-runc-v2 -namespace k8s.io -address $CONTAINERD_SOCK" 2>/dev/null || true
   if [ -d "$NODE_DIR" ]; then
