@@ -286,6 +286,10 @@ PYTHON_ENV=(--config.env PYTHONDONTWRITEBYTECODE=1 --config.env PYTHONUNBUFFERED
 FROM_LAYOUT=$PYTORCH_BASE LAYERS=python-app image miniautoml/pytorch-intent --config.user 65532:65532 \
   "${PYTHON_ENV[@]}" --config.entrypoint /usr/bin/python3 --config.entrypoint /opt/pytorch-intent/train.py \
   --config.workingdir /opt/pytorch-intent
+# Its predictor: the same model.py, served over gRPC (prediction.Predictor) and OIP v2 REST.
+FROM_LAYOUT=$PYTORCH_BASE LAYERS=python-app image miniautoml/pytorch-intent-predictor --config.user 65532:65532 \
+  "${PYTHON_ENV[@]}" --config.entrypoint /usr/bin/python3 --config.entrypoint /opt/pytorch-intent/serve.py \
+  --config.workingdir /opt/pytorch-intent --config.exposedports 8080/tcp --config.exposedports 8081/tcp
 # The same code launched by a bare torchrun (the tests' "torchrun works unchanged").
 TAG=1 FROM_LAYOUT=$PYTORCH_BASE LAYERS=python-app image miniautoml/test-torchrun --config.user 65532:65532 \
   "${PYTHON_ENV[@]}" --config.entrypoint /usr/bin/torchrun --config.entrypoint /opt/pytorch-intent/train.py \
@@ -296,7 +300,7 @@ original_contract() {
   local dir=$WORK/original-contract
   rm -rf "$dir"
   mkdir -p "$dir/opt/original-contract"
-  cp "$HACK_DIR/images/original-contract/train.py" \
+  cp "$HACK_DIR/images/original-contract/train.py" "$HACK_DIR/images/original-contract/predict.py" \
     "$REPO_ROOT/training-code/miniautoml-training/miniautoml_training/descriptor.bin" "$dir/opt/original-contract/"
   find "$dir" -type d -exec chmod 0755 {} + && find "$dir" -type f -exec chmod 0644 {} +
   layer "$dir" "$WORK/original-contract.tar"
@@ -305,6 +309,11 @@ original_contract
 TAG=1 FROM_LAYOUT=$PYTORCH_BASE LAYERS=original-contract image miniautoml/test-original --config.user 65532:65532 \
   --config.env PYTHONDONTWRITEBYTECODE=1 --config.env PYTHONUNBUFFERED=1 --config.entrypoint /usr/bin/python3 --config.entrypoint /opt/original-contract/train.py \
   --config.workingdir /opt/original-contract
+# ... and its predictor, after the original predictor's contract (gRPC on 51001, MODEL_DIR/<runId>/).
+TAG=1 FROM_LAYOUT=$PYTORCH_BASE LAYERS=original-contract image miniautoml/test-original-predictor \
+  --config.user 65532:65532 --config.env PYTHONDONTWRITEBYTECODE=1 --config.env PYTHONUNBUFFERED=1 \
+  --config.entrypoint /usr/bin/python3 --config.entrypoint /opt/original-contract/predict.py \
+  --config.workingdir /opt/original-contract --config.exposedports 51001/tcp
 
 # The chart's bundled object store: SeaweedFS's one binary (master, volume server, filer and S3
 # gateway), built by hack/tools.sh from the pinned module.

@@ -52,6 +52,9 @@ pub const MAX_REPLICAS: i32 = 32;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.image) || (!has(self.protocol) && !has(self.port))").message("protocol and port describe spec.image: set image too, or leave both out"),
+)]
 pub struct ModelDeploymentSpec {
     /// The trained model to serve. Changing it rolls the predictors over to the new model
     /// without dropping requests.
@@ -66,10 +69,29 @@ pub struct ModelDeploymentSpec {
     #[serde(default)]
     pub resources: PredictorResources,
 
-    /// Predictor image; unset uses the operator's configured predictor image.
+    /// A predictor image of one's own (a custom predictor); unset: the predictor the operator
+    /// is configured with for the run's algorithm (else its default one). A custom predictor
+    /// finds the model's files, downloaded and verified before it starts, in `/mnt/models` and
+    /// `$MODEL_DIR/<run id>/` (`MODEL_DIR=/models`), serves `protocol` on `port`, and is ready
+    /// when its readiness check passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+
+    /// What `image` serves: `Predictor` (gRPC `prediction.Predictor/PredictorPredict`, as the
+    /// original predictor and ours; ready when gRPC health says SERVING) or `OpenInference`
+    /// (Open Inference Protocol v2 over HTTP: `POST /v2/models/<name>/infer` with one BYTES
+    /// input; ready when `GET /v2/models/<name>/ready` answers 200). Only with `image`; unset:
+    /// `Predictor`. `PredictionService/Predict` calls it this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<PredictorProtocol>,
+
+    /// The port `image` serves `protocol` on (the original predictor's is 51001). Only with
+    /// `image`; unset: 8081 for `Predictor`, 8080 for `OpenInference`. The Service's ports stay
+    /// 8081 (gRPC) and 8080 (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
 
     /// Namespaces whose pods may call the predictors, besides the ModelDeployment's own
     /// namespace and the operator (`*`: every namespace). The operator enforces it with a
@@ -77,6 +99,26 @@ pub struct ModelDeploymentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_ALLOWED_NAMESPACES), inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")))]
     pub allowed_namespaces: Vec<String>,
+}
+
+/// How a predictor image is called.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum PredictorProtocol {
+    // gRPC `prediction.Predictor/PredictorPredict` (runId, document) → `{"result": label}`.
+    #[default]
+    Predictor,
+    // Open Inference Protocol v2 over HTTP.
+    OpenInference,
+}
+
+impl PredictorProtocol {
+    /// The port an image of this protocol serves on unless told otherwise.
+    pub fn default_port(self) -> i32 {
+        match self {
+            PredictorProtocol::Predictor => GRPC_PORT,
+            PredictorProtocol::OpenInference => HTTP_PORT,
+        }
+    }
 }
 
 /// The most namespaces a ModelDeployment may let in besides its own.
@@ -169,6 +211,9 @@ pub struct ServedModel {
     /// sha256 of the artifact's `manifest.json` as the run recorded it; the predictor refuses
     /// a model whose manifest differs.
     pub sha256: Option<String>,
+    /// The algorithm that trained it (`None` for a TrainingJob's own image): an algorithm may
+    /// have a predictor of its own.
+    pub algorithm: Option<String>,
 }
 
 /// Why a model cannot be served (yet): `(reason, message)` for the `ModelReady` condition.
@@ -213,6 +258,7 @@ impl TrainingJob {
             uri: artifact.uri,
             version: artifact.version,
             sha256: artifact.sha256,
+            algorithm: self.spec.algorithm.clone().filter(|_| self.spec.image.is_none()),
         })
     }
 }

@@ -8,11 +8,13 @@
 //! - [`layout`]: object keys;
 //! - [`store`]: the bucket, streaming reads and multipart writes;
 //! - [`ingest`]: commits and snapshots, end to end;
-//! - [`keys`]: scoped keys for runs and predictors, through the store's IAM API.
+//! - [`keys`]: scoped keys for runs and predictors, through the store's IAM API;
+//! - [`models`]: a trained model's folder fetched onto local disk and verified (custom predictors).
 
 pub mod ingest;
 pub mod keys;
 pub mod layout;
+pub mod models;
 pub mod sessions;
 pub mod store;
 pub mod text_intent;

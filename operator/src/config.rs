@@ -67,6 +67,20 @@ pub struct Config {
     )]
     pub algorithm_max_workers: Vec<(String, u32)>,
 
+    /// Predictor image of an algorithm's models, `NAME=IMAGE`; repeat the flag or separate with
+    /// commas. A ModelDeployment of such a run that names no image of its own runs it, given the
+    /// model's files (downloaded and verified first) in `/mnt/models`; it serves as the default
+    /// predictor does (gRPC on 8081, OIP v2 REST and its health on 8080). Unlisted: the default
+    /// predictor (`--predictor-image`).
+    #[arg(
+        long = "algorithm-predictor",
+        env = "MINIAUTOML_ALGORITHM_PREDICTORS",
+        value_delimiter = ',',
+        value_parser = parse_algorithm,
+        default_value = "pytorch-intent=miniautoml/pytorch-intent-predictor:0.1.0"
+    )]
+    pub algorithm_predictors: Vec<(String, String)>,
+
     /// How an algorithm's trainer reports, `NAME=CONTRACT`: `MiniAutoML` (its run's token; the
     /// default) or `Original` (the original MiniAutoML's images, unchanged: no token, plain text
     /// to `--original-contract-addr`, accepted only from the run's own pods). A TrainingJob's

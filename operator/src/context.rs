@@ -91,6 +91,10 @@ pub struct TrainingSettings {
 pub struct PredictorSettings {
     /// Image used unless the spec names one.
     pub image: String,
+    /// Algorithm name → the predictor image of its models (used unless the spec names one).
+    pub algorithm_predictors: BTreeMap<String, String>,
+    /// Image of a custom predictor's storage initializer (the operator's: `fetch-model`).
+    pub launcher_image: String,
     /// S3 endpoint URL (`None`: AWS S3).
     pub s3_endpoint: Option<String>,
     /// S3 region.

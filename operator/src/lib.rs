@@ -411,6 +411,8 @@ fn predictor_settings(config: &Config, keys: PodKeys) -> Option<PredictorSetting
     }
     Some(PredictorSettings {
         image: config.predictor_image.clone(),
+        algorithm_predictors: config.algorithm_predictors.iter().cloned().collect(),
+        launcher_image: config.launcher_image.clone(),
         s3_endpoint: config.s3_endpoint.clone(),
         s3_region: config.s3_region.clone(),
         keys,

@@ -34,12 +34,59 @@ fn wait_for_host(args: &[String]) -> std::process::ExitCode {
     }
 }
 
+/// `miniautoml-operator fetch-model DIR`: the storage initializer of a custom predictor's pods
+/// (not the operator): downloads the model at `MODEL_URI` with the pod's storage key
+/// (`AWS_*`), verifies it against `MODEL_SHA256` and its manifest, and writes it into DIR.
+#[tokio::main(flavor = "current_thread")]
+async fn fetch_model(args: &[String]) -> std::process::ExitCode {
+    let (Some(dir), Ok(uri)) = (args.first(), std::env::var("MODEL_URI")) else {
+        eprintln!(
+            "usage: MODEL_URI=s3://BUCKET/PREFIX/ [MODEL_SHA256=HEX] miniautoml-operator fetch-model DIR"
+        );
+        return std::process::ExitCode::from(2);
+    };
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (Some(access_key), Some(secret_key)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+    else {
+        eprintln!(
+            "fetch-model: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set (the predictor's storage key)"
+        );
+        return std::process::ExitCode::FAILURE;
+    };
+    let store = miniautoml_data::Store::with_session_token(
+        var("AWS_ENDPOINT_URL").as_deref(),
+        &var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
+        (&access_key, &secret_key, var("AWS_SESSION_TOKEN").as_deref()),
+        "",
+    )
+    .for_new_pod();
+    let expected = var("MODEL_SHA256");
+    match miniautoml_data::models::fetch(&store, &uri, std::path::Path::new(dir), expected.as_deref()).await {
+        Ok(files) => {
+            for (name, bytes) in &files {
+                println!("{dir}/{name}: {bytes} bytes");
+            }
+            println!(
+                "fetched {} files of {uri}{}",
+                files.len(),
+                if expected.is_some() { ", verified" } else { "" }
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cannot fetch the model {uri}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("wait-for-host") {
-        return wait_for_host(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("wait-for-host") => wait_for_host(&args[1..]),
+        Some("fetch-model") => fetch_model(&args[1..]),
+        _ => operator(),
     }
-    operator()
 }
 
 #[tokio::main]

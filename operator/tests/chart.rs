@@ -180,6 +180,8 @@ fn defaults_install_the_operator_its_crds_and_a_bundled_object_store() {
         "--grpc-namespace=ml",
         "--algorithm=intent-classification=docker.io/miniautoml/intent-classification:0.1.0",
         "--algorithm-max-workers=intent-classification=1",
+        "--algorithm-predictor=pytorch-intent=docker.io/miniautoml/pytorch-intent-predictor:0.1.0",
+        "--original-contract-addr=0.0.0.0:51002",
         "--predictor-image=docker.io/miniautoml/predictor:0.1.0",
         "--shutdown-delay=5",
     ] {
@@ -434,6 +436,34 @@ fn images_take_registry_repository_tag_digest_and_pull_policy() {
     );
     let error = try_render(&["algorithms.intent-classification.maxWorkers=0"]).unwrap_err();
     assert!(error.contains("maxWorkers"), "{error}");
+}
+
+#[test]
+fn original_contract_algorithms_and_their_port_are_configurable() {
+    // By default: the port on the operator and its Service.
+    let documents = render(&[]);
+    let service = find(&documents, "Service", "miniautoml");
+    assert_eq!(str(service, "spec.ports.1.name"), "original-reports");
+    assert_eq!(at(service, "spec.ports.1.port").as_u64(), Some(51002));
+    // An algorithm of the original's images, with a predictor of its own.
+    let documents = render(&[
+        "algorithms.text-classification.image.repository=orca3/intent",
+        "algorithms.text-classification.contract=Original",
+        "algorithms.text-classification.predictor.image.repository=orca3/intent-predictor",
+    ]);
+    let args = operator_args(&documents);
+    for expected in [
+        "--algorithm-contract=text-classification=Original",
+        "--algorithm-predictor=text-classification=orca3/intent-predictor:0.1.0",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
+    }
+    let error = try_render(&["algorithms.intent-classification.contract=original"]).unwrap_err();
+    assert!(error.contains("contract"), "{error}");
+    // No port: the listener off, and nothing on the Service.
+    let documents = render(&["grpc.originalContractPort=0"]);
+    assert!(operator_args(&documents).contains(&"--original-contract-addr=none".to_string()));
+    assert!(at(find(&documents, "Service", "miniautoml"), "spec.ports.1").is_null());
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! letter — no token, plain text to `METADATA_STORE_SERVER`, `MINIO_SERVER` as host:port,
 //! rank 0's LogRunStart naming where the four files go, per-rank epochs, CreateArtifact,
 //! LogRunEnd — and trains through the original `Train` with `PARALLEL_INSTANCES=3`. Its reports
-//! are taken only from its own run's pods and only for that run.
+//! are taken only from its own run's pods and only for that run. Its predictor's contract too:
+//! `miniautoml/test-original-predictor` serves the run's files from `MODEL_DIR/<runId>/` on
+//! 51001, through `PredictionService/Predict`.
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -11,7 +15,7 @@ use kube::{
     api::{ListParams, PostParams},
     runtime::wait::await_condition,
 };
-use miniautoml_api::{TrainingJob, training_job::TrainingPhase};
+use miniautoml_api::{ModelDeployment, TrainingJob, training_job::TrainingPhase};
 use miniautoml_data::Store;
 use miniautoml_proto::{
     data_management::{
@@ -21,6 +25,7 @@ use miniautoml_proto::{
     metadata_store::{
         GetRunStatusRequest, LogRunStartRequest, metadata_store_service_client::MetadataStoreServiceClient,
     },
+    prediction::{PredictRequest, prediction_service_client::PredictionServiceClient},
     training::{TrainRequest, TrainingJobMetadata, training_service_client::TrainingServiceClient},
 };
 use miniautoml_test_support::{
@@ -227,6 +232,64 @@ async fn an_original_image_trains_through_train_on_three_ranks_and_reports_only_
     assert_eq!(value("METADATA_STORE_SERVER"), Some(plain.clone()));
     assert!(env.iter().all(|v| v.name != "MINIAUTOML_RUN_TOKEN"));
     assert!(!value("MINIO_SERVER").unwrap().contains("://"));
+
+    // The original predictor's contract: its image (gRPC on 51001, MODEL_DIR/<runId>/) serves
+    // run A's four files through PredictionService/Predict.
+    let deployments = Api::<ModelDeployment>::namespaced(client.clone(), &ns.name);
+    let predictor: ModelDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "original"},
+        "spec": {"model": {"runId": run_a.to_string()}, "replicas": 1,
+                 "image": "miniautoml/test-original-predictor:1", "protocol": "Predictor", "port": 51001},
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &predictor)
+        .await
+        .unwrap();
+    let ready = await_condition(deployments.clone(), "original", |m: Option<&ModelDeployment>| {
+        m.and_then(|m| m.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    });
+    if tokio::time::timeout(Duration::from_secs(180), ready)
+        .await
+        .is_err()
+    {
+        panic!(
+            "the original predictor never became ready: {:#?}
+{}",
+            deployments.get("original").await.unwrap().status,
+            harness::pod_logs(cluster, &ns.name)
+        );
+    }
+    let classes: Vec<String> = {
+        let manifest = store.read(&format!("{prefix}/manifest.json")).await.unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        manifest["classes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut predict = PredictionServiceClient::new(channel.clone());
+    let response = predict
+        .predict(PredictRequest {
+            run_id: run_a.to_string(),
+            document: "I am so happy today, what a joy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .response;
+    let answer: serde_json::Value = serde_json::from_str(&response).unwrap();
+    assert!(
+        classes.contains(&answer["result"].as_str().unwrap().to_string()),
+        "{response} not among {classes:?}"
+    );
 
     // The impostor pod was refused and said so.
     let ended = await_condition(pods.clone(), "impostor", |p: Option<&Pod>| {

@@ -450,3 +450,191 @@ async fn a_model_deployment_serves_its_run_switches_runs_without_a_failed_reques
     assert_eq!(created.spec.model.run_id.as_deref(), Some(first_run.as_str()));
     assert_eq!(created.labels()["miniautoml.io/created-by"], "prediction-service");
 }
+
+/// A TrainingJob `name` of the PyTorch example (one worker, two epochs, one thread).
+fn pytorch_run(name: &str) -> TrainingJob {
+    training_job(
+        name,
+        serde_json::json!({"algorithm": "pytorch-intent", "parameters": {"EPOCHS": "2", "THREADS": "1"}}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn algorithm_and_custom_predictors_get_verified_files_and_serve_through_predict_by_their_protocol() {
+    let (cluster, client, ns, operator) = namespace_with_operator("custom-predictors").await;
+    let _logs = logs_on_failure(cluster, &ns);
+    tweet_emotion(
+        cluster,
+        &Api::<Dataset>::namespaced(client.clone(), &ns.name),
+        &ns.name,
+    )
+    .await;
+    let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
+    let deployments = Api::<ModelDeployment>::namespaced(client.clone(), &ns.name);
+    let post = PostParams::default();
+    for name in ["first", "second"] {
+        jobs.create(&post, &pytorch_run(name)).await.unwrap();
+    }
+    let mut runs = Vec::new();
+    for name in ["first", "second"] {
+        let done = wait_for(&jobs, name, &ns.name, finished).await;
+        let status = done.status.clone().unwrap();
+        assert_eq!(
+            status.phase,
+            Some(TrainingPhase::Succeeded),
+            "{name}: {status:#?}"
+        );
+        runs.push((status.run_id.clone().unwrap(), run_labels(cluster, &done).await));
+    }
+    let (first_run, labels) = runs[0].clone();
+    let second_run = runs[1].0.clone();
+
+    // No image: the run's algorithm's predictor, given the model's files by the initializer.
+    deployments
+        .create(&post, &model_deployment("torch", "first"))
+        .await
+        .unwrap();
+    // An image of one's own serving the Open Inference Protocol on a port of its own.
+    let mut oip = model_deployment("oip", "second");
+    oip.spec.image = Some("miniautoml/pytorch-intent-predictor:0.1.0".into());
+    oip.spec.protocol = Some(miniautoml_api::model_deployment::PredictorProtocol::OpenInference);
+    oip.spec.port = Some(9000);
+    deployments.create(&post, &oip).await.unwrap();
+    wait_deployed(
+        &deployments,
+        "torch",
+        &ns.name,
+        "the first run served",
+        ready_serving(first_run.clone()),
+    )
+    .await;
+    wait_deployed(
+        &deployments,
+        "oip",
+        &ns.name,
+        "the second run served",
+        ready_serving(second_run.clone()),
+    )
+    .await;
+
+    let torch = predictor_pods(&client, &ns.name, "torch").await.remove(0);
+    let spec = torch.spec.clone().unwrap();
+    assert_eq!(
+        spec.containers[0].image.as_deref(),
+        Some("miniautoml/pytorch-intent-predictor:0.1.0")
+    );
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.name, "storage-initializer");
+    let mounts: Vec<String> = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert!(
+        mounts.contains(&"/mnt/models".to_string()) && mounts.contains(&format!("/models/{first_run}")),
+        "{mounts:?}"
+    );
+    let fetched = cluster
+        .kubectl()
+        .args([
+            "logs",
+            "-n",
+            &ns.name,
+            &torch.name_any(),
+            "-c",
+            "storage-initializer",
+        ])
+        .output()
+        .unwrap();
+    let fetched = String::from_utf8_lossy(&fetched.stdout);
+    assert!(
+        fetched.contains("fetched 4 files") && fetched.contains("verified"),
+        "{fetched}"
+    );
+    let oip_pod = predictor_pods(&client, &ns.name, "oip").await.remove(0);
+    let ports = oip_pod.spec.unwrap().containers[0].ports.clone().unwrap();
+    assert_eq!(
+        ports
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect::<Vec<_>>(),
+        [("http".to_string(), 9000)]
+    );
+
+    // PredictionService/Predict: gRPC to the algorithm's predictor, OIP v2 to the custom one.
+    let mut predict = PredictionServiceClient::connect(format!("http://{}", operator.grpc_addr))
+        .await
+        .unwrap();
+    for run in [&first_run, &second_run] {
+        let response = predict
+            .predict(PredictRequest {
+                run_id: run.clone(),
+                document: "I am so happy today, what a joy".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .response;
+        assert!(labels.contains(&label_of(&response)), "run {run}: {response}");
+    }
+    // The predictor's refusal passes through as INVALID_ARGUMENT, over either protocol.
+    for run in [&first_run, &second_run] {
+        let refused = predict
+            .predict(PredictRequest {
+                run_id: run.clone(),
+                document: "x".repeat(70_000),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "run {run}: {refused:?}");
+    }
+
+    // Switching the algorithm predictor to the second run, with requests flowing through the
+    // Service's ready endpoints: not one fails.
+    let service = ServiceClient::new(client.clone(), &ns.name, "torch-predictor").await;
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (service, failures, stop) = (service.clone(), failures.clone(), stop.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) && sent < 5_000 && started.elapsed() < SERVE_WAIT {
+                if let Err(error) = service.predict("what a day").await {
+                    failures.lock().unwrap().push(error);
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        })
+    };
+    deployments
+        .patch(
+            "torch",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"model": {"trainingJob": "second"}}})),
+        )
+        .await
+        .unwrap();
+    wait_deployed(
+        &deployments,
+        "torch",
+        &ns.name,
+        "the second run served",
+        ready_serving(second_run.clone()),
+    )
+    .await;
+    // Let the old pod's drain end while requests still flow.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(sent > 50, "{sent} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+}

@@ -232,3 +232,25 @@ fn the_pytorch_image_runs_its_script_as_nonroot_with_the_helper_installed() {
         "{runtime}"
     );
 }
+
+#[test]
+fn the_pytorch_predictor_image_serves_the_same_model_code_on_both_ports() {
+    let path = repo_root().join(format!(
+        "target/images/miniautoml-pytorch-intent-predictor-{}.oci.tar",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(path.exists(), "{}: run make images", path.display());
+    let (config, files) = archive(&path);
+    let runtime = &config["config"];
+    assert_eq!(
+        strings(&runtime["Entrypoint"]),
+        ["/usr/bin/python3", "/opt/pytorch-intent/serve.py"]
+    );
+    assert_eq!(runtime["User"].as_str(), Some("65532:65532"));
+    let mut ports: Vec<&String> = runtime["ExposedPorts"].as_object().unwrap().keys().collect();
+    ports.sort();
+    assert_eq!(ports, ["8080/tcp", "8081/tcp"]);
+    for file in ["/opt/pytorch-intent/serve.py", "/opt/pytorch-intent/model.py"] {
+        assert!(files.iter().any(|f| f == file), "{file}: {files:?}");
+    }
+}

@@ -25,7 +25,7 @@ use kube::{
 use miniautoml_api::{
     ModelDeployment, ModelDeploymentSpec, TrainingJob,
     labels::{CREATED_BY_LABEL, MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL as SERVED_RUN_LABEL},
-    model_deployment::{GRPC_PORT, ModelReference, READY},
+    model_deployment::{ModelReference, READY},
 };
 use miniautoml_proto::prediction::{
     PredictRequest, PredictResponse, PredictorPredictRequest, prediction_service_server::PredictionService,
@@ -33,6 +33,7 @@ use miniautoml_proto::prediction::{
 };
 use tonic::{
     Code, Request, Response, Status,
+    codegen::http,
     transport::{Channel, Endpoint},
 };
 
@@ -51,8 +52,18 @@ pub struct Prediction {
     ctx: Arc<Context>,
     deploy_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    http: HttpClient,
     next: AtomicUsize,
 }
+
+/// The HTTP/1.1 client of OIP v2 predictors.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// How long an OIP v2 predictor may take to answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether a predictor pod can take requests for `run`.
 pub fn serves(pod: &Pod, run: &str) -> bool {
@@ -70,6 +81,98 @@ pub fn serves(pod: &Pod, run: &str) -> bool {
         })
 }
 
+/// How to call one predictor pod: the protocol its container's named port says (`grpc`: the
+/// `prediction.Predictor` gRPC service, as ours and the original predictor serve; else `http`:
+/// the Open Inference Protocol v2), at its own port number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `prediction.Predictor/PredictorPredict` on this port.
+    Predictor(i32),
+    /// `POST /v2/models/<model>/infer` on this port.
+    OpenInference {
+        /// The port.
+        port: i32,
+        /// The model's name (its ModelDeployment's).
+        model: String,
+    },
+}
+
+/// A ready predictor pod: its address and how to call it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The pod's IP.
+    pub ip: String,
+    /// How.
+    pub call: Call,
+}
+
+/// How to call `pod` (`None`: its container declares neither port).
+pub fn target(pod: &Pod) -> Option<Target> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let ports = pod
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .ports
+        .clone()
+        .unwrap_or_default();
+    let named = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+    };
+    let call = match (named("grpc"), named("http")) {
+        (Some(port), _) => Call::Predictor(port),
+        (None, Some(port)) => Call::OpenInference {
+            port,
+            model: pod.labels().get(MODEL_DEPLOYMENT_LABEL)?.clone(),
+        },
+        (None, None) => return None,
+    };
+    Some(Target { ip, call })
+}
+
+/// `host:port` of `ip` and `port`.
+fn authority(ip: &str, port: i32) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The Open Inference Protocol v2 request of one document.
+pub fn infer_request(document: &str) -> serde_json::Value {
+    serde_json::json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [document]}]})
+}
+
+/// The original's answer, `{"result": "<label>"}`, from an OIP v2 response: the first BYTES
+/// output named `label` (else the first BYTES output), its first element.
+pub fn infer_answer(body: &[u8]) -> Result<String, String> {
+    let response: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the predictor's answer is not JSON: {e}"))?;
+    let outputs = response
+        .get("outputs")
+        .and_then(|o| o.as_array())
+        .ok_or("the predictor's answer has no outputs")?;
+    let bytes = |o: &&serde_json::Value| o.get("datatype").and_then(|d| d.as_str()) == Some("BYTES");
+    let output = outputs
+        .iter()
+        .filter(bytes)
+        .find(|o| o.get("name").and_then(|n| n.as_str()) == Some("label"))
+        .or_else(|| outputs.iter().find(bytes))
+        .ok_or("the predictor's answer has no BYTES output (a label)")?;
+    let label = output
+        .get("data")
+        .and_then(|d| d.as_array())
+        .and_then(|d| d.first())
+        .and_then(|l| l.as_str())
+        .ok_or("the predictor's label output is empty")?;
+    Ok(serde_json::json!({"result": label}).to_string())
+}
+
 /// Name of the ModelDeployment Predict creates for a run nobody serves.
 pub fn deployment_for(run: &str) -> String {
     format!("run-{run}")
@@ -82,6 +185,13 @@ impl Prediction {
             ctx,
             deploy_timeout,
             channels: Mutex::default(),
+            http: {
+                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                connector.set_connect_timeout(Some(Duration::from_secs(2)));
+                connector.set_nodelay(true);
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(connector)
+            },
             next: AtomicUsize::new(0),
         }
     }
@@ -97,19 +207,19 @@ impl Prediction {
             .ok_or_else(|| Status::not_found(format!("run {run} does not exist")))
     }
 
-    /// Ready predictor pods serving `run`: `ip`s.
-    fn ready_predictors(&self, namespace: &str, run: &str) -> Vec<String> {
-        let mut ips: Vec<String> = self
+    /// Ready predictor pods serving `run`, and how to call each.
+    fn ready_predictors(&self, namespace: &str, run: &str) -> Vec<Target> {
+        let mut targets: Vec<Target> = self
             .ctx
             .caches
             .predictor_pods
             .state()
             .iter()
             .filter(|pod| pod.namespace().as_deref() == Some(namespace) && serves(pod, run))
-            .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+            .filter_map(|pod| target(pod))
             .collect();
-        ips.sort();
-        ips
+        targets.sort_by(|a, b| a.ip.cmp(&b.ip));
+        targets
     }
 
     /// A ModelDeployment in `namespace` referencing the run (by run id or TrainingJob name).
@@ -146,6 +256,8 @@ impl Prediction {
                 replicas: 1,
                 resources: Default::default(),
                 image: None,
+                protocol: None,
+                port: None,
                 allowed_namespaces: Vec::new(),
             },
             status: None,
@@ -165,12 +277,8 @@ impl Prediction {
         }
     }
 
-    fn channel(&self, ip: &str) -> Result<Channel, Status> {
-        let address = if ip.contains(':') {
-            format!("http://[{ip}]:{GRPC_PORT}")
-        } else {
-            format!("http://{ip}:{GRPC_PORT}")
-        };
+    fn channel(&self, ip: &str, port: i32) -> Result<Channel, Status> {
+        let address = format!("http://{}", authority(ip, port));
         let mut channels = self.channels.lock().expect("channel cache lock");
         if let Some(channel) = channels.get(&address) {
             return Ok(channel.clone());
@@ -184,19 +292,66 @@ impl Prediction {
         Ok(channel)
     }
 
-    /// Sends the request to one of `ips`, trying the next on a connection failure.
-    async fn forward(&self, ips: &[String], run: &str, document: &str) -> Result<String, Status> {
+    /// One OIP v2 inference: the original's answer, or a status (UNAVAILABLE when the pod
+    /// cannot take it, so that another is tried; the predictor's refusal of the document as
+    /// INVALID_ARGUMENT with its reason).
+    async fn infer(&self, ip: &str, port: i32, model: &str, document: &str) -> Result<String, Status> {
+        use http_body_util::BodyExt;
+        let uri = format!("http://{}/v2/models/{model}/infer", authority(ip, port));
+        let request = http::Request::post(&uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                infer_request(document).to_string(),
+            )))
+            .map_err(internal)?;
+        let unavailable = |why: String| Status::unavailable(format!("{uri}: {why}"));
+        let response = tokio::time::timeout(HTTP_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| unavailable(format!("no answer within {}s", HTTP_TIMEOUT.as_secs())))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        let body = tokio::time::timeout(HTTP_TIMEOUT, response.into_body().collect())
+            .await
+            .map_err(|_| unavailable("the answer did not finish".into()))?
+            .map_err(|e| unavailable(e.to_string()))?
+            .to_bytes();
+        let reason = || {
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect())
+        };
+        match status.as_u16() {
+            200 => infer_answer(&body).map_err(Status::internal),
+            400 | 413 | 422 => Err(Status::invalid_argument(reason())),
+            404 => Err(Status::not_found(format!("{uri}: {}", reason()))),
+            502..=504 => Err(unavailable(format!("{status}: {}", reason()))),
+            _ => Err(Status::internal(format!("{uri}: {status}: {}", reason()))),
+        }
+    }
+
+    /// Sends the request to one of `targets`, trying the next on a connection failure.
+    async fn forward(&self, targets: &[Target], run: &str, document: &str) -> Result<String, Status> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for i in 0..ips.len().min(3) {
-            let ip = &ips[(start + i) % ips.len()];
-            let mut client = PredictorClient::new(self.channel(ip)?);
-            let request = PredictorPredictRequest {
-                run_id: run.into(),
-                document: document.into(),
+        for i in 0..targets.len().min(3) {
+            let target = &targets[(start + i) % targets.len()];
+            let answer = match &target.call {
+                Call::Predictor(port) => {
+                    let mut client = PredictorClient::new(self.channel(&target.ip, *port)?);
+                    let request = PredictorPredictRequest {
+                        run_id: run.into(),
+                        document: document.into(),
+                    };
+                    client
+                        .predictor_predict(request)
+                        .await
+                        .map(|response| response.into_inner().response)
+                }
+                Call::OpenInference { port, model } => self.infer(&target.ip, *port, model, document).await,
             };
-            match client.predictor_predict(request).await {
-                Ok(response) => return Ok(response.into_inner().response),
+            match answer {
+                Ok(response) => return Ok(response),
                 // Unreachable or stopping: another replica (or a later look) may answer.
                 Err(status) if status.code() == Code::Unavailable => last = Some(status),
                 Err(status) => return Err(status),
@@ -243,11 +398,11 @@ impl PredictionService for Prediction {
         let deadline = Instant::now() + self.deploy_timeout;
         let mut deployed = false;
         loop {
-            let ips = self.ready_predictors(&namespace, run);
-            let last = if ips.is_empty() {
+            let targets = self.ready_predictors(&namespace, run);
+            let last = if targets.is_empty() {
                 None
             } else {
-                match self.forward(&ips, run, &request.document).await {
+                match self.forward(&targets, run, &request.document).await {
                     Ok(response) => return Ok(Response::new(PredictResponse { response })),
                     Err(status) if status.code() == Code::Unavailable => Some(status),
                     Err(status) => return Err(status),
@@ -288,6 +443,52 @@ mod tests {
             ));
         }
         pod
+    }
+
+    #[test]
+    fn a_pod_is_called_by_the_protocol_its_named_port_declares() {
+        let with_ports = |ports: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "labels": {MODEL_DEPLOYMENT_LABEL: "intent"}},
+                "spec": {"containers": [{"name": "predictor", "ports": ports}]},
+                "status": {"podIP": "198.18.0.9"},
+            }))
+            .unwrap()
+        };
+        // Ours (both ports): gRPC. The original predictor's 51001. An OIP v2 image: HTTP.
+        let ours = with_ports(serde_json::json!([{"name": "grpc", "containerPort": 8081},
+                                                 {"name": "http", "containerPort": 8080}]));
+        assert_eq!(target(&ours).unwrap().call, Call::Predictor(8081));
+        let original = with_ports(serde_json::json!([{"name": "grpc", "containerPort": 51001}]));
+        assert_eq!(target(&original).unwrap().call, Call::Predictor(51001));
+        let oip = with_ports(serde_json::json!([{"name": "http", "containerPort": 9000}]));
+        assert_eq!(
+            target(&oip).unwrap(),
+            Target {
+                ip: "198.18.0.9".into(),
+                call: Call::OpenInference {
+                    port: 9000,
+                    model: "intent".into()
+                }
+            }
+        );
+        assert_eq!(target(&with_ports(serde_json::json!([]))), None);
+    }
+
+    #[test]
+    fn an_inference_answer_becomes_the_originals() {
+        assert_eq!(
+            infer_request("so happy")["inputs"][0]["data"][0],
+            serde_json::json!("so happy")
+        );
+        let answer = br#"{"model_name":"m","outputs":[
+            {"name":"probabilities","datatype":"FP32","shape":[1,2],"data":[0.9,0.1]},
+            {"name":"label","datatype":"BYTES","shape":[1],"data":["joy"]}]}"#;
+        assert_eq!(infer_answer(answer).unwrap(), r#"{"result":"joy"}"#);
+        let unnamed = br#"{"outputs":[{"name":"out","datatype":"BYTES","shape":[1],"data":["anger"]}]}"#;
+        assert_eq!(infer_answer(unnamed).unwrap(), r#"{"result":"anger"}"#);
+        assert!(infer_answer(br#"{"outputs":[]}"#).is_err());
+        assert!(infer_answer(b"not json").unwrap_err().contains("not JSON"));
     }
 
     #[test]

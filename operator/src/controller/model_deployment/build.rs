@@ -12,8 +12,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Secret, Service,
-            ServicePort, ServiceSpec,
+            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, GRPCAction, HTTPGetAction, Lifecycle,
+            LifecycleHandler, PodSpec, PodTemplateSpec, Probe, Secret, Service, ServicePort, ServiceSpec,
+            SleepAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -25,7 +26,7 @@ use kube::{Resource, ResourceExt};
 use miniautoml_api::{
     ModelDeployment,
     labels::{MODEL_DEPLOYMENT_LABEL, RUN_ID_LABEL},
-    model_deployment::{Endpoint, GRPC_PORT, HTTP_PORT, ServedModel},
+    model_deployment::{Endpoint, GRPC_PORT, HTTP_PORT, PredictorProtocol, ServedModel},
 };
 use sha2::{Digest, Sha256};
 
@@ -36,7 +37,7 @@ use crate::{
     context::{PredictorIngress, PredictorSettings},
     controller::children::{
         cpu_and_memory, credential_entries, credential_env, env, pull_secrets, requests_and_limits,
-        scratch_mount, scratch_volume,
+        restricted_security_context, scratch_mount, scratch_volume,
     },
     names::truncate,
     pod_keys::Holder,
@@ -170,27 +171,187 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// Which predictor a ModelDeployment runs and how it is called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PredictorImage {
+    /// The image.
+    pub image: String,
+    /// Its pull policy (`None`: Kubernetes' default; a spec's own image always).
+    pub pull_policy: Option<String>,
+    /// How it serves.
+    pub kind: PredictorKind,
+}
+
+/// How a predictor serves, and whether it is given its model's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PredictorKind {
+    /// The default predictor: reads its model from S3 itself; gRPC on 8081, OIP v2 and its
+    /// health on 8080.
+    Default,
+    /// An algorithm's predictor (`--algorithm-predictor`): served as the default one, given the
+    /// model's files.
+    Algorithm,
+    /// The spec's own image: given the model's files, serving `protocol` on `port`.
+    Custom {
+        /// What it serves.
+        protocol: PredictorProtocol,
+        /// Where.
+        port: i32,
+    },
+}
+
+impl PredictorKind {
+    /// Whether the pods get the model's files from a storage initializer.
+    pub fn fetches_model(self) -> bool {
+        self != PredictorKind::Default
+    }
+}
+
+/// The predictor `md` runs for `model`: the spec's image, else the model's algorithm's
+/// predictor, else the default one.
+pub fn predictor_image(
+    md: &ModelDeployment,
+    model: &ServedModel,
+    settings: &PredictorSettings,
+) -> PredictorImage {
+    if let Some(image) = &md.spec.image {
+        let protocol = md.spec.protocol.unwrap_or_default();
+        return PredictorImage {
+            image: image.clone(),
+            pull_policy: None,
+            kind: PredictorKind::Custom {
+                protocol,
+                port: md.spec.port.unwrap_or(protocol.default_port()),
+            },
+        };
+    }
+    match model
+        .algorithm
+        .as_ref()
+        .and_then(|algorithm| settings.algorithm_predictors.get(algorithm))
+    {
+        Some(image) => PredictorImage {
+            image: image.clone(),
+            pull_policy: settings.image_pull_policy.clone(),
+            kind: PredictorKind::Algorithm,
+        },
+        None => PredictorImage {
+            image: settings.image.clone(),
+            pull_policy: settings.image_pull_policy.clone(),
+            kind: PredictorKind::Default,
+        },
+    }
+}
+
+/// Where a custom or algorithm predictor finds its model's files (also `$MODEL_DIR/<run id>`).
+pub const MODEL_MOUNT: &str = "/mnt/models";
+/// `MODEL_DIR`, as the original predictor reads it: the files are in `MODEL_DIR/<run id>/`.
+pub const MODEL_DIR: &str = "/models";
+/// The volume holding the model's files.
+const MODEL_VOLUME: &str = "model";
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// Ports, readiness and liveness of a predictor of `kind` serving model `name`.
+fn serving(kind: PredictorKind, name: &str) -> (Vec<ContainerPort>, Probe, Probe) {
+    match kind {
+        PredictorKind::Default | PredictorKind::Algorithm => (
+            vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)],
+            // Ready only once the model is loaded and verified; not ready again as soon as it
+            // starts stopping.
+            http_probe("/v2/health/ready", 1, 1),
+            http_probe("/v2/health/live", 10, 3),
+        ),
+        PredictorKind::Custom {
+            protocol: PredictorProtocol::Predictor,
+            port: number,
+        } => {
+            let grpc = |period, failures| Probe {
+                grpc: Some(GRPCAction {
+                    port: number,
+                    service: None,
+                }),
+                period_seconds: Some(period),
+                timeout_seconds: Some(2),
+                failure_threshold: Some(failures),
+                ..Default::default()
+            };
+            (vec![port("grpc", number)], grpc(1, 1), grpc(10, 3))
+        }
+        PredictorKind::Custom {
+            protocol: PredictorProtocol::OpenInference,
+            port: number,
+        } => (
+            vec![port("http", number)],
+            http_probe(&format!("/v2/models/{name}/ready"), 1, 1),
+            http_probe("/v2/health/live", 10, 3),
+        ),
+    }
+}
+
+/// The storage initializer of a predictor given its model's files: the operator's image
+/// (`fetch-model`) downloads the model with the pods' own storage key and verifies it against
+/// the sha256 the run recorded and the manifest's checksums, before the predictor starts.
+fn storage_initializer(settings: &PredictorSettings, mut vars: Vec<EnvVar>) -> Container {
+    vars.retain(|var| var.name.starts_with("AWS_") || var.name == "MODEL_URI" || var.name == "MODEL_SHA256");
+    Container {
+        name: "storage-initializer".into(),
+        image: Some(settings.launcher_image.clone()),
+        command: Some(vec![
+            "/usr/local/bin/miniautoml-operator".into(),
+            "fetch-model".into(),
+            MODEL_MOUNT.into(),
+        ]),
+        env: Some(vars),
+        security_context: Some(restricted_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: MODEL_VOLUME.into(),
+            mount_path: MODEL_MOUNT.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
 /// The predictors' Deployment. The pod template names the model (run label, URI annotation,
 /// environment), so a new model rolls out as a new ReplicaSet: one surge pod at a time, none
 /// taken down before its replacement is ready (`maxUnavailable: 0`), and a stopping predictor
-/// keeps serving until endpoints have dropped it.
+/// keeps serving until endpoints have dropped it (ours by itself; another image's pod waits
+/// [`SHUTDOWN_DELAY_SECONDS`] before it is told to stop).
 pub fn build_deployment(
     md: &ModelDeployment,
     model: &ServedModel,
     settings: &PredictorSettings,
 ) -> Deployment {
-    let (image, image_pull_policy) = match &md.spec.image {
-        Some(image) => (image.clone(), None),
-        None => (settings.image.clone(), settings.image_pull_policy.clone()),
-    };
+    let predictor = predictor_image(md, model, settings);
+    let kind = predictor.kind;
     let secret = secret_name(md);
+    let (grpc_port, http_port) = match kind {
+        PredictorKind::Custom {
+            protocol: PredictorProtocol::Predictor,
+            port,
+        } => (port, HTTP_PORT),
+        PredictorKind::Custom {
+            protocol: PredictorProtocol::OpenInference,
+            port,
+        } => (GRPC_PORT, port),
+        _ => (GRPC_PORT, HTTP_PORT),
+    };
     let mut vars = vec![
         env("MODEL_URI", &model.uri),
         env("MODEL_NAME", md.name_any()),
         env("RUN_ID", &model.run_id),
         env("MODEL_VERSION", &model.version),
-        env("PREDICTOR_GRPC_PORT", GRPC_PORT.to_string()),
-        env("PREDICTOR_HTTP_PORT", HTTP_PORT.to_string()),
+        env("PREDICTOR_GRPC_PORT", grpc_port.to_string()),
+        env("PREDICTOR_HTTP_PORT", http_port.to_string()),
         env("PREDICTOR_SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS.to_string()),
         env("AWS_REGION", &settings.s3_region),
     ];
@@ -201,6 +362,38 @@ pub fn build_deployment(
     if let Some(sha256) = &model.sha256 {
         vars.push(env("MODEL_SHA256", sha256));
     }
+    let mut volumes = vec![scratch_volume()];
+    let mut mounts = vec![scratch_mount()];
+    let mut init_containers = None;
+    if kind.fetches_model() {
+        init_containers = Some(vec![storage_initializer(settings, vars.clone())]);
+        vars.push(env("MODEL_DIR", MODEL_DIR));
+        volumes.push(Volume {
+            name: MODEL_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        for path in [MODEL_MOUNT.to_string(), format!("{MODEL_DIR}/{}", model.run_id)] {
+            mounts.push(VolumeMount {
+                name: MODEL_VOLUME.into(),
+                mount_path: path,
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    let (ports, readiness, liveness) = serving(kind, &md.name_any());
+    // The default predictor drains by itself (PREDICTOR_SHUTDOWN_DELAY); another image is
+    // given the time endpoints need to drop it before it is asked to stop.
+    let lifecycle = kind.fetches_model().then(|| Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: SHUTDOWN_DELAY_SECONDS,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let mut pod_labels = selector(md);
     pod_labels.insert(RUN_ID_LABEL.into(), model.run_id.clone());
     pod_labels.insert("app.kubernetes.io/component".into(), "predictor".into());
@@ -233,26 +426,14 @@ pub fn build_deployment(
                     // Predictors read their model from S3 and never call the Kubernetes API.
                     automount_service_account_token: Some(false),
                     image_pull_secrets: pull_secrets(&settings.image_pull_secrets),
-                    volumes: Some(vec![scratch_volume()]),
+                    volumes: Some(volumes),
+                    init_containers,
                     containers: vec![Container {
                         name: CONTAINER.into(),
-                        image: Some(image),
-                        image_pull_policy,
+                        image: Some(predictor.image),
+                        image_pull_policy: predictor.pull_policy,
                         env: Some(vars),
-                        ports: Some(vec![
-                            ContainerPort {
-                                name: Some("grpc".into()),
-                                container_port: GRPC_PORT,
-                                protocol: Some("TCP".into()),
-                                ..Default::default()
-                            },
-                            ContainerPort {
-                                name: Some("http".into()),
-                                container_port: HTTP_PORT,
-                                protocol: Some("TCP".into()),
-                                ..Default::default()
-                            },
-                        ]),
+                        ports: Some(ports),
                         resources: requests_and_limits(cpu_and_memory(
                             &md.spec.resources.cpu,
                             &md.spec.resources.memory,
@@ -260,12 +441,11 @@ pub fn build_deployment(
                         // Where the kubelet supports it, a failed start-up's reason (the
                         // log's last lines) reaches the pod status and the Ready condition.
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
-                        // Ready only once the model is loaded and verified; not ready again
-                        // as soon as it starts stopping.
-                        readiness_probe: Some(http_probe("/v2/health/ready", 1, 1)),
-                        liveness_probe: Some(http_probe("/v2/health/live", 10, 3)),
+                        readiness_probe: Some(readiness),
+                        liveness_probe: Some(liveness),
+                        lifecycle,
                         security_context: Some(settings.security_context.clone()),
-                        volume_mounts: Some(vec![scratch_mount()]),
+                        volume_mounts: Some(mounts),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -345,8 +525,9 @@ pub fn build_network_policy(md: &ModelDeployment, ingress: &PredictorIngress) ->
             ..Default::default()
         });
     }
-    let port = |number: i32| NetworkPolicyPort {
-        port: Some(IntOrString::Int(number)),
+    // By name: a custom predictor's ports are its own numbers.
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
         protocol: Some("TCP".into()),
         ..Default::default()
     };
@@ -360,7 +541,7 @@ pub fn build_network_policy(md: &ModelDeployment, ingress: &PredictorIngress) ->
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(from),
-                ports: Some(vec![port(GRPC_PORT), port(HTTP_PORT)]),
+                ports: Some(vec![port("grpc"), port("http")]),
             }]),
             ..Default::default()
         }),
@@ -493,12 +674,18 @@ pub(super) mod tests {
             uri: format!("s3://miniautoml/models/team-a/twitter-model/uid-{run}/"),
             version: run.into(),
             sha256: Some(format!("{run:0>64}")),
+            algorithm: Some("intent-classification".into()),
         }
     }
 
     fn settings() -> PredictorSettings {
         PredictorSettings {
             image: "miniautoml/predictor:0.1.0".into(),
+            algorithm_predictors: BTreeMap::from([(
+                "pytorch-intent".to_string(),
+                "miniautoml/pytorch-intent-predictor:0.1.0".to_string(),
+            )]),
+            launcher_image: "miniautoml/operator:0.1.0".into(),
             s3_endpoint: Some("http://minio:9000".into()),
             s3_region: "us-east-1".into(),
             keys: crate::pod_keys::PodKeys::Shared(Credentials {
@@ -676,6 +863,93 @@ pub(super) mod tests {
         );
     }
 
+    fn pod_spec(deployment: &Deployment) -> PodSpec {
+        deployment.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn the_default_predictor_reads_its_model_itself_and_others_get_verified_files() {
+        let md = fixture();
+        let settings = settings();
+        // The default predictor: no initializer, both ports, HTTP probes.
+        let default = pod_spec(&build_deployment(&md, &model("3"), &settings));
+        assert!(default.init_containers.is_none());
+        assert_eq!(default.containers[0].image.as_deref(), Some("miniautoml/predictor:0.1.0"));
+        assert!(default.containers[0].lifecycle.is_none());
+
+        // A pytorch-intent run: its algorithm's predictor, given the files.
+        let mut torch = model("4");
+        torch.algorithm = Some("pytorch-intent".into());
+        let spec = pod_spec(&build_deployment(&md, &torch, &settings));
+        let main = &spec.containers[0];
+        assert_eq!(main.image.as_deref(), Some("miniautoml/pytorch-intent-predictor:0.1.0"));
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.name, "storage-initializer");
+        assert_eq!(init.image.as_deref(), Some("miniautoml/operator:0.1.0"));
+        assert_eq!(
+            init.command.as_deref().unwrap()[1..],
+            ["fetch-model".to_string(), "/mnt/models".to_string()]
+        );
+        let init_env: Vec<&str> = init.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(init_env.contains(&"MODEL_SHA256") && init_env.contains(&"AWS_ACCESS_KEY_ID"), "{init_env:?}");
+        assert!(!init_env.contains(&"MODEL_NAME"), "only what fetching needs: {init_env:?}");
+        assert_eq!(init.security_context, Some(restricted_security_context()));
+        let mounts: Vec<(String, Option<bool>)> = main
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.mount_path.clone(), m.read_only))
+            .collect();
+        assert!(mounts.contains(&("/mnt/models".into(), Some(true))), "{mounts:?}");
+        assert!(mounts.contains(&("/models/4".into(), Some(true))), "{mounts:?}");
+        let env = env_of(&build_deployment(&md, &torch, &settings));
+        assert_eq!(env["MODEL_DIR"].value.as_deref(), Some("/models"));
+        assert_eq!(
+            main.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds,
+            SHUTDOWN_DELAY_SECONDS
+        );
+        assert_eq!(main.ports.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_custom_predictor_serves_its_protocol_on_its_port() {
+        let mut md = fixture();
+        md.spec.image = Some("example.com/orca3/predictor:1".into());
+        md.spec.port = Some(51001);
+        let spec = pod_spec(&build_deployment(&md, &model("3"), &settings()));
+        let main = &spec.containers[0];
+        assert!(spec.init_containers.is_some());
+        let ports: Vec<(Option<String>, i32)> = main
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.container_port))
+            .collect();
+        assert_eq!(ports, [(Some("grpc".into()), 51001)]);
+        let ready = main.readiness_probe.as_ref().unwrap();
+        assert_eq!(ready.grpc.as_ref().unwrap().port, 51001);
+        assert_eq!(main.image_pull_policy, None, "a spec's own image keeps Kubernetes' default");
+
+        md.spec.protocol = Some(PredictorProtocol::OpenInference);
+        md.spec.port = None;
+        let spec = pod_spec(&build_deployment(&md, &model("3"), &settings()));
+        let main = &spec.containers[0];
+        let ports: Vec<(Option<String>, i32)> = main
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.container_port))
+            .collect();
+        assert_eq!(ports, [(Some("http".into()), 8080)]);
+        let ready = main.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/v2/models/twitter-model/ready"));
+        // The spec's image wins over the algorithm's predictor.
+        let mut torch = model("4");
+        torch.algorithm = Some("pytorch-intent".into());
+        let image = predictor_image(&md, &torch, &settings());
+        assert_eq!(image.image, "example.com/orca3/predictor:1");
+    }
+
     #[test]
     fn the_spec_image_and_replicas_win() {
         let mut md = fixture();
@@ -753,7 +1027,11 @@ pub(super) mod tests {
             .flatten()
             .map(|p| p.port.clone().unwrap())
             .collect();
-        assert_eq!(ports, [IntOrString::Int(8081), IntOrString::Int(8080)]);
+        // By name: a custom predictor's numbers are its own.
+        assert_eq!(
+            ports,
+            [IntOrString::String("grpc".into()), IntOrString::String("http".into())]
+        );
         let own = serde_json::json!({"podSelector": {}});
         let operator = serde_json::json!({
             "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["miniautoml"]}]},

@@ -213,6 +213,8 @@ mod tests {
     fn settings() -> PredictorSettings {
         PredictorSettings {
             image: "miniautoml/predictor:0.1.0".into(),
+            algorithm_predictors: Default::default(),
+            launcher_image: "miniautoml/operator:0.1.0".into(),
             s3_endpoint: None,
             s3_region: "us-east-1".into(),
             keys: crate::pod_keys::PodKeys::Shared(Credentials {
