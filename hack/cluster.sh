@@ -266,6 +266,7 @@ EOT
 # S3 with credentialScope: sts would). The bucket is created through the S3 API. Each
 # bucket is a collection that takes 7 volumes when first written: 100 volumes (sparse files, at
 # most 1 GiB each) leave room for a dozen buckets (the auto limit, free disk / 1 GiB, can be 12).
+# Volumes turn read-only below 512 MiB free (the default, 1 % of a large shared disk, is GiBs).
 s3_up() {
   mkdir -p "$STATE/s3"
   start seaweedfs "$TOOLS_BIN/weed" server -dir "$STATE/s3" -ip 127.0.0.1 -ip.bind 127.0.0.1 \
@@ -273,7 +274,7 @@ s3_up() {
     -filer -filer.port "$SEAWEED_FILER_PORT" -s3 -s3.ip.bind "$NODE_IP" -s3.port "$S3_PORT" \
     -s3.port.iceberg 0 -s3.port.lance 0 -s3.config "$STATE/s3.json" \
     -s3.iam.readOnly=false -s3.iam.selfServiceRequiresGrant=true -s3.iam.config "$STATE/s3-iam.json" \
-    -master.volumeSizeLimitMB 1024 -volume.max 100 -master.raftHashicorp=false
+    -master.volumeSizeLimitMB 1024 -volume.max 100 -master.raftHashicorp=false -volume.minFreeSpace 512MiB
   local endpoint=http://$NODE_IP:$S3_PORT
   wait_for seaweedfs curl -fsS -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" \
     --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$endpoint/"
@@ -321,10 +322,27 @@ EOT
   wait_for kube-apiserver "${kubectl[@]}" get --raw /readyz
 }
 
+# SeaweedFS marks every volume read-only when its disk runs low, and each S3 write then fails
+# with "InternalError: We encountered an internal error" (a CI run on a nearly full disk failed
+# 30 tests so). The cluster refuses to start below this many GiB free, saying why.
+MIN_FREE_GIB=${CLUSTER_MIN_FREE_GIB:-4}
+
+enough_disk() {
+  local free mount
+  free=$(df -Pk "$STATE" | awk 'NR == 2 {print int($4 / 1048576)}')
+  mount=$(df -P "$STATE" | awk 'NR == 2 {print $6}')
+  if [ "$free" -lt "$MIN_FREE_GIB" ]; then
+    log "only $free GiB free on $mount (the cluster needs $MIN_FREE_GIB: its object store refuses writes on a full disk);"
+    log "free space first, e.g. hack/prune-target.sh (stale build outputs in $MINIAUTOML_CACHE/cargo-target)"
+    return 1
+  fi
+}
+
 up() {
   require_tools
   mkdir -p "$STATE" "$LOGS" "$RUN"
   chmod 700 "$STATE"
+  enough_disk
   pki
   s3_credentials
   local admin=$STATE/admin.kubeconfig

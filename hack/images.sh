@@ -207,14 +207,25 @@ pytorch_rootfs() {
     deb=$DEBS/${name}_${version//:/%3a}_amd64.deb
     [ -f "$deb" ] || deb=$DEBS/${name}_${version//:/%3a}_all.deb
     if [ ! -f "$deb" ] || [ "$(sha256sum "$deb" | cut -d' ' -f1)" != "$sha" ]; then
-      (cd "$DEBS" && apt-get download -q "$name=$version" >/dev/null 2>&1) ||
-        (apt-get update -q >/dev/null && cd "$DEBS" && apt-get download -q "$name=$version" >/dev/null) ||
-        { log "apt no longer serves $name $version (hack/images/pytorch.lock): run hack/pytorch-lock.sh"; return 1; }
-      deb=$(compgen -G "$DEBS/${name}_${version//:/%3a}_*.deb" | head -n1)
-      [ "$(sha256sum "$deb" | cut -d' ' -f1)" = "$sha" ] ||
-        { log "$deb does not have the sha256 hack/images/pytorch.lock pins ($sha)"; return 1; }
+      if (cd "$DEBS" && apt-get download -q "$name=$version" >/dev/null 2>&1) ||
+        (apt-get update -q >/dev/null && cd "$DEBS" && apt-get download -q "$name=$version" >/dev/null 2>&1); then
+        deb=$(compgen -G "$DEBS/${name}_${version//:/%3a}_*.deb" | head -n1)
+        [ "$(sha256sum "$deb" | cut -d' ' -f1)" = "$sha" ] ||
+          { log "$deb does not have the sha256 hack/images/pytorch.lock pins ($sha)"; return 1; }
+      else
+        # Debian serves only the newest build of a release (a security update replaces the
+        # pinned one): take the version apt serves now (apt checks it against the archive's
+        # signed index), say so, and keep the layer out of the cache until the lock names it.
+        local served
+        served=$(apt-cache policy "$name" | awk '/Candidate:/ {print $2}')
+        { [ -n "$served" ] && [ "$served" != "(none)" ] && (cd "$DEBS" && apt-get download -q "$name=$served" >/dev/null 2>&1); } ||
+          { log "apt serves neither $name $version (hack/images/pytorch.lock) nor another version"; return 1; }
+        log "WARNING: apt no longer serves $name $version (hack/images/pytorch.lock); using $served: run hack/pytorch-lock.sh"
+        echo "$name $version -> $served" >>"$WORK/pytorch-substitutions"
+        deb=$(compgen -G "$DEBS/${name}_${served//:/%3a}_*.deb" | head -n1)
+      fi
     fi
-    dpkg-deb -x "$deb" "$root"
+    dpkg-deb -x "$deb" "$root" || { log "cannot unpack $deb"; return 1; }
     mkdir -p "$root/var/lib/dpkg/status.d"
     dpkg-deb -f "$deb" >"$root/var/lib/dpkg/status.d/$name"
   done < <(grep -v '^#' "$HACK_DIR/images/pytorch.lock")
@@ -240,7 +251,8 @@ pytorch_rootfs() {
   # Bytecode next to the sources (nonroot cannot write it there at run time); hash-based, so
   # the files do not depend on when they were compiled.
   chroot "$root" /usr/bin/python3 -m compileall -q --invalidation-mode unchecked-hash \
-    /usr/lib/python3/dist-packages /usr/lib/python3.11 >/dev/null
+    /usr/lib/python3/dist-packages /usr/lib/python3.11 >/dev/null ||
+    { log "the PyTorch runtime's python3 does not run"; return 1; }
 }
 
 pytorch_base() {
@@ -251,12 +263,15 @@ pytorch_base() {
   if [ ! -d "$cache" ]; then
     log "PyTorch runtime ($(grep -vc '^#' "$HACK_DIR/images/pytorch.lock") Debian packages; once per hack/images/pytorch.lock)"
     # Older runtimes are not needed again.
-    rm -rf "$WORK/pytorch" "$MINIAUTOML_CACHE"/images/pytorch-*
-    pytorch_rootfs "$WORK/pytorch"
+    rm -rf "$WORK/pytorch" "$WORK/pytorch-substitutions" "$MINIAUTOML_CACHE"/images/pytorch-*
+    # A runtime that did not build whole is never cached (nor used).
+    pytorch_rootfs "$WORK/pytorch" || return 1
     # Its time is the lock's last commit, so the layer's digest outlives other commits.
     epoch=$(git -C "$REPO_ROOT" log -1 --format=%ct -- hack/images/pytorch.lock 2>/dev/null || true)
-    SOURCE_DATE_EPOCH=${epoch:-$SOURCE_DATE_EPOCH} layer "$WORK/pytorch" "$WORK/pytorch.tar"
+    SOURCE_DATE_EPOCH=${epoch:-$SOURCE_DATE_EPOCH} layer "$WORK/pytorch" "$WORK/pytorch.tar" || return 1
     rm -rf "$WORK/pytorch"
+    # Built with packages the lock does not name: this run's only, not the cache's.
+    [ -s "$WORK/pytorch-substitutions" ] && cache=$WORK/pytorch-layout
     mkdir -p "$(dirname "$cache")"
     umoci init --layout "$cache.new"
     umoci new --image "$cache.new:base"
