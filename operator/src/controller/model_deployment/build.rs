@@ -874,7 +874,10 @@ pub(super) mod tests {
         // The default predictor: no initializer, both ports, HTTP probes.
         let default = pod_spec(&build_deployment(&md, &model("3"), &settings));
         assert!(default.init_containers.is_none());
-        assert_eq!(default.containers[0].image.as_deref(), Some("miniautoml/predictor:0.1.0"));
+        assert_eq!(
+            default.containers[0].image.as_deref(),
+            Some("miniautoml/predictor:0.1.0")
+        );
         assert!(default.containers[0].lifecycle.is_none());
 
         // A pytorch-intent run: its algorithm's predictor, given the files.
@@ -882,7 +885,10 @@ pub(super) mod tests {
         torch.algorithm = Some("pytorch-intent".into());
         let spec = pod_spec(&build_deployment(&md, &torch, &settings));
         let main = &spec.containers[0];
-        assert_eq!(main.image.as_deref(), Some("miniautoml/pytorch-intent-predictor:0.1.0"));
+        assert_eq!(
+            main.image.as_deref(),
+            Some("miniautoml/pytorch-intent-predictor:0.1.0")
+        );
         let init = &spec.init_containers.as_ref().unwrap()[0];
         assert_eq!(init.name, "storage-initializer");
         assert_eq!(init.image.as_deref(), Some("miniautoml/operator:0.1.0"));
@@ -891,8 +897,14 @@ pub(super) mod tests {
             ["fetch-model".to_string(), "/mnt/models".to_string()]
         );
         let init_env: Vec<&str> = init.env.iter().flatten().map(|e| e.name.as_str()).collect();
-        assert!(init_env.contains(&"MODEL_SHA256") && init_env.contains(&"AWS_ACCESS_KEY_ID"), "{init_env:?}");
-        assert!(!init_env.contains(&"MODEL_NAME"), "only what fetching needs: {init_env:?}");
+        assert!(
+            init_env.contains(&"MODEL_SHA256") && init_env.contains(&"AWS_ACCESS_KEY_ID"),
+            "{init_env:?}"
+        );
+        assert!(
+            !init_env.contains(&"MODEL_NAME"),
+            "only what fetching needs: {init_env:?}"
+        );
         assert_eq!(init.security_context, Some(restricted_security_context()));
         let mounts: Vec<(String, Option<bool>)> = main
             .volume_mounts
@@ -905,7 +917,16 @@ pub(super) mod tests {
         let env = env_of(&build_deployment(&md, &torch, &settings));
         assert_eq!(env["MODEL_DIR"].value.as_deref(), Some("/models"));
         assert_eq!(
-            main.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds,
+            main.lifecycle
+                .as_ref()
+                .unwrap()
+                .pre_stop
+                .as_ref()
+                .unwrap()
+                .sleep
+                .as_ref()
+                .unwrap()
+                .seconds,
             SHUTDOWN_DELAY_SECONDS
         );
         assert_eq!(main.ports.as_ref().unwrap().len(), 2);
@@ -928,7 +949,10 @@ pub(super) mod tests {
         assert_eq!(ports, [(Some("grpc".into()), 51001)]);
         let ready = main.readiness_probe.as_ref().unwrap();
         assert_eq!(ready.grpc.as_ref().unwrap().port, 51001);
-        assert_eq!(main.image_pull_policy, None, "a spec's own image keeps Kubernetes' default");
+        assert_eq!(
+            main.image_pull_policy, None,
+            "a spec's own image keeps Kubernetes' default"
+        );
 
         md.spec.protocol = Some(PredictorProtocol::OpenInference);
         md.spec.port = None;
@@ -1030,7 +1054,10 @@ pub(super) mod tests {
         // By name: a custom predictor's numbers are its own.
         assert_eq!(
             ports,
-            [IntOrString::String("grpc".into()), IntOrString::String("http".into())]
+            [
+                IntOrString::String("grpc".into()),
+                IntOrString::String("http".into())
+            ]
         );
         let own = serde_json::json!({"podSelector": {}});
         let operator = serde_json::json!({
