@@ -147,8 +147,10 @@ class Handler(BaseHTTPRequestHandler):
         path = "/" + "/".join(parts)
         if path == "/v2/health/live":
             return self.reply(200, {"live": True})
+        if len(parts) >= 3 and parts[:2] == ["v2", "models"] and current is None and STATE.model is not None:
+            return self.reply(404, {"error": f"no model named {parts[2]}"})
         if path == "/v2/health/ready" or (len(parts) == 4 and parts[3] == "ready"):
-            ready = STATE.ready() and (len(parts) != 4 or current is not None)
+            ready = STATE.ready()
             return self.reply(200 if ready else 503, {"ready": ready})
         if len(parts) == 3 and parts[:2] == ["v2", "models"] and current is not None:
             return self.reply(200, {
