@@ -142,18 +142,25 @@ pub fn record(
     *status != before
 }
 
-/// Why a predictor pod is failing, if one is: a crash loop, an exit, a pull error.
+/// Why a predictor pod is failing, if one is: a crash loop, an exit, a pull error — of its
+/// storage initializer (a model that could not be fetched or verified) or of the predictor.
 pub fn pod_problem(pods: &[Arc<Pod>]) -> Option<String> {
     pods.iter().find_map(|pod| {
-        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-        statuses.iter().find_map(|c| {
+        let status = pod.status.as_ref()?;
+        let statuses = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        statuses.into_iter().find_map(|c| {
             let waiting = c.state.as_ref()?.waiting.as_ref();
             let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
             let waiting_reason = waiting.and_then(|w| w.reason.clone());
             match (waiting_reason, last) {
                 (Some(reason), Some(last)) if c.restart_count > 0 => Some(format!(
-                    "pod {} is {reason}: the predictor exited {} after {} restarts{}",
+                    "pod {} is {reason}: the {} exited {} after {} restarts{}",
                     pod.name_any(),
+                    c.name,
                     last.exit_code,
                     c.restart_count,
                     last.message
@@ -161,14 +168,16 @@ pub fn pod_problem(pods: &[Arc<Pod>]) -> Option<String> {
                         .map(|m| format!(" ({})", m.trim()))
                         .unwrap_or_default()
                 )),
-                (Some(reason), _) if reason != "ContainerCreating" => Some(format!(
-                    "pod {} is {reason}{}",
-                    pod.name_any(),
-                    waiting
-                        .and_then(|w| w.message.as_deref())
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                )),
+                (Some(reason), _) if reason != "ContainerCreating" && reason != "PodInitializing" => {
+                    Some(format!(
+                        "pod {} is {reason}{}",
+                        pod.name_any(),
+                        waiting
+                            .and_then(|w| w.message.as_deref())
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    ))
+                }
                 _ => None,
             }
         })
@@ -357,6 +366,29 @@ mod tests {
         assert_eq!(
             problem,
             "pod p-1 is CrashLoopBackOff: the predictor exited 1 after 2 restarts (model: artifact model.safetensors is corrupt)"
+        );
+        // A custom predictor whose model could not be fetched: the initializer's reason.
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p-2"},
+            "status": {
+                "initContainerStatuses": [{
+                    "name": "storage-initializer", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": "cannot fetch the model s3://b/m/: the model changed since it was trained"}}
+                }],
+                "containerStatuses": [{
+                    "name": "predictor", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "PodInitializing"}}
+                }]
+            }
+        }))
+        .unwrap();
+        let problem = pod_problem(&[Arc::new(pod)]).unwrap();
+        assert!(
+            problem.starts_with(
+                "pod p-2 is CrashLoopBackOff: the storage-initializer exited 1 after 3 restarts"
+            ) && problem.contains("changed since it was trained"),
+            "{problem}"
         );
     }
 }
