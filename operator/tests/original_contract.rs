@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{ListParams, PostParams},
     runtime::wait::await_condition,
 };
 use miniautoml_api::{ModelDeployment, TrainingJob, training_job::TrainingPhase};
-use miniautoml_data::Store;
+use miniautoml_data::{Store, layout};
 use miniautoml_proto::{
     data_management::{
         CreateDatasetRequest, DatasetQuery, DatasetType,
@@ -184,9 +184,24 @@ async fn an_original_image_trains_through_train_on_three_ranks_and_reports_only_
         a.spec.parameters.get("PARALLEL_INSTANCES").map(String::as_str),
         Some("3")
     );
-    let mut ids: Vec<&str> = status_a.epochs.iter().map(|e| e.id.as_str()).collect();
+    // Every rank's epochs in the run's history (the status keeps a bounded selection), and
+    // each rank in status.workers.
+    let history = layout::run_history_prefix(&ns.name, &name_a, &a.uid().unwrap());
+    let mut ids: Vec<String> = store
+        .list(&cluster.s3_bucket, &history)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|key| {
+            key.trim_start_matches(&history)
+                .trim_end_matches(".json")
+                .to_string()
+        })
+        .collect();
     ids.sort();
     assert_eq!(ids, ["0-1", "0-2", "1-1", "1-2", "2-1", "2-2"], "{status_a:#?}");
+    let ranks: Vec<u32> = status_a.workers.iter().map(|w| w.rank).collect();
+    assert_eq!(ranks, [0, 1, 2], "{status_a:#?}");
     let message = status_a.message.clone().unwrap();
     assert!(message.starts_with("test accuracy"), "{message}");
     assert!(status_a.metrics.contains_key("accuracy"), "{status_a:#?}");
