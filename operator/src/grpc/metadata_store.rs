@@ -56,6 +56,10 @@ fn bounded_message(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
+/// Header naming the pod an original-contract report came from (set by that contract's
+/// listener, `original_contract`; named when the report is refused).
+pub const REPORTING_POD: &str = "x-miniautoml-reporting-pod";
+
 /// How long epochs wait to be written together.
 const COALESCE: Duration = Duration::from_secs(1);
 
@@ -193,7 +197,7 @@ impl MetadataStore {
         // A report through the original contract's listener: the pod it came from.
         let pod = request
             .metadata()
-            .get(super::original_contract::REPORTING_POD)
+            .get(REPORTING_POD)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let denied = || {

@@ -29,7 +29,10 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use super::{forward, metadata_store::MetadataStore};
+use super::{
+    forward,
+    metadata_store::{MetadataStore, REPORTING_POD},
+};
 use crate::{StartupError, algorithms, context::Context, leader::Leadership, readiness::Readiness};
 
 /// The methods this listener serves: a run's reports.
@@ -39,10 +42,6 @@ pub const REPORT_METHODS: [&str; 4] = [
     "/metadata_store.MetadataStoreService/CreateArtifact",
     "/metadata_store.MetadataStoreService/LogRunEnd",
 ];
-
-/// Header naming the pod a report came from (set by this listener; the metadata store names it
-/// when the report is refused).
-pub const REPORTING_POD: &str = "x-miniautoml-reporting-pod";
 
 /// The pod at `ip` among the runs' `pods`: a live pod (not finished: a finished pod's address
 /// may already be another pod's) on the pod network (a host-network pod shares its node's
