@@ -443,7 +443,12 @@ fn original_contract_algorithms_and_their_port_are_configurable() {
     // By default: the port on the operator and its Service.
     let documents = render(&[]);
     let service = find(&documents, "Service", "miniautoml");
-    assert_eq!(str(service, "spec.ports.1.name"), "original-reports");
+    assert_eq!(str(service, "spec.ports.1.name"), "original");
+    // Kubernetes takes port names of at most 15 characters (an IANA service name).
+    for port in at(service, "spec.ports").as_sequence().unwrap() {
+        let name = port["name"].as_str().unwrap();
+        assert!(name.len() <= 15, "port name {name:?} is too long for Kubernetes");
+    }
     assert_eq!(at(service, "spec.ports.1.port").as_u64(), Some(51002));
     // An algorithm of the original's images, with a predictor of its own.
     let documents = render(&[
