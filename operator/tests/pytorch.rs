@@ -397,9 +397,12 @@ async fn an_evicted_rank_restarts_its_gang_uncounted_and_a_late_rank_0_is_waited
     .await;
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
-    // Rank 0 starts 30 s after its pod does, in every attempt: rank 1 waits for it.
+    // Rank 0 starts 60 s after its pod does, in every attempt: rank 1 waits for it. Longer
+    // than the evicted rank's 30 s grace period, so that rank is killed before rank 0 comes:
+    // a rank that ignores SIGTERM (python as PID 1) and whose peer arrives within its grace
+    // period finishes its work instead (seen once with 30 s, when DNS held the pods 46 s).
     let late = serde_json::json!({"maxRestarts": 0, "parameters": {
-        "EPOCHS": "2", "THREADS": "1", "DELAY_RANK": "0", "DELAY_SECONDS": "30"}});
+        "EPOCHS": "2", "THREADS": "1", "DELAY_RANK": "0", "DELAY_SECONDS": "60"}});
     jobs.create(&PostParams::default(), &pytorch_job("late", 2, late))
         .await
         .unwrap();
@@ -432,7 +435,7 @@ async fn an_evicted_rank_restarts_its_gang_uncounted_and_a_late_rank_0_is_waited
     assert_eq!((status.attempt, status.restarts), (Some(2), 0), "{status:#?}");
     assert!(status.workers.iter().all(|w| w.pod != evicted), "{status:#?}");
     let logs = pod_logs(cluster, &ns.name, "late-train");
-    assert!(logs.contains("rank 0: starting 30 s late"), "{logs}");
+    assert!(logs.contains("rank 0: starting 60 s late"), "{logs}");
     assert!(
         logs.contains("weights identical on 2 ranks")
             || status
