@@ -30,31 +30,13 @@ use miniautoml_proto::{
 };
 use miniautoml_test_support::{
     WAIT,
-    harness::{self, finished, logs_on_failure, tweets, wait_for},
+    harness::{self, finished, job_logs, logs_on_failure, tweets, wait_for},
 };
 
 const FLAGS: [&str; 2] = [
     "--algorithm=original-intent=miniautoml/test-original:1",
     "--algorithm-contract=original-intent=Original",
 ];
-
-/// The logs of every pod of the Job `job`.
-fn job_logs(cluster: &miniautoml_test_support::LocalCluster, namespace: &str, job: &str) -> String {
-    let output = cluster
-        .kubectl()
-        .args([
-            "logs",
-            "-n",
-            namespace,
-            "-l",
-            &format!("job-name={job}"),
-            "--tail=-1",
-            "--prefix",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_original_image_trains_through_train_on_three_ranks_and_reports_only_its_own_run() {

@@ -12,9 +12,8 @@ use kube::{
 };
 use miniautoml_api::{Dataset, TrainingJob, training_job::TrainingPhase};
 use miniautoml_data::Store;
-use miniautoml_test_support::{
-    LocalCluster,
-    harness::{self, finished, logs_on_failure, training_job, tweet_emotion, wait_for},
+use miniautoml_test_support::harness::{
+    self, finished, job_logs, logs_on_failure, training_job, tweet_emotion, wait_for,
 };
 use sha2::{Digest, Sha256};
 
@@ -148,7 +147,7 @@ async fn the_pytorch_example_trains_alone_and_data_parallel_to_the_same_weights_
             workers as usize,
             "{started}"
         );
-        let logs = pod_logs(cluster, &ns.name, &format!("{name}-train"));
+        let logs = job_logs(cluster, &ns.name, &format!("{name}-train"));
         for rank in 0..workers {
             assert!(
                 logs.contains(&format!("rank {rank}/{workers} (gloo)")),
@@ -199,30 +198,12 @@ async fn a_bare_torchrun_launch_works_unchanged() {
     let status = succeeded(&jobs, "launched", &ns.name).await;
     let message = status.message.clone().unwrap();
     assert!(message.contains("weights identical on 2 ranks"), "{message}");
-    let logs = pod_logs(cluster, &ns.name, "launched-train");
+    let logs = job_logs(cluster, &ns.name, "launched-train");
     // torchrun's agent started one worker per pod with the rank the pod's index gave it.
     assert!(
         logs.contains("rank 0/2 (gloo)") && logs.contains("rank 1/2 (gloo)"),
         "{logs}"
     );
-}
-
-/// The logs of every pod of the Job `job`.
-fn pod_logs(cluster: &LocalCluster, namespace: &str, job: &str) -> String {
-    let output = cluster
-        .kubectl()
-        .args([
-            "logs",
-            "-n",
-            namespace,
-            "-l",
-            &format!("job-name={job}"),
-            "--tail=-1",
-            "--prefix",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The pods of the Job `job` in `namespace`, by rank.
@@ -434,7 +415,7 @@ async fn an_evicted_rank_restarts_its_gang_uncounted_and_a_late_rank_0_is_waited
     // The eviction restarted the gang without using a restart: maxRestarts is 0.
     assert_eq!((status.attempt, status.restarts), (Some(2), 0), "{status:#?}");
     assert!(status.workers.iter().all(|w| w.pod != evicted), "{status:#?}");
-    let logs = pod_logs(cluster, &ns.name, "late-train");
+    let logs = job_logs(cluster, &ns.name, "late-train");
     assert!(logs.contains("rank 0: starting 60 s late"), "{logs}");
     assert!(
         logs.contains("weights identical on 2 ranks")

@@ -162,6 +162,25 @@ pub fn pod_logs(cluster: &LocalCluster, namespace: &str) -> String {
     logs
 }
 
+/// The logs of every pod of the Job `job` in `namespace` (`kubectl logs`, each line prefixed
+/// with its pod and container).
+pub fn job_logs(cluster: &LocalCluster, namespace: &str, job: &str) -> String {
+    let output = cluster
+        .kubectl()
+        .args([
+            "logs",
+            "-n",
+            namespace,
+            "-l",
+            &format!("job-name={job}"),
+            "--tail=-1",
+            "--prefix",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The shared cluster, an admin client, a namespace of one test and the operator process
 /// watching it.
 pub type WithOperator = (
