@@ -11,6 +11,8 @@
 #   hack/cluster.sh load    import the archives of `make images` into the node again
 #   hack/cluster.sh down    stop everything, clean the host and delete the cluster's state
 #   hack/cluster.sh status  say what runs
+#   hack/cluster.sh kueue   install Kueue (hack/versions.env) as its manifests do, on the running
+#                           cluster (idempotent): the tests of queued TrainingJobs call it
 #   hack/cluster.sh restart COMPONENT
 #                           SIGKILL one component (kube-apiserver, seaweedfs, ...) and start it
 #                           again with its state (etcd keeps the API's data, SeaweedFS its
@@ -289,8 +291,27 @@ s3_up() {
   return 1
 }
 
+# The aggregation layer's certificates (as kubeadm makes them): a CA of its own and the client
+# certificate the API server presents when it proxies a request to an extension API server
+# (Kueue's visibility API), which trusts the user it names only from that CA.
+front_proxy_pki() {
+  [ -f "$PKI/front-proxy-client.crt" ] && return 0
+  openssl genrsa -out "$PKI/front-proxy-ca.key" 2048 2>/dev/null
+  openssl req -x509 -new -key "$PKI/front-proxy-ca.key" -subj "/CN=miniautoml-front-proxy-ca" -days 3650 \
+    -out "$PKI/front-proxy-ca.crt" 2>/dev/null
+  openssl genrsa -out "$PKI/front-proxy-client.key" 2048 2>/dev/null
+  openssl req -new -key "$PKI/front-proxy-client.key" -subj "/CN=front-proxy-client" \
+    -out "$PKI/front-proxy-client.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' \
+    >"$PKI/front-proxy-client.ext"
+  openssl x509 -req -in "$PKI/front-proxy-client.csr" -CA "$PKI/front-proxy-ca.crt" \
+    -CAkey "$PKI/front-proxy-ca.key" -CAcreateserial -days 3650 -extfile "$PKI/front-proxy-client.ext" \
+    -out "$PKI/front-proxy-client.crt" 2>/dev/null
+}
+
 # kube-apiserver on the node IP, with etcd's data.
 apiserver_up() {
+  front_proxy_pki
   # The audit log records every request of a workload's ServiceAccount (the operator's, the
   # e2e suite's callers'), not the cluster's own components: the e2e suite derives the
   # permissions the operator used from it (least privilege, checked).
@@ -318,7 +339,11 @@ EOT
     --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$PKI/ca.crt" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-    --cert-dir "$PKI/generated"
+    --cert-dir "$PKI/generated" \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key"
   wait_for kube-apiserver "${kubectl[@]}" get --raw /readyz
 }
 
@@ -336,6 +361,90 @@ enough_disk() {
     log "free space first, e.g. hack/prune-target.sh (stale build outputs in $MINIAUTOML_CACHE/cargo-target)"
     return 1
   fi
+}
+
+# Kueue as its release installs it (config/default of its module: CRDs, RBAC, the manager's
+# Deployment with internal certificate management, its webhooks and the visibility API), with
+# the image `make images` builds, on the real node, and this cluster's settings: only batch/v1
+# Jobs are managed (the integrations whose CRDs are not installed stay off) and waitForPodsReady
+# evicts a workload whose pods are not all ready in time, so a gang never holds quota half
+# started. Then two ResourceFlavors: `real-node` (this node's CPU and memory) and
+# `simulated-gpu` (kwok's GPU nodes, labelled nvidia.com/gpu.present). ClusterQueues and
+# LocalQueues are the tests' own.
+KUEUE_NAMESPACE=kueue-system
+kueue_up() {
+  local dir=$STATE/kueue
+  mkdir -p "$dir"
+  cat >"$dir/kustomization.yaml" <<EOT
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [upstream]
+images:
+  - name: us-central1-docker.pkg.dev/k8s-staging-images/kueue/kueue
+    newName: docker.io/miniautoml/kueue
+    newTag: $KUEUE_VERSION
+patches:
+  - target: {kind: Deployment, name: kueue-controller-manager}
+    patch: |-
+      - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent}
+      - {op: replace, path: /spec/template/spec/containers/0/resources/requests, value: {cpu: 100m, memory: 128Mi}}
+      - {op: add, path: /spec/template/spec/nodeSelector, value: {kubernetes.io/hostname: $NODE_NAME}}
+  - target: {kind: ConfigMap, name: kueue-manager-config}
+    patch: |-
+      - op: replace
+        path: /data/controller_manager_config.yaml
+        value: |
+          apiVersion: config.kueue.x-k8s.io/v1beta2
+          kind: Configuration
+          health: {healthProbeBindAddress: ":8081"}
+          metrics: {bindAddress: ":8443"}
+          webhook: {port: 9443}
+          leaderElection: {leaderElect: true, resourceName: c1f6bfd2.kueue.x-k8s.io}
+          controller:
+            groupKindConcurrency: {Job.batch: 5, Pod: 5, Workload.kueue.x-k8s.io: 10, LocalQueue.kueue.x-k8s.io: 5, ClusterQueue.kueue.x-k8s.io: 5, ResourceFlavor.kueue.x-k8s.io: 1}
+          clientConnection: {qps: 300, burst: 500}
+          waitForPodsReady:
+            timeout: 3m
+            blockAdmission: false
+            requeuingStrategy: {timestamp: Eviction, backoffBaseSeconds: 5, backoffMaxSeconds: 60}
+          integrations:
+            frameworks: ["batch/job"]
+EOT
+  ln -sfn "$KUEUE_CONFIG/default" "$dir/upstream"
+  # kustomize reads the upstream folder through the link (its files stay inside the overlay).
+  "$TOOLS_BIN/kubectl" kustomize --load-restrictor LoadRestrictionsNone "$dir" >"$dir/manifests.yaml"
+  "${kubectl[@]}" apply --server-side --force-conflicts -f "$dir/manifests.yaml" >/dev/null
+  "${kubectl[@]}" -n "$KUEUE_NAMESPACE" rollout status deployment/kueue-controller-manager --timeout=180s >&2
+  # Its webhooks answer only once the manager has written its certificates and the endpoints
+  # are ready (a known start-up race): retry until an object they check is taken.
+  local attempt
+  for attempt in $(seq 1 60); do
+    if "${kubectl[@]}" apply --server-side -f - >"$LOGS/kueue-flavors.out" 2>&1 <<EOT; then
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {name: real-node}
+spec:
+  nodeLabels: {kubernetes.io/hostname: $NODE_NAME}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {name: simulated-gpu}
+spec:
+  nodeLabels: {nvidia.com/gpu.present: "true"}
+  tolerations:
+    - {key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}
+    - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+EOT
+      # The visibility API (queue positions) is served once the aggregator has found it.
+      wait_for kube-apiserver "${kubectl[@]}" get --raw "/apis/visibility.kueue.x-k8s.io/v1beta2"
+      log "kueue $KUEUE_VERSION ready (its webhooks took the flavors at attempt $attempt)"
+      return 0
+    fi
+    sleep 2
+  done
+  log "Kueue's webhooks never took the ResourceFlavors: $(cat "$LOGS/kueue-flavors.out")"
+  "${kubectl[@]}" -n "$KUEUE_NAMESPACE" logs deployment/kueue-controller-manager --tail 30 >&2 || true
+  return 1
 }
 
 up() {
@@ -452,6 +561,12 @@ case "${1:-}" in
     ;;
   down) down ;;
   status) status ;;
+  kueue)
+    require_tools kubectl kueue
+    kubectl=("$TOOLS_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" --request-timeout=10s)
+    running kube-apiserver || { log "the cluster is not running: hack/cluster.sh up first"; exit 1; }
+    kueue_up
+    ;;
   restart)
     component=${2:?usage: $0 restart COMPONENT}
     running "$component" || { log "$component is not running"; exit 1; }
@@ -471,5 +586,5 @@ case "${1:-}" in
     running "$component" || { log "$component is not running"; exit 1; }
     cat "$RUN/$component.pid"
     ;;
-  *) echo "usage: $0 up|load|down|status|restart COMPONENT|pid COMPONENT" >&2; exit 2 ;;
+  *) echo "usage: $0 up|load|down|status|kueue|restart COMPONENT|pid COMPONENT" >&2; exit 2 ;;
 esac

@@ -7,6 +7,8 @@
 #                                     version label and digest): the e2e suite's helm upgrade
 #   miniautoml/seaweedfs              the Helm chart's bundled object store (hack/versions.env's
 #                                     SeaweedFS, tagged <commit date>-<commit>)
+#   miniautoml/kueue                  Kueue's manager (hack/versions.env's KUEUE_VERSION), for
+#                                     `hack/cluster.sh kueue`: tests of queued TrainingJobs
 #   miniautoml/pause                  the node's sandbox image (a static C program)
 #   miniautoml/test-tools, test-exit, test-env, test-oom   images the tests run (busybox)
 #   miniautoml/test-client            busybox and grpcurl: the e2e suite's in-cluster client
@@ -22,7 +24,7 @@
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"
-require_tools umoci weed grpcurl
+require_tools umoci weed grpcurl kueue
 # The pause program's static build, objcopy, jq; dpkg-deb and apt-get come with Debian.
 ensure_debian_packages gcc libc6-dev binutils jq
 umoci() { "$TOOLS_BIN/umoci" "$@"; }
@@ -340,6 +342,16 @@ layer "$WORK/seaweedfs" "$WORK/seaweedfs.tar"
 TAG=$(seaweedfs_image_tag) LAYERS="base seaweedfs" image miniautoml/seaweedfs --config.user 65532:65532 \
   --config.entrypoint /usr/local/bin/weed --config.workingdir /home/nonroot \
   --config.exposedports 8333/tcp --config.exposedports 9333/tcp --config.exposedports 8888/tcp
+
+# Kueue's manager, built by hack/tools.sh from the pinned module, where its release image has it
+# (/manager), run as its manifests run it (hack/cluster.sh kueue).
+log "kueue"
+mkdir -p "$WORK/kueue"
+cp "$TOOLS_BIN/kueue" "$WORK/kueue/manager"
+chmod 0755 "$WORK/kueue/manager"
+layer "$WORK/kueue" "$WORK/kueue.tar"
+TAG=$KUEUE_VERSION LAYERS="base kueue" image miniautoml/kueue --config.user 65532:65532 \
+  --config.entrypoint /manager --config.exposedports 9443/tcp --config.exposedports 8082/tcp
 
 # The sandbox ("pause") image: holds a pod's namespaces, reaps orphans, exits on SIGTERM/SIGINT.
 log "pause"

@@ -11,7 +11,9 @@ TOOLS_BIN=$TOOLS_DIR/bin
 KWOK_STAGES=$TOOLS_DIR/kwok-stages
 # What the local cluster and the tests need; `make tools` also builds the rest.
 CLUSTER_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm grpcurl
-  crictl coredns umoci weed local-path-provisioner kind kind-config-check kube-router)
+  crictl coredns umoci weed local-path-provisioner kind kind-config-check kube-router kueue)
+# Kueue's own manifests (its module's config/ folder), for `hack/cluster.sh kueue`.
+KUEUE_CONFIG=$TOOLS_DIR/kueue-config
 OTHER_TOOLS=(kwokctl)
 
 # The tag of the SeaweedFS image (`make images`, the chart's objectStore.image.tag): the pinned

@@ -140,6 +140,16 @@ if ! have kind-config-check; then
   (cd "$BUILD/kind-$KIND_VERSION" && go build -trimpath -ldflags "-s -w" \
     -o "$TOOLS_BIN/kind-config-check" ./pkg/internal/miniautomlcheck)
 fi
+# Kueue's manager (static, as its release image is) and its kustomize manifests.
+if ! have kueue || [ ! -d "$KUEUE_CONFIG" ]; then
+  log "Kueue $KUEUE_VERSION"
+  CGO_ENABLED=0 GOBIN=$TOOLS_BIN go install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+    "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  rm -rf "$KUEUE_CONFIG"
+  cp -r "$(go env GOMODCACHE)/sigs.k8s.io/kueue@$KUEUE_VERSION/config" "$KUEUE_CONFIG"
+  chmod -R u+w "$KUEUE_CONFIG"
+fi
 if [ "$SCOPE" = all ]; then
   go_install kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
 fi

@@ -22,6 +22,9 @@ pub const RUNNING: &str = "Running";
 pub const SUCCEEDED: &str = "Succeeded";
 /// Condition: the run failed.
 pub const FAILED: &str = "Failed";
+/// Condition: Kueue admitted the run's Workload (runs with `spec.queueName`): the ClusterQueue
+/// and flavors, or Kueue's own reason while it waits.
+pub const ADMITTED: &str = "Admitted";
 /// Condition: which storage key the run's pods hold — a key of their own (`Scoped`, until
 /// `Revoked` when the run ends) or the store's shared one (`SharedKey`).
 pub const STORAGE_KEY: &str = "StorageKey";

@@ -48,6 +48,8 @@ pub struct Caches {
     pub predictor_deployments: Store<Deployment>,
     /// The predictors' pods, trimmed (the PredictionService routes to the ready ones).
     pub predictor_pods: Store<Pod>,
+    /// Kueue's Workloads, where the cluster serves them (queued runs read their admission here).
+    pub workloads: Option<Store<crate::kueue::Workload>>,
 }
 
 /// What a training run's pods are given.
@@ -155,6 +157,9 @@ pub struct Context {
     /// Whether this replica leads: every replica watches and caches, only the leader
     /// reconciles (see `leader`).
     pub leadership: Leadership,
+    /// Pending runs' places in Kueue's LocalQueues; `None` where the cluster serves no Kueue
+    /// (runs with `spec.queueName` are then refused).
+    pub kueue: Option<Arc<crate::kueue::Positions>>,
 }
 
 impl Context {
@@ -188,6 +193,7 @@ impl Context {
             sources: SourcePolicy::default(),
             caches,
             leadership: Leadership::single(),
+            kueue: None,
         }
     }
 

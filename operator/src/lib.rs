@@ -10,6 +10,7 @@ pub mod controller;
 mod error;
 pub mod grpc;
 pub mod ids;
+pub mod kueue;
 pub mod leader;
 pub mod metrics;
 pub mod names;
@@ -94,8 +95,15 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         shutdown.clone(),
     ));
     let store = storage(&config);
+    // Kueue admits runs with spec.queueName where the cluster serves it (checked once: an
+    // operator started before Kueue was installed needs a restart to use it).
+    let kueue = kueue::served(
+        &client,
+        &context::scoped(&client, config.watch_namespace.as_deref()),
+    )
+    .await;
     // Every replica watches; the caches serve the gRPC API as much as the controllers.
-    let (caches, triggers) = controller::watch(&client, config.watch_namespace.as_deref());
+    let (caches, triggers) = controller::watch(&client, config.watch_namespace.as_deref(), kueue);
     let mut ctx = Context::new(
         client,
         metrics.clone(),
@@ -105,6 +113,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         caches,
     );
     ctx.algorithm_max_workers = config.algorithm_max_workers.iter().cloned().collect();
+    ctx.kueue = kueue.then(|| Arc::new(kueue::Positions::new(ctx.client.clone())));
     ctx.watch_namespace = config.watch_namespace.clone();
     ctx.id_namespace = config.grpc_namespace.clone();
     ctx.sources = sources;

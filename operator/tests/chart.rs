@@ -1182,3 +1182,43 @@ fn the_listed_namespaces_and_the_grpc_namespace_get_upload_keys() {
     let error = try_render(&["uploads.namespaces={Not_A_Namespace}"]).unwrap_err();
     assert!(error.contains("uploads"), "{error}");
 }
+
+#[test]
+fn kueue_permissions_are_granted_only_where_kueue_is_enabled() {
+    let rules = |documents: &[Value]| -> Vec<(String, String)> {
+        let role = documents
+            .iter()
+            .find(|d| str(d, "kind") == "ClusterRole" && str(d, "metadata.name") == "miniautoml")
+            .expect("the operator's ClusterRole");
+        at(role, "rules")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| {
+                let groups = at(rule, "apiGroups").as_sequence().unwrap().clone();
+                let resources = at(rule, "resources").as_sequence().unwrap().clone();
+                groups.into_iter().flat_map(move |g| {
+                    resources
+                        .clone()
+                        .into_iter()
+                        .map(move |r| (g.as_str().unwrap().to_string(), r.as_str().unwrap().to_string()))
+                })
+            })
+            .collect()
+    };
+    let kueue = |rules: &[(String, String)]| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|(group, _)| group.contains("kueue"))
+            .map(|(group, resource)| format!("{group}/{resource}"))
+            .collect()
+    };
+    assert!(kueue(&rules(&render(&[]))).is_empty());
+    assert_eq!(
+        kueue(&rules(&render(&["kueue.enabled=true"]))),
+        [
+            "kueue.x-k8s.io/workloads",
+            "visibility.kueue.x-k8s.io/localqueues/pendingworkloads"
+        ]
+    );
+}

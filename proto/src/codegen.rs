@@ -36,14 +36,23 @@ pub enum Error {
 /// Result of code generation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// This crate's directory: where cargo runs it from (`cargo run`, `cargo test` set
+/// CARGO_MANIFEST_DIR), else where it was built. A binary built in another checkout sharing the
+/// target directory (CI's clean clone) would otherwise read and write that checkout's files.
+fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The directory holding the `.proto` files.
 pub fn proto_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("proto")
+    crate_dir().join("proto")
 }
 
 /// The directory the generated files are checked in to.
 pub fn generated_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/generated")
+    crate_dir().join("src/generated")
 }
 
 /// Compiles [`PROTO_FILES`] and their imports into a descriptor set, with source info so that the

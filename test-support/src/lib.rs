@@ -145,6 +145,24 @@ impl LocalCluster {
         LocalCluster::from_env_file(&env_file)
     }
 
+    /// Installs Kueue on the cluster (`hack/cluster.sh kueue`, idempotent) once in this
+    /// process, for the tests of queued runs; an operator started afterwards uses it.
+    pub fn with_kueue(&self) -> &Self {
+        static KUEUE: OnceLock<()> = OnceLock::new();
+        KUEUE.get_or_init(|| {
+            let output = Command::new(repo_root().join("hack/cluster.sh"))
+                .arg("kueue")
+                .output()
+                .unwrap_or_else(|e| panic!("hack/cluster.sh kueue: {e}"));
+            assert!(
+                output.status.success(),
+                "hack/cluster.sh kueue failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        });
+        self
+    }
+
     /// Reads the `export NAME=value` lines of `hack/cluster.sh`'s env file.
     pub fn from_env_file(path: &Path) -> Result<LocalCluster> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;

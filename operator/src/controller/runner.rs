@@ -26,6 +26,9 @@ pub async fn run(ctx: Arc<Context>, triggers: Triggers, readiness: Readiness, sh
         ctx.caches.training_jobs.clone(),
         triggers.run_jobs,
         triggers.run_pods,
+        triggers
+            .workloads
+            .map(|events| (events, ctx.caches.run_jobs.clone())),
     );
     let model_deployments = model_deployment::controller(
         triggers.model_deployments,

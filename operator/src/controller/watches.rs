@@ -21,7 +21,10 @@ use miniautoml_api::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::context::{Caches, scoped};
+use crate::{
+    context::{Caches, scoped},
+    kueue::Workload,
+};
 
 /// A watch's changed objects.
 pub type Events<K> = BoxStream<'static, Result<K, watcher::Error>>;
@@ -43,11 +46,14 @@ pub struct Triggers {
     pub predictor_pods: Events<Pod>,
     /// TrainingJobs' metadata, for the ModelDeployments that reference them.
     pub training_job_changes: Events<PartialObjectMeta<TrainingJob>>,
+    /// Kueue's Workloads, where the cluster serves them.
+    pub workloads: Option<Events<Workload>>,
 }
 
 /// Starts nothing yet: builds the caches of `namespace` (every namespace when `None`) and the
-/// streams that fill them once the controllers run.
-pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
+/// streams that fill them once the controllers run; Kueue's Workloads too when `kueue` (the
+/// cluster serves them).
+pub fn watch(client: &Client, namespace: Option<&str>, kueue: bool) -> (Caches, Triggers) {
     let (training_jobs, training_job_events) = resource_cache(scoped(client, namespace));
     let (model_deployments, model_deployment_events) = resource_cache(scoped(client, namespace));
     let (run_jobs, run_job_events) = labelled_cache(scoped(client, namespace), TRAINING_JOB_LABEL, |_| {});
@@ -62,6 +68,13 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
         .default_backoff()
         .touched_objects()
         .boxed();
+    // Every Workload of the watched namespaces (Kueue labels them with their Job's uid only).
+    let (workloads, workload_events) = if kueue {
+        let (cache, events) = trimmed_cache(scoped(client, namespace), watcher::Config::default(), |_| {});
+        (Some(cache), Some(events))
+    } else {
+        (None, None)
+    };
     let caches = Caches {
         training_jobs,
         run_jobs,
@@ -69,6 +82,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
         model_deployments,
         predictor_deployments,
         predictor_pods,
+        workloads,
     };
     let triggers = Triggers {
         training_jobs: training_job_events,
@@ -78,6 +92,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
         predictor_deployments: predictor_deployment_events,
         predictor_pods: predictor_pod_events,
         training_job_changes,
+        workloads: workload_events,
     };
     (caches, triggers)
 }
@@ -105,6 +120,20 @@ where
 pub fn labelled_cache<K>(
     api: Api<K>,
     label: &str,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, Events<K>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    trimmed_cache(api, watcher::Config::default().labels(label), trim)
+}
+
+/// Watches the objects of `api` that `config` selects into a cache, trimmed by `trim` (managed
+/// fields are always dropped). Returns the cache and the stream of changed objects.
+fn trimmed_cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
     mut trim: impl FnMut(&mut K) + Send + 'static,
 ) -> (Store<K>, Events<K>)
 where
@@ -112,7 +141,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (cache, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default().labels(label).any_semantic())
+    let events = watcher(api, config.any_semantic())
         .default_backoff()
         .modify(move |object| {
             object.managed_fields_mut().clear();

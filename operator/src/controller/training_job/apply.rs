@@ -104,25 +104,11 @@ pub async fn launch(
     Ok(created)
 }
 
-/// Suspends the run's Job, which makes the Job controller stop its running pods (a Job already
-/// gone is fine).
+/// Stops a run's pods by deleting its Job in the foreground: the Job is gone only once its pods
+/// are, so the next attempt of a gang never meets a rank of the last one, and a run being
+/// deleted writes nothing more (a Job already gone, or going, is fine). The operator never
+/// changes a Job's `suspend`: under Kueue that is Kueue's, and its Workload goes with the Job.
 pub async fn stop_job(job: &TrainingJob, ctx: &Context) -> Result<()> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let suspend = serde_json::json!({"spec": {"suspend": true}});
-    match jobs
-        .patch(&job_name(job), &PatchParams::default(), &Patch::Merge(&suspend))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// Deletes the Job of a gang's failed attempt in the foreground: the Job is gone only once
-/// its pods are, so the next attempt's pods never meet a rank of the last one (a Job already
-/// gone, or going, is fine).
-pub async fn stop_gang(job: &TrainingJob, ctx: &Context) -> Result<()> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     match jobs.delete(&job_name(job), &DeleteParams::foreground()).await {
         Ok(_) => Ok(()),

@@ -14,6 +14,7 @@ use crate::{
     Result,
     conditions::{self, ACCEPTED},
     context::Context,
+    kueue::{self, QueueState},
     snapshots::SnapshotError,
 };
 
@@ -211,6 +212,43 @@ pub async fn launched_snapshot(
     }
 }
 
+/// What Kueue says of a queued run's Job `run` (LocalQueue `queue`): its Workload's state, and
+/// while Kueue holds it suspended and pending, its place in the LocalQueue.
+pub async fn kueue_state(ctx: &Context, run: &Job, queue: &str) -> Queued {
+    let uid = run.uid().unwrap_or_default();
+    let state = match &ctx.caches.workloads {
+        Some(cache) => {
+            let all = cache.state();
+            kueue::state(kueue::of_job(all.iter().map(|w| &**w), &uid))
+        }
+        None => QueueState::NoWorkload,
+    };
+    let suspended = run.spec.as_ref().and_then(|s| s.suspend) == Some(true);
+    let position = match (&state, &ctx.kueue) {
+        (QueueState::Pending { .. }, Some(positions)) if suspended => {
+            let namespace = run.namespace().unwrap_or_default();
+            positions.position(&namespace, queue, &run.name_any()).await
+        }
+        _ => None,
+    };
+    Queued {
+        state,
+        suspended,
+        position,
+    }
+}
+
+/// A queued run's state in Kueue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    /// What its Workload says.
+    pub state: QueueState,
+    /// Whether its Job is suspended (Kueue has not started it, or stopped it on eviction).
+    pub suspended: bool,
+    /// Its place in its LocalQueue (from 0), while pending.
+    pub position: Option<u32>,
+}
+
 /// `(queued runs ahead of job, runs holding a slot)` among every run the operator watches.
 pub async fn queue(job: &TrainingJob, ctx: &Context) -> Result<(usize, usize)> {
     let scope: Api<TrainingJob> = ctx.watched();
@@ -219,14 +257,19 @@ pub async fn queue(job: &TrainingJob, ctx: &Context) -> Result<(usize, usize)> {
 }
 
 /// `(queued runs ahead of job, runs holding a slot)` among `all`: runs hold a slot from their
-/// Job's creation to their end; the queue is first created, first served.
+/// Job's creation to their end; the queue is first created, first served. Runs that Kueue
+/// admits (`queueName`) are not in it.
 pub fn queue_position(job: &TrainingJob, all: &[TrainingJob]) -> (usize, usize) {
     let key = |j: &TrainingJob| (j.creation_timestamp().map(|t| t.0), j.namespace(), j.name_any());
     let mine = key(job);
     let mut ahead = 0;
     let mut active = 0;
     for other in all {
-        if other.has_ended() || other.metadata.deletion_timestamp.is_some() || other.uid() == job.uid() {
+        if other.has_ended()
+            || other.metadata.deletion_timestamp.is_some()
+            || other.uid() == job.uid()
+            || other.spec.queue_name.is_some()
+        {
             continue;
         }
         let status = other.status.as_ref();

@@ -49,7 +49,7 @@ use self::{
     status::{Found, PodKey, holds_own_key, phase},
 };
 use super::{reconciled::report_unreadable, watches::Events};
-use crate::{Error, Result, context::Context, status::modify_cached_status};
+use crate::{Error, Result, context::Context, kueue::Workload, status::modify_cached_status};
 
 /// Finalizer of TrainingJobs whose run objects are deleted with them.
 pub const FINALIZER: &str = "miniautoml.io/trainingjob-artifacts";
@@ -73,8 +73,9 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
     }
     if job.metadata.deletion_timestamp.is_some() && job.finalizers().iter().any(|f| f == FINALIZER) {
         // Its storage goes only once its pods have stopped: a trainer still running would
-        // report epochs and upload its model into the prefixes being deleted. Suspending the
-        // Job stops them (the garbage collector would only after the finalizer is gone).
+        // report epochs and upload its model into the prefixes being deleted. Deleting the Job
+        // in the foreground stops them (the garbage collector would only after the finalizer
+        // is gone); suspending it would not under Kueue, which unsuspends an admitted Job.
         let namespace = job.namespace().unwrap_or_default();
         let pods = dereference::run_pods(&ctx, &namespace, &job_name(&job)).await?;
         if pods.iter().any(still_running) {
@@ -99,20 +100,32 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
     .map_err(Error::from_finalizer)
 }
 
-/// The TrainingJob controller on the watches of TrainingJobs and of the runs' Jobs and pods: a
-/// run is followed by watch events, not by polling.
+/// The TrainingJob controller on the watches of TrainingJobs and of the runs' Jobs and pods
+/// (and Kueue's Workloads of the runs' Jobs, where Kueue runs: `job_cache` maps a Workload's
+/// Job to its run): a run is followed by watch events, not by polling.
 pub fn controller(
     jobs: Events<DeserializeGuard<TrainingJob>>,
     cache: reflector::Store<DeserializeGuard<TrainingJob>>,
     run_jobs: Events<Job>,
     run_pods: Events<Pod>,
+    workloads: Option<(Events<Workload>, reflector::Store<Job>)>,
 ) -> Controller<DeserializeGuard<TrainingJob>> {
-    Controller::for_stream(jobs, cache)
+    let controller = Controller::for_stream(jobs, cache)
         .owns_stream(run_jobs)
         .watches_stream(run_pods, |pod| {
             let name = pod.labels().get(TRAINING_JOB_LABEL)?;
             Some(ObjectRef::new(name).within(&pod.namespace()?))
-        })
+        });
+    match workloads {
+        Some((workloads, job_cache)) => controller.watches_stream(workloads, move |workload| {
+            let namespace = workload.namespace()?;
+            let owner = workload.owner_references().iter().find(|o| o.kind == "Job")?;
+            let job = job_cache.get(&ObjectRef::new(&owner.name).within(&namespace))?;
+            let name = job.labels().get(TRAINING_JOB_LABEL)?;
+            Some(ObjectRef::new(name).within(&namespace))
+        }),
+        None => controller,
+    }
 }
 
 /// Whether `pod` may still run its container (neither Succeeded nor Failed).
@@ -204,7 +217,8 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 }
             };
             let version_hash = ready.1.version_hash.clone();
-            if settings.max_concurrent_runs > 0 && !restarting {
+            // Kueue admits a run with a queueName: the operator's own queue leaves it alone.
+            if settings.max_concurrent_runs > 0 && !restarting && job.spec.queue_name.is_none() {
                 let (ahead, active) = dereference::queue(job, ctx).await?;
                 if active + ahead >= settings.max_concurrent_runs as usize {
                     let found = Found::WaitingForSlot {
@@ -236,10 +250,17 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     let pods = dereference::run_pods(ctx, &namespace, &name).await?;
     let workers = observe(&run, &pods, status::reported_failure_rank(job));
     let launched = launched_attempt(&run);
-    if job.spec.workers > 1 {
+    let queued = match &job.spec.queue_name {
+        Some(queue) => Some(dereference::kueue_state(ctx, &run, queue).await),
+        None => None,
+    };
+    // While Kueue holds the Job suspended (not admitted yet, or evicted), its pods stopping are
+    // Kueue's doing, not a failed attempt.
+    let held = queued.as_ref().is_some_and(|q| q.suspended);
+    if job.spec.workers > 1 && !held {
         // The Job of an earlier attempt, going: wait until its pods are gone.
         if run.metadata.deletion_timestamp.is_some() || launched < attempt(job) {
-            apply::stop_gang(job, ctx).await?;
+            apply::stop_job(job, ctx).await?;
             report(&api, job, &Found::GangStopping { attempt: launched }).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -251,7 +272,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 counted,
             };
             let written = report(&api, job, &found).await?;
-            apply::stop_gang(job, ctx).await?;
+            apply::stop_job(job, ctx).await?;
             let text = written.status.and_then(|s| s.message).unwrap_or_default();
             ctx.publish(job, EventType::Warning, "GangRestart", text).await;
             return Ok(Action::requeue(Duration::from_secs(2)));
@@ -265,6 +286,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
         workers: &workers,
         pods: &pods,
         attempt: launched,
+        queued: queued.as_ref(),
         key: match (settings.keys.scoped(), settings.keys.session_duration()) {
             (true, _) => PodKey::Own,
             (false, Some(lifetime)) => PodKey::Session(lifetime),
@@ -286,6 +308,8 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
             ctx.publish(job, type_, reason, message).await;
             Ok(Action::await_change())
         }
+        // Kueue's queue positions change without an event for this run: look again soon.
+        Some(TrainingPhase::Queued) if queued.is_some() => Ok(Action::requeue(Duration::from_secs(5))),
         // The Job and pod watches wake an active run; this is only a safety net.
         _ => Ok(Action::requeue(Duration::from_secs(60))),
     }

@@ -7,15 +7,19 @@
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use miniautoml_api::{
     TrainingJob, TrainingJobStatus,
-    training_job::{DATASET_READY, FAILED, RUNNING, STORAGE_KEY, SUCCEEDED, TrainingPhase},
+    training_job::{ADMITTED, DATASET_READY, FAILED, RUNNING, STORAGE_KEY, SUCCEEDED, TrainingPhase},
 };
 use miniautoml_data::KeyError;
 
 use super::{
+    dereference::Queued,
     observe::{self, Observed},
     validate::Invalid,
 };
-use crate::conditions::{self, ACCEPTED};
+use crate::{
+    conditions::{self, ACCEPTED},
+    kueue::QueueState,
+};
 
 /// What one reconcile of a run found.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +64,8 @@ pub enum Found<'a> {
         pods: &'a [Pod],
         /// The attempt the Job runs.
         attempt: u32,
+        /// What Kueue says, for a run with `queueName`.
+        queued: Option<&'a Queued>,
         /// Which storage key its pods hold.
         key: PodKey,
     },
@@ -179,6 +185,7 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
             workers,
             pods,
             attempt,
+            queued,
             key,
         } => {
             let (reason, message) = match key {
@@ -213,7 +220,9 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
             status.position_in_queue = None;
             status.attempt = Some(*attempt);
             status.workers = observe::workers(pods, *attempt, &status.workers);
-            record_workers(status, at, workers);
+            if !record_kueue(status, at, *queued, job_name) {
+                record_workers(status, at, workers);
+            }
         }
         Found::GangRestart {
             failed,
@@ -293,6 +302,55 @@ fn set(
         &mut status.conditions,
         conditions::condition(type_, ok, reason, message, generation, now.clone()),
     );
+}
+
+/// Records what Kueue says of a queued run: `Admitted` (its ClusterQueue and flavors, or Kueue's
+/// reason), and while Kueue holds the Job suspended and pending, phase `Queued` with Kueue's
+/// reason and the place in the LocalQueue. Returns whether the run waits for Kueue (then its
+/// workers have nothing to say).
+fn record_kueue(
+    status: &mut TrainingJobStatus,
+    at: (Option<i64>, &Time),
+    queued: Option<&Queued>,
+    job_name: &str,
+) -> bool {
+    let Some(Queued {
+        state,
+        suspended,
+        position,
+    }) = queued
+    else {
+        return false;
+    };
+    let (reason, message) = match state {
+        QueueState::Admitted {
+            cluster_queue,
+            flavors,
+            count,
+        } => {
+            let message = format!(
+                "Kueue admitted all {count} pods in ClusterQueue {cluster_queue} (flavors: {flavors})"
+            );
+            set(status, at, ADMITTED, true, "Admitted", &message);
+            return false;
+        }
+        QueueState::Pending { reason, message } => (reason.clone(), message.clone()),
+        QueueState::NoWorkload => (
+            "WaitingForKueue".to_string(),
+            format!(
+                "Kueue has not made a Workload of Job {job_name} yet; if this lasts, Kueue does not manage \
+                 this namespace (its managedJobsNamespaceSelector) or does not run"
+            ),
+        ),
+    };
+    set(status, at, ADMITTED, false, &reason, &message);
+    if !suspended {
+        return false;
+    }
+    set(status, at, RUNNING, false, &reason, &message);
+    status.phase = Some(TrainingPhase::Queued);
+    status.position_in_queue = *position;
+    true
 }
 
 /// Records what the workers do.
@@ -432,6 +490,7 @@ mod tests {
             workers: &Observed::Running,
             pods: &[],
             attempt: 1,
+            queued: None,
             key,
         };
         record(&mut job, &launched(PodKey::Own), &at(1));
@@ -480,6 +539,7 @@ mod tests {
             workers,
             pods: &[],
             attempt: 1,
+            queued: None,
             key: PodKey::Own,
         };
         assert!(record(&mut job, &launched(&Observed::Running), &at(1)));
@@ -536,6 +596,7 @@ mod tests {
             workers: &failed,
             pods: &[],
             attempt: 1,
+            queued: None,
             key: PodKey::Shared,
         };
         let mut again = job.clone();
@@ -559,12 +620,74 @@ mod tests {
             workers: &failed,
             pods: &[],
             attempt: 1,
+            queued: None,
             key: PodKey::Shared,
         };
         record(&mut again, &found, &at(1));
         assert_eq!(
             again.status.unwrap().message.as_deref(),
             Some("worker rank 1 exited with code 1 (Error): ValueError: loss diverged")
+        );
+    }
+
+    #[test]
+    fn a_run_kueue_holds_is_queued_with_kueues_reason_and_place_then_admitted() {
+        let mut job = job();
+        let launching = Observed::Launching {
+            reason: "Suspended".into(),
+            message: "the Job waits for its queue to admit it".into(),
+        };
+        let pending = Queued {
+            state: QueueState::Pending {
+                reason: "Pending".into(),
+                message: "insufficient unused quota for nvidia.com/gpu".into(),
+            },
+            suspended: true,
+            position: Some(2),
+        };
+        let found = |queued| Found::Launched {
+            version_hash: "h",
+            job_name: "j",
+            code_version: None,
+            workers: &launching,
+            pods: &[],
+            attempt: 1,
+            queued: Some(queued),
+            key: PodKey::Shared,
+        };
+        record(&mut job, &found(&pending), &at(1));
+        let status = job.status.clone().unwrap();
+        assert_eq!(status.phase, Some(TrainingPhase::Queued));
+        assert_eq!(status.position_in_queue, Some(2));
+        let running = conditions::find(&status.conditions, RUNNING).unwrap();
+        assert_eq!(
+            (running.reason.as_str(), running.status.as_str()),
+            ("Pending", "False")
+        );
+        assert!(running.message.contains("nvidia.com/gpu"), "{running:?}");
+        assert_eq!(
+            conditions::find(&status.conditions, ADMITTED).unwrap().status,
+            "False"
+        );
+
+        let admitted = Queued {
+            state: QueueState::Admitted {
+                cluster_queue: "gpus".into(),
+                flavors: "nvidia.com/gpu=simulated-gpu".into(),
+                count: 4,
+            },
+            suspended: false,
+            position: None,
+        };
+        record(&mut job, &found(&admitted), &at(2));
+        let status = job.status.unwrap();
+        assert_eq!(status.phase, Some(TrainingPhase::Launching));
+        assert_eq!(status.position_in_queue, None);
+        let condition = conditions::find(&status.conditions, ADMITTED).unwrap();
+        assert_eq!(condition.status, "True");
+        assert_eq!(
+            condition.message,
+            "Kueue admitted all 4 pods in ClusterQueue gpus (flavors: nvidia.com/gpu=simulated-gpu)"
         );
     }
 

@@ -82,5 +82,17 @@ pub fn validate<'a>(job: &'a TrainingJob, ctx: &'a Context) -> Result<&'a str, I
                 .into(),
         });
     }
+    if let Some(queue) = &spec.queue_name
+        && ctx.kueue.is_none()
+    {
+        return Err(Invalid {
+            reason: "NoKueue",
+            message: format!(
+                "queueName {queue:?} asks Kueue to admit this run, but the cluster serves no Kueue \
+                 (kueue.x-k8s.io/v1beta2 Workloads) — or it was installed after the operator started \
+                 (restart the operator); remove queueName to run it in the operator's own queue"
+            ),
+        });
+    }
     resolve_image(&job.spec, &ctx.algorithm_images)
 }
