@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-predict bench-distributed fuzz chaos
+.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-kueue bench-predict bench-distributed fuzz chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -81,6 +81,12 @@ bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Pyt
 bench-training: ## Benchmark 1,000 TrainingJobs on 100 simulated GPU nodes: Job creation time, operator RSS, API requests
 	@hack/tools.sh cluster >/dev/null
 	$(CARGO) bench --locked -p miniautoml-operator --bench training_jobs
+
+bench-kueue: ## Benchmark 500 single-GPU TrainingJobs through Kueue (quota 100 GPUs) beside the operator's own queue: time, most at once, RSS
+	@hack/tools.sh cluster >/dev/null
+	@hack/images.sh >/dev/null
+	@if hack/cluster.sh status | grep -q '^containerd: running'; then hack/cluster.sh load; fi
+	$(CARGO) bench --locked -p miniautoml-operator --bench kueue
 
 tools: ## Build the pinned Kubernetes tools (hack/versions.env) into ~/.cache/miniautoml/tools
 	@hack/tools.sh >/dev/null

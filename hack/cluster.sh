@@ -363,18 +363,67 @@ enough_disk() {
   fi
 }
 
+# kueue_visibility: waits until the API server proxies Kueue's visibility API (queue
+# positions): Kueue's own server answers for a LocalQueue that does not exist. The aggregator
+# finds an APIService available with a growing back-off (90 s after a fresh install here). On
+# an API server started before the APIService existed, it then stayed unrouted for good ("the
+# server could not find the requested resource", though Available; re-creating the APIServices
+# did not help, a restart of the API server did, every time): after 90 s the API server is
+# restarted once (etcd keeps everything; clients retry).
+kueue_visibility() {
+  local waited answer
+  local probe=/apis/visibility.kueue.x-k8s.io/v1beta2/namespaces/default/localqueues/miniautoml-probe/pendingworkloads
+  for waited in $(seq 0 5 300); do
+    answer=$("${kubectl[@]}" get --raw "$probe" 2>&1 || true)
+    if [[ $answer == *'"miniautoml-probe" not found'* ]]; then
+      log "kueue $KUEUE_VERSION ready (visibility API after $waited s)"
+      return 0
+    fi
+    if [ "$waited" = 90 ]; then
+      log "visibility API not routed after 90 s ($answer): restarting the API server"
+      stop_component kube-apiserver
+      apiserver_up
+    fi
+    sleep 5
+  done
+  log "Kueue's visibility API never answered: $answer"
+  return 1
+}
+
 # Kueue as its release installs it (config/default of its module: CRDs, RBAC, the manager's
 # Deployment with internal certificate management, its webhooks and the visibility API), with
 # the image `make images` builds, on the real node, and this cluster's settings: only batch/v1
 # Jobs are managed (the integrations whose CRDs are not installed stay off) and waitForPodsReady
-# evicts a workload whose pods are not all ready in time, so a gang never holds quota half
-# started. Then two ResourceFlavors: `real-node` (this node's CPU and memory) and
+# evicts a workload whose pods are not all ready within a minute, so a gang never holds quota half
+# started (and the tests see it happen). Then two ResourceFlavors: `real-node` (this node's CPU and memory) and
 # `simulated-gpu` (kwok's GPU nodes, labelled nvidia.com/gpu.present). ClusterQueues and
 # LocalQueues are the tests' own.
 KUEUE_NAMESPACE=kueue-system
 kueue_up() {
-  local dir=$STATE/kueue
+  local dir=$STATE/kueue config
   mkdir -p "$dir"
+  config=$(cat <<'EOT'
+apiVersion: config.kueue.x-k8s.io/v1beta2
+kind: Configuration
+health: {healthProbeBindAddress: ":8081"}
+metrics: {bindAddress: ":8443"}
+webhook: {port: 9443}
+leaderElection: {leaderElect: false}
+controller:
+  groupKindConcurrency: {Job.batch: 5, Pod: 5, Workload.kueue.x-k8s.io: 10, LocalQueue.kueue.x-k8s.io: 5, ClusterQueue.kueue.x-k8s.io: 5, ResourceFlavor.kueue.x-k8s.io: 1}
+clientConnection: {qps: 300, burst: 500}
+waitForPodsReady:
+  timeout: 1m
+  blockAdmission: false
+  requeuingStrategy: {timestamp: Eviction, backoffBaseSeconds: 5, backoffMaxSeconds: 60}
+integrations:
+  frameworks: ["batch/job"]
+EOT
+)
+  # One replica, replaced (never two at once: maxSurge 0), so no leader election: on these two cores a slow lease renewal under load
+  # (seen in make bench-kueue) made the manager exit and its webhooks refuse every Job for
+  # the seconds it took to come back. The manager reads its configuration at start: the pod
+  # template carries its hash, so a changed configuration rolls the manager.
   cat >"$dir/kustomization.yaml" <<EOT
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -389,26 +438,14 @@ patches:
       - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent}
       - {op: replace, path: /spec/template/spec/containers/0/resources/requests, value: {cpu: 100m, memory: 128Mi}}
       - {op: add, path: /spec/template/spec/nodeSelector, value: {kubernetes.io/hostname: $NODE_NAME}}
+      - {op: add, path: /spec/strategy, value: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}}
+      - {op: add, path: /spec/template/metadata/annotations/miniautoml.io~1config-sha256, value: "$(printf '%s' "$config" | sha256sum | cut -c1-16)"}
   - target: {kind: ConfigMap, name: kueue-manager-config}
     patch: |-
       - op: replace
         path: /data/controller_manager_config.yaml
         value: |
-          apiVersion: config.kueue.x-k8s.io/v1beta2
-          kind: Configuration
-          health: {healthProbeBindAddress: ":8081"}
-          metrics: {bindAddress: ":8443"}
-          webhook: {port: 9443}
-          leaderElection: {leaderElect: true, resourceName: c1f6bfd2.kueue.x-k8s.io}
-          controller:
-            groupKindConcurrency: {Job.batch: 5, Pod: 5, Workload.kueue.x-k8s.io: 10, LocalQueue.kueue.x-k8s.io: 5, ClusterQueue.kueue.x-k8s.io: 5, ResourceFlavor.kueue.x-k8s.io: 1}
-          clientConnection: {qps: 300, burst: 500}
-          waitForPodsReady:
-            timeout: 3m
-            blockAdmission: false
-            requeuingStrategy: {timestamp: Eviction, backoffBaseSeconds: 5, backoffMaxSeconds: 60}
-          integrations:
-            frameworks: ["batch/job"]
+$(printf '%s\n' "$config" | sed 's/^/          /')
 EOT
   ln -sfn "$KUEUE_CONFIG/default" "$dir/upstream"
   # kustomize reads the upstream folder through the link (its files stay inside the overlay).
@@ -435,10 +472,8 @@ spec:
     - {key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}
     - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
 EOT
-      # The visibility API (queue positions) is served once the aggregator has found it.
-      wait_for kube-apiserver "${kubectl[@]}" get --raw "/apis/visibility.kueue.x-k8s.io/v1beta2"
-      log "kueue $KUEUE_VERSION ready (its webhooks took the flavors at attempt $attempt)"
-      return 0
+      kueue_visibility
+      return
     fi
     sleep 2
   done

@@ -177,8 +177,11 @@ pub struct TrainingJobSpec {
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
 
-    /// Kueue queue to submit to; the Job is created suspended with the
-    /// `kueue.x-k8s.io/queue-name` label so an installed Kueue admits it.
+    /// Kueue LocalQueue (in this namespace) to submit to: Kueue admits the run against its
+    /// ClusterQueue's quota, all workers at once, instead of the operator's own queue. The Job is
+    /// created suspended with the `kueue.x-k8s.io/queue-name` label; the run is `Queued` with
+    /// Kueue's reason and its place in the LocalQueue until admitted. Refused
+    /// (`Accepted=False/NoKueue`) where the cluster runs no Kueue the operator may read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub queue_name: Option<String>,
@@ -271,7 +274,8 @@ pub struct TrainingJobStatus {
     /// Summary of the conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<TrainingPhase>,
-    /// Queued runs ahead of this one (0 when it is next or running).
+    /// Queued runs ahead of this one (0 when it is next): in the operator's queue, or for a
+    /// `queueName` Kueue's `positionInLocalQueue`; absent once launched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_in_queue: Option<u32>,
     /// Numeric run id used by the gRPC API and the trainer's `JOB_ID`, given by the operator

@@ -55,38 +55,10 @@ async fn with_kueue(
             )
         })
         .collect();
-    let queues = format!(
-        "apiVersion: kueue.x-k8s.io/v1beta2\nkind: ClusterQueue\nmetadata: {{name: {ns}}}\nspec:\n  \
-         namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}\n  resourceGroups:\n  \
-         - coveredResources: [cpu, memory, nvidia.com/gpu]\n    flavors:\n    - name: simulated-gpu\n      \
-         resources:\n      - {{name: cpu, nominalQuota: \"256\"}}\n      - {{name: memory, nominalQuota: 1Ti}}\n      \
-         - {{name: nvidia.com/gpu, nominalQuota: \"{gpus}\"}}\n---\n\
-         apiVersion: kueue.x-k8s.io/v1beta2\nkind: LocalQueue\nmetadata: {{name: gpus, namespace: {ns}}}\n\
-         spec: {{clusterQueue: {ns}}}\n",
-        ns = ns.name
-    );
-    kubectl_apply(cluster, &(nodes + &queues));
+    cluster.apply(&nodes);
+    cluster.gpu_queue(&ns.name, &ns.name, "gpus", gpus);
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &ns.name);
     (cluster, client, ns, operator, jobs, logs)
-}
-
-fn kubectl_apply(cluster: &LocalCluster, yaml: &str) {
-    use std::io::Write;
-    let mut child = cluster
-        .kubectl()
-        .args(["apply", "--server-side", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "kubectl apply: {}\n{yaml}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// A run of `workers` ranks of one simulated GPU each, queued in LocalQueue `queue`.
@@ -346,4 +318,52 @@ async fn a_four_worker_run_is_admitted_whole_only_when_four_gpus_are_free() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(held(), "0/0", "{}", cluster_queue(cluster, &ns.name, "{.status}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gang_that_cannot_all_start_is_evicted_and_requeued_whole_never_failed() {
+    let (_cluster, client, ns, _operator, jobs, _logs) = with_kueue("kueue-evict", 8).await;
+    // Three ranks of one GPU on the pool of `kwok-gpu-0`, which has two: the quota admits all
+    // three, the node runs two. Kueue's waitForPodsReady (1 minute on this cluster) evicts the
+    // gang, whose pods stop, and queues it again: the run waits, it does not fail.
+    let mut run = queued_run("stuck", "gpus", 3);
+    run.spec.node_selector = [("miniautoml.io/pool".to_string(), "gpu".to_string())].into();
+    jobs.create(&PostParams::default(), &run).await.unwrap();
+    wait_for(&jobs, "stuck", &ns.name, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Admitted" && c.status == "True")
+    })
+    .await;
+    let evicted = wait_for(&jobs, "stuck", &ns.name, |s| {
+        running(s).0 == "EvictedPodsReadyTimeout"
+    })
+    .await
+    .status
+    .unwrap();
+    assert_eq!(evicted.phase, Some(TrainingPhase::Queued), "{evicted:#?}");
+    assert_eq!(
+        evicted.restarts, 0,
+        "an eviction is not a failed attempt: {evicted:#?}"
+    );
+    assert!(
+        !evicted
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.status == "True"),
+        "{evicted:#?}"
+    );
+    // Queued again, then admitted again: the gang comes back whole, the same attempt.
+    let again = wait_for(&jobs, "stuck", &ns.name, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Admitted" && c.status == "True")
+            && s.phase != Some(TrainingPhase::Queued)
+    })
+    .await
+    .status
+    .unwrap();
+    assert_eq!(again.attempt.unwrap_or(1), 1, "{again:#?}");
+    assert_eq!(again.restarts, 0, "{again:#?}");
+    delete_and_wait_gone(&client, &jobs, &ns.name, "stuck").await;
 }

@@ -163,6 +163,48 @@ impl LocalCluster {
         self
     }
 
+    /// `kubectl apply --server-side` of `yaml` (panics with kubectl's error).
+    pub fn apply(&self, yaml: &str) {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(["apply", "--server-side", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("kubectl: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("a piped stdin")
+            .write_all(yaml.as_bytes())
+            .unwrap_or_else(|e| panic!("kubectl: {e}"));
+        let output = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("kubectl: {e}"));
+        assert!(
+            output.status.success(),
+            "kubectl apply: {}\n{yaml}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A ClusterQueue `name` of `gpus` GPUs (and room for any CPU and memory) on the
+    /// `simulated-gpu` flavor for namespace `namespace` only, and its LocalQueue `queue` there
+    /// (Kueue must be installed: [`LocalCluster::with_kueue`]).
+    pub fn gpu_queue(&self, name: &str, namespace: &str, queue: &str, gpus: u32) {
+        self.apply(&format!(
+            "apiVersion: kueue.x-k8s.io/v1beta2\nkind: ClusterQueue\nmetadata: {{name: {name}}}\nspec:\n  \
+             namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {namespace}}}}}\n  resourceGroups:\n  \
+             - coveredResources: [cpu, memory, nvidia.com/gpu]\n    flavors:\n    - name: simulated-gpu\n      \
+             resources:\n      - {{name: cpu, nominalQuota: \"100000\"}}\n      - {{name: memory, nominalQuota: 1Pi}}\n      \
+             - {{name: nvidia.com/gpu, nominalQuota: \"{gpus}\"}}\n---\n\
+             apiVersion: kueue.x-k8s.io/v1beta2\nkind: LocalQueue\nmetadata: {{name: {queue}, namespace: {namespace}}}\n\
+             spec: {{clusterQueue: {name}}}\n"
+        ));
+    }
+
     /// Reads the `export NAME=value` lines of `hack/cluster.sh`'s env file.
     pub fn from_env_file(path: &Path) -> Result<LocalCluster> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
