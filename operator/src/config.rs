@@ -127,6 +127,13 @@ pub struct Config {
     #[arg(long, env = "MINIAUTOML_METADATA_STORE_ADDRESS")]
     pub metadata_store_address: Option<String>,
 
+    /// Whether Kueue admits runs with `spec.queueName`: `auto` uses it where the API server
+    /// serves its Workloads and the operator may list them (a refused list is logged), `on`
+    /// the same, `off` never asks (runs with a queueName are refused; the chart's
+    /// `kueue.enabled: false`, so that an operator without Kueue's RBAC is never refused).
+    #[arg(long, env = "MINIAUTOML_KUEUE", value_enum, default_value_t = KueueUse::Auto)]
+    pub kueue: KueueUse,
+
     /// Most TrainingJobs running at once (0: no limit). Further runs wait as `Queued` with
     /// `positionInQueue`, first created first launched.
     #[arg(long, env = "MINIAUTOML_MAX_CONCURRENT_RUNS", default_value_t = 0)]
@@ -403,6 +410,17 @@ pub enum CredentialScope {
     Sts,
     /// The operator's own bucket-wide key.
     Shared,
+}
+
+/// Whether to use Kueue (`--kueue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KueueUse {
+    /// Where the cluster serves it and the operator may read it.
+    Auto,
+    /// As `auto` (the chart's `kueue.enabled: true`).
+    On,
+    /// Never: runs with a queueName are refused.
+    Off,
 }
 
 /// Who may call the gRPC API.

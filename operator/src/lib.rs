@@ -97,11 +97,19 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     let store = storage(&config);
     // Kueue admits runs with spec.queueName where the cluster serves it (checked once: an
     // operator started before Kueue was installed needs a restart to use it).
-    let kueue = kueue::served(
-        &client,
-        &context::scoped(&client, config.watch_namespace.as_deref()),
-    )
-    .await;
+    let kueue = match config.kueue {
+        config::KueueUse::Off => {
+            info!("--kueue=off: runs with queueName are refused");
+            false
+        }
+        config::KueueUse::Auto | config::KueueUse::On => {
+            kueue::served(
+                &client,
+                &context::scoped(&client, config.watch_namespace.as_deref()),
+            )
+            .await
+        }
+    };
     // Every replica watches; the caches serve the gRPC API as much as the controllers.
     let (caches, triggers) = controller::watch(&client, config.watch_namespace.as_deref(), kueue);
     let mut ctx = Context::new(

@@ -1214,6 +1214,9 @@ fn kueue_permissions_are_granted_only_where_kueue_is_enabled() {
             .collect()
     };
     assert!(kueue(&rules(&render(&[]))).is_empty());
+    // Without the grant the operator never asks (an operator refused would be a failed check).
+    assert!(operator_args(&render(&[])).contains(&"--kueue=off".to_string()));
+    assert!(operator_args(&render(&["kueue.enabled=true"])).contains(&"--kueue=on".to_string()));
     assert_eq!(
         kueue(&rules(&render(&["kueue.enabled=true"]))),
         [

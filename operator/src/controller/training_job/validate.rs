@@ -88,9 +88,10 @@ pub fn validate<'a>(job: &'a TrainingJob, ctx: &'a Context) -> Result<&'a str, I
         return Err(Invalid {
             reason: "NoKueue",
             message: format!(
-                "queueName {queue:?} asks Kueue to admit this run, but the cluster serves no Kueue \
-                 (kueue.x-k8s.io/v1beta2 Workloads) — or it was installed after the operator started \
-                 (restart the operator); remove queueName to run it in the operator's own queue"
+                "queueName {queue:?} asks Kueue to admit this run, but this operator does not use Kueue: \
+                 the cluster serves no kueue.x-k8s.io/v1beta2 Workloads, the operator may not read them \
+                 (chart value kueue.enabled=true), or Kueue was installed after the operator started \
+                 (restart it); remove queueName to run it in the operator's own queue"
             ),
         });
     }
