@@ -118,6 +118,8 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
             format!("--grpc-addr={grpc_addr}"),
             "--original-contract-addr=127.0.0.1:0".to_string(),
             format!("--grpc-namespace={}", ns.name),
+            // As the chart runs it without kueue.enabled, whose RBAC it has.
+            "--kueue=off".to_string(),
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
