@@ -49,7 +49,8 @@ async fn with_kueue(
                  labels: {{kubernetes.io/hostname: {POOL}-{i}, type: kwok, miniautoml.io/pool: {POOL}, \
                  nvidia.com/gpu.present: \"true\"}}\nspec:\n  taints:\n  \
                  - {{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}}\n  \
-                 - {{key: nvidia.com/gpu, value: present, effect: NoSchedule}}\nstatus:\n  \
+                 - {{key: nvidia.com/gpu, value: present, effect: NoSchedule}}\n  \
+                 - {{key: miniautoml.io/kueue-test, value: \"true\", effect: NoSchedule}}\nstatus:\n  \
                  allocatable: {{cpu: \"64\", memory: 512Gi, pods: \"110\", nvidia.com/gpu: \"4\"}}\n  \
                  capacity: {{cpu: \"64\", memory: 512Gi, pods: \"110\", nvidia.com/gpu: \"4\"}}\n---\n"
             )
@@ -67,7 +68,12 @@ fn queued_run(name: &str, queue: &str, workers: i32) -> TrainingJob {
         "queueName": queue,
         "resources": {"gpus": 1},
         "nodeSelector": {"miniautoml.io/pool": POOL},
-        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+        // Only these tests' pods may use these nodes: others (test-support's scheduler test
+        // expects a 3-GPU pod to fit nowhere) never land there.
+        "tolerations": [
+            {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "miniautoml.io/kueue-test", "operator": "Exists", "effect": "NoSchedule"},
+        ],
     });
     if workers > 1 {
         spec["algorithm"] = "pytorch-intent".into();
