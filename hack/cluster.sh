@@ -436,7 +436,7 @@ patches:
   - target: {kind: Deployment, name: kueue-controller-manager}
     patch: |-
       - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: IfNotPresent}
-      - {op: replace, path: /spec/template/spec/containers/0/resources/requests, value: {cpu: 100m, memory: 128Mi}}
+      - {op: replace, path: /spec/template/spec/containers/0/resources/requests, value: {cpu: 10m, memory: 128Mi}}
       - {op: add, path: /spec/template/spec/nodeSelector, value: {kubernetes.io/hostname: $NODE_NAME}}
       - {op: add, path: /spec/strategy, value: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}}
       - {op: add, path: /spec/template/metadata/annotations/miniautoml.io~1config-sha256, value: "$(printf '%s' "$config" | sha256sum | cut -c1-16)"}

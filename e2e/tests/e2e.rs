@@ -1109,7 +1109,7 @@ spec:
   dataset: {{name: tweet-emotion}}
   parameters: {{EPOCHS: \"{LONG_EPOCHS}\", LR: \"4\", SEED: \"7\"}}
   outputModelName: {name}
-  resources: {{cpu: \"1\", memory: 1Gi}}
+  resources: {{cpu: 500m, memory: 1Gi}}
 "
         ),
     );
