@@ -239,7 +239,25 @@ pub fn observe(job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed {
     // that cannot be pulled, counts as first).
     let mut failed: Vec<&Pod> = pods.iter().filter(|p| pod_failure(p).is_some()).collect();
     failed.sort_by_key(|p| (Some(rank(p)) != reported.map(|r| r.to_string()), finished_at(p)));
-    let failure = failed.first().and_then(|p| pod_failure(p));
+    let mut failure = failed.first().and_then(|p| pod_failure(p));
+    // The rank that reported the failure may not show its exit yet (the kubelet's status lags
+    // the trainer's report by a moment) while a peer that lost it already does: the reporting
+    // rank is still the cause.
+    if let Some(reported) = reported
+        && failed.first().is_none_or(|p| rank(p) != reported.to_string())
+        && let Some(pod) = pods
+            .iter()
+            .filter(|p| rank(p) == reported.to_string())
+            .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    {
+        failure = Some((
+            "Error".into(),
+            format!(
+                "worker rank {reported} (pod {}) reported its failure",
+                pod_name(pod)
+            ),
+        ));
+    }
     if let Some(condition) = job_condition(job, "Failed") {
         let reason = condition.reason.clone().unwrap_or_else(|| "Failed".into());
         let message = match (&failure, reason.as_str()) {
@@ -406,6 +424,40 @@ mod tests {
         json!({"phase": "Failed", "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false,
             "restartCount": 0, "state": {"terminated": {"exitCode": code, "reason": "Error", "finishedAt": finished,
             "message": message}}}]})
+    }
+
+    #[test]
+    fn the_reporting_rank_is_the_cause_before_its_exit_shows() {
+        let failed = job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
+        // Rank 1 reported its failure; its pod still shows it running while rank 0, which lost
+        // its peer, shows its exit already.
+        let peer = ranked(
+            "j-0-a",
+            0,
+            exited(
+                1,
+                "2026-12-06T05:01:00Z",
+                "RuntimeError: Connection closed by peer",
+            ),
+        );
+        let reporter = ranked("j-1-b", 1, json!({"phase": "Running"}));
+        let Observed::Failed { message, .. } = observe(&failed, &[peer.clone(), reporter], Some(1)) else {
+            panic!()
+        };
+        assert_eq!(message, "worker rank 1 (pod j-1-b) reported its failure");
+        // Once its exit shows, it is the reason as ever.
+        let exited_too = ranked(
+            "j-1-b",
+            1,
+            exited(1, "2026-12-06T05:01:01Z", "RuntimeError: on purpose"),
+        );
+        let Observed::Failed { message, .. } = observe(&failed, &[peer, exited_too], Some(1)) else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("worker rank 1 (pod j-1-b) exited with code 1"),
+            "{message}"
+        );
     }
 
     #[test]
