@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test e2e kind-e2e lint demo images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-kueue bench-predict bench-distributed fuzz chaos
+.PHONY: help generate test e2e kind-e2e lint demo plugin images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-kueue bench-console bench-predict bench-distributed fuzz chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ chaos: ## The lab while the operator is SIGKILLed 20+ times and S3 and the API s
 	@if hack/cluster.sh status | grep -q '^containerd: running'; then hack/cluster.sh load; fi
 	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked -p miniautoml-operator --test chaos -- --ignored --nocapture --test-threads=1
 
+plugin: ## Build kubectl-miniautoml (target/release); put it on PATH and run `kubectl miniautoml`
+	$(CARGO) build --release --locked -p miniautoml-kubectl-plugin
+
 images: ## Build the OCI image archives (operator, predictor, trainer, pause, test images) into target/images
 	@hack/tools.sh cluster >/dev/null
 	hack/images.sh
@@ -63,7 +66,7 @@ GRPC_AUTH ?= none
 
 run: ## Run the operator as a local process against the current kubeconfig
 	$(CARGO) run --locked -p miniautoml-operator --bin miniautoml-operator -- \
-		--admin-addr 127.0.0.1:8080 --grpc-addr $(GRPC_HOST):51001 --metadata-store-address $(GRPC_HOST):51001 \
+		--admin-addr 127.0.0.1:8080 --console-addr 127.0.0.1:8090 --grpc-addr $(GRPC_HOST):51001 --metadata-store-address $(GRPC_HOST):51001 \
 		--grpc-auth $(GRPC_AUTH) --dataset-source '*=mini-automl-dm/upload/'
 
 bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
@@ -74,6 +77,9 @@ bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet
 
 bench-distributed: ## Benchmark pytorch-intent TrainingJobs with 1, 2 and 4 workers (DDP) and the Rust trainer on the same snapshot: wall time, examples/s, test accuracy and macro-F1
 	hack/bench-distributed.sh
+
+bench-console: ## The console's answer with 500 runs and a 1500-epoch run page (router over an in-memory backend)
+	$(CARGO) bench --locked -p miniautoml-console --bench runs_page
 
 bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Python grpcio baseline: req/s, p50/p99, RSS
 	hack/bench-predict.sh

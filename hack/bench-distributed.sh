@@ -47,7 +47,7 @@ for part in 1 2; do
   s3_put "testdata/tweet_emotion/tweet_emotion_part$part.csv" "raw/$NAMESPACE/part$part.csv" >/dev/null
 done
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
-"$OPERATOR" --admin-addr 127.0.0.1:0 --grpc-addr "$MINIAUTOML_NODE_IP:$port" --original-contract-addr none \
+"$OPERATOR" --admin-addr 127.0.0.1:0 --grpc-addr "$MINIAUTOML_NODE_IP:$port" --original-contract-addr none --console-addr none \
   --metadata-store-address "$MINIAUTOML_NODE_IP:$port" --watch-namespace "$NAMESPACE" \
   --log-format json >"$WORK/operator.log" 2>&1 &
 OPERATOR_PID=$!

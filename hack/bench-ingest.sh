@@ -66,7 +66,7 @@ for size in "${SIZES[@]}"; do
   rm -f "$file"
 
   kubectl delete dataset -n "$NAMESPACE" "bench-$size" --ignore-not-found --wait=false >/dev/null
-  "$OPERATOR" --admin-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --original-contract-addr none --watch-namespace "$NAMESPACE" \
+  "$OPERATOR" --admin-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --original-contract-addr none --console-addr none --watch-namespace "$NAMESPACE" \
     --log-format json >"$WORK/operator-$size.log" 2>&1 &
   OPERATOR_PID=$!
   kubectl wait -n "$NAMESPACE" --for=delete "dataset/bench-$size" --timeout=120s >/dev/null 2>&1 || true

@@ -176,6 +176,8 @@ cat <<EOT
   grpcurl -cacert ca.crt 127.0.0.1:51001 list    # the original gRPC API, over TLS
   export GRPC_TOKEN=\$(kubectl create token demo-user -n $NAMESPACE --audience miniautoml)   # a caller with the user roles
   grpcurl -cacert ca.crt -expand-headers -H 'authorization: Bearer \${GRPC_TOKEN}' -d '{}' 127.0.0.1:51001 data_management.DataManagementService/ListDatasets
+  kubectl port-forward -n $NAMESPACE svc/$RELEASE 8090:8090 &   # the web console: https://127.0.0.1:8090 (trust ca.crt)
+  kubectl create token demo-user -n $NAMESPACE --audience miniautoml   # paste it on the console's sign-in page
   helm upgrade $RELEASE charts/miniautoml -n $NAMESPACE --set replicas=2   # two replicas, one leader
   helm uninstall $RELEASE -n $NAMESPACE           # keeps the CRDs and your data
 EOT

@@ -9,7 +9,7 @@
 #   hack/e2e.sh cluster KUBECONFIG names a cluster whose nodes already have the images
 #
 # Then the same suite, the same chart and the same values everywhere. Needs kubectl, helm,
-# grpcurl (make tools) and curl.
+# grpcurl (make tools), curl, openssl, and chromium with chromium-driver (installed here from apt).
 set -euo pipefail
 # shellcheck disable=SC1091
 . "$(dirname "$0")/lib.sh"
@@ -19,6 +19,8 @@ log() { printf '[e2e] %s\n' "$*" >&2; }
 
 "$HACK_DIR/tools.sh" cluster >/dev/null
 export PATH=$TOOLS_BIN:$PATH
+# The console is tested in a real browser: Debian's chromium, driven through chromedriver.
+ensure_debian_packages chromium chromium-driver
 
 case "$TARGET" in
   local)
@@ -58,4 +60,10 @@ esac
 
 log "the suite against $(kubectl config current-context 2>/dev/null || echo "$KUBECONFIG")"
 cd "$REPO_ROOT"
+# `kubectl miniautoml`, found on PATH by kubectl as a user's plugin would be.
+cargo build --locked -q -p miniautoml-kubectl-plugin
+PLUGIN_DIR=$(mktemp -d)
+trap 'rm -rf "$PLUGIN_DIR"' EXIT
+cp "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/kubectl-miniautoml" "$PLUGIN_DIR/"
+export PATH=$PLUGIN_DIR:$PATH
 cargo test --locked -p miniautoml-e2e -- --nocapture --test-threads=1

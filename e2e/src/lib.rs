@@ -12,6 +12,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod rbac;
 
 /// The repository root (charts, examples, test data, hack scripts).

@@ -21,8 +21,10 @@ use std::{
 };
 
 use miniautoml_e2e::{
-    Figures, LogFollower, PortForward, helm, kubectl, kubectl_apply, kubectl_json, logged_at, rbac,
-    repo_path, run, step, testdata, text, try_run, wait_until,
+    Figures, LogFollower, PortForward,
+    browser::{self, Browser},
+    helm, kubectl, kubectl_apply, kubectl_json, logged_at, rbac, repo_path, run, step, testdata, text,
+    try_run, wait_until,
 };
 use serde_json::Value;
 
@@ -316,6 +318,18 @@ fn the_lab_through_helm_install() {
     );
     println!("{predicted}");
     assert!(predicted.contains("result"), "{predicted}");
+
+    let t = step(
+        "The console in a browser (chromium through chromedriver): live curves of a training run, compare, the try-it box, a shared URL, and a stranger who sees nothing",
+    );
+    console_in_a_browser(&token, &mut figures);
+    figures.time("console step", t.elapsed());
+
+    let t = step(
+        "kubectl miniautoml (the plugin, found on PATH by kubectl): runs, a live progress bar, curves as PNG, compare, logs, predict, dataset upload",
+    );
+    the_plugin(&token);
+    figures.time("plugin step", t.elapsed());
 
     let t = step("The original dataset and training workflow through grpcurl (the operator's Service)");
     // CreateDataset reads raw/<gRPC namespace>/: uploaded with that namespace's key
@@ -924,6 +938,395 @@ fn grpc_user() -> String {
     ])
     .trim()
     .to_string()
+}
+
+/// Epochs of the run whose curves the console's test watches grow.
+const CONSOLE_EPOCHS: u64 = 1500;
+
+/// The console as a person uses it, in chromium: sign in with a token in the URL's fragment,
+/// watch a run's curves gain points while it trains (the chart's points equal the status's
+/// epochs and the page's data table), compare two runs, use the try-it box, reopen a view from
+/// its URL; then a ServiceAccount without roles signs in and sees none of it.
+fn console_in_a_browser(token: &str, figures: &mut Figures) {
+    // The lab user may read its runs' logs in the lab (the data scientist's role).
+    kubectl(&[
+        "create",
+        "rolebinding",
+        "lab-user-data-scientist",
+        "-n",
+        LAB,
+        &format!("--clusterrole={RELEASE}-data-scientist"),
+        &format!("--serviceaccount={NAMESPACE}:lab-user"),
+    ]);
+    kubectl_apply(
+        LAB,
+        &format!(
+            "apiVersion: miniautoml.io/v1alpha1
+kind: TrainingJob
+metadata: {{name: console-run}}
+spec:
+  algorithm: intent-classification
+  dataset: {{name: tweet-emotion}}
+  parameters: {{EPOCHS: \"{CONSOLE_EPOCHS}\", LR: \"2\", SEED: \"11\"}}
+  outputModelName: console-run
+  resources: {{cpu: 500m, memory: 1Gi}}
+"
+        ),
+    );
+    let secret = kubectl_json(&["get", "secret", "-n", NAMESPACE, &format!("{RELEASE}-tls")]);
+    let certificate = base64_decode(&text(&secret, "/data/tls.crt"));
+    let console = PortForward::start(NAMESPACE, &format!("svc/{RELEASE}"), 8090);
+    let base = format!("https://{}", console.addr());
+    let shots = PathBuf::from(repo_path("target/e2e/console"));
+    let browser = Browser::start(&browser::spki_sha256(&certificate));
+
+    // Signing in: the token rides in the fragment, which no server sees; the page posts it once.
+    let opened = Instant::now();
+    browser.goto(&format!("{base}/login#token={token}"));
+    browser.wait_for(
+        "the runs table after signing in",
+        Duration::from_secs(60),
+        "return location.pathname === '/runs' && document.querySelector('#runs tbody tr[data-key]') !== null;",
+    );
+    println!("signed in: {}", browser.url());
+    figures.time("console sign-in to runs table", opened.elapsed());
+    let rows = browser
+        .eval("return [...document.querySelectorAll('#runs tbody tr[data-key]')].map(r => r.dataset.key);");
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == &format!("{LAB}/twitter-model")),
+        "{rows}"
+    );
+    assert!(
+        !browser.url().contains("token"),
+        "the token stayed in the URL: {}",
+        browser.url()
+    );
+
+    // A run's curves while it trains: the points grow through the event stream, no reload.
+    wait_until("console-run to report epochs", RUN_TIMEOUT, SECOND, || {
+        let job = kubectl_json(&["get", "-n", LAB, "trainingjob", "console-run"]);
+        let done: u64 = text(&job, "/status/progress")
+            .split('/')
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        (done >= 5).then_some(()).ok_or(text(&job, "/status"))
+    });
+    browser.goto(&format!("{base}/runs/{LAB}/console-run"));
+    let points = "const c = document.querySelector('#chart'); return c && c.dataset.points ? Number(c.dataset.points) : null;";
+    let first = browser.wait_for("the chart's first points", Duration::from_secs(30), points);
+    let first = first.as_u64().unwrap();
+    browser.eval("window.e2eMarker = 'the same page'; return true;");
+    let grown = browser.wait_for(
+        "the chart to gain points while the run trains",
+        Duration::from_secs(120),
+        &format!("const c = document.querySelector('#chart'); const n = Number(c.dataset.points); return n >= {} ? n : null;", first + 20),
+    );
+    assert_eq!(
+        browser.eval("return window.e2eMarker;"),
+        Value::from("the same page"),
+        "the page reloaded"
+    );
+    println!("the curve grew from {first} to {grown} points without a reload");
+    browser.eval("document.getElementById('run-curves').scrollIntoView(); return true;");
+    browser.screenshot(&shots.join("run-live.png"));
+    browser.wait_for(
+        "the stream's end event once the run ends",
+        RUN_TIMEOUT,
+        "return document.querySelector('#run-curves').dataset.ended === 'true' && document.querySelector('#live-phase').textContent.trim();",
+    );
+    let job = wait_for_run(LAB, "console-run");
+    assert_eq!(
+        text(&job, "/status/progress"),
+        format!("{CONSOLE_EPOCHS}/{CONSOLE_EPOCHS}")
+    );
+    let kept = job["status"]["epochs"].as_array().map(Vec::len).unwrap_or(0);
+    // The status keeps a bounded few; the page has every epoch, from the store.
+    let check = browser.wait_for(
+        "the last points drawn",
+        Duration::from_secs(30),
+        &format!(
+            "const u = window.miniautoml.charts.curves;
+             const metric = document.querySelector('#chart').dataset.metric;
+             const rows = [...document.querySelectorAll('#epoch-data tbody tr[data-rank=\"0\"]')];
+             const table = new Map(rows.map(r => [Number(r.dataset.epoch),
+                 Number(r.querySelector('td[data-metric=\"' + metric + '\"]').textContent)]));
+             let plotted = 0, mismatches = 0;
+             u.data[0].forEach((x, i) => {{
+               const y = u.data[1][i];
+               if (y === null || y === undefined) return;
+               plotted++;
+               if (!(Math.abs(table.get(x) - y) < 1e-9)) mismatches++;
+             }});
+             return plotted === {CONSOLE_EPOCHS} ? {{plotted, mismatches, rows: rows.length, metric}} : null;"
+        ),
+    );
+    println!("after the run: {check} (the status keeps {kept} epochs)");
+    assert_eq!(check["rows"], Value::from(CONSOLE_EPOCHS), "{check}");
+    assert_eq!(check["mismatches"], Value::from(0), "{check}");
+    assert!(kept < CONSOLE_EPOCHS as usize);
+    let logs = browser.eval("return document.querySelector('#logs pre') ? document.querySelector('#logs pre').textContent : null;");
+    assert!(logs.is_string(), "the run page shows its pod's log lines");
+
+    // The view's state is its URL: another page opened from it shows the same view.
+    browser.eval(
+        "const set = (id, v) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('change', {bubbles: true})); e.dispatchEvent(new Event('input', {bubbles: true})); };
+         set('metric', 'loss'); set('scale', 'log'); return true;",
+    );
+    let shared = browser.wait_for(
+        "the URL to carry the view",
+        Duration::from_secs(10),
+        "return location.search.includes('metric=loss') && location.search.includes('scale=log') ? location.href : null;",
+    );
+    browser.goto(&format!("{base}/runs"));
+    browser.goto(shared.as_str().unwrap());
+    let view = browser.wait_for(
+        "the shared view",
+        Duration::from_secs(30),
+        "const c = document.querySelector('#chart'); return c && c.dataset.metric === 'loss' && Number(c.dataset.points) > 0
+           ? {metric: document.getElementById('metric').value, scale: document.getElementById('scale').value} : null;",
+    );
+    assert_eq!(view, serde_json::json!({"metric": "loss", "scale": "log"}));
+
+    // Compare: select two runs in the table, follow the link.
+    browser.goto(&format!(
+        "{base}/runs?select={LAB}/twitter-model,{LAB}/console-run"
+    ));
+    browser.wait_for(
+        "the compare link enabled",
+        Duration::from_secs(10),
+        "const a = document.getElementById('compare-link'); return a.getAttribute('aria-disabled') !== 'true' && a.href.includes('runs=');",
+    );
+    browser.screenshot(&shots.join("runs.png"));
+    browser.click("#compare-link");
+    let series = browser.wait_for(
+        "both runs overlaid",
+        Duration::from_secs(30),
+        "const u = window.miniautoml && window.miniautoml.charts && window.miniautoml.charts.compare;
+         return u && u.series.length === 3 && Number(document.querySelector('#chart').dataset.points) > 0
+           ? u.series.slice(1).map(s => s.label) : null;",
+    );
+    println!("compare overlays {series}");
+    let differs =
+        browser.eval("return [...document.querySelectorAll('#diff tr.differs th')].map(t => t.textContent);");
+    assert!(
+        differs.as_array().unwrap().iter().any(|d| d == "EPOCHS"),
+        "{differs}"
+    );
+    browser.screenshot(&shots.join("compare.png"));
+
+    // The try-it box: a document through the deployment's predictor, each label's score.
+    browser.goto(&format!("{base}/deployments/{LAB}/twitter-model"));
+    browser.type_into("#try-it textarea", "I am so happy today!");
+    browser.click("#try-it button");
+    let answer = browser.wait_for(
+        "the prediction",
+        Duration::from_secs(60),
+        "const l = document.getElementById('predicted-label'); const e = document.getElementById('prediction-error');
+         if (e) return {error: e.textContent};
+         return l ? {label: l.textContent, scores: document.querySelectorAll('#scores tr[data-label]').length} : null;",
+    );
+    println!("try it: {answer}");
+    assert!(answer["error"].is_null(), "{answer}");
+    assert_eq!(answer["scores"], Value::from(3), "a score per label: {answer}");
+    browser.screenshot(&shots.join("try-it.png"));
+
+    // A ServiceAccount the API server knows but nobody bound: signed in, it sees nothing.
+    kubectl(&["create", "serviceaccount", "console-stranger", "-n", LAB]);
+    let stranger = kubectl(&[
+        "create",
+        "token",
+        "console-stranger",
+        "-n",
+        LAB,
+        "--duration=10m",
+        "--audience",
+        "miniautoml",
+    ]);
+    browser.goto(&format!("{base}/logout"));
+    browser.goto(&format!("{base}/login#token={}", stranger.trim()));
+    let empty = browser.wait_for(
+        "the stranger's runs table",
+        Duration::from_secs(30),
+        "return location.pathname === '/runs' ? document.querySelectorAll('#runs tbody tr[data-key]').length : null;",
+    );
+    assert_eq!(empty, Value::from(0), "a stranger listed runs");
+    browser.goto(&format!("{base}/runs/{LAB}/twitter-model"));
+    let refused = browser.eval(
+        "const e = document.getElementById('error'); return e ? e.textContent : document.body.textContent;",
+    );
+    assert!(
+        refused
+            .as_str()
+            .unwrap()
+            .contains("may not get trainingjobs.miniautoml.io"),
+        "{refused}"
+    );
+    drop(browser);
+}
+
+/// `kubectl miniautoml ARGS` in the lab's namespace, pointed at this release's operator; its
+/// output, or its failure with stderr.
+fn plugin(args: &[&str], token: Option<&str>) -> String {
+    let mut command = Command::new("kubectl");
+    command
+        .arg("miniautoml")
+        .args(args)
+        .args(["--release-namespace", NAMESPACE, "--release", RELEASE]);
+    if let Some(token) = token {
+        // As a user would keep it: in the environment, not on the command line.
+        command.env("MINIAUTOML_TOKEN", token);
+    }
+    let output = command.output().expect("kubectl miniautoml");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl miniautoml {} failed: {stdout}{stderr}",
+        args.join(" ")
+    );
+    stdout
+}
+
+/// The plugin as a user runs it after the console's step (both runs have ended).
+fn the_plugin(token: &str) {
+    let runs: Value = serde_json::from_str(&plugin(&["runs", "-n", LAB, "-o", "json"], None)).unwrap();
+    let names: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"twitter-model") && names.contains(&"console-run"),
+        "{runs}"
+    );
+    let table = plugin(&["runs", "-n", LAB], None);
+    println!("{table}");
+    assert!(
+        table.starts_with("NAMESPACE") && table.contains("console-run"),
+        "{table}"
+    );
+
+    // A live progress bar until the run ends.
+    kubectl_apply(
+        LAB,
+        "apiVersion: miniautoml.io/v1alpha1
+kind: TrainingJob
+metadata: {name: follow-run}
+spec:
+  algorithm: intent-classification
+  dataset: {name: tweet-emotion}
+  parameters: {EPOCHS: \"30\", SEED: \"3\"}
+  outputModelName: follow-run
+  resources: {cpu: 500m, memory: 1Gi}
+",
+    );
+    let followed = plugin(&["run", "follow-run", "-n", LAB, "--follow"], None);
+    println!("{followed}");
+    assert!(
+        followed.starts_with("follow-run: 30/30 · Succeeded"),
+        "{followed}"
+    );
+    assert!(
+        text(
+            &kubectl_json(&["get", "-n", LAB, "trainingjob", "follow-run"]),
+            "/status/phase"
+        ) == "Succeeded"
+    );
+
+    // Curves as a PNG: every epoch through the console's API with the token.
+    let png = std::env::temp_dir().join(format!("miniautoml-e2e-curves-{}.png", std::process::id()));
+    let png_arg = png.to_string_lossy().into_owned();
+    let said = plugin(
+        &[
+            "curves",
+            "twitter-model",
+            "console-run",
+            "-n",
+            LAB,
+            "-o",
+            &png_arg,
+            "--width",
+            "800",
+            "--height",
+            "450",
+        ],
+        Some(token),
+    );
+    println!("{said}");
+    let image = image::open(&png).expect("the PNG decodes");
+    assert_eq!((image.width(), image.height()), (800, 450));
+    std::fs::copy(&png, repo_path("target/e2e/console/plugin-curves.png")).unwrap();
+
+    let compared: Value = serde_json::from_str(&plugin(
+        &["compare", "twitter-model", "console-run", "-n", LAB, "-o", "json"],
+        None,
+    ))
+    .unwrap();
+    assert!(
+        compared
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "EPOCHS" && l["differs"] == true),
+        "{compared}"
+    );
+    let logs = plugin(&["logs", "console-run", "-n", LAB, "--tail", "5"], None);
+    assert!(logs.contains("==> console-run-train"), "{logs}");
+
+    let predicted: Value = serde_json::from_str(&plugin(
+        &[
+            "predict",
+            "twitter-model",
+            "I am so happy today!",
+            "-n",
+            LAB,
+            "-o",
+            "json",
+        ],
+        Some(token),
+    ))
+    .unwrap();
+    assert!(
+        predicted["label"].as_str().is_some_and(|l| !l.is_empty()),
+        "{predicted}"
+    );
+    assert_eq!(
+        predicted["scores"].as_object().map(|s| s.len()),
+        Some(3),
+        "{predicted}"
+    );
+
+    // Upload with the namespace's key, then the commit appended and ingested.
+    kubectl_apply(
+        "default",
+        "apiVersion: miniautoml.io/v1alpha1
+kind: Dataset
+metadata: {name: plugin-upload}
+spec: {type: TextIntent, commits: []}
+",
+    );
+    let uploaded = plugin(
+        &[
+            "dataset",
+            "upload",
+            &testdata("tweet_emotion_part2.csv").to_string_lossy(),
+            "--dataset",
+            "plugin-upload",
+            "-n",
+            "default",
+            "--wait",
+        ],
+        None,
+    );
+    println!("{uploaded}");
+    let dataset = kubectl_json(&["get", "-n", "default", "dataset", "plugin-upload"]);
+    assert_eq!(text(&dataset, "/status/commitCount"), "1", "{dataset}");
+    kubectl(&["delete", "-n", "default", "dataset", "plugin-upload"]);
 }
 
 /// grpcurl `method` with `request` at `addr` over TLS trusting the CA in the file `ca`, as the

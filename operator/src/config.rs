@@ -106,6 +106,11 @@ pub struct Config {
     )]
     pub original_contract_addr: OptionalAddr,
 
+    /// Address of the web console (runs with live curves, datasets, deployments; `none`: off).
+    /// It authenticates viewers as the gRPC API does (`--grpc-auth`).
+    #[arg(long, env = "MINIAUTOML_CONSOLE_ADDR", default_value = "0.0.0.0:8090", value_parser = parse_optional_addr)]
+    pub console_addr: OptionalAddr,
+
     /// Image pull policy of an algorithm's training pods, `NAME=POLICY` (Always, IfNotPresent or
     /// Never); repeat the flag or separate with commas. Unset: Kubernetes' default for the image.
     #[arg(

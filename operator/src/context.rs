@@ -18,7 +18,7 @@ use kube::{
         reflector::Store,
     },
 };
-use miniautoml_api::{ModelDeployment, TrainingJob, labels::RUN_ID_LABEL};
+use miniautoml_api::{Dataset, ModelDeployment, TrainingJob, labels::RUN_ID_LABEL};
 use tracing::warn;
 
 use crate::{
@@ -35,6 +35,8 @@ pub const MANAGER: &str = "miniautoml-operator";
 /// back to the API server.
 #[derive(Clone)]
 pub struct Caches {
+    /// Datasets (the console lists them here).
+    pub datasets: Store<DeserializeGuard<Dataset>>,
     /// TrainingJobs (the metadata store finds runs here instead of asking the API server on
     /// every write).
     pub training_jobs: Store<DeserializeGuard<TrainingJob>>,

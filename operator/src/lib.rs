@@ -5,6 +5,7 @@ pub mod admin;
 pub mod algorithms;
 pub mod conditions;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod controller;
 mod error;
@@ -52,6 +53,10 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let original_listener = match config.original_contract_addr.0 {
         Some(addr) => Some(bind("original contract", addr).await?),
+        None => None,
+    };
+    let console_listener = match config.console_addr.0 {
+        Some(addr) => Some(bind("console", addr).await?),
         None => None,
     };
     let tls = match &config.tls_dir {
@@ -227,6 +232,14 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
             .await,
         )
     };
+    let console =
+        console_listener.map(|listener| (listener, console::Console::new(ctx.clone(), auth.clone())));
+    let console = async {
+        let Some((listener, console)) = console else {
+            return Ok(());
+        };
+        stop_on_error(console::serve(listener, tls.clone(), console, shutdown.clone()).await)
+    };
     let grpc = async {
         stop_on_error(
             grpc::serve(
@@ -254,10 +267,11 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
         shutdown.clone(),
     ));
     let controllers = controller::run(ctx, triggers, readiness.clone(), shutdown.clone());
-    let (admin, grpc, original_contract, ()) = tokio::join!(admin, grpc, original_contract, controllers);
+    let (admin, grpc, original_contract, console, ()) =
+        tokio::join!(admin, grpc, original_contract, console, controllers);
     // Only now that no reconcile runs may another replica lead.
     leadership.step_down().await;
-    admin.and(grpc).and(original_contract)
+    admin.and(grpc).and(original_contract).and(console)
 }
 
 /// Once `stop` fires, stays up for `delay` reporting not ready (so that Services take this

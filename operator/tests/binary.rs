@@ -16,10 +16,11 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-const LOCAL_PORTS: [&str; 3] = [
+const LOCAL_PORTS: [&str; 4] = [
     "--admin-addr=127.0.0.1:0",
     "--grpc-addr=127.0.0.1:0",
     "--original-contract-addr=127.0.0.1:0",
+    "--console-addr=127.0.0.1:0",
 ];
 
 #[test]
@@ -70,6 +71,7 @@ fn a_taken_port_is_named() {
             &format!("--grpc-addr={addr}"),
             "--admin-addr=127.0.0.1:0",
             "--original-contract-addr=127.0.0.1:0",
+            "--console-addr=127.0.0.1:0",
         ],
         "/nonexistent/kubeconfig",
     );

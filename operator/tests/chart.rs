@@ -1225,3 +1225,25 @@ fn kueue_permissions_are_granted_only_where_kueue_is_enabled() {
         ]
     );
 }
+
+#[test]
+fn the_console_has_its_port_and_reads_pod_logs_only_where_it_is_enabled() {
+    let on = render(&[]);
+    assert!(operator_args(&on).contains(&"--console-addr=0.0.0.0:8090".to_string()));
+    let service = serde_yaml::to_string(find(&on, "Service", "miniautoml")).unwrap();
+    assert!(service.contains("name: console"), "{service}");
+    let operator = grants(find(&on, "ClusterRole", "miniautoml"));
+    assert!(operator.contains(&"get pods/log".to_string()), "{operator:?}");
+    // The data scientist reads their runs' logs (kubectl logs, the console); nobody else.
+    let scientist = grants(find(&on, "ClusterRole", "miniautoml-data-scientist"));
+    assert!(scientist.contains(&"get pods/log".to_string()), "{scientist:?}");
+    let developer = grants(find(&on, "ClusterRole", "miniautoml-app-developer"));
+    assert!(!developer.contains(&"get pods/log".to_string()), "{developer:?}");
+
+    let off = render(&["console.enabled=false"]);
+    assert!(operator_args(&off).contains(&"--console-addr=none".to_string()));
+    let service = serde_yaml::to_string(find(&off, "Service", "miniautoml")).unwrap();
+    assert!(!service.contains("name: console"), "{service}");
+    let operator = grants(find(&off, "ClusterRole", "miniautoml"));
+    assert!(!operator.contains(&"get pods/log".to_string()), "{operator:?}");
+}

@@ -117,6 +117,7 @@ async fn the_operator_runs_with_the_charts_rbac_and_stops_cleanly() {
             format!("--admin-addr=127.0.0.1:{admin_port}"),
             format!("--grpc-addr={grpc_addr}"),
             "--original-contract-addr=127.0.0.1:0".to_string(),
+            "--console-addr=127.0.0.1:0".to_string(),
             format!("--grpc-namespace={}", ns.name),
             // As the chart runs it without kueue.enabled, whose RBAC it has.
             "--kueue=off".to_string(),

@@ -421,6 +421,9 @@ impl OperatorProcess {
             .iter()
             .any(|flag| flag.starts_with("--original-contract-addr")))
         .then(|| format!("--original-contract-addr={original_contract_addr}"));
+        // The console on a port of its own too, unless the test names one.
+        let console = (!extra.iter().any(|flag| flag.starts_with("--console-addr")))
+            .then(|| "--console-addr=127.0.0.1:0".to_string());
         let child = Command::new(binary)
             .args([
                 format!("--admin-addr={admin_addr}"),
@@ -433,6 +436,7 @@ impl OperatorProcess {
                 format!("--metadata-store-address={grpc_addr}"),
             ])
             .args(original_contract)
+            .args(console)
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             // The tests' clients call without tokens; a test of the reviews passes

@@ -6,9 +6,8 @@ use std::{sync::Arc, time::Duration};
 use futures::{StreamExt, future};
 use kube::{
     core::DeserializeGuard,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{Controller, controller::Action, reflector::ObjectRef},
 };
-use miniautoml_api::Dataset;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,10 +16,7 @@ use crate::{Error, Result, context::Context, readiness::Readiness, status::is_co
 
 /// Runs the three controllers on `triggers` until `shutdown` fires.
 pub async fn run(ctx: Arc<Context>, triggers: Triggers, readiness: Readiness, shutdown: CancellationToken) {
-    let datasets = Controller::new(
-        ctx.watched::<DeserializeGuard<Dataset>>(),
-        watcher::Config::default().any_semantic(),
-    );
+    let datasets = Controller::for_stream(triggers.datasets, ctx.caches.datasets.clone());
     let training_jobs = training_job::controller(
         triggers.training_jobs,
         ctx.caches.training_jobs.clone(),

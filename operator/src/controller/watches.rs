@@ -16,7 +16,7 @@ use kube::{
     },
 };
 use miniautoml_api::{
-    ModelDeployment, TrainingJob,
+    Dataset, ModelDeployment, TrainingJob,
     labels::{MODEL_DEPLOYMENT_LABEL, TRAINING_JOB_LABEL},
 };
 use serde::de::DeserializeOwned;
@@ -32,6 +32,8 @@ pub type Events<K> = BoxStream<'static, Result<K, watcher::Error>>;
 /// The watch streams that trigger the controllers (each fills one of the [`Caches`] as it is
 /// polled, so the controller consuming it keeps that cache current).
 pub struct Triggers {
+    /// Datasets (their controller's own objects).
+    pub datasets: Events<DeserializeGuard<Dataset>>,
     /// TrainingJobs (their controller's own objects).
     pub training_jobs: Events<DeserializeGuard<TrainingJob>>,
     /// The runs' Jobs.
@@ -54,6 +56,7 @@ pub struct Triggers {
 /// streams that fill them once the controllers run; Kueue's Workloads too when `kueue` (the
 /// cluster serves them).
 pub fn watch(client: &Client, namespace: Option<&str>, kueue: bool) -> (Caches, Triggers) {
+    let (datasets, dataset_events) = resource_cache(scoped(client, namespace));
     let (training_jobs, training_job_events) = resource_cache(scoped(client, namespace));
     let (model_deployments, model_deployment_events) = resource_cache(scoped(client, namespace));
     let (run_jobs, run_job_events) = labelled_cache(scoped(client, namespace), TRAINING_JOB_LABEL, |_| {});
@@ -76,6 +79,7 @@ pub fn watch(client: &Client, namespace: Option<&str>, kueue: bool) -> (Caches, 
         (None, None)
     };
     let caches = Caches {
+        datasets,
         training_jobs,
         run_jobs,
         run_pods,
@@ -85,6 +89,7 @@ pub fn watch(client: &Client, namespace: Option<&str>, kueue: bool) -> (Caches, 
         workloads,
     };
     let triggers = Triggers {
+        datasets: dataset_events,
         training_jobs: training_job_events,
         run_jobs: run_job_events,
         run_pods: run_pod_events,

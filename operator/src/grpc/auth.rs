@@ -47,9 +47,12 @@ const CAPACITY: usize = 4096;
 /// The API group every permission is on.
 pub const GROUP: &str = "miniautoml.io";
 
-/// A verb on a `miniautoml.io` resource (or a subresource of it), as RBAC rules name them.
+/// A verb on a resource (or a subresource of it), as RBAC rules name them: a `miniautoml.io`
+/// one but for the console's pod logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Permission {
+    /// The API group: [`GROUP`], or `""` (core) for pods.
+    pub group: &'static str,
     /// `get`, `list`, `create`, `update` or `delete`.
     pub verb: &'static str,
     /// `datasets`, `trainingjobs` or `modeldeployments`.
@@ -61,6 +64,7 @@ pub struct Permission {
 impl Permission {
     const fn on(verb: &'static str, resource: &'static str) -> Permission {
         Permission {
+            group: GROUP,
             verb,
             resource,
             subresource: None,
@@ -69,6 +73,7 @@ impl Permission {
 
     const fn on_sub(verb: &'static str, resource: &'static str, subresource: &'static str) -> Permission {
         Permission {
+            group: GROUP,
             verb,
             resource,
             subresource: Some(subresource),
@@ -79,12 +84,30 @@ impl Permission {
     pub const GET_TRAINING_JOBS: Permission = Permission::on("get", "trainingjobs");
     /// PredictionService/Predict (which deploys the run's model when none serves it).
     pub const PREDICT: Permission = Permission::on_sub("create", "modeldeployments", "predict");
+    /// The console's runs table.
+    pub const LIST_TRAINING_JOBS: Permission = Permission::on("list", "trainingjobs");
+    /// The console's datasets table and a dataset's page.
+    pub const LIST_DATASETS: Permission = Permission::on("list", "datasets");
+    pub const GET_DATASETS: Permission = Permission::on("get", "datasets");
+    /// The console's deployments table and a deployment's page.
+    pub const LIST_MODEL_DEPLOYMENTS: Permission = Permission::on("list", "modeldeployments");
+    pub const GET_MODEL_DEPLOYMENTS: Permission = Permission::on("get", "modeldeployments");
+    /// A run's pod log lines on its console page (core `pods/log`).
+    pub const POD_LOGS: Permission = Permission {
+        group: "",
+        verb: "get",
+        resource: "pods",
+        subresource: Some("log"),
+    };
 }
 
 impl fmt::Display for Permission {
     /// `create datasets.miniautoml.io`, `create modeldeployments.miniautoml.io/predict`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}.{GROUP}", self.verb, self.resource)?;
+        match self.group {
+            "" => write!(f, "{} {}", self.verb, self.resource)?,
+            group => write!(f, "{} {}.{group}", self.verb, self.resource)?,
+        }
         match self.subresource {
             Some(sub) => write!(f, "/{sub}"),
             None => Ok(()),
@@ -264,7 +287,7 @@ impl Reviewer {
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(namespace.to_string()),
                     verb: Some(permission.verb.to_string()),
-                    group: Some(GROUP.to_string()),
+                    group: Some(permission.group.to_string()),
                     resource: Some(permission.resource.to_string()),
                     subresource: permission.subresource.map(str::to_string),
                     ..ResourceAttributes::default()
@@ -292,6 +315,26 @@ impl Reviewer {
         };
         keep(&self.decisions, decision, outcome.clone());
         outcome.map_err(|missing| denied(&missing, method))
+    }
+}
+
+impl Reviewer {
+    /// The audience tokens must be made for.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The caller presenting `token` from `peer`, for `what` (named in refusals, e.g. `the
+    /// console`): UNAUTHENTICATED, UNAVAILABLE or RESOURCE_EXHAUSTED as for a gRPC call.
+    pub async fn caller(&self, token: &str, peer: &str, what: &str) -> Result<Caller, Status> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let user = self.authenticate(key, token, peer).await?;
+        Ok(Caller {
+            key,
+            user,
+            method: what.to_string(),
+            reviewer: self.clone(),
+        })
     }
 }
 

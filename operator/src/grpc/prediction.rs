@@ -106,24 +106,23 @@ pub struct Target {
     pub call: Call,
 }
 
-/// How to call `pod` (`None`: its container declares neither port).
-pub fn target(pod: &Pod) -> Option<Target> {
-    let ip = pod.status.as_ref()?.pod_ip.clone()?;
-    let ports = pod
-        .spec
+/// The number of the port named `name` of `pod`'s predictor container.
+pub fn named_port(pod: &Pod, name: &str) -> Option<i32> {
+    pod.spec
         .as_ref()?
         .containers
         .first()?
         .ports
-        .clone()
-        .unwrap_or_default();
-    let named = |name: &str| {
-        ports
-            .iter()
-            .find(|p| p.name.as_deref() == Some(name))
-            .map(|p| p.container_port)
-    };
-    let call = match (named("grpc"), named("http")) {
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.container_port)
+}
+
+/// How to call `pod` (`None`: its container declares neither port).
+pub fn target(pod: &Pod) -> Option<Target> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let call = match (named_port(pod, "grpc"), named_port(pod, "http")) {
         (Some(port), _) => Call::Predictor(port),
         (None, Some(port)) => Call::OpenInference {
             port,
@@ -135,7 +134,7 @@ pub fn target(pod: &Pod) -> Option<Target> {
 }
 
 /// `host:port` of `ip` and `port`.
-fn authority(ip: &str, port: i32) -> String {
+pub fn authority(ip: &str, port: i32) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
     } else {
