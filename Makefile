@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help generate test e2e kind-e2e lint demo plugin images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-kueue bench-console bench-predict bench-distributed fuzz chaos
+.PHONY: help generate test e2e kind-e2e lint demo plugin images tools cluster-up cluster-down run bench-ingest bench-train bench-training bench-kueue bench-console bench-console-cluster bench-predict bench-distributed fuzz chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,10 @@ bench-distributed: ## Benchmark pytorch-intent TrainingJobs with 1, 2 and 4 work
 
 bench-console: ## The console's answer with 500 runs and a 1500-epoch run page (router over an in-memory backend)
 	$(CARGO) bench --locked -p miniautoml-console --bench runs_page
+
+bench-console-cluster: ## The runs table with 500 finished runs in chromium, through the operator's console on the local cluster
+	@hack/tools.sh cluster >/dev/null
+	$(CARGO) bench --locked -p miniautoml-operator --bench console
 
 bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Python grpcio baseline: req/s, p50/p99, RSS
 	hack/bench-predict.sh

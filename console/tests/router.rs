@@ -232,10 +232,28 @@ fn fake() -> Fake {
         "status": {"servedRun": "7", "readyReplicas": 1, "replicas": 1},
     }))
     .unwrap();
+    let dataset: Dataset = serde_json::from_value(serde_json::json!({
+        "apiVersion": "miniautoml.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "tweets", "namespace": "team-a"},
+        "spec": {"type": "TextIntent", "commits": [
+            {"message": "part 1", "source": {"bucket": "b", "key": "raw/team-a/1.csv"}},
+            {"message": "part 2", "source": {"bucket": "b", "key": "raw/team-a/2.csv"}}]},
+        "status": {"commitCount": 1, "totalExamples": 2963,
+            "commits": [{"id": 1, "entry": 0, "createdAt": "2026-12-01T10:00:00Z", "message": "part 1",
+                "tags": {"source": "twitter"}, "path": "datasets/team-a/tweets/commits/1/",
+                "statistics": {"numExamples": 2963, "numLabels": 3,
+                    "perLabel": {"anger": 1400, "joy": 708, "sadness": 855}}}],
+            "rejected": [{"entry": 1, "rejectedAt": "2026-12-01T10:01:00Z",
+                "message": "s3://b/raw/team-a/2.csv: line 17: expected 2 columns, found 1"}],
+            "snapshots": [{"versionHash": "hashAg==", "commits": [1], "state": "Ready"}]},
+    }))
+    .unwrap();
     Fake {
         runs: vec![Arc::new(long), Arc::new(short), Arc::new(secret)],
         histories: [("long".to_string(), history)].into(),
         deployments: vec![Arc::new(deployment)],
+        datasets: vec![Arc::new(dataset)],
         ..Fake::default()
     }
 }
@@ -545,4 +563,26 @@ async fn the_deployment_and_system_pages_show_their_state() {
     assert!(
         body.contains("operator-0") && body.contains("intent-classification") && body.contains("reachable")
     );
+}
+
+#[tokio::test]
+async fn a_dataset_page_shows_commits_label_counts_rejections_and_snapshots() {
+    let app = app(fake());
+    let (status, _, body) = send(&app, get("/datasets/team-a/tweets", Some("alice-token"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("<progress max=\"1400\" value=\"1400\" aria-label=\"anger\">"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<span class=\"count\" data-label=\"joy\">708</span>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("line 17: expected 2 columns, found 1"),
+        "the rejection with its line"
+    );
+    assert!(body.contains("hashAg==") && body.contains("source=twitter"));
+    let (_, _, list) = send(&app, get("/datasets", Some("bob-token"))).await;
+    assert!(!list.contains("tweets"), "bob may not list team-a's datasets");
 }
