@@ -100,10 +100,8 @@ impl Browser {
             );
             match attempt {
                 Ok(client) => break client,
-                Err(error) if Instant::now() < deadline => {
-                    let _ = error;
-                    std::thread::sleep(Duration::from_millis(250));
-                }
+                // chromedriver not listening yet.
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
                 Err(error) => panic!("no chromium session through chromedriver at {url}: {error}"),
             }
         };
