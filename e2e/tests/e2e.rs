@@ -1171,11 +1171,14 @@ spec:
 /// `kubectl miniautoml ARGS` in the lab's namespace, pointed at this release's operator; its
 /// output, or its failure with stderr.
 fn plugin(args: &[&str], token: Option<&str>) -> String {
-    let mut command = Command::new("kubectl");
-    command
-        .arg("miniautoml")
-        .args(args)
-        .args(["--release-namespace", NAMESPACE, "--release", RELEASE]);
+    // Bounded: `run --follow` waits for runs to end.
+    let mut command = Command::new("timeout");
+    command.args(["600", "kubectl", "miniautoml"]).args(args).args([
+        "--release-namespace",
+        NAMESPACE,
+        "--release",
+        RELEASE,
+    ]);
     if let Some(token) = token {
         // As a user would keep it: in the environment, not on the command line.
         command.env("MINIAUTOML_TOKEN", token);
