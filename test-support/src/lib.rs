@@ -300,9 +300,7 @@ impl LocalCluster {
     /// An address on the node IP with a port nothing listens on now: where a host process that
     /// pods call (the operator's gRPC API) listens.
     pub fn free_addr(&self) -> std::net::SocketAddr {
-        std::net::TcpListener::bind((self.node_ip, 0))
-            .and_then(|listener| listener.local_addr())
-            .unwrap_or_else(|e| panic!("a free port on {}: {e}", self.node_ip))
+        unused_port(self.node_ip)
     }
 
     /// `crictl` against the node's containerd.
@@ -348,9 +346,34 @@ pub struct OperatorProcess {
 
 /// A loopback address with a port nothing listens on now (bound, noted and freed).
 pub fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
+    unused_port(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// The ports [`unused_port`] hands out: below Linux's ephemeral range (32768–60999), so no
+/// outgoing connection (the kubelet's probes, our own clients) can take one between the test
+/// noting it and the process it names binding it — as happened with port 0's ephemeral ports.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// An address on `ip` with a port from [`TEST_PORTS`] that nothing holds now (bound, noted and
+/// freed). Each call starts at a point drawn from the process id and the clock, so parallel
+/// tests and test binaries rarely try the same port; a port found taken is skipped.
+fn unused_port(ip: std::net::IpAddr) -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.subsec_nanos())
+            .unwrap_or_default();
+    for _ in 0..span {
+        let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let addr = std::net::SocketAddr::new(ip, TEST_PORTS.start + offset as u16);
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port on {ip} in {TEST_PORTS:?}")
 }
 
 impl OperatorProcess {
