@@ -28,13 +28,31 @@ pub fn truncate(name: &str, max: usize) -> &str {
     name[..end].trim_end_matches('-')
 }
 
+/// The longest stem of a derived name ([`derived`]): room is left for a suffix and, for a Job,
+/// for the index its pods' host names add (`<job>-<index>` is a DNS label too).
+pub const MAX_STEM: usize = 50;
+
+/// The name of an object derived from the object `name` (a TrainingJob's Job, a
+/// ModelDeployment's Deployment): `<name>-<suffix>` when `name` fits [`MAX_STEM`], else
+/// `<name cut short>-<hash>-<suffix>` with a stem of [`MAX_STEM`] too, where `<hash>` is the
+/// first 8 hex digits of the SHA-256 of the whole name. So two names that share a long prefix
+/// derive two names, not one. The controllers still check that an object of the derived name
+/// is their own before they use it: a name can be chosen to equal another's derived one.
+pub fn derived(name: &str, suffix: &str) -> String {
+    if name.len() <= MAX_STEM {
+        return format!("{name}-{suffix}");
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest[..4].iter().map(|byte| format!("{byte:02x}")).collect();
+    let cut = truncate(name, MAX_STEM - hash.len() - 1);
+    format!("{cut}-{hash}-{suffix}")
+}
+
 /// Name of a run's Secret (its token under [`RUN_TOKEN_KEY`], and the storage credentials):
 /// the TrainingJob controller creates it, the metadata store checks tokens against it.
 pub fn run_secret(job: &miniautoml_api::TrainingJob) -> String {
-    format!(
-        "{}-run",
-        truncate(job.metadata.name.as_deref().unwrap_or_default(), 50)
-    )
+    derived(job.metadata.name.as_deref().unwrap_or_default(), "run")
 }
 
 /// Checks a caller's name: any UTF-8 up to [`MAX_NAME_BYTES`] bytes, the empty name included.
@@ -103,6 +121,30 @@ pub fn dataset_candidates(name: &str, id: u64) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_names_keep_short_names_and_tell_long_ones_apart() {
+        assert_eq!(derived("tweets", "train"), "tweets-train");
+        // Names that fit keep the name they always had.
+        let fits = "a".repeat(MAX_STEM);
+        assert_eq!(derived(&fits, "train"), format!("{fits}-train"));
+        // Two names sharing their first 60 characters (and more) derive two names.
+        let prefix = "intent-classifier-with-a-rather-long-descriptive-name-for-runs";
+        let (one, two) = (format!("{prefix}-one"), format!("{prefix}-two"));
+        for suffix in ["train", "run", "predictor", "predictor-s3"] {
+            let (a, b) = (derived(&one, suffix), derived(&two, suffix));
+            assert_ne!(a, b, "{suffix}");
+            for name in [&a, &b] {
+                assert!(is_dns_label(name), "{name}");
+                assert!(name.len() <= MAX_STEM + 1 + suffix.len(), "{name}");
+                assert!(name.ends_with(&format!("-{suffix}")), "{name}");
+            }
+            assert_eq!(a, derived(&one, suffix), "stable");
+        }
+        // A name whose cut ends in a dash loses it: no `--` in the derived name.
+        let dashed = format!("{}-{}", "b".repeat(40), "c".repeat(20));
+        assert!(!derived(&dashed, "train").contains("--"));
+    }
 
     #[test]
     fn names_are_cut_on_a_character_boundary_without_a_trailing_dash() {

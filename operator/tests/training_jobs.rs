@@ -332,6 +332,88 @@ async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
     assert_eq!(ran.phase, Some(TrainingPhase::Succeeded), "{ran:#?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn long_names_sharing_a_prefix_get_their_own_objects_and_a_stranger_s_job_is_never_adopted() {
+    let (_cluster, client, ns, _operator, jobs, _logs) = with_tweets("training-names", &[]).await;
+    // Two names longer than a derived name's stem (50), alike for their first 63 characters.
+    let prefix = "a-training-job-whose-name-runs-well-beyond-fifty-characters-long";
+    let names = [format!("{prefix}-one"), format!("{prefix}-two")];
+    // miniautoml/test-env runs `env` and exits 0: each run ends Failed (NoArtifact) at once.
+    let quick = serde_json::json!({"algorithm": null, "image": "miniautoml/test-env:1"});
+    for name in &names {
+        jobs.create(&PostParams::default(), &training_job(name, quick.clone()))
+            .await
+            .unwrap();
+    }
+    let batch = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns.name);
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns.name);
+    let mut launched = Vec::new();
+    for name in &names {
+        let run = wait_for(&jobs, name, &ns.name, finished).await;
+        let status = run.status.clone().unwrap();
+        assert_eq!(status.phase, Some(TrainingPhase::Failed), "{status:#?}");
+        let job_name = status.job_name.clone().expect("the run's Job name");
+        // Its own Job and its own Secret, each controlled by this TrainingJob.
+        let uid = run.metadata.uid.clone();
+        let job = batch.get(&job_name).await.unwrap();
+        let owner = |meta: &kube::api::ObjectMeta| {
+            meta.owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone())
+        };
+        assert_eq!(owner(&job.metadata), uid, "{job_name}");
+        let secret_name = miniautoml_operator::names::run_secret(&run);
+        let secret = secrets.get(&secret_name).await.unwrap();
+        assert_eq!(owner(&secret.metadata), uid, "{secret_name}");
+        assert!(job_name.len() <= 63 && secret_name.len() <= 63);
+        launched.push((job_name, secret_name));
+    }
+    assert_ne!(launched[0].0, launched[1].0, "two Jobs");
+    assert_ne!(launched[0].1, launched[1].1, "two Secrets");
+
+    // A Job someone made under the name a TrainingJob would give its own: never adopted.
+    let stranger: k8s_openapi::api::batch::v1::Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "taken-train"},
+        "spec": {
+            "suspend": true,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [
+                {"name": "c", "image": "miniautoml/test-env:1"}
+            ]}}
+        }
+    }))
+    .unwrap();
+    batch.create(&PostParams::default(), &stranger).await.unwrap();
+    jobs.create(&PostParams::default(), &training_job("taken", quick.clone()))
+        .await
+        .unwrap();
+    let waiting = wait_for(&jobs, "taken", &ns.name, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Running" && c.reason == "NameTaken")
+    })
+    .await;
+    let status = waiting.status.unwrap();
+    assert_eq!(status.phase, Some(TrainingPhase::Queued), "{status:#?}");
+    let running = status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert!(
+        running.message.starts_with("Job taken-train in namespace"),
+        "{status:#?}"
+    );
+    let untouched = batch.get("taken-train").await.unwrap();
+    assert!(untouched.metadata.owner_references.is_none(), "{untouched:#?}");
+    assert_eq!(untouched.spec.unwrap().suspend, Some(true));
+    // Once the stranger's Job goes, the run launches under its name.
+    batch
+        .delete("taken-train", &kube::api::DeleteParams::foreground())
+        .await
+        .unwrap();
+    let ran = wait_for(&jobs, "taken", &ns.name, finished).await.status.unwrap();
+    assert_eq!(ran.job_name.as_deref(), Some("taken-train"), "{ran:#?}");
+}
+
 /// A run's end, which must be Failed: its `Failed` condition's reason and the status message.
 fn failure(status: &miniautoml_api::TrainingJobStatus) -> (String, String) {
     assert_eq!(status.phase, Some(TrainingPhase::Failed), "{status:#?}");

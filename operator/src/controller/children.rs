@@ -1,4 +1,6 @@
-//! Pure pieces the controllers' object builders share: environment variables, compute requests and the storage credentials put into Secrets.
+//! Pure pieces the controllers' object builders share: environment variables, compute requests,
+//! the storage credentials put into Secrets, and whether an object of a derived name is the
+//! controller's own.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +9,7 @@ use k8s_openapi::{
         Capabilities, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference, ResourceRequirements,
         SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
     },
-    apimachinery::pkg::api::resource::Quantity,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
 
 use crate::config::Credentials;
@@ -157,6 +159,37 @@ pub fn scratch_mount() -> VolumeMount {
     }
 }
 
+/// Whether `child` is controlled by the object with uid `owner` (its controller owner
+/// reference names that uid). A controller uses an object of a derived name only then: one
+/// that someone else made, or another object's, is never adopted or overwritten.
+pub fn controlled_by(child: &ObjectMeta, owner: Option<&str>) -> bool {
+    let Some(owner) = owner else { return false };
+    child
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|reference| reference.controller == Some(true) && reference.uid == owner)
+}
+
+/// Why a child cannot be used: `<kind> <name>` exists in `namespace` but belongs to another
+/// object or to nobody. The message names its controller and what the user can do.
+pub fn name_taken(kind: &str, child: &ObjectMeta, parent: &str) -> String {
+    let name = child.name.as_deref().unwrap_or_default();
+    let namespace = child.namespace.as_deref().unwrap_or_default();
+    let holder = child
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|reference| reference.controller == Some(true))
+        .map(|reference| format!("belongs to {} {}", reference.kind, reference.name))
+        .unwrap_or_else(|| "was not made by the operator".to_string());
+    format!(
+        "{kind} {name} in namespace {namespace} {holder}, so {parent} cannot use the name: \
+         the operator never adopts or overwrites it; delete or rename that {kind}, or give \
+         {parent} another name"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +200,43 @@ mod tests {
         let set = requests_and_limits(cpu_and_memory(&Some(Quantity("1".into())), &None)).unwrap();
         assert_eq!(set.requests, set.limits);
         assert_eq!(set.limits.unwrap()["cpu"].0, "1");
+    }
+
+    #[test]
+    fn only_an_object_this_owner_controls_is_its_own() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owned_by = |uid: &str, controller: Option<bool>| ObjectMeta {
+            name: Some("tweets-train".into()),
+            namespace: Some("team-a".into()),
+            owner_references: Some(vec![OwnerReference {
+                kind: "TrainingJob".into(),
+                name: "other".into(),
+                uid: uid.into(),
+                controller,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        assert!(controlled_by(&owned_by("u1", Some(true)), Some("u1")));
+        assert!(!controlled_by(&owned_by("u2", Some(true)), Some("u1")));
+        assert!(
+            !controlled_by(&owned_by("u1", None), Some("u1")),
+            "an owner, not the controller"
+        );
+        assert!(!controlled_by(&owned_by("u1", Some(true)), None), "no uid yet");
+        let stranger = ObjectMeta {
+            name: Some("tweets-train".into()),
+            namespace: Some("team-a".into()),
+            ..Default::default()
+        };
+        assert!(!controlled_by(&stranger, Some("u1")));
+        assert!(
+            name_taken("Job", &stranger, "TrainingJob tweets")
+                .starts_with("Job tweets-train in namespace team-a was not made by the operator")
+        );
+        assert!(
+            name_taken("Job", &owned_by("u2", Some(true)), "TrainingJob tweets")
+                .contains("belongs to TrainingJob other")
+        );
     }
 }

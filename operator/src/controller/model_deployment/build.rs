@@ -39,7 +39,6 @@ use crate::{
         cpu_and_memory, credential_entries, credential_env, env, pull_secrets, requests_and_limits,
         restricted_security_context, scratch_mount, scratch_volume,
     },
-    names::truncate,
     pod_keys::Holder,
 };
 
@@ -58,12 +57,12 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 
 /// Name of the predictors' Deployment and of their Service.
 pub fn deployment_name(md: &ModelDeployment) -> String {
-    format!("{}-predictor", truncate(&md.name_any(), 50))
+    crate::names::derived(&md.name_any(), "predictor")
 }
 
 /// Name of the predictors' Secret (storage credentials).
 pub fn secret_name(md: &ModelDeployment) -> String {
-    format!("{}-predictor-s3", truncate(&md.name_any(), 50))
+    crate::names::derived(&md.name_any(), "predictor-s3")
 }
 
 /// The Service's in-cluster addresses.

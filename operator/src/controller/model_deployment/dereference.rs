@@ -1,16 +1,20 @@
 //! What a ModelDeployment's reconcile reads: the TrainingJob it references (by name or run id),
-//! the predictors' Deployment and their pods. Nothing here writes.
+//! the predictors' Deployment (never another's of its name) and their pods. Nothing here writes.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
+use kube::{Api, ResourceExt, api::ListParams, runtime::reflector::ObjectRef};
 use miniautoml_api::{
     ModelDeployment, TrainingJob, labels::MODEL_DEPLOYMENT_LABEL, model_deployment::NotServable,
 };
 
 use super::build::deployment_name;
-use crate::{Result, context::Context};
+use crate::{
+    Result,
+    context::Context,
+    controller::children::{controlled_by, name_taken},
+};
 
 /// The TrainingJob `md` references, or why there is none.
 pub async fn training_job(md: &ModelDeployment, ctx: &Context) -> Result<Result<TrainingJob, NotServable>> {
@@ -42,13 +46,41 @@ pub async fn training_job(md: &ModelDeployment, ctx: &Context) -> Result<Result<
     }))
 }
 
-/// The predictors' Deployment as the watch cache has it.
-pub fn cached_deployment(md: &ModelDeployment, ctx: &Context) -> Option<Deployment> {
+/// The predictors' Deployment: as the watch cache has it, else (none in the cache, which
+/// sees only labelled Deployments) from a list of that name, so that one the operator did not
+/// make is found. `Err` with the reason when a Deployment of the name exists that this
+/// ModelDeployment does not control: it is never adopted or overwritten.
+pub async fn deployment(
+    md: &ModelDeployment,
+    ctx: &Context,
+) -> Result<Result<Option<Deployment>, NotServable>> {
     let namespace = md.namespace().unwrap_or_default();
-    ctx.caches
+    let name = deployment_name(md);
+    let cached = ctx
+        .caches
         .predictor_deployments
-        .get(&ObjectRef::new(&deployment_name(md)).within(&namespace))
-        .map(|d| (*d).clone())
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .map(|d| (*d).clone());
+    let found = match cached {
+        Some(deployment) => Some(deployment),
+        None => Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+            .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+            .await?
+            .items
+            .into_iter()
+            .next(),
+    };
+    Ok(match found {
+        Some(deployment) if !controlled_by(&deployment.metadata, md.uid().as_deref()) => Err((
+            "NameTaken",
+            name_taken(
+                "Deployment",
+                &deployment.metadata,
+                &format!("ModelDeployment {}", md.name_any()),
+            ),
+        )),
+        found => Ok(found),
+    })
 }
 
 /// The predictors' pods, from the watch cache.

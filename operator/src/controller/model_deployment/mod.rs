@@ -126,10 +126,15 @@ pub fn controller(
 
 async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
     let job = dereference::training_job(md, ctx).await?;
-    let cached = dereference::cached_deployment(md, ctx);
+    let (cached, taken) = match dereference::deployment(md, ctx).await? {
+        Ok(cached) => (cached, None),
+        Err(taken) => (None, Some(taken)),
+    };
     let model = validate::model(&job);
-    let blocked = validate::blocked(ctx.serving.as_ref());
+    let blocked = taken.or_else(|| validate::blocked(ctx.serving.as_ref()));
     let (deployment, key_problem) = match (&model, &ctx.serving) {
+        // Nothing is applied under a name another object holds.
+        (Ok(_), Some(_)) if blocked.is_some() => (None, None),
         (Ok(model), Some(settings)) => {
             let desired = build::desired(md, model, settings);
             match apply::apply(md, model, &desired, cached.as_ref(), ctx).await {

@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     runtime::events::EventType,
 };
 use miniautoml_api::TrainingJob;
@@ -63,29 +63,38 @@ pub async fn revoke_key(job: &TrainingJob, ctx: &Context) -> Result<()> {
 }
 
 /// Launches the run: its Secret, the headless Service of a multi-worker run, then the Job.
-/// Returns the Job. The Secret is applied, not created: one that someone made under its name
-/// before the run was launched gets the operator's token and credentials (the token is derived
-/// from the run's uid, so applying it again never changes it).
+/// Returns the Job, or why a name of the run's is taken. The Secret is applied, not created: one
+/// that someone made under its name before the run was launched gets the operator's token and
+/// credentials (the token is derived from the run's uid, so applying it again never changes
+/// it); one that another object controls is refused by the API server (an object has one
+/// controller), and so is that Service.
 pub async fn launch(
     job: &TrainingJob,
     ctx: &Context,
     inputs: &RunInputs,
     (settings, credentials): (&TrainingSettings, &Credentials),
-) -> Result<Job> {
+) -> Result<Result<Job, String>> {
     let namespace = job.namespace().unwrap_or_default();
+    let parent = format!("TrainingJob {}", job.name_any());
     let apply = PatchParams::apply(MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let token = settings.run_tokens.token(&job.uid().unwrap_or_default());
     let secret = build_secret(job, inputs.run_id, &token, credentials);
-    secrets
+    let applied = secrets
         .patch(&run_secret(job), &apply, &Patch::Apply(&secret))
-        .await?;
+        .await;
+    if let Some(taken) = second_controller(applied, "Secret", &run_secret(job), &parent)? {
+        return Ok(Err(taken));
+    }
     let name = job_name(job);
     if job.spec.workers > 1 {
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-        services
+        let applied = services
             .patch(&name, &apply, &Patch::Apply(&build_service(job, inputs.run_id)))
-            .await?;
+            .await;
+        if let Some(taken) = second_controller(applied, "Service", &name, &parent)? {
+            return Ok(Err(taken));
+        }
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let created = jobs
@@ -101,18 +110,47 @@ pub async fn launch(
         ),
     )
     .await;
-    Ok(created)
+    Ok(Ok(created))
+}
+
+/// An apply's outcome: `Some(reason)` when the API server refused it because another object
+/// controls `kind name` (the apply would have made it a second controller), else the error.
+fn second_controller<K>(
+    applied: kube::Result<K>,
+    kind: &str,
+    name: &str,
+    parent: &str,
+) -> Result<Option<String>> {
+    match applied {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("Controller") => {
+            Ok(Some(format!(
+                "{kind} {name} belongs to another object, so {parent} cannot use the name: {}",
+                status.message
+            )))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Stops a run's pods by deleting its Job in the foreground: the Job is gone only once its pods
 /// are, so the next attempt of a gang never meets a rank of the last one, and a run being
 /// deleted writes nothing more (a Job already gone, or going, is fine). The operator never
 /// changes a Job's `suspend`: under Kueue that is Kueue's, and its Workload goes with the Job.
-pub async fn stop_job(job: &TrainingJob, ctx: &Context) -> Result<()> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    match jobs.delete(&job_name(job), &DeleteParams::foreground()).await {
+/// Only the Job `run` itself goes (its uid a precondition), never another of its name.
+pub async fn stop_job(run: &Job, ctx: &Context) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: run.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::foreground()
+    };
+    match jobs.delete(&run.name_any(), &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        // Gone, or replaced by another Job of its name (the precondition failed): not ours.
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
         Err(error) => Err(error.into()),
     }
 }

@@ -31,7 +31,7 @@ use crate::{
         ACCESS_KEY, SECRET_KEY, cpu_and_memory, credential_entries, credential_env, env, from_secret,
         pull_secrets, requests_and_limits, restricted_security_context, scratch_mount, scratch_volume,
     },
-    names::{RUN_TOKEN_KEY as TOKEN_KEY, run_secret as secret_name, truncate},
+    names::{RUN_TOKEN_KEY as TOKEN_KEY, run_secret as secret_name},
 };
 
 /// Annotation on a run's Job: the dataset snapshot it trains on.
@@ -140,7 +140,7 @@ fn configured_algorithm(job: &TrainingJob) -> Option<&String> {
 
 /// Name of the run's Job (and of its headless Service).
 pub fn job_name(job: &TrainingJob) -> String {
-    format!("{}-train", truncate(&job.name_any(), 50))
+    crate::names::derived(&job.name_any(), "train")
 }
 
 fn labels(job: &TrainingJob, run_id: u64) -> BTreeMap<String, String> {

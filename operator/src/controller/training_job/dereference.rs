@@ -7,13 +7,15 @@ use kube::{
     api::ListParams,
     runtime::reflector::{self, ObjectRef},
 };
-use miniautoml_api::{Dataset, SnapshotState, SnapshotStatus, TrainingJob};
+use miniautoml_api::{Dataset, SnapshotState, SnapshotStatus, TrainingJob, labels::TRAINING_JOB_LABEL};
 use miniautoml_data::SnapshotSelector;
 
+use super::build::job_name;
 use crate::{
     Result,
     conditions::{self, ACCEPTED},
     context::Context,
+    controller::children::{controlled_by, name_taken},
     kueue::{self, QueueState},
     snapshots::SnapshotError,
 };
@@ -41,25 +43,46 @@ fn waiting(
     }))
 }
 
-/// The run's Job `name`, from the cache, else (just created, or the cache is still filling)
-/// from the API server.
-pub async fn existing_run(ctx: &Context, namespace: &str, name: &str) -> Result<Option<Job>> {
+/// The run's Job, from the cache, else (just created, or the cache is still filling) from the
+/// API server: `Ok(None)` when there is none, `Err` with the reason when a Job of its name
+/// exists that this TrainingJob does not control (another's, or one someone made), which is
+/// never adopted.
+pub async fn existing_run(ctx: &Context, job: &TrainingJob) -> Result<Result<Option<Job>, String>> {
+    let namespace = job.namespace().unwrap_or_default();
+    let name = job_name(job);
     let cached = ctx
         .caches
         .run_jobs
-        .get(&ObjectRef::new(name).within(namespace))
-        .map(|job| (*job).clone());
-    match cached {
-        Some(job) => Ok(Some(job)),
-        None => Ok(Api::<Job>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await?),
-    }
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .map(|run| (*run).clone());
+    let found = match cached {
+        Some(run) => Some(run),
+        None => {
+            Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&name)
+                .await?
+        }
+    };
+    Ok(match found {
+        Some(run) if !controlled_by(&run.metadata, job.uid().as_deref()) => Err(name_taken(
+            "Job",
+            &run.metadata,
+            &format!("TrainingJob {}", job.name_any()),
+        )),
+        found => Ok(found),
+    })
 }
 
-/// The pods of the run's Job `name`: from the pod cache once it is filled, else from the API
-/// server.
-pub async fn run_pods(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<Pod>> {
+/// The pods of the run's Job: from the pod cache once it is filled, else from the API server.
+/// Only pods labelled with the TrainingJob's name too count (a Job of the same name that is
+/// not the run's is never its).
+pub async fn run_pods(ctx: &Context, job: &TrainingJob) -> Result<Vec<Pod>> {
+    let namespace = job.namespace().unwrap_or_default();
+    let (name, owner) = (job_name(job), job.name_any());
+    let ours = |pod: &Pod| {
+        let labels = pod.labels();
+        labels.get("job-name") == Some(&name) && labels.get(TRAINING_JOB_LABEL) == Some(&owner)
+    };
     let ready = |cache: &&reflector::Store<Pod>| {
         futures::FutureExt::now_or_never(cache.wait_until_ready()).is_some_and(|r| r.is_ok())
     };
@@ -67,18 +90,13 @@ pub async fn run_pods(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<
         return Ok(cache
             .state()
             .iter()
-            .filter(|pod| {
-                pod.namespace().as_deref() == Some(namespace)
-                    && pod.labels().get("job-name").map(String::as_str) == Some(name)
-            })
+            .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()) && ours(pod))
             .map(|pod| (**pod).clone())
             .collect());
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    Ok(pods
-        .list(&ListParams::default().labels(&format!("job-name={name}")))
-        .await?
-        .items)
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("job-name={name},{TRAINING_JOB_LABEL}={owner}");
+    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
 }
 
 /// The Dataset and its Ready snapshot for `job`, or why not: the Dataset is missing, still

@@ -76,10 +76,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
         // report epochs and upload its model into the prefixes being deleted. Deleting the Job
         // in the foreground stops them (the garbage collector would only after the finalizer
         // is gone); suspending it would not under Kueue, which unsuspends an admitted Job.
-        let namespace = job.namespace().unwrap_or_default();
-        let pods = dereference::run_pods(&ctx, &namespace, &job_name(&job)).await?;
+        let pods = dereference::run_pods(&ctx, &job).await?;
         if pods.iter().any(still_running) {
-            apply::stop_job(&job, &ctx).await?;
+            if let Ok(Some(run)) = dereference::existing_run(&ctx, &job).await? {
+                apply::stop_job(&run, &ctx).await?;
+            }
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
     }
@@ -151,6 +152,17 @@ async fn report(api: &Api<TrainingJob>, job: &TrainingJob, found: &Found<'_>) ->
     .await
 }
 
+/// Reports that an object of the run's names is not the run's (`taken` says whose), with a
+/// warning event when that is news, and looks again later: the operator never adopts it.
+async fn name_taken(api: &Api<TrainingJob>, job: &TrainingJob, ctx: &Context, taken: &str) -> Result<Action> {
+    let written = report(api, job, &Found::NameTaken(taken)).await?;
+    if job.status != written.status {
+        ctx.publish(job, EventType::Warning, "NameTaken", taken.to_string())
+            .await;
+    }
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
 async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     let namespace = job.namespace().unwrap_or_default();
     let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -185,14 +197,15 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
 
     // A launched run keeps the snapshot it was launched on, whatever is committed since.
     let name = job_name(job);
-    let (run, version_hash) = match dereference::existing_run(ctx, &namespace, &name).await? {
-        Some(existing) => {
+    let (run, version_hash) = match dereference::existing_run(ctx, job).await? {
+        Err(taken) => return name_taken(&api, job, ctx, &taken).await,
+        Ok(Some(existing)) => {
             let hash = launched_version_hash(&existing)
                 .or_else(|| job.status.as_ref().and_then(|s| s.dataset_version_hash.clone()))
                 .unwrap_or_default();
             (existing, hash)
         }
-        None => {
+        Ok(None) => {
             // A gang restart launches the next attempt on the snapshot the first trained on,
             // and ahead of the queue: the run holds its slot.
             let restarting = attempt(job) > 1;
@@ -243,11 +256,13 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                     return Ok(Action::requeue(Duration::from_secs(30)));
                 }
             };
-            let run = apply::launch(job, ctx, &inputs, (settings, &credentials)).await?;
-            (run, version_hash)
+            match apply::launch(job, ctx, &inputs, (settings, &credentials)).await? {
+                Ok(run) => (run, version_hash),
+                Err(taken) => return name_taken(&api, job, ctx, &taken).await,
+            }
         }
     };
-    let pods = dereference::run_pods(ctx, &namespace, &name).await?;
+    let pods = dereference::run_pods(ctx, job).await?;
     let workers = observe(&run, &pods, status::reported_failure_rank(job));
     let launched = launched_attempt(&run);
     let queued = match &job.spec.queue_name {
@@ -260,7 +275,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     if job.spec.workers > 1 && !held {
         // The Job of an earlier attempt, going: wait until its pods are gone.
         if run.metadata.deletion_timestamp.is_some() || launched < attempt(job) {
-            apply::stop_job(job, ctx).await?;
+            apply::stop_job(&run, ctx).await?;
             report(&api, job, &Found::GangStopping { attempt: launched }).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -272,7 +287,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 counted,
             };
             let written = report(&api, job, &found).await?;
-            apply::stop_job(job, ctx).await?;
+            apply::stop_job(&run, ctx).await?;
             let text = written.status.and_then(|s| s.message).unwrap_or_default();
             ctx.publish(job, EventType::Warning, "GangRestart", text).await;
             return Ok(Action::requeue(Duration::from_secs(2)));

@@ -50,6 +50,9 @@ pub enum Found<'a> {
     NoStorageKey(&'a KeyError),
     /// The run ended and its own storage key is revoked.
     KeyRevoked,
+    /// An object of one of the run's names (its Job, Secret, Service) exists and is not the
+    /// run's: it is not launched (why, for the user).
+    NameTaken(&'a str),
     /// The run's Job exists.
     Launched {
         /// The snapshot it trains on.
@@ -152,6 +155,10 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
                 "Revoked",
                 "the run ended: its pods' own storage key is revoked",
             );
+        }
+        Found::NameTaken(message) => {
+            set(status, at, RUNNING, false, "NameTaken", message);
+            status.phase = Some(TrainingPhase::Queued);
         }
         Found::NotConfigured => {
             set(
@@ -450,6 +457,18 @@ mod tests {
             !record(&mut job, &Found::Invalid(&invalid), &at(2)),
             "nothing new"
         );
+    }
+
+    #[test]
+    fn a_run_whose_name_is_taken_stays_queued_and_says_whose_it_is() {
+        let mut job = job();
+        let taken = "Job tweets-train in namespace team-a was not made by the operator, so …";
+        assert!(record(&mut job, &Found::NameTaken(taken), &at(1)));
+        assert_eq!(condition(&job, RUNNING), ("False".into(), "NameTaken".into()));
+        let status = job.status.as_ref().unwrap();
+        assert_eq!(status.phase, Some(TrainingPhase::Queued));
+        let running = status.conditions.iter().find(|c| c.type_ == RUNNING).unwrap();
+        assert_eq!(running.message, taken);
     }
 
     #[test]
