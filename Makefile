@@ -7,10 +7,11 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md, the gRPC code in proto/src/generated and the Python helper's descriptor set
+generate: ## Regenerate crds/*.yaml, the chart's CRDs, docs/api.md, the gRPC code in proto/src/generated, the Python helper's descriptor set and docs/security.md's methods table
 	$(CARGO) run --quiet --locked -p miniautoml-api --bin crdgen
 	$(CARGO) run --quiet --locked -p miniautoml-proto --features codegen --bin protogen
 	cp proto/src/generated/descriptor.bin training-code/miniautoml-training/miniautoml_training/descriptor.bin
+	MINIAUTOML_WRITE_DOCS=1 $(CARGO) test --quiet --locked -p miniautoml-operator --lib grpc::methods::tests::docs_security_md_shows_this_table
 
 test: ## Run every test: unit and integration tests (the local cluster started on demand and reused), then the e2e suite through helm install
 	@hack/tools.sh cluster >/dev/null

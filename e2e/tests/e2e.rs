@@ -762,7 +762,10 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
 /// granted went unused unless [`NOT_EXERCISED`] says why.
 fn least_privilege(since: &str, figures: &mut Figures) {
     let Ok(log) = std::env::var("MINIAUTOML_AUDIT_LOG") else {
-        println!("no audit log on this cluster (MINIAUTOML_AUDIT_LOG is unset): least privilege not checked");
+        // Skipped, and said so where the run's figures are read, not only in its log.
+        let why = "SKIPPED: no audit log on this cluster (MINIAUTOML_AUDIT_LOG is unset)";
+        eprintln!("least privilege not checked — {why}");
+        figures.note("least privilege (operator roles vs audit log)", why);
         return;
     };
     let account = kubectl(&[

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod in_flight;
 pub mod input;
 pub mod metadata_store;
+pub mod methods;
 pub mod original_contract;
 pub mod prediction;
 pub mod training;

@@ -18,7 +18,6 @@
 
 use std::{
     convert::Infallible,
-    fmt,
     num::NonZeroUsize,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -44,121 +43,7 @@ pub const REMEMBER: Duration = Duration::from_secs(10);
 /// Most tokens and decisions kept (least recently used go first).
 const CAPACITY: usize = 4096;
 
-/// The API group every permission is on.
-pub const GROUP: &str = "miniautoml.io";
-
-/// A verb on a resource (or a subresource of it), as RBAC rules name them: a `miniautoml.io`
-/// one but for the console's pod logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Permission {
-    /// The API group: [`GROUP`], or `""` (core) for pods.
-    pub group: &'static str,
-    /// `get`, `list`, `create`, `update` or `delete`.
-    pub verb: &'static str,
-    /// `datasets`, `trainingjobs` or `modeldeployments`.
-    pub resource: &'static str,
-    /// A subresource only RBAC knows (`snapshots`, `predict`), or none.
-    pub subresource: Option<&'static str>,
-}
-
-impl Permission {
-    const fn on(verb: &'static str, resource: &'static str) -> Permission {
-        Permission {
-            group: GROUP,
-            verb,
-            resource,
-            subresource: None,
-        }
-    }
-
-    const fn on_sub(verb: &'static str, resource: &'static str, subresource: &'static str) -> Permission {
-        Permission {
-            group: GROUP,
-            verb,
-            resource,
-            subresource: Some(subresource),
-        }
-    }
-
-    /// Reading a run: GetTrainingStatus, GetRunStatus, GetArtifact.
-    pub const GET_TRAINING_JOBS: Permission = Permission::on("get", "trainingjobs");
-    /// PredictionService/Predict (which deploys the run's model when none serves it).
-    pub const PREDICT: Permission = Permission::on_sub("create", "modeldeployments", "predict");
-    /// The console's runs table.
-    pub const LIST_TRAINING_JOBS: Permission = Permission::on("list", "trainingjobs");
-    /// The console's datasets table and a dataset's page.
-    pub const LIST_DATASETS: Permission = Permission::on("list", "datasets");
-    pub const GET_DATASETS: Permission = Permission::on("get", "datasets");
-    /// The console's deployments table and a deployment's page.
-    pub const LIST_MODEL_DEPLOYMENTS: Permission = Permission::on("list", "modeldeployments");
-    pub const GET_MODEL_DEPLOYMENTS: Permission = Permission::on("get", "modeldeployments");
-    /// A run's pod log lines on its console page (core `pods/log`).
-    pub const POD_LOGS: Permission = Permission {
-        group: "",
-        verb: "get",
-        resource: "pods",
-        subresource: Some("log"),
-    };
-}
-
-impl fmt::Display for Permission {
-    /// `create datasets.miniautoml.io`, `create modeldeployments.miniautoml.io/predict`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.group {
-            "" => write!(f, "{} {}", self.verb, self.resource)?,
-            group => write!(f, "{} {}.{group}", self.verb, self.resource)?,
-        }
-        match self.subresource {
-            Some(sub) => write!(f, "/{sub}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// What calling a method takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// Nothing: health checking and reflection.
-    Open,
-    /// The run's own token, checked by the metadata store (the trainers' writes).
-    RunToken,
-    /// A Kubernetes user with this permission in the gRPC namespace.
-    Needs(Permission),
-    /// Not a method of this server (answered UNIMPLEMENTED without looking at the caller).
-    Unknown,
-}
-
-/// What calling the method at gRPC `path` takes.
-pub fn access(path: &str) -> Access {
-    use Permission as P;
-    if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") {
-        return Access::Open;
-    }
-    let Some((service, method)) = path.strip_prefix('/').and_then(|path| path.split_once('/')) else {
-        return Access::Unknown;
-    };
-    let needs = match (service, method) {
-        ("data_management.DataManagementService", method) => match method {
-            "GetDatasetSummary" | "FetchTrainingDataset" => P::on("get", "datasets"),
-            "ListDatasets" => P::on("list", "datasets"),
-            "CreateDataset" => P::on("create", "datasets"),
-            "UpdateDataset" => P::on("update", "datasets"),
-            "PrepareTrainingDataset" => P::on_sub("create", "datasets", "snapshots"),
-            "DeleteDataset" => P::on("delete", "datasets"),
-            _ => return Access::Unknown,
-        },
-        ("training.TrainingService", "Train") => P::on("create", "trainingjobs"),
-        ("training.TrainingService", "GetTrainingStatus") => P::GET_TRAINING_JOBS,
-        ("metadata_store.MetadataStoreService", method) => match method {
-            "LogRunStart" | "LogEpoch" | "LogRunEnd" | "CreateArtifact" => return Access::RunToken,
-            "GetRunStatus" | "GetArtifact" => P::GET_TRAINING_JOBS,
-            _ => return Access::Unknown,
-        },
-        ("prediction.PredictionService", "Predict") => P::PREDICT,
-        _ => return Access::Unknown,
-    };
-    Access::Needs(needs)
-}
+pub use super::methods::{Access, GROUP, Permission, access};
 
 /// The bearer token of `headers`, when there is one (`authorization: Bearer TOKEN`).
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
@@ -505,88 +390,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn defined_methods() -> Vec<String> {
-        use prost::Message;
-        let set = prost_types::FileDescriptorSet::decode(miniautoml_proto::FILE_DESCRIPTOR_SET).unwrap();
-        set.file
-            .iter()
-            .flat_map(|file| {
-                file.service.iter().flat_map(move |service| {
-                    service.method.iter().map(move |method| {
-                        format!("/{}.{}/{}", file.package(), service.name(), method.name())
-                    })
-                })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn every_method_the_operator_serves_needs_a_permission_or_the_run_token() {
-        let mut methods = defined_methods();
-        // The predictor pods serve this one (behind the operator's Predict), not the operator.
-        methods.retain(|path| path != "/prediction.Predictor/PredictorPredict");
-        assert_eq!(methods.len(), 16, "{methods:?}");
-        for path in &methods {
-            assert!(
-                matches!(access(path), Access::Needs(_) | Access::RunToken),
-                "{path}: {:?}",
-                access(path)
-            );
-        }
-        let token = methods
-            .iter()
-            .filter(|path| access(path) == Access::RunToken)
-            .count();
-        assert_eq!(token, 4, "only the trainers' four writes go by run token");
-    }
-
-    #[test]
-    fn each_method_needs_the_verb_and_resource_it_touches() {
-        let needs = |path: &str| match access(path) {
-            Access::Needs(permission) => permission.to_string(),
-            other => format!("{other:?}"),
-        };
-        assert_eq!(
-            needs("/data_management.DataManagementService/CreateDataset"),
-            "create datasets.miniautoml.io"
-        );
-        assert_eq!(
-            needs("/data_management.DataManagementService/ListDatasets"),
-            "list datasets.miniautoml.io"
-        );
-        assert_eq!(
-            needs("/data_management.DataManagementService/PrepareTrainingDataset"),
-            "create datasets.miniautoml.io/snapshots"
-        );
-        assert_eq!(
-            needs("/data_management.DataManagementService/DeleteDataset"),
-            "delete datasets.miniautoml.io"
-        );
-        assert_eq!(
-            needs("/training.TrainingService/Train"),
-            "create trainingjobs.miniautoml.io"
-        );
-        assert_eq!(
-            needs("/metadata_store.MetadataStoreService/GetRunStatus"),
-            "get trainingjobs.miniautoml.io"
-        );
-        assert_eq!(
-            needs("/prediction.PredictionService/Predict"),
-            "create modeldeployments.miniautoml.io/predict"
-        );
-        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Open);
-        assert_eq!(
-            access("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
-            Access::Open
-        );
-        assert_eq!(
-            access("/data_management.DataManagementService/Drop"),
-            Access::Unknown
-        );
-        assert_eq!(access("/other.Service/Call"), Access::Unknown);
-        assert_eq!(access("nonsense"), Access::Unknown);
-    }
 
     #[test]
     fn only_a_bearer_token_counts() {

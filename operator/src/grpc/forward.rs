@@ -60,23 +60,7 @@ pub enum LeaderCheck {
 /// Header naming the replica that forwarded a call.
 pub const FORWARDED_BY: &str = "x-miniautoml-forwarded-by";
 
-/// The methods of the original API that write, by gRPC path. Every other method reads.
-pub const WRITE_METHODS: &[&str] = &[
-    "/data_management.DataManagementService/CreateDataset",
-    "/data_management.DataManagementService/UpdateDataset",
-    "/data_management.DataManagementService/PrepareTrainingDataset",
-    "/data_management.DataManagementService/DeleteDataset",
-    "/training.TrainingService/Train",
-    "/metadata_store.MetadataStoreService/LogRunStart",
-    "/metadata_store.MetadataStoreService/LogEpoch",
-    "/metadata_store.MetadataStoreService/LogRunEnd",
-    "/metadata_store.MetadataStoreService/CreateArtifact",
-];
-
-/// Whether the method at gRPC `path` writes.
-pub fn writes(path: &str) -> bool {
-    WRITE_METHODS.contains(&path)
-}
+pub use super::methods::writes;
 
 /// Wraps the gRPC routes so that writes reach the leader.
 #[derive(Clone)]
@@ -353,51 +337,5 @@ mod tests {
         assert!(away.unwrap_err().contains("not an address of this machine"));
         let garbled = verify(&LeaderCheck::SameHost, &verified, &leader("somewhere")).await;
         assert!(garbled.is_err());
-    }
-
-    #[test]
-    fn every_method_of_the_original_api_is_a_read_or_a_write() {
-        for path in WRITE_METHODS {
-            assert!(writes(path), "{path}");
-        }
-        for read in [
-            "/data_management.DataManagementService/GetDatasetSummary",
-            "/data_management.DataManagementService/ListDatasets",
-            "/data_management.DataManagementService/FetchTrainingDataset",
-            "/training.TrainingService/GetTrainingStatus",
-            "/metadata_store.MetadataStoreService/GetRunStatus",
-            "/metadata_store.MetadataStoreService/GetArtifact",
-            "/prediction.PredictionService/Predict",
-            "/grpc.health.v1.Health/Check",
-        ] {
-            assert!(!writes(read), "{read}");
-        }
-    }
-
-    #[test]
-    fn the_write_list_names_only_methods_the_protos_define() {
-        use prost::Message;
-        let set = prost_types::FileDescriptorSet::decode(miniautoml_proto::FILE_DESCRIPTOR_SET).unwrap();
-        let defined: Vec<String> = set
-            .file
-            .iter()
-            .flat_map(|file| {
-                file.service.iter().flat_map(move |service| {
-                    service.method.iter().map(move |method| {
-                        format!("/{}.{}/{}", file.package(), service.name(), method.name())
-                    })
-                })
-            })
-            .collect();
-        for path in WRITE_METHODS {
-            assert!(
-                defined.iter().any(|d| d == path),
-                "{path} is not in the protos: {defined:?}"
-            );
-        }
-        // Each method the protos define is classified on purpose: these are the reads.
-        let reads = defined.iter().filter(|path| !writes(path)).count();
-        assert_eq!(reads + WRITE_METHODS.len(), defined.len());
-        assert_eq!(reads, 8, "{defined:?}");
     }
 }

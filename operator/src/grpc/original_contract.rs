@@ -32,16 +32,9 @@ use tower::{Layer, Service};
 use super::{
     forward,
     metadata_store::{MetadataStore, REPORTING_POD},
+    methods,
 };
 use crate::{StartupError, algorithms, context::Context, leader::Leadership, readiness::Readiness};
-
-/// The methods this listener serves: a run's reports.
-pub const REPORT_METHODS: [&str; 4] = [
-    "/metadata_store.MetadataStoreService/LogRunStart",
-    "/metadata_store.MetadataStoreService/LogEpoch",
-    "/metadata_store.MetadataStoreService/CreateArtifact",
-    "/metadata_store.MetadataStoreService/LogRunEnd",
-];
 
 /// The pod at `ip` among the runs' `pods`: a live pod (not finished: a finished pod's address
 /// may already be another pod's) on the pod network (a host-network pod shares its node's
@@ -145,7 +138,7 @@ const CACHE_LAG: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The token of the run whose pod sent a report to `path` from `ip`, and that pod's name.
 async fn identify(ctx: &Context, path: &str, ip: Option<IpAddr>) -> Result<(String, String), Status> {
-    if !REPORT_METHODS.contains(&path) {
+    if !methods::find(path).is_some_and(|method| method.original_contract) {
         return Err(Status::permission_denied(format!(
             "{} is not served on the original contract's port, which takes only the reports of \
              original-contract runs (LogRunStart, LogEpoch, CreateArtifact, LogRunEnd); call the \
