@@ -48,6 +48,23 @@ pub fn upsert(conditions: &mut Vec<Condition>, mut new: Condition) -> bool {
     }
 }
 
+/// Sets the condition `type_` of `conditions` as observed at `now` for `generation` ([`upsert`]);
+/// true when anything but the time changed. The one helper every status writer uses.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    upsert(
+        conditions,
+        condition(type_, ok, reason, message, generation, now.clone()),
+    )
+}
+
 /// The condition of type `type_`, if present.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

@@ -495,16 +495,16 @@ impl MetadataStoreService for MetadataStore {
                         status.metrics.insert("accuracy".into(), accuracy);
                     }
                 } else if !failure_reported {
-                    conditions::upsert(
-                        &mut status.conditions,
-                        conditions::condition(
-                            FAILED,
-                            true,
-                            "TrainerFailed",
-                            message.clone(),
-                            generation,
-                            Time(Timestamp::now()),
-                        ),
+                    let now = Time(Timestamp::now());
+                    let conditions = &mut status.conditions;
+                    conditions::set(
+                        conditions,
+                        FAILED,
+                        true,
+                        "TrainerFailed",
+                        message.clone(),
+                        generation,
+                        &now,
                     );
                 }
                 *status != before

@@ -40,9 +40,14 @@ pub fn record(
     let generation = md.metadata.generation;
     status.observed_generation = generation;
     let mut set = |type_: &str, ok: bool, reason: &str, message: &str| {
-        conditions::upsert(
+        conditions::set(
             &mut status.conditions,
-            conditions::condition(type_, ok, reason, message, generation, now.clone()),
+            type_,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
         );
     };
     set(ACCEPTED, true, "Valid", "The spec is valid");

@@ -305,9 +305,14 @@ fn set(
     reason: &str,
     message: &str,
 ) {
-    conditions::upsert(
+    conditions::set(
         &mut status.conditions,
-        conditions::condition(type_, ok, reason, message, generation, now.clone()),
+        type_,
+        ok,
+        reason,
+        message,
+        generation,
+        now,
     );
 }
 
