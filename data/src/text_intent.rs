@@ -207,30 +207,64 @@ fn quoted_ids(out: &mut Vec<u8>, ids: &[u32]) {
     out.push(b'"');
 }
 
+/// One source record (starting on `line`), checked: its text and its labels (split on `;`, in
+/// order). The one reading of a raw TextIntent row, for ingestion and for scoring a model on a
+/// file alike.
+pub fn row(line: u64, record: &csv::ByteRecord) -> Result<(&str, Vec<&str>), Rejection> {
+    if record.len() != 2 {
+        return Err(Rejection(format!(
+            "line {line}: expected 2 columns, found {}",
+            record.len()
+        )));
+    }
+    let text =
+        std::str::from_utf8(&record[0]).map_err(|_| Rejection(format!("line {line}: text is not UTF-8")))?;
+    let labels = std::str::from_utf8(&record[1])
+        .map_err(|_| Rejection(format!("line {line}: labels are not UTF-8")))?;
+    if text.trim().is_empty() {
+        return Err(Rejection(format!("line {line}: empty text")));
+    }
+    if labels.trim().is_empty() {
+        return Err(Rejection(format!("line {line}: no labels")));
+    }
+    let split: Vec<&str> = labels.split(';').collect();
+    if split.iter().any(|label| label.is_empty()) {
+        return Err(Rejection(format!("line {line}: empty label in {labels:?}")));
+    }
+    Ok((text, split))
+}
+
+/// Every row of a raw TextIntent source (the line it starts on, its text and labels), checked
+/// as ingestion checks it: for scoring a model on a file.
+pub fn rows<R: Read>(source: R) -> Result<Vec<(u64, String, Vec<String>)>, EncodeError> {
+    let mut reader = reader(source);
+    let mut record = csv::ByteRecord::new();
+    let mut rows = Vec::new();
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => return Ok(rows),
+            Ok(true) => {
+                let line = record.position().map(|p| p.line()).unwrap_or(0);
+                let (text, labels) = row(line, &record).map_err(EncodeError::Rejected)?;
+                let labels = labels.into_iter().map(str::to_string).collect();
+                rows.push((line, text.to_string(), labels));
+            }
+            Err(error) => {
+                return Err(match rejection(&error) {
+                    Some(rejection) => EncodeError::Rejected(rejection),
+                    None => EncodeError::Io(io::Error::other(error.to_string())),
+                });
+            }
+        }
+    }
+}
+
 impl IntentEncoder {
     /// Checks one source record (starting on `line`) and appends its commit row to `out`.
     pub fn push(&mut self, line: u64, record: &csv::ByteRecord, out: &mut Vec<u8>) -> Result<(), Rejection> {
-        if record.len() != 2 {
-            return Err(Rejection(format!(
-                "line {line}: expected 2 columns, found {}",
-                record.len()
-            )));
-        }
-        let text = std::str::from_utf8(&record[0])
-            .map_err(|_| Rejection(format!("line {line}: text is not UTF-8")))?;
-        let labels = std::str::from_utf8(&record[1])
-            .map_err(|_| Rejection(format!("line {line}: labels are not UTF-8")))?;
-        if text.trim().is_empty() {
-            return Err(Rejection(format!("line {line}: empty text")));
-        }
-        if labels.trim().is_empty() {
-            return Err(Rejection(format!("line {line}: no labels")));
-        }
+        let (text, labels) = row(line, record)?;
         self.row_ids.clear();
-        for label in labels.split(';') {
-            if label.is_empty() {
-                return Err(Rejection(format!("line {line}: empty label in {labels:?}")));
-            }
+        for label in labels {
             let id = self.table.id(label);
             if !self.row_ids.contains(&id) {
                 self.row_ids.push(id);
@@ -301,8 +335,8 @@ pub fn rejection(error: &csv::Error) -> Option<Rejection> {
     }
 }
 
-/// Encodes a whole source (for tests and small files): rows to `out` chunk by chunk via
-/// `emit` whenever `chunk` bytes are buffered.
+/// Encodes a whole source, as ingestion does (streaming: memory stays at about `chunk`): the
+/// commit's rows, handed to `emit` whenever `chunk` bytes are buffered.
 pub fn encode<R: Read>(
     source: R,
     chunk: usize,

@@ -341,18 +341,21 @@ fn election_settings(config: &Config, grpc_addr: std::net::SocketAddr) -> leader
 /// Creates the bucket when missing, retrying until the object store answers (it may start
 /// after the operator) or `shutdown` fires.
 async fn ensure_bucket(store: miniautoml_data::Store, shutdown: CancellationToken) {
-    let mut delay = std::time::Duration::from_secs(1);
-    loop {
-        match store.ensure_bucket().await {
-            Ok(true) => return info!(bucket = store.bucket, "created the bucket"),
-            Ok(false) => return info!(bucket = store.bucket, "the bucket exists"),
-            Err(error) => tracing::warn!(%error, "cannot make sure the bucket exists yet; retrying"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_secs(1))
+        .with_max_delay(std::time::Duration::from_secs(30))
+        .without_max_times();
+    let ensured = (|| store.ensure_bucket())
+        .retry(backoff)
+        .notify(|error, _| tracing::warn!(%error, "cannot make sure the bucket exists yet; retrying"));
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        created = ensured => match created {
+            Ok(true) => info!(bucket = store.bucket, "created the bucket"),
+            Ok(false) => info!(bucket = store.bucket, "the bucket exists"),
+            Err(error) => tracing::warn!(%error, "cannot make sure the bucket exists"),
+        },
     }
 }
 

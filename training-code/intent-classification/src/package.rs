@@ -106,39 +106,33 @@ pub fn score(classifier: &Classifier, texts: &[&str], truth: &[usize]) -> Result
     Ok(scores(truth, &predicted))
 }
 
-/// Scores a model on a raw TextIntent CSV file (text, label names; the first label counts).
+/// Scores a model on a raw TextIntent CSV file (text, label names; the first label counts),
+/// read as ingestion reads it (`miniautoml_data::text_intent::rows`).
 pub fn evaluate_file(classifier: &Classifier, path: &Path) -> Result<(Scores, usize)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(bytes.as_slice());
+    let file = std::fs::File::open(path).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+    let rows = miniautoml_data::text_intent::rows(std::io::BufReader::new(file))
+        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
     let (mut texts, mut truth) = (Vec::new(), Vec::new());
-    for (row, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
-        let label = record
-            .get(1)
-            .and_then(|l| l.split(';').next())
-            .unwrap_or_default();
+    for (line, text, labels) in &rows {
+        let label = labels.first().map(String::as_str).unwrap_or_default();
         let class = classifier
             .labels()
             .iter()
             .position(|l| l == label)
             .ok_or_else(|| {
                 Error::Data(format!(
-                    "{} line {}: label {label:?} is not one the model knows ({})",
+                    "{} line {line}: label {label:?} is not one the model knows ({})",
                     path.display(),
-                    row + 1,
                     classifier.labels().join(", ")
                 ))
             })?;
-        texts.push(record[0].to_string());
+        texts.push(text.as_str());
         truth.push(class);
     }
     if texts.is_empty() {
         return Err(Error::Data(format!("{} has no rows", path.display())));
     }
-    let texts_ref: Vec<&str> = texts.iter().map(String::as_str).collect();
-    Ok((score(classifier, &texts_ref, &truth)?, texts.len()))
+    Ok((score(classifier, &texts, &truth)?, texts.len()))
 }
 
 #[cfg(test)]

@@ -82,10 +82,7 @@ fn pod_failure(pod: &Pod) -> Option<(String, String)> {
         }
         if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
             let reason = waiting.reason.clone().unwrap_or_default();
-            if matches!(
-                reason.as_str(),
-                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
-            ) {
+            if cannot_pull(&reason) {
                 return Some((
                     reason.clone(),
                     format!(
@@ -278,12 +275,7 @@ pub fn observe(job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed {
         };
     }
     // An image that cannot be pulled never fails the Job by itself: fail the run now.
-    if let Some((reason, message)) = failure.filter(|(reason, _)| {
-        matches!(
-            reason.as_str(),
-            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
-        )
-    }) {
+    if let Some((reason, message)) = failure.filter(|(reason, _)| cannot_pull(reason)) {
         return Observed::Failed {
             reason,
             message,
@@ -307,6 +299,11 @@ pub fn observe(job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed {
             message: "the workers' pods are starting".into(),
         },
     }
+}
+
+/// Whether a container waits for good for an image it cannot get (the kubelet's reasons).
+fn cannot_pull(reason: &str) -> bool {
+    matches!(reason, "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")
 }
 
 #[cfg(test)]
