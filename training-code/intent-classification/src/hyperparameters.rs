@@ -8,54 +8,243 @@ use miniautoml_intent_model::Architecture;
 
 use crate::{Error, Result};
 
-/// Every hyperparameter the trainer reads, with what it means (for `--help` and the docs).
-pub const HYPERPARAMETERS: &[(&str, &str)] = &[
-    (
-        "ARCHITECTURE",
-        "ngram-nb (default) or embedding-bag (the original network)",
-    ),
-    (
-        "EPOCHS",
-        "passes over the training data (ngram-nb 6, embedding-bag 20)",
-    ),
-    (
-        "LR",
-        "learning rate on the original's SGD scale (5); ngram-nb's AdamW steps LR/1000",
-    ),
-    ("BATCH_SIZE", "examples per step (ngram-nb 128, embedding-bag 64)"),
-    (
-        "FC_SIZE",
-        "embedding-bag: width of the hidden linear layers (128); ngram-nb has none",
-    ),
-    ("EMBEDDING_DIM", "embedding-bag: embedding width (64)"),
-    (
-        "CLIP_NORM",
-        "the gradients' global norm is clipped to this (ngram-nb 1, embedding-bag 0.1)",
-    ),
-    ("WEIGHT_DECAY", "ngram-nb: AdamW decoupled weight decay (1)"),
-    ("NB_ALPHA", "ngram-nb: smoothing of the naive-Bayes ratios (1)"),
-    (
-        "MIN_DF",
-        "keep terms found in at least this many training texts (ngram-nb 2, embedding-bag 1)",
-    ),
-    (
-        "LOSS",
-        "squared-hinge (ngram-nb default: one-vs-rest, as LinearSVC) or cross-entropy (embedding-bag default)",
-    ),
-    (
-        "CLASS_WEIGHT",
-        "balanced (ngram-nb default: classes weigh inversely to their size) or none",
-    ),
-    ("SEED", "seeds the split, initialisation and shuffling (42)"),
-    (
-        "VALIDATION_FRACTION",
-        "share of examples scored after every epoch (0.1)",
-    ),
-    (
-        "TEST_FRACTION",
-        "share of examples held out and scored at the end (0.1)",
-    ),
+/// One hyperparameter: its variable, what it means, which architecture uses it, how it is read
+/// into [`Hyperparameters`] (its default when unset or blank, which may depend on the
+/// architecture, read first) and how it is recorded in the manifest. [`HYPERPARAMETERS`] is the
+/// one list `--help`, the reading, the manifest and the docs' check all go through.
+pub struct Param {
+    /// The environment variable (or `--param` name).
+    pub name: &'static str,
+    /// What it means (for `--help`).
+    pub help: &'static str,
+    /// The architecture that uses it (the manifest records it only for that one); `None`: all.
+    pub only: Option<Architecture>,
+    read: fn(&mut Hyperparameters, Option<&str>) -> Result<()>,
+    show: fn(&Hyperparameters) -> String,
+}
+
+/// Every hyperparameter the trainer reads, `ARCHITECTURE` first (other defaults depend on it).
+pub const HYPERPARAMETERS: &[Param] = &[
+    Param {
+        name: "ARCHITECTURE",
+        help: "ngram-nb (default) or embedding-bag (the original network)",
+        only: None,
+        read: |h, v| {
+            h.architecture = match v {
+                None => Architecture::NgramNb,
+                Some(name) => Architecture::from_name(name).ok_or_else(|| {
+                    Error::Contract(format!(
+                        "ARCHITECTURE={name:?}: expected {} or {}",
+                        Architecture::NgramNb.name(),
+                        Architecture::EmbeddingBag.name()
+                    ))
+                })?,
+            };
+            Ok(())
+        },
+        show: |h| h.architecture.name().into(),
+    },
+    Param {
+        name: "EPOCHS",
+        help: "passes over the training data (ngram-nb 6, embedding-bag 20)",
+        only: None,
+        read: |h, v| {
+            h.epochs = whole("EPOCHS", v, if h.original() { 20 } else { 6 }, 1)?;
+            Ok(())
+        },
+        show: |h| h.epochs.to_string(),
+    },
+    Param {
+        name: "LR",
+        help: "learning rate on the original's SGD scale (5); ngram-nb's AdamW steps LR/1000",
+        only: None,
+        read: |h, v| {
+            h.lr = real("LR", v, DEFAULT_LR, |x| x > 0.0, "a number > 0")?;
+            Ok(())
+        },
+        show: |h| h.lr.to_string(),
+    },
+    Param {
+        name: "BATCH_SIZE",
+        help: "examples per step (ngram-nb 128, embedding-bag 64)",
+        only: None,
+        read: |h, v| {
+            h.batch_size = whole("BATCH_SIZE", v, if h.original() { 64 } else { 128 }, 1)?;
+            Ok(())
+        },
+        show: |h| h.batch_size.to_string(),
+    },
+    Param {
+        name: "FC_SIZE",
+        help: "embedding-bag: width of the hidden linear layers (128); ngram-nb has none",
+        only: Some(Architecture::EmbeddingBag),
+        read: |h, v| {
+            h.fc_size = whole("FC_SIZE", v, 128, 1)?;
+            Ok(())
+        },
+        show: |h| h.fc_size.to_string(),
+    },
+    Param {
+        name: "EMBEDDING_DIM",
+        help: "embedding-bag: embedding width (64)",
+        only: Some(Architecture::EmbeddingBag),
+        read: |h, v| {
+            h.embedding_dim = whole("EMBEDDING_DIM", v, 64, 1)?;
+            Ok(())
+        },
+        show: |h| h.embedding_dim.to_string(),
+    },
+    Param {
+        name: "CLIP_NORM",
+        help: "the gradients' global norm is clipped to this (ngram-nb 1, embedding-bag 0.1)",
+        only: None,
+        read: |h, v| {
+            let default = if h.original() { 0.1 } else { 1.0 };
+            h.clip_norm = real("CLIP_NORM", v, default, |x| x > 0.0, "a number > 0")?;
+            Ok(())
+        },
+        show: |h| h.clip_norm.to_string(),
+    },
+    Param {
+        name: "WEIGHT_DECAY",
+        help: "ngram-nb: AdamW decoupled weight decay (1)",
+        only: Some(Architecture::NgramNb),
+        read: |h, v| {
+            h.weight_decay = real("WEIGHT_DECAY", v, 1.0, |x| x >= 0.0, "a number ≥ 0")?;
+            Ok(())
+        },
+        show: |h| h.weight_decay.to_string(),
+    },
+    Param {
+        name: "NB_ALPHA",
+        help: "ngram-nb: smoothing of the naive-Bayes ratios (1)",
+        only: Some(Architecture::NgramNb),
+        read: |h, v| {
+            h.nb_alpha = real("NB_ALPHA", v, 1.0, |x| x > 0.0, "a number > 0")?;
+            Ok(())
+        },
+        show: |h| h.nb_alpha.to_string(),
+    },
+    Param {
+        name: "MIN_DF",
+        help: "keep terms found in at least this many training texts (ngram-nb 2, embedding-bag 1)",
+        only: None,
+        read: |h, v| {
+            h.min_df = whole("MIN_DF", v, if h.original() { 1 } else { 2 }, 1)?;
+            Ok(())
+        },
+        show: |h| h.min_df.to_string(),
+    },
+    Param {
+        name: "LOSS",
+        help: "squared-hinge (ngram-nb default: one-vs-rest, as LinearSVC) or cross-entropy (embedding-bag default)",
+        only: None,
+        read: |h, v| {
+            h.loss = match v {
+                None if h.original() => Loss::CrossEntropy,
+                None => Loss::SquaredHinge,
+                Some("squared-hinge") => Loss::SquaredHinge,
+                Some("cross-entropy") => Loss::CrossEntropy,
+                Some(other) => {
+                    return Err(Error::Contract(format!(
+                        "LOSS={other:?}: expected squared-hinge or cross-entropy"
+                    )));
+                }
+            };
+            Ok(())
+        },
+        show: |h| h.loss.name().into(),
+    },
+    Param {
+        name: "CLASS_WEIGHT",
+        help: "balanced (ngram-nb default: classes weigh inversely to their size) or none",
+        only: None,
+        read: |h, v| {
+            h.balanced = match v {
+                None => !h.original(),
+                Some("balanced") => true,
+                Some("none") => false,
+                Some(other) => {
+                    return Err(Error::Contract(format!(
+                        "CLASS_WEIGHT={other:?}: expected balanced or none"
+                    )));
+                }
+            };
+            Ok(())
+        },
+        show: |h| if h.balanced { "balanced" } else { "none" }.into(),
+    },
+    Param {
+        name: "SEED",
+        help: "seeds the split, initialisation and shuffling (42)",
+        only: None,
+        read: |h, v| {
+            h.seed = match v {
+                None => 42,
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| Error::Contract(format!("SEED={v:?}: expected a whole number ≥ 0")))?,
+            };
+            Ok(())
+        },
+        show: |h| h.seed.to_string(),
+    },
+    Param {
+        name: "VALIDATION_FRACTION",
+        help: "share of examples scored after every epoch (0.1)",
+        only: None,
+        read: |h, v| {
+            h.validation_fraction = fraction("VALIDATION_FRACTION", v)?;
+            Ok(())
+        },
+        show: |h| h.validation_fraction.to_string(),
+    },
+    Param {
+        name: "TEST_FRACTION",
+        help: "share of examples held out and scored at the end (0.1)",
+        only: None,
+        read: |h, v| {
+            h.test_fraction = fraction("TEST_FRACTION", v)?;
+            Ok(())
+        },
+        show: |h| h.test_fraction.to_string(),
+    },
 ];
+
+/// A whole number ≥ `min`, `default` when unset.
+fn whole(name: &str, value: Option<&str>, default: usize, min: usize) -> Result<usize> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| Error::Contract(format!("{name}={v:?}: expected a whole number ≥ {min}"))),
+    }
+}
+
+/// A finite number `ok` accepts (`expected` says which), `default` when unset.
+fn real(name: &str, value: Option<&str>, default: f64, ok: fn(f64) -> bool, expected: &str) -> Result<f64> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && ok(*x))
+            .ok_or_else(|| Error::Contract(format!("{name}={v:?}: expected {expected}"))),
+    }
+}
+
+/// A share in [0, 1), 0.1 when unset.
+fn fraction(name: &str, value: Option<&str>) -> Result<f64> {
+    real(
+        name,
+        value,
+        0.1,
+        |x| (0.0..1.0).contains(&x),
+        "a number in [0, 1)",
+    )
+}
 
 /// `LR` when none is given: the original's default.
 pub const DEFAULT_LR: f64 = 5.0;
@@ -122,90 +311,29 @@ impl Hyperparameters {
     /// Reads the hyperparameters through `get` (an environment lookup or `--param`s); a
     /// malformed value is an error naming the variable.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Hyperparameters> {
-        let value = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let architecture = match value("ARCHITECTURE") {
-            None => Architecture::NgramNb,
-            Some(name) => Architecture::from_name(name.trim()).ok_or_else(|| {
-                Error::Contract(format!(
-                    "ARCHITECTURE={name:?}: expected {} or {}",
-                    Architecture::NgramNb.name(),
-                    Architecture::EmbeddingBag.name()
-                ))
-            })?,
+        let mut hyperparameters = Hyperparameters {
+            architecture: Architecture::NgramNb,
+            epochs: 0,
+            lr: 0.0,
+            batch_size: 0,
+            fc_size: 0,
+            embedding_dim: 0,
+            clip_norm: 0.0,
+            weight_decay: 0.0,
+            nb_alpha: 0.0,
+            min_df: 0,
+            loss: Loss::SquaredHinge,
+            balanced: false,
+            seed: 0,
+            validation_fraction: 0.0,
+            test_fraction: 0.0,
         };
-        let original = architecture == Architecture::EmbeddingBag;
-        let whole = |name: &str, default: usize, min: usize| -> Result<usize> {
-            match value(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n >= min)
-                    .ok_or_else(|| Error::Contract(format!("{name}={v:?}: expected a whole number ≥ {min}"))),
-            }
-        };
-        let real = |name: &str, default: f64, ok: fn(f64) -> bool, expected: &str| -> Result<f64> {
-            match value(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite() && ok(*x))
-                    .ok_or_else(|| Error::Contract(format!("{name}={v:?}: expected {expected}"))),
-            }
-        };
-        let fraction = |name: &str| real(name, 0.1, |x| (0.0..1.0).contains(&x), "a number in [0, 1)");
-        let balanced = match value("CLASS_WEIGHT").as_deref().map(str::trim) {
-            None => !original,
-            Some("balanced") => true,
-            Some("none") => false,
-            Some(other) => {
-                return Err(Error::Contract(format!(
-                    "CLASS_WEIGHT={other:?}: expected balanced or none"
-                )));
-            }
-        };
-        let loss = match value("LOSS").as_deref().map(str::trim) {
-            None if original => Loss::CrossEntropy,
-            None => Loss::SquaredHinge,
-            Some("squared-hinge") => Loss::SquaredHinge,
-            Some("cross-entropy") => Loss::CrossEntropy,
-            Some(other) => {
-                return Err(Error::Contract(format!(
-                    "LOSS={other:?}: expected squared-hinge or cross-entropy"
-                )));
-            }
-        };
-        let hyperparameters = Hyperparameters {
-            architecture,
-            epochs: whole("EPOCHS", if original { 20 } else { 6 }, 1)?,
-            lr: real("LR", DEFAULT_LR, |x| x > 0.0, "a number > 0")?,
-            batch_size: whole("BATCH_SIZE", if original { 64 } else { 128 }, 1)?,
-            fc_size: whole("FC_SIZE", 128, 1)?,
-            embedding_dim: whole("EMBEDDING_DIM", 64, 1)?,
-            clip_norm: real(
-                "CLIP_NORM",
-                if original { 0.1 } else { 1.0 },
-                |x| x > 0.0,
-                "a number > 0",
-            )?,
-            weight_decay: real("WEIGHT_DECAY", 1.0, |x| x >= 0.0, "a number ≥ 0")?,
-            nb_alpha: real("NB_ALPHA", 1.0, |x| x > 0.0, "a number > 0")?,
-            min_df: whole("MIN_DF", if original { 1 } else { 2 }, 1)?,
-            loss,
-            balanced,
-            seed: match value("SEED") {
-                None => 42,
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| Error::Contract(format!("SEED={v:?}: expected a whole number ≥ 0")))?,
-            },
-            validation_fraction: fraction("VALIDATION_FRACTION")?,
-            test_fraction: fraction("TEST_FRACTION")?,
-        };
+        // In the table's order: ARCHITECTURE before the defaults that depend on it.
+        for param in HYPERPARAMETERS {
+            let value = get(param.name).filter(|v| !v.trim().is_empty());
+            (param.read)(&mut hyperparameters, value.as_deref().map(str::trim))?;
+        }
+        let architecture = hyperparameters.architecture;
         if architecture == Architecture::NgramNb
             && hyperparameters.optimizer_lr() * hyperparameters.weight_decay >= 1.0
         {
@@ -241,37 +369,18 @@ impl Hyperparameters {
         crate::data::Split::new(n, self.seed, self.validation_fraction, self.test_fraction)
     }
 
-    /// Every value, by variable name, as recorded in the manifest.
+    /// Every value the architecture uses, by variable name, as recorded in the manifest.
     pub fn to_map(&self) -> BTreeMap<String, String> {
-        let mut map = BTreeMap::new();
-        let mut put = |name: &str, value: String| {
-            map.insert(name.to_string(), value);
-        };
-        put("ARCHITECTURE", self.architecture.name().into());
-        put("EPOCHS", self.epochs.to_string());
-        put("LR", self.lr.to_string());
-        put("BATCH_SIZE", self.batch_size.to_string());
-        put("CLIP_NORM", self.clip_norm.to_string());
-        put("SEED", self.seed.to_string());
-        put("MIN_DF", self.min_df.to_string());
-        put("LOSS", self.loss.name().into());
-        put(
-            "CLASS_WEIGHT",
-            if self.balanced { "balanced" } else { "none" }.into(),
-        );
-        put("VALIDATION_FRACTION", self.validation_fraction.to_string());
-        put("TEST_FRACTION", self.test_fraction.to_string());
-        match self.architecture {
-            Architecture::NgramNb => {
-                put("WEIGHT_DECAY", self.weight_decay.to_string());
-                put("NB_ALPHA", self.nb_alpha.to_string());
-            }
-            Architecture::EmbeddingBag => {
-                put("FC_SIZE", self.fc_size.to_string());
-                put("EMBEDDING_DIM", self.embedding_dim.to_string());
-            }
-        }
-        map
+        HYPERPARAMETERS
+            .iter()
+            .filter(|param| param.only.is_none_or(|only| only == self.architecture))
+            .map(|param| (param.name.to_string(), (param.show)(self)))
+            .collect()
+    }
+
+    /// Whether the original network trains (its defaults differ).
+    fn original(&self) -> bool {
+        self.architecture == Architecture::EmbeddingBag
     }
 }
 
@@ -364,5 +473,27 @@ mod tests {
             error.to_string().contains("VALIDATION_FRACTION + TEST_FRACTION"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn every_hyperparameter_is_documented_once_in_its_table() {
+        let docs = include_str!("../../../docs/training.md");
+        for param in HYPERPARAMETERS {
+            let row = format!("| `{}` |", param.name);
+            assert_eq!(
+                docs.matches(&row).count(),
+                1,
+                "docs/training.md's table row {row}"
+            );
+        }
+        let names: Vec<&str> = HYPERPARAMETERS.iter().map(|p| p.name).collect();
+        assert_eq!(
+            names[0], "ARCHITECTURE",
+            "read first: other defaults depend on it"
+        );
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
     }
 }

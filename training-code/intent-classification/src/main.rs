@@ -44,8 +44,8 @@ enum Command {
 
 fn hyperparameter_help() -> String {
     let mut help = String::from("Hyperparameters (environment variables or --param):\n");
-    for (name, meaning) in HYPERPARAMETERS {
-        help.push_str(&format!("  {name:<20} {meaning}\n"));
+    for param in HYPERPARAMETERS {
+        help.push_str(&format!("  {:<20} {}\n", param.name, param.help));
     }
     help
 }

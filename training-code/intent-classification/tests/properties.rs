@@ -40,7 +40,10 @@ fn value() -> impl Strategy<Value = String> {
 }
 
 fn parameters() -> impl Strategy<Value = BTreeMap<String, String>> {
-    let names: Vec<String> = HYPERPARAMETERS.iter().map(|(name, _)| name.to_string()).collect();
+    let names: Vec<String> = HYPERPARAMETERS
+        .iter()
+        .map(|param| param.name.to_string())
+        .collect();
     prop::collection::btree_map(prop::sample::select(names), value(), 0..8)
 }
 
