@@ -54,9 +54,29 @@ pub struct Caches {
     pub workloads: Option<Store<crate::kueue::Workload>>,
 }
 
+/// What every pod the operator starts (trainers, predictors, upload keys' holders) is given
+/// alike: where storage is, the key it gets, how its images are pulled, and the operator's own
+/// image for the steps it runs in pods.
+#[derive(Clone, Debug)]
+pub struct PodSettings {
+    /// S3 endpoint URL for the pods (`None`: AWS S3).
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: String,
+    /// The storage key each pod's Secret gets.
+    pub keys: PodKeys,
+    /// Image pull Secrets of the pods.
+    pub image_pull_secrets: Vec<String>,
+    /// The operator's image, for the steps it runs in pods (a multi-worker run's start step, a
+    /// custom predictor's storage initializer: `--launcher-image`).
+    pub launcher_image: String,
+}
+
 /// What a training run's pods are given.
 #[derive(Clone, Debug)]
 pub struct TrainingSettings {
+    /// What every pod gets.
+    pub pods: PodSettings,
     /// `host:port` of this operator's gRPC server as the pods reach it (`https://host:port`
     /// when it serves TLS).
     pub metadata_store_address: String,
@@ -67,24 +87,14 @@ pub struct TrainingSettings {
     pub original_contract_address: Option<String>,
     /// Algorithm name → how its trainer reports, where configured (else with its run's token).
     pub algorithm_contracts: BTreeMap<String, miniautoml_api::training_job::Contract>,
-    /// S3 endpoint URL for the trainers (`None`: AWS S3).
-    pub s3_endpoint: Option<String>,
-    /// S3 region.
-    pub s3_region: String,
     /// The bucket of data and models.
     pub bucket: String,
-    /// The storage key each run's Secret gets.
-    pub keys: PodKeys,
     /// Issues and checks the runs' tokens.
     pub run_tokens: RunTokens,
     /// Most runs at once (0: no limit).
     pub max_concurrent_runs: u32,
-    /// Image pull Secrets of the runs' pods.
-    pub image_pull_secrets: Vec<String>,
     /// Algorithm name → image pull policy of its runs' pods.
     pub algorithm_pull_policies: BTreeMap<String, String>,
-    /// Image of a multi-worker run's start step (`--launcher-image`).
-    pub launcher_image: String,
     /// Algorithm name → security context of its runs' containers, where configured (else the
     /// restricted default, which a spec's own image always gets).
     pub algorithm_security_contexts: BTreeMap<String, SecurityContext>,
@@ -93,20 +103,13 @@ pub struct TrainingSettings {
 /// What predictors are given, from the operator's configuration.
 #[derive(Clone, Debug)]
 pub struct PredictorSettings {
+    /// What every pod gets (the launcher image runs a custom predictor's storage initializer,
+    /// `fetch-model`).
+    pub pods: PodSettings,
     /// Image used unless the spec names one.
     pub image: String,
     /// Algorithm name → the predictor image of its models (used unless the spec names one).
     pub algorithm_predictors: BTreeMap<String, String>,
-    /// Image of a custom predictor's storage initializer (the operator's: `fetch-model`).
-    pub launcher_image: String,
-    /// S3 endpoint URL (`None`: AWS S3).
-    pub s3_endpoint: Option<String>,
-    /// S3 region.
-    pub s3_region: String,
-    /// The storage key each ModelDeployment's Secret gets.
-    pub keys: PodKeys,
-    /// Image pull Secrets of the predictor pods.
-    pub image_pull_secrets: Vec<String>,
     /// Pull policy of `image` (`None`: Kubernetes' default); a spec's own image keeps the default.
     pub image_pull_policy: Option<String>,
     /// Security context of the predictor containers.
@@ -164,17 +167,59 @@ pub struct Context {
     pub kueue: Option<Arc<crate::kueue::Positions>>,
 }
 
+/// What a [`Context`] is built from, every part required: a context is built whole, never
+/// patched after, so no part can be left at a default (a replica that forgot its leadership
+/// would act as the leader).
+pub struct Parts {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Events are published as this instance (the pod name, when known).
+    pub reporter_instance: Option<String>,
+    /// Algorithm name → training image.
+    pub algorithm_images: BTreeMap<String, String>,
+    /// Algorithm name → most workers one of its runs may have.
+    pub algorithm_max_workers: BTreeMap<String, u32>,
+    /// The bucket; `None` without credentials.
+    pub store: Option<miniautoml_data::Store>,
+    /// The namespace the controllers watch; `None`: every namespace.
+    pub watch_namespace: Option<String>,
+    /// Namespace of the id counters (the gRPC namespace).
+    pub id_namespace: String,
+    /// Where each namespace may ingest data from.
+    pub sources: SourcePolicy,
+    /// The watch caches.
+    pub caches: Caches,
+    /// What training runs need, when configured.
+    pub training: Option<TrainingSettings>,
+    /// What predictors need, when configured.
+    pub serving: Option<PredictorSettings>,
+    /// Whether this replica leads.
+    pub leadership: Leadership,
+    /// Whether the cluster serves Kueue (queued runs' positions are then asked of it).
+    pub kueue: bool,
+}
+
 impl Context {
-    /// A context publishing events as `reporter_instance` (the pod name, when known), reading
-    /// `caches`.
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        algorithm_images: BTreeMap<String, String>,
-        store: Option<miniautoml_data::Store>,
-        reporter_instance: Option<String>,
-        caches: Caches,
-    ) -> Self {
+    /// The context `parts` make, with its event recorder, snapshot service and id allocator.
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            client,
+            metrics,
+            reporter_instance,
+            algorithm_images,
+            algorithm_max_workers,
+            store,
+            watch_namespace,
+            id_namespace,
+            sources,
+            caches,
+            training,
+            serving,
+            leadership,
+            kueue,
+        } = parts;
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: reporter_instance,
@@ -182,20 +227,20 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             snapshots: Snapshots::new(client.clone(), store.clone()),
+            kueue: kueue.then(|| Arc::new(crate::kueue::Positions::new(client.clone()))),
             client,
             metrics,
             algorithm_images,
-            algorithm_max_workers: BTreeMap::new(),
+            algorithm_max_workers,
             store,
-            watch_namespace: None,
-            training: None,
-            serving: None,
+            watch_namespace,
+            training,
+            serving,
             ids: Ids::default(),
-            id_namespace: "default".into(),
-            sources: SourcePolicy::default(),
+            id_namespace,
+            sources,
             caches,
-            leadership: Leadership::single(),
-            kueue: None,
+            leadership,
         }
     }
 

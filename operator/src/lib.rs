@@ -33,7 +33,7 @@ use tracing::info;
 pub use crate::error::{Error, Result, StartupError};
 use crate::{
     config::{Config, CredentialScope, GrpcAuth},
-    context::{Context, PredictorIngress, PredictorSettings, TrainingSettings},
+    context::{Context, PodSettings, PredictorIngress, PredictorSettings, TrainingSettings},
     leader::Leadership,
     metrics::Metrics,
     pod_keys::{Derivation, PodKeys},
@@ -117,34 +117,34 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     };
     // Every replica watches; the caches serve the gRPC API as much as the controllers.
     let (caches, triggers) = controller::watch(&client, config.watch_namespace.as_deref(), kueue);
-    let mut ctx = Context::new(
-        client,
-        metrics.clone(),
-        config.algorithm_images(),
-        store,
-        config.pod_name.clone(),
-        caches,
-    );
-    ctx.algorithm_max_workers = config.algorithm_max_workers.iter().cloned().collect();
-    ctx.kueue = kueue.then(|| Arc::new(kueue::Positions::new(ctx.client.clone())));
-    ctx.watch_namespace = config.watch_namespace.clone();
-    ctx.id_namespace = config.grpc_namespace.clone();
-    ctx.sources = sources;
-    let keys = pod_keys(&config);
-    ctx.training = keys
-        .clone()
-        .and_then(|keys| training_settings(&config, tls.as_ref(), keys));
-    ctx.serving = keys.and_then(|keys| predictor_settings(&config, keys));
     let leadership = if config.leader_elect {
         let grpc_addr = grpc_listener.local_addr().map_err(|source| StartupError::Serve {
             server: "gRPC",
             source,
         })?;
-        Leadership::elect(ctx.client.clone(), election_settings(&config, grpc_addr)).await?
+        Leadership::elect(client.clone(), election_settings(&config, grpc_addr)).await?
     } else {
         Leadership::single()
     };
-    ctx.leadership = leadership.clone();
+    let keys = pod_keys(&config);
+    let ctx = Context::new(context::Parts {
+        metrics: metrics.clone(),
+        reporter_instance: config.pod_name.clone(),
+        algorithm_images: config.algorithm_images(),
+        algorithm_max_workers: config.algorithm_max_workers.iter().cloned().collect(),
+        store,
+        watch_namespace: config.watch_namespace.clone(),
+        id_namespace: config.grpc_namespace.clone(),
+        sources,
+        caches,
+        training: keys
+            .clone()
+            .and_then(|keys| training_settings(&config, tls.as_ref(), keys)),
+        serving: keys.and_then(|keys| predictor_settings(&config, keys)),
+        leadership: leadership.clone(),
+        kueue,
+        client,
+    });
     metrics.set_leader(leadership.is_leading());
     tokio::spawn({
         let (metrics, mut gained) = (metrics.clone(), leadership.gained());
@@ -383,17 +383,24 @@ fn training_settings(
             Some(format!("{host}:{}", addr.port()))
         }),
         algorithm_contracts: config.algorithm_contracts.iter().cloned().collect(),
-        s3_endpoint: config.s3_endpoint.clone(),
-        s3_region: config.s3_region.clone(),
         bucket: config.bucket.clone(),
         max_concurrent_runs: config.max_concurrent_runs,
-        image_pull_secrets: config.image_pull_secrets.clone(),
         algorithm_pull_policies: config.algorithm_pull_policies.iter().cloned().collect(),
-        launcher_image: config.launcher_image.clone(),
         algorithm_security_contexts: config.algorithm_security_contexts.iter().cloned().collect(),
         run_tokens: run_tokens(config, &credentials),
-        keys,
+        pods: pod_settings(config, keys),
     })
+}
+
+/// What every pod the operator starts is given, holding `keys`.
+fn pod_settings(config: &Config, keys: PodKeys) -> PodSettings {
+    PodSettings {
+        s3_endpoint: config.s3_endpoint.clone(),
+        s3_region: config.s3_region.clone(),
+        keys,
+        image_pull_secrets: config.image_pull_secrets.clone(),
+        launcher_image: config.launcher_image.clone(),
+    }
 }
 
 /// The run tokens' key: MINIAUTOML_RUN_TOKEN_KEY, else derived from the storage secret key.
@@ -444,13 +451,9 @@ fn predictor_settings(config: &Config, keys: PodKeys) -> Option<PredictorSetting
         );
     }
     Some(PredictorSettings {
+        pods: pod_settings(config, keys),
         image: config.predictor_image.clone(),
         algorithm_predictors: config.algorithm_predictors.iter().cloned().collect(),
-        launcher_image: config.launcher_image.clone(),
-        s3_endpoint: config.s3_endpoint.clone(),
-        s3_region: config.s3_region.clone(),
-        keys,
-        image_pull_secrets: config.image_pull_secrets.clone(),
         image_pull_policy: config.predictor_pull_policy.clone(),
         security_context: config
             .predictor_security_context

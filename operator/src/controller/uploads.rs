@@ -126,7 +126,7 @@ async fn pass(ctx: &Context, listed: &[String]) -> Result<()> {
     let Some(settings) = &ctx.training else {
         return Ok(());
     };
-    if !settings.keys.scoped() {
+    if !settings.pods.keys.scoped() {
         warn!(
             "upload keys are made only with --storage-credentials=scoped (the store's IAM API): with shared they \
              would be the bucket-wide key, with sts they would expire; data engineers upload with keys the \
@@ -150,6 +150,7 @@ async fn pass(ctx: &Context, listed: &[String]) -> Result<()> {
     write_record(&records, &keep).await?;
     for namespace in listed {
         let credentials = settings
+            .pods
             .keys
             .issue(Holder::Upload, namespace, &grants(&settings.bucket, namespace))
             .await?;
@@ -157,14 +158,14 @@ async fn pass(ctx: &Context, listed: &[String]) -> Result<()> {
             namespace,
             &credentials,
             &settings.bucket,
-            settings.s3_endpoint.as_deref(),
+            settings.pods.s3_endpoint.as_deref(),
         );
         Api::<Secret>::namespaced(ctx.client.clone(), namespace)
             .patch(SECRET, &apply, &Patch::Apply(&secret))
             .await?;
     }
     for namespace in dropped(&recorded, listed) {
-        settings.keys.revoke(Holder::Upload, &namespace).await?;
+        settings.pods.keys.revoke(Holder::Upload, &namespace).await?;
         let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
         match secrets.delete(SECRET, &DeleteParams::default()).await {
             Ok(_) => {}

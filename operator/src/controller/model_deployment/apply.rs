@@ -38,7 +38,7 @@ pub async fn apply(
     cached: Option<&Deployment>,
     ctx: &Context,
 ) -> Result<Deployment> {
-    let lifetime = ctx.serving.as_ref().and_then(|s| s.keys.session_duration());
+    let lifetime = ctx.serving.as_ref().and_then(|s| s.pods.keys.session_duration());
     if let Some(cached) = cached
         && cached.annotations().get(APPLIED_ANNOTATION) == desired.digest()
         && !key_renewal_due(cached, lifetime, Timestamp::now())
@@ -52,6 +52,7 @@ pub async fn apply(
     if let Some(settings) = &ctx.serving {
         let grants = predictor_grants(model, cached.and_then(template_model_uri));
         let issued = settings
+            .pods
             .keys
             .issue(Holder::Predictor, &md.uid().unwrap_or_default(), &grants)
             .await?;
@@ -103,6 +104,7 @@ pub async fn apply(
 pub async fn revoke_key(md: &ModelDeployment, ctx: &Context) -> Result<()> {
     if let Some(settings) = &ctx.serving {
         settings
+            .pods
             .keys
             .revoke(Holder::Predictor, &md.uid().unwrap_or_default())
             .await?;

@@ -302,7 +302,7 @@ fn storage_initializer(settings: &PredictorSettings, mut vars: Vec<EnvVar>) -> C
     vars.retain(|var| var.name.starts_with("AWS_") || var.name == "MODEL_URI" || var.name == "MODEL_SHA256");
     Container {
         name: "storage-initializer".into(),
-        image: Some(settings.launcher_image.clone()),
+        image: Some(settings.pods.launcher_image.clone()),
         command: Some(vec![
             "/usr/local/bin/miniautoml-operator".into(),
             "fetch-model".into(),
@@ -352,10 +352,10 @@ pub fn build_deployment(
         env("PREDICTOR_GRPC_PORT", grpc_port.to_string()),
         env("PREDICTOR_HTTP_PORT", http_port.to_string()),
         env("PREDICTOR_SHUTDOWN_DELAY", SHUTDOWN_DELAY_SECONDS.to_string()),
-        env("AWS_REGION", &settings.s3_region),
+        env("AWS_REGION", &settings.pods.s3_region),
     ];
     vars.extend(credential_env(&secret));
-    if let Some(endpoint) = &settings.s3_endpoint {
+    if let Some(endpoint) = &settings.pods.s3_endpoint {
         vars.push(env("AWS_ENDPOINT_URL", endpoint));
     }
     if let Some(sha256) = &model.sha256 {
@@ -424,7 +424,7 @@ pub fn build_deployment(
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     // Predictors read their model from S3 and never call the Kubernetes API.
                     automount_service_account_token: Some(false),
-                    image_pull_secrets: pull_secrets(&settings.image_pull_secrets),
+                    image_pull_secrets: pull_secrets(&settings.pods.image_pull_secrets),
                     volumes: Some(volumes),
                     init_containers,
                     containers: vec![Container {
@@ -621,6 +621,7 @@ impl Desired {
 /// The predictors' Secret, Service, NetworkPolicy and Deployment for serving `model`.
 pub fn desired(md: &ModelDeployment, model: &ServedModel, settings: &PredictorSettings) -> Desired {
     let credentials = settings
+        .pods
         .keys
         .credentials(Holder::Predictor, &md.uid().unwrap_or_default());
     let secret = build_secret(md, credentials.as_ref());
@@ -679,20 +680,22 @@ pub(super) mod tests {
 
     fn settings() -> PredictorSettings {
         PredictorSettings {
+            pods: crate::context::PodSettings {
+                launcher_image: "miniautoml/operator:0.1.0".into(),
+                s3_endpoint: Some("http://minio:9000".into()),
+                s3_region: "us-east-1".into(),
+                keys: crate::pod_keys::PodKeys::Shared(Credentials {
+                    access_key_id: "key".into(),
+                    secret_access_key: "secret".into(),
+                    session_token: None,
+                }),
+                image_pull_secrets: Vec::new(),
+            },
             image: "miniautoml/predictor:0.1.0".into(),
             algorithm_predictors: BTreeMap::from([(
                 "pytorch-intent".to_string(),
                 "miniautoml/pytorch-intent-predictor:0.1.0".to_string(),
             )]),
-            launcher_image: "miniautoml/operator:0.1.0".into(),
-            s3_endpoint: Some("http://minio:9000".into()),
-            s3_region: "us-east-1".into(),
-            keys: crate::pod_keys::PodKeys::Shared(Credentials {
-                access_key_id: "key".into(),
-                secret_access_key: "secret".into(),
-                session_token: None,
-            }),
-            image_pull_secrets: Vec::new(),
             image_pull_policy: None,
             security_context: crate::controller::children::restricted_security_context(),
             ingress: Some(crate::context::PredictorIngress {
@@ -739,7 +742,7 @@ pub(super) mod tests {
     #[test]
     fn own_keys_go_into_the_secret_and_stay_the_same_for_the_same_deployment() {
         let mut scoped = settings();
-        scoped.keys = crate::pod_keys::PodKeys::Scoped {
+        scoped.pods.keys = crate::pod_keys::PodKeys::Scoped {
             issuer: miniautoml_data::KeyIssuer::new(Some("http://store:8333"), "op", "op-secret"),
             derivation: crate::pod_keys::Derivation::new(b"operator secret"),
         };
@@ -822,7 +825,7 @@ pub(super) mod tests {
     fn the_predictor_images_pull_policy_and_secrets_apply_to_the_configured_image_only() {
         let mut configured = settings();
         configured.image_pull_policy = Some("IfNotPresent".into());
-        configured.image_pull_secrets = vec!["regcred".into()];
+        configured.pods.image_pull_secrets = vec!["regcred".into()];
         let pod = |md: &ModelDeployment| {
             build_deployment(md, &model("3"), &configured)
                 .spec

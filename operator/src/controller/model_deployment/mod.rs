@@ -62,7 +62,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<ModelDeployment>>, ctx: Arc<C
     };
     // Owner references let the garbage collector remove the predictors; their own storage key
     // is revoked under the finalizer.
-    let own_keys = ctx.serving.as_ref().is_some_and(|s| s.keys.scoped());
+    let own_keys = ctx.serving.as_ref().is_some_and(|s| s.pods.keys.scoped());
     if !own_keys {
         if md.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
@@ -180,7 +180,7 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Act
             .await;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
-    let renewal = ctx.serving.as_ref().and_then(|s| s.keys.session_duration());
+    let renewal = ctx.serving.as_ref().and_then(|s| s.pods.keys.session_duration());
     Ok(if let (Some(lifetime), Ok(_)) = (renewal, &model) {
         // A temporary storage key is issued again before half its lifetime is gone.
         Action::requeue((lifetime / 4).min(Duration::from_secs(30 * 60)))

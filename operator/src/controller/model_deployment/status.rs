@@ -226,17 +226,19 @@ mod tests {
 
     fn settings() -> PredictorSettings {
         PredictorSettings {
+            pods: crate::context::PodSettings {
+                launcher_image: "miniautoml/operator:0.1.0".into(),
+                s3_endpoint: None,
+                s3_region: "us-east-1".into(),
+                keys: crate::pod_keys::PodKeys::Shared(Credentials {
+                    access_key_id: "k".into(),
+                    secret_access_key: "s".into(),
+                    session_token: None,
+                }),
+                image_pull_secrets: Vec::new(),
+            },
             image: "miniautoml/predictor:0.1.0".into(),
             algorithm_predictors: Default::default(),
-            launcher_image: "miniautoml/operator:0.1.0".into(),
-            s3_endpoint: None,
-            s3_region: "us-east-1".into(),
-            keys: crate::pod_keys::PodKeys::Shared(Credentials {
-                access_key_id: "k".into(),
-                secret_access_key: "s".into(),
-                session_token: None,
-            }),
-            image_pull_secrets: Vec::new(),
             image_pull_policy: None,
             security_context: crate::controller::children::restricted_security_context(),
             ingress: Some(crate::context::PredictorIngress {

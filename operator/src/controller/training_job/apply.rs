@@ -47,6 +47,7 @@ pub async fn issue_key(
 ) -> Result<Credentials, KeyError> {
     let uid = job.uid().unwrap_or_default();
     settings
+        .pods
         .keys
         .issue(Holder::Run, &uid, &run_grants(job, inputs))
         .await
@@ -57,7 +58,7 @@ pub async fn issue_key(
 pub async fn revoke_key(job: &TrainingJob, ctx: &Context) -> Result<()> {
     if let Some(settings) = &ctx.training {
         let uid = job.uid().unwrap_or_default();
-        settings.keys.revoke(Holder::Run, &uid).await?;
+        settings.pods.keys.revoke(Holder::Run, &uid).await?;
     }
     Ok(())
 }

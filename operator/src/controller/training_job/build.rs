@@ -116,9 +116,9 @@ pub fn run_inputs(
             .unwrap_or_default()
             .trim_end_matches('/')
             .to_string(),
-        s3_endpoint: settings.s3_endpoint.clone(),
-        s3_region: settings.s3_region.clone(),
-        image_pull_secrets: settings.image_pull_secrets.clone(),
+        s3_endpoint: settings.pods.s3_endpoint.clone(),
+        s3_region: settings.pods.s3_region.clone(),
+        image_pull_secrets: settings.pods.image_pull_secrets.clone(),
         // A spec naming its own image keeps Kubernetes' default policy.
         image_pull_policy: configured_algorithm(job)
             .and_then(|algorithm| settings.algorithm_pull_policies.get(algorithm).cloned()),
@@ -126,7 +126,7 @@ pub fn run_inputs(
         security_context: configured_algorithm(job)
             .and_then(|algorithm| settings.algorithm_security_contexts.get(algorithm).cloned())
             .unwrap_or_else(restricted_security_context),
-        launcher_image: settings.launcher_image.clone(),
+        launcher_image: settings.pods.launcher_image.clone(),
     }
 }
 
@@ -597,18 +597,20 @@ mod tests {
             metadata_store_ca: Some("CA".into()),
             original_contract_address: Some("op:51002".into()),
             algorithm_contracts: BTreeMap::from([("original".to_string(), Contract::Original)]),
-            s3_endpoint: None,
-            s3_region: "us-east-1".into(),
+            pods: crate::context::PodSettings {
+                s3_endpoint: None,
+                s3_region: "us-east-1".into(),
+                keys: crate::pod_keys::PodKeys::Shared(Credentials {
+                    access_key_id: "a".into(),
+                    secret_access_key: "s".into(),
+                    session_token: None,
+                }),
+                image_pull_secrets: Vec::new(),
+                launcher_image: "miniautoml/operator:0.1.0".into(),
+            },
             bucket: "b".into(),
-            keys: crate::pod_keys::PodKeys::Shared(Credentials {
-                access_key_id: "a".into(),
-                secret_access_key: "s".into(),
-                session_token: None,
-            }),
             max_concurrent_runs: 0,
-            image_pull_secrets: Vec::new(),
             algorithm_pull_policies: BTreeMap::new(),
-            launcher_image: "miniautoml/operator:0.1.0".into(),
             run_tokens: crate::run_tokens::RunTokens::new(b"k"),
             algorithm_security_contexts: BTreeMap::from([(
                 "intent-classification".to_string(),

@@ -64,7 +64,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
     };
     // Owner references let the garbage collector stop the pods; storage and the pods' own key
     // need the finalizer.
-    let own_keys = ctx.training.as_ref().is_some_and(|s| s.keys.scoped());
+    let own_keys = ctx.training.as_ref().is_some_and(|s| s.pods.keys.scoped());
     if !needs_finalizer(&job, own_keys) {
         if job.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
@@ -302,7 +302,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
         pods: &pods,
         attempt: launched,
         queued: queued.as_ref(),
-        key: match (settings.keys.scoped(), settings.keys.session_duration()) {
+        key: match (settings.pods.keys.scoped(), settings.pods.keys.session_duration()) {
             (true, _) => PodKey::Own,
             (false, Some(lifetime)) => PodKey::Session(lifetime),
             (false, None) => PodKey::Shared,
