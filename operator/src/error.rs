@@ -83,6 +83,17 @@ pub enum StartupError {
 /// What fails one reconcile or one gRPC call; the controller retries it with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A stage of a reconcile failed: which one, with its cause (the drivers wrap every stage
+    /// call, so a log line and the failure metric say where a reconcile stopped).
+    #[error("{stage}: {source}")]
+    Stage {
+        /// The stage.
+        stage: Stage,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A call to the Kubernetes API failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -131,10 +142,75 @@ pub enum Error {
 /// Result with the reconcile [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The stages of a reconcile, as the drivers run them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Giving the object its numeric id (`Ids::assign`).
+    Id,
+    /// Reading what the reconcile needs: children, referenced objects, the queue.
+    Dereference,
+    /// Writing children and storage: launching, stopping, ingesting, keys.
+    Apply,
+    /// Writing the status.
+    Status,
+    /// Cleaning up under the finalizer.
+    Cleanup,
+}
+
+impl Stage {
+    /// Its label on `miniautoml_operator_reconcile_failures_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Id => "id",
+            Stage::Dereference => "dereference",
+            Stage::Apply => "apply",
+            Stage::Status => "status",
+            Stage::Cleanup => "cleanup",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Id => "assigning the id",
+            Stage::Dereference => "reading",
+            Stage::Apply => "applying",
+            Stage::Status => "writing the status",
+            Stage::Cleanup => "cleaning up",
+        })
+    }
+}
+
+/// Wraps a stage's error with its stage: `stage_call().await.map_err(at(Stage::Apply))?`.
+pub fn at<E: Into<Error>>(stage: Stage) -> impl FnOnce(E) -> Error {
+    move |error| Error::Stage {
+        stage,
+        source: Box::new(error.into()),
+    }
+}
+
 impl Error {
-    /// Short, stable label for metrics.
+    /// The stage it happened in (`None` outside the drivers' stage calls: a finalizer patch).
+    pub fn stage(&self) -> Option<Stage> {
+        match self {
+            Error::Stage { stage, .. } => Some(*stage),
+            _ => None,
+        }
+    }
+
+    /// The cause under any stage wrapper.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Stage { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// Short, stable label of its cause for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Error::Stage { source, .. } => source.metric_label(),
             Error::Kube(_) => "kube",
             Error::Finalizer { .. } | Error::InvalidFinalizer => "finalizer",
             Error::IdConflict(_) => "id_conflict",
@@ -165,6 +241,35 @@ impl Error {
                 field: "metadata.name",
             },
             Finalizer::InvalidFinalizer => Error::InvalidFinalizer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_wraps_its_cause_for_logs_and_metrics() {
+        let cause = Error::IdConflict("miniautoml-run-ids".into());
+        let error = at(Stage::Apply)(cause);
+        assert_eq!(error.stage(), Some(Stage::Apply));
+        assert_eq!(error.metric_label(), "id_conflict");
+        assert!(matches!(error.root(), Error::IdConflict(_)));
+        assert_eq!(
+            error.to_string(),
+            "applying: allocating an id from ConfigMap miniautoml-run-ids kept conflicting"
+        );
+        let bare = Error::InvalidFinalizer;
+        assert_eq!((bare.stage(), bare.metric_label()), (None, "finalizer"));
+        for stage in [
+            Stage::Id,
+            Stage::Dereference,
+            Stage::Apply,
+            Stage::Status,
+            Stage::Cleanup,
+        ] {
+            assert!(!stage.label().is_empty() && !stage.to_string().is_empty());
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct ControllerLabels {
 pub struct FailureLabels {
     /// `dataset`, `trainingjob` or `modeldeployment`.
     pub controller: &'static str,
+    /// The stage that failed (see `Stage::label`; `other` outside a stage: a finalizer patch).
+    pub stage: &'static str,
     /// Error kind (see `Error::metric_label`).
     pub error: &'static str,
 }
@@ -134,9 +136,13 @@ impl Metrics {
     }
 
     /// Counts a failed reconcile.
-    pub fn reconcile_failed(&self, controller: &'static str, error: &'static str) {
+    pub fn reconcile_failed(&self, controller: &'static str, stage: &'static str, error: &'static str) {
         self.failures
-            .get_or_create(&FailureLabels { controller, error })
+            .get_or_create(&FailureLabels {
+                controller,
+                stage,
+                error,
+            })
             .inc();
     }
 
@@ -192,7 +198,7 @@ mod tests {
         let metrics = Metrics::default();
         drop(metrics.reconcile_started("dataset"));
         drop(metrics.reconcile_started("dataset"));
-        metrics.reconcile_failed("dataset", "kube");
+        metrics.reconcile_failed("dataset", "apply", "kube");
         let text = metrics.encode();
         assert!(
             text.contains("miniautoml_operator_reconciles_total{controller=\"dataset\"} 2"),
@@ -200,7 +206,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "miniautoml_operator_reconcile_failures_total{controller=\"dataset\",error=\"kube\"} 1"
+                "miniautoml_operator_reconcile_failures_total{controller=\"dataset\",stage=\"apply\",error=\"kube\"} 1"
             ),
             "{text}"
         );

@@ -33,7 +33,7 @@ impl Conflict for kube::Error {
 
 impl Conflict for crate::Error {
     fn is_conflict(&self) -> bool {
-        matches!(self, crate::Error::Kube(error) if is_conflict(error))
+        matches!(self.root(), crate::Error::Kube(error) if is_conflict(error))
     }
 }
 

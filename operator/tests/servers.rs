@@ -130,11 +130,11 @@ async fn admin_serves_health_readiness_and_metrics_until_shutdown() {
             .starts_with("HTTP/1.1 200")
     );
 
-    metrics.reconcile_failed("dataset", "kube");
+    metrics.reconcile_failed("dataset", "apply", "kube");
     let text = http_get(addr, "/metrics").await.unwrap();
     assert!(
         text.contains(
-            "miniautoml_operator_reconcile_failures_total{controller=\"dataset\",error=\"kube\"} 1"
+            "miniautoml_operator_reconcile_failures_total{controller=\"dataset\",stage=\"apply\",error=\"kube\"} 1"
         )
     );
 

@@ -61,8 +61,10 @@ pub async fn run(ctx: Arc<Context>, triggers: Triggers, readiness: Readiness, sh
 /// How long to wait before retrying a reconcile that failed.
 fn backoff<K: Reconciled>(object: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(controller = K::CONTROLLER, object = %ObjectRef::from_obj(object.as_ref()), %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(K::CONTROLLER, error.metric_label());
-    match error {
+    let stage = error.stage().map_or("other", |stage| stage.label());
+    ctx.metrics
+        .reconcile_failed(K::CONTROLLER, stage, error.metric_label());
+    match error.root() {
         // A write against a version another writer replaced: try again from the new one soon.
         Error::Kube(error) if is_conflict(error) => Action::requeue(Duration::from_secs(1)),
         _ => Action::requeue(Duration::from_secs(15)),

@@ -22,7 +22,7 @@ pub fn kube(error: kube::Error) -> Status {
 
 /// An operator error as a status, UNAVAILABLE when its cause is a transient API failure.
 pub fn operator(error: crate::Error) -> Status {
-    let transient_cause = match &error {
+    let transient_cause = match error.root() {
         crate::Error::Kube(cause) | crate::Error::Finalizer { source: cause, .. } => transient(cause),
         crate::Error::IdAllocation(inner) => {
             matches!(&**inner, crate::Error::Kube(cause) if transient(cause))

@@ -39,7 +39,13 @@ use self::{
     validate::{Step, announced, next_step},
 };
 use super::reconciled::report_unreadable;
-use crate::{Error, Result, context::Context, ids::DATASET_ID, status::modify_cached_status};
+use crate::{
+    Error, Result,
+    context::Context,
+    error::{Stage, at},
+    ids::DATASET_ID,
+    status::modify_cached_status,
+};
 
 /// Finalizer that removes a Dataset's objects before the Dataset goes.
 pub const FINALIZER: &str = "miniautoml.io/dataset-storage";
@@ -61,7 +67,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Dataset>>, ctx: Arc<Context>)
     finalizer(&api, FINALIZER, dataset, |event| async {
         match event {
             Finalizer::Apply(dataset) => reconcile_dataset(&api, &dataset, &ctx).await,
-            Finalizer::Cleanup(dataset) => apply::cleanup(&dataset, &ctx).await,
+            Finalizer::Cleanup(dataset) => apply::cleanup(&dataset, &ctx).await.map_err(at(Stage::Cleanup)),
         }
     })
     .await
@@ -77,7 +83,9 @@ async fn reconcile_dataset(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context)
     let decide = |dataset: &Dataset| next_step(dataset, &namespace, ctx.store.is_some(), &ctx.sources);
     let (base, found) = match decide(&dataset) {
         Step::Next { .. } => {
-            let fresh = dereference::fresh(api, &dataset.name_any()).await?;
+            let fresh = dereference::fresh(api, &dataset.name_any())
+                .await
+                .map_err(at(Stage::Dereference))?;
             let found = match (decide(&fresh), &ctx.store) {
                 (Step::Next { entry, id }, Some(store)) if announced(&fresh, entry, id) => {
                     apply::ingest(store, &ctx.sources, &fresh, entry, id).await
@@ -93,7 +101,8 @@ async fn reconcile_dataset(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context)
     let written = modify_cached_status(api, &base, |current: &mut Dataset| {
         status::record(current, &found, &now)
     })
-    .await?;
+    .await
+    .map_err(at(Stage::Status))?;
     if written.status != base.status {
         announce(ctx, &base, &found).await;
     }

@@ -50,7 +50,12 @@ use miniautoml_data::KeyError;
 
 use self::status::{Observed, pod_problem};
 use super::{reconciled::report_unreadable, watches::Events};
-use crate::{Error, Result, conditions, context::Context, status::modify_cached_status};
+use crate::{
+    Error, Result, conditions,
+    context::Context,
+    error::{Stage, at},
+    status::modify_cached_status,
+};
 
 /// Reconciles one ModelDeployment.
 #[tracing::instrument(skip_all, fields(modeldeployment = %ObjectRef::from_obj(guard.as_ref())))]
@@ -74,7 +79,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<ModelDeployment>>, ctx: Arc<C
         match event {
             Finalizer::Apply(md) => reconcile_deployment(&md, &ctx).await,
             Finalizer::Cleanup(md) => {
-                apply::revoke_key(&md, &ctx).await?;
+                apply::revoke_key(&md, &ctx).await.map_err(at(Stage::Cleanup))?;
                 Ok(Action::await_change())
             }
         }
@@ -125,8 +130,13 @@ pub fn controller(
 }
 
 async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
-    let job = dereference::training_job(md, ctx).await?;
-    let (cached, taken) = match dereference::deployment(md, ctx).await? {
+    let job = dereference::training_job(md, ctx)
+        .await
+        .map_err(at(Stage::Dereference))?;
+    let (cached, taken) = match dereference::deployment(md, ctx)
+        .await
+        .map_err(at(Stage::Dereference))?
+    {
         Ok(cached) => (cached, None),
         Err(taken) => (None, Some(taken)),
     };
@@ -141,7 +151,7 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Act
                 Ok(deployment) => (Some(deployment), None),
                 // Nothing new is applied without a key that works: said in the status.
                 Err(Error::StorageKey(error)) => (cached, Some(error)),
-                Err(error) => return Err(error),
+                Err(error) => return Err(at(Stage::Apply)(error)),
             }
         }
         _ => (cached, None),
@@ -170,7 +180,8 @@ async fn reconcile_deployment(md: &ModelDeployment, ctx: &Context) -> Result<Act
         current.status = Some(status);
         changed
     })
-    .await?;
+    .await
+    .map_err(at(Stage::Status))?;
     let before = md.status.clone().unwrap_or_default();
     let after = written.status.unwrap_or_default();
     announce(ctx, md, &before, &after).await;

@@ -49,7 +49,13 @@ use self::{
     status::{Found, PodKey, holds_own_key, phase},
 };
 use super::{reconciled::report_unreadable, watches::Events};
-use crate::{Error, Result, context::Context, kueue::Workload, status::modify_cached_status};
+use crate::{
+    Error, Result,
+    context::Context,
+    error::{Stage, at},
+    kueue::Workload,
+    status::modify_cached_status,
+};
 
 /// Finalizer of TrainingJobs whose run objects are deleted with them.
 pub const FINALIZER: &str = "miniautoml.io/trainingjob-artifacts";
@@ -76,10 +82,15 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
         // report epochs and upload its model into the prefixes being deleted. Deleting the Job
         // in the foreground stops them (the garbage collector would only after the finalizer
         // is gone); suspending it would not under Kueue, which unsuspends an admitted Job.
-        let pods = dereference::run_pods(&ctx, &job).await?;
+        let pods = dereference::run_pods(&ctx, &job)
+            .await
+            .map_err(at(Stage::Dereference))?;
         if pods.iter().any(still_running) {
-            if let Ok(Some(run)) = dereference::existing_run(&ctx, &job).await? {
-                apply::stop_job(&run, &ctx).await?;
+            if let Ok(Some(run)) = dereference::existing_run(&ctx, &job)
+                .await
+                .map_err(at(Stage::Dereference))?
+            {
+                apply::stop_job(&run, &ctx).await.map_err(at(Stage::Apply))?;
             }
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -89,9 +100,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
         match event {
             Finalizer::Apply(job) => reconcile_run(&job, &ctx).await,
             Finalizer::Cleanup(job) => {
-                apply::revoke_key(&job, &ctx).await?;
+                apply::revoke_key(&job, &ctx).await.map_err(at(Stage::Cleanup))?;
                 if job.spec.artifact_retain_policy == RetainPolicy::Delete {
-                    apply::delete_run_objects(&job, &ctx).await?;
+                    apply::delete_run_objects(&job, &ctx)
+                        .await
+                        .map_err(at(Stage::Cleanup))?;
                 }
                 Ok(Action::await_change())
             }
@@ -150,6 +163,7 @@ async fn report(api: &Api<TrainingJob>, job: &TrainingJob, found: &Found<'_>) ->
         status::record(current, found, &now)
     })
     .await
+    .map_err(at(Stage::Status))
 }
 
 /// Reports that an object of the run's names is not the run's (`taken` says whose), with a
@@ -169,10 +183,12 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     if job.has_ended() {
         // Only a run-id label someone changed is put back, and its pods' own key revoked.
         if job.run_id().is_some() {
-            apply::assign_run_id(job, ctx, &api).await?;
+            apply::assign_run_id(job, ctx, &api)
+                .await
+                .map_err(at(Stage::Id))?;
         }
         if holds_own_key(job) {
-            apply::revoke_key(job, ctx).await?;
+            apply::revoke_key(job, ctx).await.map_err(at(Stage::Apply))?;
             report(&api, job, &Found::KeyRevoked).await?;
         }
         return Ok(Action::await_change());
@@ -188,7 +204,9 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    let (run_id, job) = apply::assign_run_id(job, ctx, &api).await?;
+    let (run_id, job) = apply::assign_run_id(job, ctx, &api)
+        .await
+        .map_err(at(Stage::Id))?;
     let job = &job;
     let Some(settings) = &ctx.training else {
         report(&api, job, &Found::NotConfigured).await?;
@@ -197,7 +215,10 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
 
     // A launched run keeps the snapshot it was launched on, whatever is committed since.
     let name = job_name(job);
-    let (run, version_hash) = match dereference::existing_run(ctx, job).await? {
+    let (run, version_hash) = match dereference::existing_run(ctx, job)
+        .await
+        .map_err(at(Stage::Dereference))?
+    {
         Err(taken) => return name_taken(&api, job, ctx, &taken).await,
         Ok(Some(existing)) => {
             let hash = launched_version_hash(&existing)
@@ -210,9 +231,13 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
             // and ahead of the queue: the run holds its slot.
             let restarting = attempt(job) > 1;
             let snapshot = if restarting {
-                dereference::launched_snapshot(job, ctx).await?
+                dereference::launched_snapshot(job, ctx)
+                    .await
+                    .map_err(at(Stage::Dereference))?
             } else {
-                dereference::ready_snapshot(job, ctx).await?
+                dereference::ready_snapshot(job, ctx)
+                    .await
+                    .map_err(at(Stage::Dereference))?
             };
             let ready = match snapshot {
                 Ok(ready) => ready,
@@ -232,7 +257,9 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
             let version_hash = ready.1.version_hash.clone();
             // Kueue admits a run with a queueName: the operator's own queue leaves it alone.
             if settings.max_concurrent_runs > 0 && !restarting && job.spec.queue_name.is_none() {
-                let (ahead, active) = dereference::queue(job, ctx).await?;
+                let (ahead, active) = dereference::queue(job, ctx)
+                    .await
+                    .map_err(at(Stage::Dereference))?;
                 if active + ahead >= settings.max_concurrent_runs as usize {
                     let found = Found::WaitingForSlot {
                         version_hash: &version_hash,
@@ -256,13 +283,18 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                     return Ok(Action::requeue(Duration::from_secs(30)));
                 }
             };
-            match apply::launch(job, ctx, &inputs, (settings, &credentials)).await? {
+            match apply::launch(job, ctx, &inputs, (settings, &credentials))
+                .await
+                .map_err(at(Stage::Apply))?
+            {
                 Ok(run) => (run, version_hash),
                 Err(taken) => return name_taken(&api, job, ctx, &taken).await,
             }
         }
     };
-    let pods = dereference::run_pods(ctx, job).await?;
+    let pods = dereference::run_pods(ctx, job)
+        .await
+        .map_err(at(Stage::Dereference))?;
     let workers = observe(&run, &pods, status::reported_failure_rank(job));
     let launched = launched_attempt(&run);
     let queued = match &job.spec.queue_name {
@@ -275,7 +307,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     if job.spec.workers > 1 && !held {
         // The Job of an earlier attempt, going: wait until its pods are gone.
         if run.metadata.deletion_timestamp.is_some() || launched < attempt(job) {
-            apply::stop_job(&run, ctx).await?;
+            apply::stop_job(&run, ctx).await.map_err(at(Stage::Apply))?;
             report(&api, job, &Found::GangStopping { attempt: launched }).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -287,7 +319,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 counted,
             };
             let written = report(&api, job, &found).await?;
-            apply::stop_job(&run, ctx).await?;
+            apply::stop_job(&run, ctx).await.map_err(at(Stage::Apply))?;
             let text = written.status.and_then(|s| s.message).unwrap_or_default();
             ctx.publish(job, EventType::Warning, "GangRestart", text).await;
             return Ok(Action::requeue(Duration::from_secs(2)));
