@@ -2,28 +2,28 @@
 //! HTTP server and the gRPC API server, in one process.
 
 pub mod admin;
-pub mod algorithms;
-pub mod conditions;
+pub(crate) mod algorithms;
+pub(crate) mod conditions;
 pub mod config;
-pub mod console;
-pub mod context;
-pub mod controller;
+pub(crate) mod console;
+pub(crate) mod context;
+pub(crate) mod controller;
 mod error;
 pub mod grpc;
 pub mod ids;
 pub mod kueue;
-pub mod leader;
+pub(crate) mod leader;
 pub mod metrics;
 pub mod names;
-pub mod pod_keys;
-pub mod preflight;
+pub(crate) mod pod_keys;
+pub(crate) mod preflight;
 pub mod readiness;
 pub mod run_tokens;
-pub mod snapshots;
-pub mod sources;
-pub mod status;
+pub(crate) mod snapshots;
+pub(crate) mod sources;
+pub(crate) mod status;
 pub mod tls;
-pub mod tombstones;
+pub(crate) mod tombstones;
 
 use std::sync::Arc;
 

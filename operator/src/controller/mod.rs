@@ -16,4 +16,4 @@ pub mod uploads;
 pub mod watches;
 
 pub use runner::run;
-pub use watches::{Triggers, watch};
+pub use watches::watch;

@@ -226,7 +226,7 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::controller::dataset::validate::{announced, still_next};
+    use crate::controller::dataset::validate::{Step, announced, next_step};
 
     pub(crate) fn dataset(entries: usize) -> Dataset {
         let text = include_str!("../../../../examples/dataset.yaml");
@@ -298,6 +298,9 @@ mod tests {
 
     #[test]
     fn an_entry_a_stale_cache_still_shows_is_not_ingested_again() {
+        // The driver decides again on a fresh read before it ingests.
+        let sources = crate::sources::SourcePolicy::new("miniautoml", &[]).unwrap();
+        let next = |d: &Dataset| next_step(d, "default", true, &sources);
         let cached = dataset(2);
         let mut fresh = cached.clone();
         let committed = Found::Committed {
@@ -305,10 +308,16 @@ mod tests {
             commit: commit(1, 0),
         };
         assert!(record(&mut fresh, &committed, &at(1)));
-        assert!(still_next(&cached, 0, 1), "the cache says entry 0 is next");
-        assert!(!still_next(&fresh, 0, 1), "the fresh read says it is recorded");
-        assert!(still_next(&fresh, 1, 2));
-        assert!(!still_next(&fresh, 1, 1), "an id computed from a stale count");
+        assert_eq!(
+            next(&cached),
+            Step::Next { entry: 0, id: 1 },
+            "the cache says entry 0"
+        );
+        assert_eq!(
+            next(&fresh),
+            Step::Next { entry: 1, id: 2 },
+            "the fresh read: entry 1"
+        );
     }
 
     #[test]

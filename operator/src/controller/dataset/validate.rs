@@ -55,13 +55,6 @@ pub fn next_step(dataset: &Dataset, namespace: &str, configured: bool, sources: 
     Step::Next { entry, id }
 }
 
-/// Whether `dataset` (as read now) still has `spec.commits[entry]` to ingest as commit `id`:
-/// the watch cache may lack the status write that recorded it, and a recorded commit's objects
-/// are never written again (a user may have changed or deleted them since).
-pub fn still_next(dataset: &Dataset, entry: usize, id: u32) -> bool {
-    dataset.next_entry() == Some(entry) && dataset.status.as_ref().map_or(0, |s| s.commit_count) + 1 == id
-}
-
 /// Whether `dataset`'s status already says it is ingesting `spec.commits[entry]` as commit `id`
 /// (so the ingestion itself comes next, and the user saw it start).
 pub fn announced(dataset: &Dataset, entry: usize, id: u32) -> bool {
