@@ -139,16 +139,16 @@ fn second_controller<K>(
 /// deleted writes nothing more (a Job already gone, or going, is fine). The operator never
 /// changes a Job's `suspend`: under Kueue that is Kueue's, and its Workload goes with the Job.
 /// Only the Job `run` itself goes (its uid a precondition), never another of its name.
-pub async fn stop_job(run: &Job, ctx: &Context) -> Result<()> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+pub async fn stop_job(batch_job: &Job, ctx: &Context) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &batch_job.namespace().unwrap_or_default());
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: run.uid(),
+            uid: batch_job.uid(),
             resource_version: None,
         }),
         ..DeleteParams::foreground()
     };
-    match jobs.delete(&run.name_any(), &params).await {
+    match jobs.delete(&batch_job.name_any(), &params).await {
         Ok(_) => Ok(()),
         // Gone, or replaced by another Job of its name (the precondition failed): not ours.
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),

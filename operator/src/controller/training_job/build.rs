@@ -433,16 +433,17 @@ fn wait_for_master(job: &TrainingJob, inputs: &RunInputs) -> Container {
 }
 
 /// The attempt a run's Job runs (1 for Jobs of before gang restarts).
-pub fn launched_attempt(run: &Job) -> u32 {
-    run.annotations()
+pub fn launched_attempt(batch_job: &Job) -> u32 {
+    batch_job
+        .annotations()
         .get(ATTEMPT_ANNOTATION)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1)
 }
 
 /// The snapshot a run's Job was launched on.
-pub fn launched_version_hash(run: &Job) -> Option<String> {
-    run.annotations().get(VERSION_HASH_ANNOTATION).cloned()
+pub fn launched_version_hash(batch_job: &Job) -> Option<String> {
+    batch_job.annotations().get(VERSION_HASH_ANNOTATION).cloned()
 }
 
 /// The headless Service that names rank 0 (`<job>-0.<job>`) for the other ranks.

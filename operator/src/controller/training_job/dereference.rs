@@ -54,9 +54,9 @@ pub async fn existing_run(ctx: &Context, job: &TrainingJob) -> Result<Result<Opt
         .caches
         .run_jobs
         .get(&ObjectRef::new(&name).within(&namespace))
-        .map(|run| (*run).clone());
+        .map(|batch_job| (*batch_job).clone());
     let found = match cached {
-        Some(run) => Some(run),
+        Some(batch_job) => Some(batch_job),
         None => {
             Api::<Job>::namespaced(ctx.client.clone(), &namespace)
                 .get_opt(&name)
@@ -64,9 +64,9 @@ pub async fn existing_run(ctx: &Context, job: &TrainingJob) -> Result<Result<Opt
         }
     };
     Ok(match found {
-        Some(run) if !controlled_by(&run.metadata, job.uid().as_deref()) => Err(name_taken(
+        Some(batch_job) if !controlled_by(&batch_job.metadata, job.uid().as_deref()) => Err(name_taken(
             "Job",
-            &run.metadata,
+            &batch_job.metadata,
             &format!("TrainingJob {}", job.name_any()),
         )),
         found => Ok(found),
@@ -232,8 +232,8 @@ pub async fn launched_snapshot(
 
 /// What Kueue says of a queued run's Job `run` (LocalQueue `queue`): its Workload's state, and
 /// while Kueue holds it suspended and pending, its place in the LocalQueue.
-pub async fn kueue_state(ctx: &Context, run: &Job, queue: &str) -> Queued {
-    let uid = run.uid().unwrap_or_default();
+pub async fn kueue_state(ctx: &Context, batch_job: &Job, queue: &str) -> Queued {
+    let uid = batch_job.uid().unwrap_or_default();
     let state = match &ctx.caches.workloads {
         Some(cache) => {
             let all = cache.state();
@@ -241,11 +241,11 @@ pub async fn kueue_state(ctx: &Context, run: &Job, queue: &str) -> Queued {
         }
         None => QueueState::NoWorkload,
     };
-    let suspended = run.spec.as_ref().and_then(|s| s.suspend) == Some(true);
+    let suspended = batch_job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
     let position = match (&state, &ctx.kueue) {
         (QueueState::Pending { .. }, Some(positions)) if suspended => {
-            let namespace = run.namespace().unwrap_or_default();
-            positions.position(&namespace, queue, &run.name_any()).await
+            let namespace = batch_job.namespace().unwrap_or_default();
+            positions.position(&namespace, queue, &batch_job.name_any()).await
         }
         _ => None,
     };

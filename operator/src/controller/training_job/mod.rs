@@ -86,11 +86,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
             .await
             .map_err(at(Stage::Dereference))?;
         if pods.iter().any(still_running) {
-            if let Ok(Some(run)) = dereference::existing_run(&ctx, &job)
+            if let Ok(Some(batch_job)) = dereference::existing_run(&ctx, &job)
                 .await
                 .map_err(at(Stage::Dereference))?
             {
-                apply::stop_job(&run, &ctx).await.map_err(at(Stage::Apply))?;
+                apply::stop_job(&batch_job, &ctx)
+                    .await
+                    .map_err(at(Stage::Apply))?;
             }
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -215,7 +217,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
 
     // A launched run keeps the snapshot it was launched on, whatever is committed since.
     let name = job_name(job);
-    let (run, version_hash) = match dereference::existing_run(ctx, job)
+    let (batch_job, version_hash) = match dereference::existing_run(ctx, job)
         .await
         .map_err(at(Stage::Dereference))?
     {
@@ -287,7 +289,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 .await
                 .map_err(at(Stage::Apply))?
             {
-                Ok(run) => (run, version_hash),
+                Ok(batch_job) => (batch_job, version_hash),
                 Err(taken) => return name_taken(&api, job, ctx, &taken).await,
             }
         }
@@ -295,10 +297,10 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     let pods = dereference::run_pods(ctx, job)
         .await
         .map_err(at(Stage::Dereference))?;
-    let workers = observe(&run, &pods, status::reported_failure_rank(job));
-    let launched = launched_attempt(&run);
+    let workers = observe(&batch_job, &pods, status::reported_failure_rank(job));
+    let launched = launched_attempt(&batch_job);
     let queued = match &job.spec.queue_name {
-        Some(queue) => Some(dereference::kueue_state(ctx, &run, queue).await),
+        Some(queue) => Some(dereference::kueue_state(ctx, &batch_job, queue).await),
         None => None,
     };
     // While Kueue holds the Job suspended (not admitted yet, or evicted), its pods stopping are
@@ -306,8 +308,8 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     let held = queued.as_ref().is_some_and(|q| q.suspended);
     if job.spec.workers > 1 && !held {
         // The Job of an earlier attempt, going: wait until its pods are gone.
-        if run.metadata.deletion_timestamp.is_some() || launched < attempt(job) {
-            apply::stop_job(&run, ctx).await.map_err(at(Stage::Apply))?;
+        if batch_job.metadata.deletion_timestamp.is_some() || launched < attempt(job) {
+            apply::stop_job(&batch_job, ctx).await.map_err(at(Stage::Apply))?;
             report(&api, job, &Found::GangStopping { attempt: launched }).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -319,7 +321,7 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
                 counted,
             };
             let written = report(&api, job, &found).await?;
-            apply::stop_job(&run, ctx).await.map_err(at(Stage::Apply))?;
+            apply::stop_job(&batch_job, ctx).await.map_err(at(Stage::Apply))?;
             let text = written.status.and_then(|s| s.message).unwrap_or_default();
             ctx.publish(job, EventType::Warning, "GangRestart", text).await;
             return Ok(Action::requeue(Duration::from_secs(2)));

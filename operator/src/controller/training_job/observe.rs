@@ -30,8 +30,12 @@ pub enum Observed {
     },
 }
 
-fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
-    job.status
+fn job_condition<'a>(
+    batch_job: &'a Job,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    batch_job
+        .status
         .as_ref()?
         .conditions
         .as_ref()?
@@ -225,11 +229,11 @@ fn disrupted(pod: &Pod) -> bool {
         })
 }
 
-/// The outcome of `job` given its `pods`. `reported`: the rank whose trainer reported its
+/// The outcome of the run's batch Job `batch_job` given its `pods`. `reported`: the rank whose trainer reported its
 /// failure first (`LogRunEnd(false, "rank N: …")`), which wins over exit times: ranks that lose
 /// a peer fail in the same second, and the kubelet reports whole seconds.
-pub fn observe(job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed {
-    if job_condition(job, "Complete").is_some() {
+pub fn observe(batch_job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed {
+    if job_condition(batch_job, "Complete").is_some() {
         return Observed::Completed;
     }
     // The first pod to fail: by when its trainer exited (one that never ran, e.g. an image
@@ -255,7 +259,7 @@ pub fn observe(job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed {
             ),
         ));
     }
-    if let Some(condition) = job_condition(job, "Failed") {
+    if let Some(condition) = job_condition(batch_job, "Failed") {
         let reason = condition.reason.clone().unwrap_or_else(|| "Failed".into());
         let message = match (&failure, reason.as_str()) {
             (Some((_, pod)), "BackoffLimitExceeded") => pod.clone(),
@@ -290,7 +294,7 @@ pub fn observe(job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed {
     }
     match pods.iter().find_map(pending_reason) {
         Some((reason, message)) => Observed::Launching { reason, message },
-        None if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) => Observed::Launching {
+        None if batch_job.spec.as_ref().and_then(|s| s.suspend) == Some(true) => Observed::Launching {
             reason: "Suspended".into(),
             message: "the Job waits for its queue to admit it".into(),
         },
@@ -312,7 +316,7 @@ mod tests {
 
     use super::*;
 
-    fn job(conditions: serde_json::Value) -> Job {
+    fn batch_job(conditions: serde_json::Value) -> Job {
         serde_json::from_value(json!({"metadata": {"name": "j"}, "spec": {"template": {}}, "status": {"conditions": conditions}})).unwrap()
     }
 
@@ -339,13 +343,14 @@ mod tests {
 
     #[test]
     fn a_complete_job_completed() {
-        let done = job(json!([{"type": "Complete", "status": "True"}]));
+        let done = batch_job(json!([{"type": "Complete", "status": "True"}]));
         assert_eq!(observe(&done, &[], None), Observed::Completed);
     }
 
     #[test]
     fn a_failed_job_reports_the_worker_exit_code() {
-        let failed = job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
+        let failed =
+            batch_job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
         let exited = pod(
             json!({"phase": "Failed", "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}),
@@ -367,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_deadline_is_the_jobs_reason() {
-        let failed = job(
+        let failed = batch_job(
             json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]),
         );
         let Observed::Failed { reason, message, .. } = observe(&failed, &[], None) else {
@@ -379,7 +384,7 @@ mod tests {
 
     #[test]
     fn an_image_that_cannot_be_pulled_fails_the_run() {
-        let active = job(json!([]));
+        let active = batch_job(json!([]));
         let waiting = pod(
             json!({"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "nope:1", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}),
@@ -393,7 +398,7 @@ mod tests {
 
     #[test]
     fn an_unschedulable_pod_says_why() {
-        let active = job(json!([]));
+        let active = batch_job(json!([]));
         let pending = pod(
             json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}),
@@ -425,7 +430,8 @@ mod tests {
 
     #[test]
     fn the_reporting_rank_is_the_cause_before_its_exit_shows() {
-        let failed = job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
+        let failed =
+            batch_job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
         // Rank 1 reported its failure; its pod still shows it running while rank 0, which lost
         // its peer, shows its exit already.
         let peer = ranked(
@@ -459,7 +465,8 @@ mod tests {
 
     #[test]
     fn the_first_failed_rank_is_the_cause_and_its_last_log_line_the_reason() {
-        let failed = job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
+        let failed =
+            batch_job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
         // Rank 0 was stopped by the Job controller after rank 1 failed.
         let stopped = ranked("j-0-a", 0, exited(143, "2026-12-06T05:01:05Z", ""));
         let cause = ranked(
@@ -522,7 +529,7 @@ mod tests {
 
     #[test]
     fn an_eviction_fails_the_attempt_as_a_disruption() {
-        let failed = job(
+        let failed = batch_job(
             json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
             "message": "Pod ns/j-1-b has condition DisruptionTarget matching FailJob rule at index 0"}]),
         );
