@@ -1,14 +1,20 @@
-//! TrainingJob controller. Each reconcile runs the stages in order:
+//! TrainingJob controller. A reconcile of an active run is a straight line
+//! ([`reconcile_run`]): `advance` makes every write besides the status, each stage only once
+//! what it needs is there, and says where the run stands (`State`); that becomes the status in
+//! one write; then the event that is news, and when to look again (pure). The stages:
 //!
-//! 1. [`dereference`]: the run's Job and pods, its Dataset's Ready snapshot, its place in the
-//!    queue (reads only);
-//! 2. [`validate`]: what the schema cannot check (the algorithm is configured);
+//! 1. [`validate`]: what the schema cannot check (the algorithm is configured), then the run id;
+//! 2. [`dereference`]: the run's Job (never another's of its name) and pods, its Dataset's Ready
+//!    snapshot, its place in the queue, Kueue's word (reads only);
 //! 3. [`build`]: the run's Secret, Job and headless Service (pure);
 //! 4. [`restart`]: whether a multi-worker run's failed attempt restarts its gang (pure);
-//! 5. [`apply`]: the run-id label, launching the run, stopping a failed gang, deleting its
-//!    objects under the finalizer;
-//! 6. [`status`]: the status, computed once from what the stages found (pure) and written
+//! 5. [`apply`]: launching the run, stopping an earlier attempt's Job, and under the finalizer
+//!    the key's revocation and the deletion of its objects in storage;
+//! 6. [`status`]: the status, computed once from what was found (pure) and written
 //!    read-modify-write. The metadata store writes what the trainer reports into the same status.
+//!
+//! A gang's failed attempt is recorded first (the next attempt counted in the status); the
+//! reconcile that follows stops its Job, and the next attempt launches once its pods are gone.
 //!
 //! Phases: `Queued` (waiting for its snapshot or a slot), `Launching` (Job created, pods not
 //! running), `Running`, then `Succeeded` (every worker exited 0 and the artifact is recorded) or
@@ -51,7 +57,7 @@ use self::{
 use super::{reconciled::report_unreadable, watches::Events};
 use crate::{
     Error, Result,
-    context::Context,
+    context::{Context, TrainingSettings},
     error::{Stage, at},
     kueue::Workload,
     status::modify_cached_status,
@@ -158,7 +164,7 @@ pub fn needs_finalizer(job: &TrainingJob, own_keys: bool) -> bool {
     own_keys || job.spec.artifact_retain_policy == RetainPolicy::Delete
 }
 
-/// Writes the status `found` makes of `job`.
+/// Writes the status `found` makes of `job`: the reconcile's one status write.
 async fn report(api: &Api<TrainingJob>, job: &TrainingJob, found: &Found<'_>) -> Result<TrainingJob> {
     let now = Time(Timestamp::now());
     modify_cached_status(api, job, |current: &mut TrainingJob| {
@@ -168,60 +174,162 @@ async fn report(api: &Api<TrainingJob>, job: &TrainingJob, found: &Found<'_>) ->
     .map_err(at(Stage::Status))
 }
 
-/// Reports that an object of the run's names is not the run's (`taken` says whose), with a
-/// warning event when that is news, and looks again later: the operator never adopts it.
-async fn name_taken(api: &Api<TrainingJob>, job: &TrainingJob, ctx: &Context, taken: &str) -> Result<Action> {
-    let written = report(api, job, &Found::NameTaken(taken)).await?;
-    if job.status != written.status {
-        ctx.publish(job, EventType::Warning, "NameTaken", taken.to_string())
-            .await;
+/// Reconciles a run: its writes besides the status ([`advance`]), then what they found as the
+/// status (one write), the event that is news, and when to look again (pure).
+async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
+    let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    if job.has_ended() {
+        return finished(job, ctx, &api).await;
     }
-    Ok(Action::requeue(Duration::from_secs(30)))
+    let (job, state) = advance(job, ctx, &api).await?;
+    let found = state.found(ctx.training.as_ref());
+    let written = report(&api, &job, &found).await?;
+    announce(ctx, &job, &written, &found).await;
+    Ok(next(&state, &written))
 }
 
-async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
-    let namespace = job.namespace().unwrap_or_default();
-    let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
-    if job.has_ended() {
-        // Only a run-id label someone changed is put back, and its pods' own key revoked.
-        if job.run_id().is_some() {
-            apply::assign_run_id(job, ctx, &api)
-                .await
-                .map_err(at(Stage::Id))?;
-        }
-        if holds_own_key(job) {
-            apply::revoke_key(job, ctx).await.map_err(at(Stage::Apply))?;
-            report(&api, job, &Found::KeyRevoked).await?;
-        }
-        return Ok(Action::await_change());
+/// A run that ended: only a run-id label someone changed is put back, and its pods' own key
+/// revoked.
+async fn finished(job: &TrainingJob, ctx: &Context, api: &Api<TrainingJob>) -> Result<Action> {
+    if job.run_id().is_some() {
+        apply::assign_run_id(job, ctx, api).await.map_err(at(Stage::Id))?;
     }
+    if holds_own_key(job) {
+        apply::revoke_key(job, ctx).await.map_err(at(Stage::Apply))?;
+        report(api, job, &Found::KeyRevoked).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Where an active run stands after [`advance`]: what it owns, so that [`State::found`] can
+/// lend it to the status.
+enum State {
+    /// The spec cannot be acted on.
+    Invalid(validate::Invalid),
+    /// The operator lacks storage or the metadata store address.
+    NotConfigured,
+    /// An object of the run's names is another's.
+    NameTaken(String),
+    /// The run waits for its Dataset or snapshot.
+    WaitingForDataset(Waiting),
+    /// The run waits for a slot of `--max-concurrent-runs`.
+    WaitingForSlot {
+        version_hash: String,
+        active: usize,
+        ahead: usize,
+    },
+    /// Its own storage key cannot be issued.
+    NoStorageKey(miniautoml_data::KeyError),
+    /// The pods of an earlier attempt are stopping.
+    GangStopping { attempt: u32 },
+    /// The run's Job exists (launched now or before).
+    Launched {
+        version_hash: String,
+        name: String,
+        pods: Vec<Pod>,
+        /// The trainer image's digest, once the runtime resolved it.
+        code_version: Option<String>,
+        workers: Observed,
+        attempt: u32,
+        queued: Option<dereference::Queued>,
+        /// A multi-worker attempt failed and the gang restarts (whether it counts).
+        restart: Option<bool>,
+    },
+}
+
+impl State {
+    /// What the status says of it (pure).
+    fn found(&self, settings: Option<&TrainingSettings>) -> Found<'_> {
+        match self {
+            State::Invalid(invalid) => Found::Invalid(invalid),
+            State::NotConfigured => Found::NotConfigured,
+            State::NameTaken(taken) => Found::NameTaken(taken),
+            State::WaitingForDataset(waiting) => Found::WaitingForDataset {
+                reason: waiting.reason,
+                message: &waiting.message,
+            },
+            State::WaitingForSlot {
+                version_hash,
+                active,
+                ahead,
+            } => Found::WaitingForSlot {
+                version_hash,
+                active: *active,
+                ahead: *ahead,
+                max: settings.map_or(0, |s| s.max_concurrent_runs),
+            },
+            State::NoStorageKey(error) => Found::NoStorageKey(error),
+            State::GangStopping { attempt } => Found::GangStopping { attempt: *attempt },
+            State::Launched {
+                workers: Observed::Failed { message, .. },
+                attempt,
+                restart: Some(counted),
+                ..
+            } => Found::GangRestart {
+                failed: *attempt,
+                message,
+                counted: *counted,
+            },
+            State::Launched {
+                version_hash,
+                name,
+                pods,
+                code_version,
+                workers,
+                attempt,
+                queued,
+                ..
+            } => Found::Launched {
+                version_hash,
+                job_name: name,
+                code_version: code_version.as_deref(),
+                workers,
+                pods,
+                attempt: *attempt,
+                queued: queued.as_ref(),
+                key: settings.map_or(PodKey::Shared, |s| {
+                    match (s.pods.keys.scoped(), s.pods.keys.session_duration()) {
+                        (true, _) => PodKey::Own,
+                        (false, Some(lifetime)) => PodKey::Session(lifetime),
+                        (false, None) => PodKey::Shared,
+                    }
+                }),
+            },
+        }
+    }
+}
+
+/// Every write a run's reconcile makes besides its status, in order, each only once what it
+/// needs is there: the run id, the launch (snapshot ready, a slot free, its key issued), and
+/// the stop of an earlier attempt's Job. Returns the TrainingJob (with its id) and where the run
+/// stands; nothing here writes the status.
+async fn advance(job: &TrainingJob, ctx: &Context, api: &Api<TrainingJob>) -> Result<(TrainingJob, State)> {
     let image = match validate::validate(job, ctx) {
         Ok(image) => image.to_string(),
-        Err(invalid) => {
-            let written = report(&api, job, &Found::Invalid(&invalid)).await?;
-            if job.status != written.status {
-                ctx.publish(job, EventType::Warning, invalid.reason, invalid.message)
-                    .await;
-            }
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return Ok((job.clone(), State::Invalid(invalid))),
     };
-    let (run_id, job) = apply::assign_run_id(job, ctx, &api)
-        .await
-        .map_err(at(Stage::Id))?;
-    let job = &job;
+    let (run_id, job) = apply::assign_run_id(job, ctx, api).await.map_err(at(Stage::Id))?;
     let Some(settings) = &ctx.training else {
-        report(&api, job, &Found::NotConfigured).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok((job, State::NotConfigured));
     };
+    let state = launch_or_follow(&job, ctx, settings, run_id, &image).await?;
+    Ok((job, state))
+}
 
+/// The run's Job, launched when due, and what it and its pods say.
+async fn launch_or_follow(
+    job: &TrainingJob,
+    ctx: &Context,
+    settings: &TrainingSettings,
+    run_id: u64,
+    image: &str,
+) -> Result<State> {
     // A launched run keeps the snapshot it was launched on, whatever is committed since.
-    let name = job_name(job);
-    let (batch_job, version_hash) = match dereference::existing_run(ctx, job)
+    let existing = dereference::existing_run(ctx, job)
         .await
-        .map_err(at(Stage::Dereference))?
-    {
-        Err(taken) => return name_taken(&api, job, ctx, &taken).await,
+        .map_err(at(Stage::Dereference))?;
+    let (batch_job, version_hash) = match existing {
+        Err(taken) => return Ok(State::NameTaken(taken)),
         Ok(Some(existing)) => {
             let hash = launched_version_hash(&existing)
                 .or_else(|| job.status.as_ref().and_then(|s| s.dataset_version_hash.clone()))
@@ -233,64 +341,39 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
             // and ahead of the queue: the run holds its slot.
             let restarting = attempt(job) > 1;
             let snapshot = if restarting {
-                dereference::launched_snapshot(job, ctx)
-                    .await
-                    .map_err(at(Stage::Dereference))?
+                dereference::launched_snapshot(job, ctx).await
             } else {
-                dereference::ready_snapshot(job, ctx)
-                    .await
-                    .map_err(at(Stage::Dereference))?
+                dereference::ready_snapshot(job, ctx).await
             };
-            let ready = match snapshot {
+            let (dataset, snapshot) = match snapshot.map_err(at(Stage::Dereference))? {
                 Ok(ready) => ready,
-                Err(Waiting {
-                    reason,
-                    message,
-                    retry,
-                }) => {
-                    let found = Found::WaitingForDataset {
-                        reason,
-                        message: &message,
-                    };
-                    report(&api, job, &found).await?;
-                    return Ok(Action::requeue(Duration::from_secs(retry)));
-                }
+                Err(waiting) => return Ok(State::WaitingForDataset(waiting)),
             };
-            let version_hash = ready.1.version_hash.clone();
+            let version_hash = snapshot.version_hash.clone();
             // Kueue admits a run with a queueName: the operator's own queue leaves it alone.
             if settings.max_concurrent_runs > 0 && !restarting && job.spec.queue_name.is_none() {
                 let (ahead, active) = dereference::queue(job, ctx)
                     .await
                     .map_err(at(Stage::Dereference))?;
                 if active + ahead >= settings.max_concurrent_runs as usize {
-                    let found = Found::WaitingForSlot {
-                        version_hash: &version_hash,
+                    return Ok(State::WaitingForSlot {
+                        version_hash,
                         active,
                         ahead,
-                        max: settings.max_concurrent_runs,
-                    };
-                    report(&api, job, &found).await?;
-                    return Ok(Action::requeue(Duration::from_secs(2)));
+                    });
                 }
             }
-            let inputs = run_inputs(job, run_id, &image, (&ready.0, &ready.1), settings);
+            let inputs = run_inputs(job, run_id, image, (&dataset, &snapshot), settings);
             let credentials = match apply::issue_key(job, &inputs, settings).await {
                 Ok(credentials) => credentials,
-                Err(error) => {
-                    let written = report(&api, job, &Found::NoStorageKey(&error)).await?;
-                    if job.status != written.status {
-                        ctx.publish(job, EventType::Warning, "StorageKey", error.to_string())
-                            .await;
-                    }
-                    return Ok(Action::requeue(Duration::from_secs(30)));
-                }
+                Err(error) => return Ok(State::NoStorageKey(error)),
             };
-            match apply::launch(job, ctx, &inputs, (settings, &credentials))
+            let launched = apply::launch(job, ctx, &inputs, (settings, &credentials))
                 .await
-                .map_err(at(Stage::Apply))?
-            {
+                .map_err(at(Stage::Apply))?;
+            match launched {
                 Ok(batch_job) => (batch_job, version_hash),
-                Err(taken) => return name_taken(&api, job, ctx, &taken).await,
+                Err(taken) => return Ok(State::NameTaken(taken)),
             }
         }
     };
@@ -306,60 +389,76 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     // While Kueue holds the Job suspended (not admitted yet, or evicted), its pods stopping are
     // Kueue's doing, not a failed attempt.
     let held = queued.as_ref().is_some_and(|q| q.suspended);
-    if job.spec.workers > 1 && !held {
-        // The Job of an earlier attempt, going: wait until its pods are gone.
-        if batch_job.metadata.deletion_timestamp.is_some() || launched < attempt(job) {
-            apply::stop_job(&batch_job, ctx).await.map_err(at(Stage::Apply))?;
-            report(&api, job, &Found::GangStopping { attempt: launched }).await?;
-            return Ok(Action::requeue(Duration::from_secs(2)));
-        }
-        if let (Some(counted), Observed::Failed { message, .. }) = (restart::restart(job, &workers), &workers)
-        {
-            let found = Found::GangRestart {
-                failed: launched,
-                message,
-                counted,
-            };
-            let written = report(&api, job, &found).await?;
-            apply::stop_job(&batch_job, ctx).await.map_err(at(Stage::Apply))?;
-            let text = written.status.and_then(|s| s.message).unwrap_or_default();
-            ctx.publish(job, EventType::Warning, "GangRestart", text).await;
-            return Ok(Action::requeue(Duration::from_secs(2)));
-        }
+    let gang = job.spec.workers > 1 && !held;
+    // The Job of an earlier attempt (the status already counts the next): stop it, and launch
+    // the next once its pods are gone.
+    if gang && (batch_job.metadata.deletion_timestamp.is_some() || launched < attempt(job)) {
+        apply::stop_job(&batch_job, ctx).await.map_err(at(Stage::Apply))?;
+        return Ok(State::GangStopping { attempt: launched });
     }
-    let digest = image_digest(&pods);
-    let found = Found::Launched {
-        version_hash: &version_hash,
-        job_name: &name,
-        code_version: digest.as_deref(),
-        workers: &workers,
-        pods: &pods,
+    // A failed attempt of a gang is recorded first (the next attempt counted in the status);
+    // the next reconcile stops its Job.
+    let restart = gang.then(|| restart::restart(job, &workers)).flatten();
+    Ok(State::Launched {
+        version_hash,
+        name: job_name(job),
+        code_version: image_digest(&pods),
+        pods,
+        workers,
         attempt: launched,
-        queued: queued.as_ref(),
-        key: match (settings.pods.keys.scoped(), settings.pods.keys.session_duration()) {
-            (true, _) => PodKey::Own,
-            (false, Some(lifetime)) => PodKey::Session(lifetime),
-            (false, None) => PodKey::Shared,
-        },
+        queued,
+        restart,
+    })
+}
+
+/// The event for what the status write made news: a refused spec, a name taken, a storage key
+/// refused, a gang restart, the run's end.
+async fn announce(ctx: &Context, job: &TrainingJob, written: &TrainingJob, found: &Found<'_>) {
+    if job.status == written.status {
+        return;
+    }
+    let message = || {
+        written
+            .status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default()
     };
-    let written = report(&api, job, &found).await?;
-    match phase(&written) {
-        Some(ended @ (TrainingPhase::Succeeded | TrainingPhase::Failed)) => {
-            let (type_, reason) = match ended {
-                TrainingPhase::Succeeded => (EventType::Normal, "Succeeded"),
-                _ => (EventType::Warning, "Failed"),
-            };
-            let message = written
-                .status
-                .as_ref()
-                .and_then(|s| s.message.clone())
-                .unwrap_or_default();
-            ctx.publish(job, type_, reason, message).await;
-            Ok(Action::await_change())
-        }
-        // Kueue's queue positions change without an event for this run: look again soon.
-        Some(TrainingPhase::Queued) if queued.is_some() => Ok(Action::requeue(Duration::from_secs(5))),
-        // The Job and pod watches wake an active run; this is only a safety net.
-        _ => Ok(Action::requeue(Duration::from_secs(60))),
+    let (type_, reason, note) = match found {
+        Found::Invalid(invalid) => (EventType::Warning, invalid.reason, invalid.message.clone()),
+        Found::NameTaken(taken) => (EventType::Warning, "NameTaken", taken.to_string()),
+        Found::NoStorageKey(error) => (EventType::Warning, "StorageKey", error.to_string()),
+        Found::GangRestart { .. } => (EventType::Warning, "GangRestart", message()),
+        Found::Launched { .. } => match (phase(job), phase(written)) {
+            (before, Some(TrainingPhase::Succeeded)) if before != Some(TrainingPhase::Succeeded) => {
+                (EventType::Normal, "Succeeded", message())
+            }
+            (before, Some(TrainingPhase::Failed)) if before != Some(TrainingPhase::Failed) => {
+                (EventType::Warning, "Failed", message())
+            }
+            _ => return,
+        },
+        _ => return,
+    };
+    ctx.publish(job, type_, reason, note).await;
+}
+
+/// When to look at the run again, from where it stands and what was written (pure).
+fn next(state: &State, written: &TrainingJob) -> Action {
+    let seconds = |s| Action::requeue(Duration::from_secs(s));
+    match state {
+        State::Invalid(_) => Action::await_change(),
+        State::NotConfigured => seconds(60),
+        State::NameTaken(_) | State::NoStorageKey(_) => seconds(30),
+        State::WaitingForDataset(waiting) => seconds(waiting.retry),
+        State::WaitingForSlot { .. } | State::GangStopping { .. } => seconds(2),
+        State::Launched { restart: Some(_), .. } => seconds(2),
+        State::Launched { queued, .. } => match phase(written) {
+            Some(TrainingPhase::Succeeded | TrainingPhase::Failed) => Action::await_change(),
+            // Kueue's queue positions change without an event for this run: look again soon.
+            Some(TrainingPhase::Queued) if queued.is_some() => seconds(5),
+            // The Job and pod watches wake an active run; this is only a safety net.
+            _ => seconds(60),
+        },
     }
 }
