@@ -1,4 +1,4 @@
-//! Where things live in the bucket (ARCHITECTURE.md §4).
+//! Where things live in the bucket (docs/datasets.md, "Storage").
 
 /// Everything of one Dataset.
 pub fn dataset_prefix(namespace: &str, name: &str) -> String {

@@ -1,4 +1,4 @@
-//! Datasets in object storage (ARCHITECTURE.md §4, §7): commits ingested from a source by
+//! Datasets in object storage (docs/datasets.md): commits ingested from a source by
 //! streaming (memory bounded by a few upload parts, not by the file), their statistics, the
 //! original's snapshot selection and version hashes, and merged training snapshots. Used by the
 //! Dataset controller, the DataManagementService and the TrainingJob controller.

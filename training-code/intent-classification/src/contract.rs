@@ -1,4 +1,4 @@
-//! The training-image contract (ARCHITECTURE.md §5): the environment the operator (or the
+//! The training-image contract (docs/training.md, "The training-image contract"): the environment the operator (or the
 //! original MiniAutoML) gives a training container. Parsed in one place so that a missing or
 //! malformed variable is reported by name before any work starts.
 

@@ -212,7 +212,8 @@ pub fn build_secret(job: &TrainingJob, run_id: u64, token: &str, credentials: &C
     }
 }
 
-/// The contract's environment (ARCHITECTURE.md §5), hyperparameters last.
+/// The contract's environment (docs/training.md, "The training-image contract"), hyperparameters
+/// last.
 pub fn contract_env(job: &TrainingJob, inputs: &RunInputs) -> Vec<EnvVar> {
     let secret = secret_name(job);
     let mut vars = vec![
