@@ -48,21 +48,32 @@ pub fn upsert(conditions: &mut Vec<Condition>, mut new: Condition) -> bool {
     }
 }
 
-/// Sets the condition `type_` of `conditions` as observed at `now` for `generation` ([`upsert`]);
-/// true when anything but the time changed. The one helper every status writer uses.
-pub fn set(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: impl Into<String>,
-    generation: Option<i64>,
-    now: &Time,
-) -> bool {
-    upsert(
-        conditions,
-        condition(type_, ok, reason, message, generation, now.clone()),
-    )
+/// When conditions are observed: the object's generation and the time. The one helper every
+/// status writer sets its conditions with.
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    /// The object's `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The time of the observation.
+    pub now: &'a Time,
+}
+
+impl At<'_> {
+    /// Sets the condition `type_` of `conditions` ([`upsert`]); true when anything but the time
+    /// changed.
+    pub fn set(
+        self,
+        conditions: &mut Vec<Condition>,
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> bool {
+        upsert(
+            conditions,
+            condition(type_, ok, reason, message, self.generation, self.now.clone()),
+        )
+    }
 }
 
 /// The condition of type `type_`, if present.

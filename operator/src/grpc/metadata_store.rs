@@ -497,15 +497,11 @@ impl MetadataStoreService for MetadataStore {
                 } else if !failure_reported {
                     let now = Time(Timestamp::now());
                     let conditions = &mut status.conditions;
-                    conditions::set(
-                        conditions,
-                        FAILED,
-                        true,
-                        "TrainerFailed",
-                        message.clone(),
+                    conditions::At {
                         generation,
-                        &now,
-                    );
+                        now: &now,
+                    }
+                    .set(conditions, FAILED, true, "TrainerFailed", message.clone());
                 }
                 *status != before
             })

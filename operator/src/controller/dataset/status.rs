@@ -74,16 +74,9 @@ pub fn record(dataset: &mut Dataset, found: &Found, now: &Time) -> bool {
     let current = dataset.clone();
     let generation = dataset.metadata.generation;
     let status = dataset.status.get_or_insert_with(Default::default);
+    let at = conditions::At { generation, now };
     let set = |status: &mut DatasetStatus, type_: &str, ok: bool, reason: &str, message: String| {
-        conditions::set(
-            &mut status.conditions,
-            type_,
-            ok,
-            reason,
-            message,
-            generation,
-            now,
-        )
+        at.set(&mut status.conditions, type_, ok, reason, message)
     };
     let mut changed = set(status, ACCEPTED, true, "Valid", "The spec is valid".into());
     if status.observed_generation != generation {
@@ -178,15 +171,8 @@ fn record_commit(
     status.last_updated_at = Some(commit.created_at.clone());
     status.commits.push(commit);
     let generation = dataset.metadata.generation;
-    conditions::set(
-        &mut status.conditions,
-        INGESTED,
-        true,
-        "Ingested",
-        message,
-        generation,
-        now,
-    );
+    let at = conditions::At { generation, now };
+    at.set(&mut status.conditions, INGESTED, true, "Ingested", message);
     true
 }
 
@@ -209,15 +195,8 @@ fn record_rejection(
         rejected_at: now.clone(),
     });
     let generation = dataset.metadata.generation;
-    conditions::set(
-        &mut status.conditions,
-        INGESTED,
-        false,
-        "Rejected",
-        text,
-        generation,
-        now,
-    );
+    let at = conditions::At { generation, now };
+    at.set(&mut status.conditions, INGESTED, false, "Rejected", text);
     true
 }
 

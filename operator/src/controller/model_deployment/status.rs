@@ -40,15 +40,7 @@ pub fn record(
     let generation = md.metadata.generation;
     status.observed_generation = generation;
     let mut set = |type_: &str, ok: bool, reason: &str, message: &str| {
-        conditions::set(
-            &mut status.conditions,
-            type_,
-            ok,
-            reason,
-            message,
-            generation,
-            now,
-        );
+        conditions::At { generation, now }.set(&mut status.conditions, type_, ok, reason, message);
     };
     set(ACCEPTED, true, "Valid", "The spec is valid");
     match observed.model {

@@ -305,15 +305,7 @@ fn set(
     reason: &str,
     message: &str,
 ) {
-    conditions::set(
-        &mut status.conditions,
-        type_,
-        ok,
-        reason,
-        message,
-        generation,
-        now,
-    );
+    conditions::At { generation, now }.set(&mut status.conditions, type_, ok, reason, message);
 }
 
 /// Records what Kueue says of a queued run: `Admitted` (its ClusterQueue and flavors, or Kueue's
