@@ -78,7 +78,8 @@ async fn reconcile_dataset(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context)
     let (_, dataset) = ctx
         .ids
         .assign(&ctx.client, &ctx.id_namespace, (api, dataset), &DATASET_ID)
-        .await?;
+        .await
+        .map_err(at(Stage::Id))?;
     let namespace = dataset.namespace().unwrap_or_default();
     let decide = |dataset: &Dataset| next_step(dataset, &namespace, ctx.store.is_some(), &ctx.sources);
     let (base, found) = match decide(&dataset) {
