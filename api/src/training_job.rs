@@ -473,6 +473,18 @@ impl TrainingJob {
     pub fn run_id(&self) -> Option<u64> {
         self.status.as_ref()?.run_id.as_deref()?.parse().ok()
     }
+
+    /// The dataset id the original API answers for this run (GetTrainingStatus, GetRunStatus):
+    /// the one the caller of `Train` named (annotation [`crate::labels::DATASET_ID_ANNOTATION`]),
+    /// else, for a run made with kubectl, its Dataset's name.
+    pub fn caller_dataset_id(&self) -> String {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(crate::labels::DATASET_ID_ANNOTATION))
+            .cloned()
+            .unwrap_or_else(|| self.spec.dataset.name.clone())
+    }
 }
 
 #[cfg(test)]
@@ -484,6 +496,22 @@ mod tests {
             id: id.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_original_api_answers_the_dataset_id_its_caller_used() {
+        let mut job: TrainingJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "miniautoml.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "run"},
+            "spec": {"dataset": {"name": "tweets-grpc"}, "outputModelName": "m"},
+        }))
+        .unwrap();
+        assert_eq!(job.caller_dataset_id(), "tweets-grpc", "made with kubectl");
+        job.metadata.annotations = Some(BTreeMap::from([(
+            crate::labels::DATASET_ID_ANNOTATION.to_string(),
+            "1".to_string(),
+        )]));
+        assert_eq!(job.caller_dataset_id(), "1", "made by Train on dataset 1");
     }
 
     #[test]

@@ -651,6 +651,8 @@ async fn the_original_training_api_and_an_operator_restart_mid_run() {
         .run_info
         .unwrap();
     assert!(info.success && info.epochs.len() == 3, "{info:?}");
+    // The dataset id the caller trained on, as the original answers it (not the Dataset's name).
+    assert_eq!(info.tracing.unwrap().dataset_id, summary.dataset_id);
 
     // The original workflow through grpcurl (what `make demo` runs): Train, GetTrainingStatus
     // until it ends, GetRunStatus, GetArtifact.

@@ -336,7 +336,7 @@ pub fn run_info(job: &TrainingJob) -> pb::RunInfo {
         run_id: run_id.clone(),
         run_name: format!("training job {run_id}"),
         tracing: Some(pb::TracingInformation {
-            dataset_id: job.spec.dataset.name.clone(),
+            dataset_id: job.caller_dataset_id(),
             version_hash: status.dataset_version_hash.clone().unwrap_or_default(),
             code_version: status.code_version.clone().unwrap_or_default(),
         }),

@@ -254,11 +254,7 @@ impl Service for Training {
         let status = job.status.clone().unwrap_or_default();
         let metadata = pb::TrainingJobMetadata {
             algorithm: job.spec.algorithm.clone().unwrap_or_default(),
-            dataset_id: job
-                .annotations()
-                .get(DATASET_ID_ANNOTATION)
-                .cloned()
-                .unwrap_or_else(|| job.spec.dataset.name.clone()),
+            dataset_id: job.caller_dataset_id(),
             name: job
                 .annotations()
                 .get(NAME_ANNOTATION)
