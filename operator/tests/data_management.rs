@@ -286,7 +286,22 @@ async fn the_original_dataset_workflow_over_grpc() {
         .into_inner();
     assert_eq!(summary.commits.len(), 2, "earlier commits stay");
 
-    // Ids are durable: a restarted operator serves the same dataset under the same id.
+    // Ids are durable: a restarted operator serves the same dataset under the same id. And a
+    // read gives no id and writes no label: the ids as the Datasets hold them are the same
+    // before and after ListDatasets and GetDatasetSummary.
+    let datasets = kube::Api::<miniautoml_api::Dataset>::namespaced(client.clone(), &ns.name);
+    let ids = || async {
+        let list = datasets.list(&Default::default()).await.unwrap();
+        list.items
+            .iter()
+            .map(|d| {
+                let label = d.metadata.labels.clone().unwrap_or_default();
+                let label = label.get(miniautoml_api::labels::DATASET_ID_LABEL).cloned();
+                (d.metadata.name.clone().unwrap_or_default(), d.dataset_id(), label)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before_reads = ids().await;
     drop(operator);
     let (_operator, mut grpc) = start(cluster, &ns.name).await;
     let listed: Vec<String> = {
@@ -310,6 +325,7 @@ async fn the_original_dataset_workflow_over_grpc() {
         .unwrap()
         .into_inner();
     assert_eq!((summary.name.as_str(), summary.commits.len()), ("tweets", 2));
+    assert_eq!(ids().await, before_reads, "reads changed no id and no label");
 
     grpc.delete_dataset(pb::DatasetPointer {
         dataset_id: id.clone(),
