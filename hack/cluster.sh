@@ -65,7 +65,9 @@ start() {
   echo $! >"$RUN/$name.pid"
 }
 
-# stop_component NAME: SIGTERM, then SIGKILL after 5 s.
+# stop_component NAME: SIGTERM, then SIGKILL after 5 s; returns once the process is gone, so
+# that a start right after it starts a new one (a restart of the API server once found the old
+# one still exiting, started nothing, and failed "did not come up").
 stop_component() {
   local name=$1
   running "$name" || return 0
@@ -73,6 +75,9 @@ stop_component() {
   kill -TERM "$(cat "$RUN/$name.pid")" 2>/dev/null || true
   for _ in $(seq 1 20); do running "$name" || return 0; sleep 0.25; done
   kill -KILL "$(cat "$RUN/$name.pid")" 2>/dev/null || true
+  for _ in $(seq 1 100); do running "$name" || return 0; sleep 0.1; done
+  log "$name (pid $(cat "$RUN/$name.pid")) did not exit after SIGKILL"
+  return 1
 }
 
 # wait_for NAME COMMAND...: polls COMMAND until it succeeds (60 s), else shows NAME's log.
@@ -569,10 +574,10 @@ EOT
 }
 
 down() {
-  stop_component local-path-provisioner
+  stop_component local-path-provisioner || true
   node_down
   for component in seaweedfs kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    stop_component "$component"
+    stop_component "$component" || true
   done
   rm -rf "$STATE"
   log "stopped; state removed"
