@@ -31,6 +31,7 @@ pub const MAX_REPLICAS: i32 = 32;
     shortname = "mdep",
     category = "miniautoml",
     cel,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a ModelDeployment's name must be at most 63 characters: it labels its predictor pods, and a label value is at most 63"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas"

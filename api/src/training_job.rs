@@ -76,6 +76,7 @@ pub const MAX_GPUS: i32 = 8;
     shortname = "tj",
     category = "miniautoml",
     cel,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a TrainingJob's name must be at most 63 characters: it labels the run's Job and pods, and a label value is at most 63"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Progress",

@@ -335,11 +335,19 @@ async fn a_missing_dataset_queues_and_a_trainer_without_an_artifact_fails() {
 #[tokio::test(flavor = "multi_thread")]
 async fn long_names_sharing_a_prefix_get_their_own_objects_and_a_stranger_s_job_is_never_adopted() {
     let (_cluster, client, ns, _operator, jobs, _logs) = with_tweets("training-names", &[]).await;
-    // Two names longer than a derived name's stem (50), alike for their first 63 characters.
-    let prefix = "a-training-job-whose-name-runs-well-beyond-fifty-characters-long";
+    // Two names longer than a derived name's stem (50), alike for their first 55 characters
+    // (a TrainingJob's name is at most 63: it is a label value on its Job and pods).
+    let prefix = "a-training-job-whose-name-runs-beyond-fifty-characters";
     let names = [format!("{prefix}-one"), format!("{prefix}-two")];
     // miniautoml/test-env runs `env` and exits 0: each run ends Failed (NoArtifact) at once.
     let quick = serde_json::json!({"algorithm": null, "image": "miniautoml/test-env:1"});
+    let too_long = format!("{prefix}-and-then-some");
+    let refused = jobs
+        .create(&PostParams::default(), &training_job(&too_long, quick.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("must be at most 63 characters"), "{refused}");
     for name in &names {
         jobs.create(&PostParams::default(), &training_job(name, quick.clone()))
             .await
