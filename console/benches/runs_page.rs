@@ -21,7 +21,7 @@ use miniautoml_api::{
     training_job::{EpochStatus, TrainingPhase},
 };
 use miniautoml_console::{
-    Action, ArtifactFile, Backend, Prediction, Refusal, Settings, SystemInfo, Viewer, router,
+    Anyone, ArtifactFile, Backend, Prediction, Refusal, Settings, SystemInfo, Viewer, router,
 };
 use tower::ServiceExt;
 
@@ -29,17 +29,6 @@ const RUNS: usize = 500;
 const NAMESPACES: usize = 10;
 const LONG_EPOCHS: u64 = 1500;
 const REQUESTS: usize = 40;
-
-struct Everyone;
-
-impl Viewer for Everyone {
-    fn name(&self) -> &str {
-        "bench"
-    }
-    fn may<'a>(&'a self, _: Action, _: &'a str) -> BoxFuture<'a, Result<bool, Refusal>> {
-        Box::pin(async { Ok(true) })
-    }
-}
 
 struct Held {
     runs: Vec<Arc<TrainingJob>>,
@@ -52,21 +41,13 @@ impl Backend for Held {
         _: Option<&'a str>,
         _: &'a str,
     ) -> BoxFuture<'a, Result<Arc<dyn Viewer>, Refusal>> {
-        Box::pin(async { Ok(Arc::new(Everyone) as Arc<dyn Viewer>) })
+        Box::pin(async { Ok(Arc::new(Anyone) as Arc<dyn Viewer>) })
     }
     fn needs_token(&self) -> bool {
         false
     }
     fn runs(&self) -> Vec<Arc<TrainingJob>> {
         self.runs.clone()
-    }
-    fn run(&self, namespace: &str, name: &str) -> Option<Arc<TrainingJob>> {
-        self.runs
-            .iter()
-            .find(|r| {
-                r.metadata.namespace.as_deref() == Some(namespace) && r.metadata.name.as_deref() == Some(name)
-            })
-            .cloned()
     }
     fn datasets(&self) -> Vec<Arc<Dataset>> {
         Vec::new()

@@ -72,6 +72,20 @@ pub trait Viewer: Send + Sync {
     fn may<'a>(&'a self, action: Action, namespace: &'a str) -> BoxFuture<'a, Result<bool, Refusal>>;
 }
 
+/// Anyone, who may do everything: the viewer where authentication is off
+/// (`--grpc-auth=none`).
+pub struct Anyone;
+
+impl Viewer for Anyone {
+    fn name(&self) -> &str {
+        "anyone (authentication is off)"
+    }
+
+    fn may<'a>(&'a self, _: Action, _: &'a str) -> BoxFuture<'a, Result<bool, Refusal>> {
+        Box::pin(async { Ok(true) })
+    }
+}
+
 /// One file of a model artifact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ArtifactFile {
@@ -125,8 +139,13 @@ pub trait Backend: Send + Sync + 'static {
     fn needs_token(&self) -> bool;
     /// Every TrainingJob the operator watches.
     fn runs(&self) -> Vec<Arc<TrainingJob>>;
-    /// One TrainingJob.
-    fn run(&self, namespace: &str, name: &str) -> Option<Arc<TrainingJob>>;
+    /// One TrainingJob (by default found among [`Backend::runs`]; a backend with an index
+    /// looks it up).
+    fn run(&self, namespace: &str, name: &str) -> Option<Arc<TrainingJob>> {
+        self.runs().into_iter().find(|run| {
+            run.metadata.namespace.as_deref() == Some(namespace) && run.metadata.name.as_deref() == Some(name)
+        })
+    }
     /// Every Dataset.
     fn datasets(&self) -> Vec<Arc<Dataset>>;
     /// Every ModelDeployment.

@@ -28,7 +28,7 @@ use crate::routes::{
     system_page,
 };
 pub use crate::{
-    backend::{Action, ArtifactFile, Backend, Prediction, Refusal, SystemInfo, Viewer},
+    backend::{Action, Anyone, ArtifactFile, Backend, Prediction, Refusal, SystemInfo, Viewer},
     routes::{
         CONTENT_SECURITY_POLICY, COOKIE, MAX_COMPARED, MAX_DOCUMENT, Peer, Seen, Settings, allowed, history,
         token,

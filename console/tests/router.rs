@@ -90,14 +90,6 @@ impl Backend for Fake {
     fn runs(&self) -> Vec<Arc<TrainingJob>> {
         self.runs.clone()
     }
-    fn run(&self, namespace: &str, name: &str) -> Option<Arc<TrainingJob>> {
-        self.runs
-            .iter()
-            .find(|r| {
-                r.metadata.namespace.as_deref() == Some(namespace) && r.metadata.name.as_deref() == Some(name)
-            })
-            .cloned()
-    }
     fn datasets(&self) -> Vec<Arc<Dataset>> {
         self.datasets.clone()
     }

@@ -11,9 +11,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{create_runs, env_number, gpu_nodes, remove_gpu_nodes, simulate, small_dataset};
-use kube::{Api, api::ListParams};
-use miniautoml_api::{TrainingJob, training_job::TrainingPhase};
+use common::{
+    count_succeeded, create_runs, env_number, gpu_nodes, remove_gpu_nodes, simulate, small_dataset,
+};
+use kube::Api;
+use miniautoml_api::TrainingJob;
 use miniautoml_e2e::browser::Browser;
 use miniautoml_test_support::{LocalCluster, OperatorProcess, TestNamespace, install_crds};
 
@@ -53,14 +55,7 @@ async fn main() {
     let started = Instant::now();
     create_runs(&jobs, runs, None).await;
     loop {
-        let done = jobs
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(TrainingPhase::Succeeded))
-            .count();
+        let done = count_succeeded(&jobs).await;
         if done == runs {
             break;
         }

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{Api, Client, api::ListParams};
-use miniautoml_api::{TrainingJob, training_job::TrainingPhase};
+use miniautoml_api::TrainingJob;
 use miniautoml_test_support::{LocalCluster, OperatorProcess, TestNamespace, install_crds};
 
 use common::{
-    GPUS_PER_NODE, api_requests, create_runs, env_number, gpu_nodes, memory_mib, peak_rss_mib,
-    remove_gpu_nodes, requests_between, simulate, small_dataset,
+    GPUS_PER_NODE, api_requests, count_succeeded, create_runs, env_number, gpu_nodes, memory_mib,
+    peak_rss_mib, remove_gpu_nodes, requests_between, simulate, small_dataset,
 };
 
 /// What one pass measured.
@@ -113,14 +113,7 @@ async fn pass(
                 started = Some(start.elapsed());
             }
         }
-        let done = jobs
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(TrainingPhase::Succeeded))
-            .count();
+        let done = count_succeeded(&jobs).await;
         if done >= runs {
             succeeded = Some(start.elapsed());
         }

@@ -19,7 +19,7 @@ use lru::LruCache;
 use miniautoml_api::{
     Dataset, ModelDeployment, TrainingJob, labels::MODEL_DEPLOYMENT_LABEL, training_job::EpochStatus,
 };
-use miniautoml_console::{Action, ArtifactFile, Backend, Prediction, Refusal, SystemInfo, Viewer};
+use miniautoml_console::{Action, Anyone, ArtifactFile, Backend, Prediction, Refusal, SystemInfo, Viewer};
 use miniautoml_data::layout;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -376,19 +376,6 @@ impl Viewer for Reviewed {
                 Err(status) => Err(refusal(status)),
             }
         })
-    }
-}
-
-/// Anyone, where authentication is off (`--grpc-auth=none`).
-struct Anyone;
-
-impl Viewer for Anyone {
-    fn name(&self) -> &str {
-        "anyone (authentication is off)"
-    }
-
-    fn may<'a>(&'a self, _: Action, _: &'a str) -> BoxFuture<'a, Result<bool, Refusal>> {
-        Box::pin(async { Ok(true) })
     }
 }
 

@@ -27,6 +27,16 @@ use miniautoml_test_support::{
 pub const GPUS_PER_NODE: u32 = 8;
 pub const POOL: &str = "bench-gpu";
 
+/// How many of `jobs`' TrainingJobs have Succeeded.
+pub async fn count_succeeded(jobs: &kube::Api<miniautoml_api::TrainingJob>) -> usize {
+    let list = jobs.list(&Default::default()).await.unwrap();
+    let phase = miniautoml_api::training_job::TrainingPhase::Succeeded;
+    list.items
+        .iter()
+        .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(phase))
+        .count()
+}
+
 pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
