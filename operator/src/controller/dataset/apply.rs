@@ -8,7 +8,7 @@ use kube::{ResourceExt, runtime::controller::Action};
 use miniautoml_api::{Dataset, DatasetCommitStatus, RetainPolicy};
 use miniautoml_data::{IngestError, Store, ingest_commit, layout};
 
-use super::status::Found;
+use super::{status::Found, validate::unavailable};
 use crate::{
     Result,
     context::Context,
@@ -59,11 +59,7 @@ pub async fn ingest(
             }
             let message = match error {
                 // Said as for a source the namespace may not read: the same words for both.
-                IngestError::Missing(_) => {
-                    let bucket = spec.source.bucket.as_deref().unwrap_or_default();
-                    let key = spec.source.key.as_ref().or(spec.source.prefix.as_ref());
-                    sources.unavailable(&namespace, bucket, key.map(String::as_str).unwrap_or_default())
-                }
+                IngestError::Missing(_) => unavailable(sources, &namespace, &spec.source),
                 other => other.to_string(),
             };
             Found::Rejected { entry, message }

@@ -2,7 +2,7 @@
 //! entry processed), wait for storage to be configured, refuse an entry whose source the
 //! namespace may not read (before any read), or ingest the next entry as the next commit.
 
-use miniautoml_api::{Dataset, dataset::READY};
+use miniautoml_api::{Dataset, ObjectSource, dataset::READY};
 
 use super::status::ingesting;
 use crate::{conditions, sources::SourcePolicy};
@@ -41,18 +41,24 @@ pub fn next_step(dataset: &Dataset, namespace: &str, configured: bool, sources: 
         return Step::NotConfigured;
     }
     let source = &dataset.spec.commits[entry].source;
-    let key = source.key.as_ref().or(source.prefix.as_ref());
-    let allowed = match (&source.bucket, key) {
+    let allowed = match (&source.bucket, source.key.as_ref().or(source.prefix.as_ref())) {
         (Some(bucket), Some(key)) => sources.allows(namespace, bucket, key),
         _ => false,
     };
     if !allowed && source.url.is_none() {
-        let bucket = source.bucket.as_deref().unwrap_or_default();
-        let message = sources.unavailable(namespace, bucket, key.map(String::as_str).unwrap_or_default());
+        let message = unavailable(sources, namespace, source);
         return Step::Refused { entry, message };
     }
     let id = dataset.status.as_ref().map_or(0, |s| s.commit_count) + 1;
     Step::Next { entry, id }
+}
+
+/// What a source the namespace may not read, or that is missing, is answered: the same words
+/// for both, so a refusal tells nothing about what exists.
+pub fn unavailable(sources: &SourcePolicy, namespace: &str, source: &ObjectSource) -> String {
+    let bucket = source.bucket.as_deref().unwrap_or_default();
+    let key = source.key.as_ref().or(source.prefix.as_ref());
+    sources.unavailable(namespace, bucket, key.map(String::as_str).unwrap_or_default())
 }
 
 /// Whether `dataset`'s status already says it is ingesting `spec.commits[entry]` as commit `id`
