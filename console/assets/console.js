@@ -32,6 +32,20 @@
     return Number.isFinite(v) ? v : null;
   }
 
+  // fetch, tried again (twice, half a second apart) when the request never got an answer:
+  // a browser aborts requests in flight when the machine's network changes. Every request
+  // this page sends is a read or a prediction, so sending one again changes nothing.
+  async function fetchAgain(url, options) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fetch(url, options);
+      } catch (err) {
+        if (attempt >= 3 || !(err instanceof TypeError)) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    }
+  }
+
   function el(tag, text, attrs) {
     const e = document.createElement(tag);
     if (text != null) e.textContent = text;
@@ -90,7 +104,7 @@
         const url = new URL(location.href);
         url.searchParams.set('fragment', 'rows');
         url.hash = '';
-        const res = await fetch(url, { credentials: 'same-origin', cache: 'no-store', headers: { accept: 'text/html' } });
+        const res = await fetchAgain(url, { credentials: 'same-origin', cache: 'no-store', headers: { accept: 'text/html' } });
         const text = await res.text();
         if (res.status !== 200) {
           showError(text.trim().slice(0, 500) || `Refresh failed: ${res.status} ${res.statusText}`);
@@ -340,7 +354,7 @@
     try { runs = JSON.parse(section.dataset.runs || '[]'); } catch (e) { runs = []; }
     const results = await Promise.all(runs.map(async (run) => {
       try {
-        const res = await fetch(run.epochs, { credentials: 'same-origin', headers: { accept: 'application/json' } });
+        const res = await fetchAgain(run.epochs, { credentials: 'same-origin', headers: { accept: 'application/json' } });
         if (res.status !== 200) throw new Error(`${res.status} ${res.statusText}`.trim());
         const body = await res.json();
         return { run, epochs: Array.isArray(body.epochs) ? body.epochs : [] };
@@ -410,7 +424,7 @@
       if (busy) return;
       setBusy(true);
       try {
-        const res = await fetch(form.dataset.action, {
+        const res = await fetchAgain(form.dataset.action, {
           method: 'POST', credentials: 'same-origin',
           headers: { 'content-type': 'application/json', accept: 'application/json' },
           body: JSON.stringify({ text: form.elements.text.value }),

@@ -14,6 +14,11 @@ use std::{
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::Value;
 
+/// Chromium's net error for a request cut off by a change of the machine's interfaces.
+const NETWORK_CHANGED: &str = "ERR_NETWORK_CHANGED";
+/// How many times one navigation is repeated after a network change.
+const RELOADS: u32 = 3;
+
 /// A browser session, closed (and chromedriver stopped) when dropped.
 pub struct Browser {
     runtime: tokio::runtime::Runtime,
@@ -117,11 +122,34 @@ impl Browser {
         self.client.as_ref().expect("an open session")
     }
 
-    /// Opens `url` and waits for the page to load.
+    /// Opens `url` and waits for the page to load. A navigation that chromium aborts because the
+    /// machine's network changed (every pod the test starts adds an interface on this host) is
+    /// retried, as a user would reload; any other failure fails the test.
     pub fn goto(&self, url: &str) {
+        for attempt in 1.. {
+            match self.runtime.block_on(self.client().goto(url)) {
+                Ok(()) if self.network_changed() && attempt < RELOADS => {
+                    eprintln!("[browser] {url}: ERR_NETWORK_CHANGED, opening it again");
+                }
+                Ok(()) => return,
+                Err(e) if e.to_string().contains(NETWORK_CHANGED) && attempt < RELOADS => {
+                    eprintln!("[browser] {url}: {e}; opening it again");
+                }
+                Err(e) => panic!("open {url}: {e}"),
+            }
+        }
+    }
+
+    /// Whether the window shows chromium's own error page for a navigation aborted by a network
+    /// change (not a page of ours: those never carry `#main-frame-error`).
+    fn network_changed(&self) -> bool {
         self.runtime
-            .block_on(self.client().goto(url))
-            .unwrap_or_else(|e| panic!("open {url}: {e}"));
+            .block_on(self.client().execute(
+                "const e = document.getElementById('main-frame-error'); return e !== null && document.body.innerText.includes('ERR_NETWORK_CHANGED');",
+                Vec::new(),
+            ))
+            .map(|v| v == Value::Bool(true))
+            .unwrap_or(false)
     }
 
     /// The page's URL, without its fragment (which may carry a token).
@@ -155,8 +183,11 @@ impl Browser {
     }
 
     /// Waits until `script` returns something other than `null`/`false`, and returns it.
+    /// A page that chromium replaced with its network-change error page is reloaded (at most
+    /// a few times), as a user would; every other page is left as it is.
     pub fn wait_for(&self, what: &str, timeout: Duration, script: &str) -> Value {
         let deadline = Instant::now() + timeout;
+        let mut reloads = 0;
         loop {
             let value = self
                 .runtime
@@ -164,6 +195,12 @@ impl Browser {
                 .unwrap_or(Value::Null);
             if !(value.is_null() || value == Value::Bool(false)) {
                 return value;
+            }
+            if reloads < RELOADS && self.network_changed() {
+                reloads += 1;
+                eprintln!("[browser] {}: ERR_NETWORK_CHANGED, reloading", self.url());
+                let _ = self.runtime.block_on(self.client().refresh());
+                continue;
             }
             if Instant::now() > deadline {
                 let shot =
