@@ -126,16 +126,18 @@ impl Browser {
     /// machine's network changed (every pod the test starts adds an interface on this host) is
     /// retried, as a user would reload; any other failure fails the test.
     pub fn goto(&self, url: &str) {
+        // The fragment may carry a token: never into a log.
+        let shown = url.split('#').next().unwrap_or_default();
         for attempt in 1.. {
             match self.runtime.block_on(self.client().goto(url)) {
                 Ok(()) if self.network_changed() && attempt < RELOADS => {
-                    eprintln!("[browser] {url}: ERR_NETWORK_CHANGED, opening it again");
+                    eprintln!("[browser] {shown}: ERR_NETWORK_CHANGED, opening it again");
                 }
                 Ok(()) => return,
                 Err(e) if e.to_string().contains(NETWORK_CHANGED) && attempt < RELOADS => {
-                    eprintln!("[browser] {url}: {e}; opening it again");
+                    eprintln!("[browser] {shown}: {e}; opening it again");
                 }
-                Err(e) => panic!("open {url}: {e}"),
+                Err(e) => panic!("open {shown}: {e}"),
             }
         }
     }
