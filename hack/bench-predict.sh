@@ -53,7 +53,7 @@ cargo build --release --locked --quiet -p miniautoml-predictor -p miniautoml-int
   --bin miniautoml-predictor --bin intent-classification
 cargo bench --locked --quiet -p miniautoml-predictor --bench predict --no-run
 
-target/release/intent-classification train --data "$DATA/tweet_emotion_part1.csv" "$DATA/tweet_emotion_part2.csv" \
+"${CARGO_TARGET_DIR:-target}"/release/intent-classification train --data "$DATA/tweet_emotion_part1.csv" "$DATA/tweet_emotion_part2.csv" \
   --out "$WORK/model" >"$WORK/train.log"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Waits (at most 60 s) until `$@` succeeds while the server is alive.
@@ -79,7 +79,7 @@ load() {
 start_rust() {
   port=$(free_port)
   local http_port; http_port=$(free_port)
-  RUST_LOG=warn target/release/miniautoml-predictor --model-uri "$WORK/model" --host 127.0.0.1 \
+  RUST_LOG=warn "${CARGO_TARGET_DIR:-target}"/release/miniautoml-predictor --model-uri "$WORK/model" --host 127.0.0.1 \
     --grpc-port "$port" --http-port "$http_port" --run-id 1 --model-name tweets --shutdown-delay 0 \
     2>>"$WORK/predictor.log" &
   SERVER_PID=$!
