@@ -9,7 +9,7 @@ use miniautoml_intent_model::Classifier;
 use crate::data::Examples;
 use crate::hyperparameters::Hyperparameters;
 use crate::package::{Provenance, evaluate_file, package};
-use crate::train::{describe_epoch, train as train_model, training_device};
+use crate::train::{describe_epoch, describe_refit, train as train_model, training_device};
 use crate::{Error, Result};
 
 /// `train --data … --out DIR --param NAME=VALUE…`.
@@ -40,6 +40,9 @@ pub fn train(data: &[PathBuf], out: &Path, params: &[String]) -> Result<()> {
         Ok(())
     })?;
     let seconds = clock.elapsed().as_secs_f64();
+    if let Some(refit) = trained.refit {
+        println!("{}", describe_refit(&refit));
+    }
     let provenance = Provenance {
         algorithm: "intent-classification".into(),
         data: BTreeMap::from([(
@@ -54,7 +57,9 @@ pub fn train(data: &[PathBuf], out: &Path, params: &[String]) -> Result<()> {
     packaged.files.write_dir(out)?;
     println!(
         "trained in {seconds:.3} s ({:.0} examples/s), {} features",
-        (split.train.len() * hyperparameters.epochs) as f64 / seconds,
+        (split.train.len() * hyperparameters.epochs + trained.refit.map_or(0, |r| r.examples * r.epochs))
+            as f64
+            / seconds,
         trained.vocabulary.len()
     );
     if let Some(test) = packaged.test {

@@ -209,6 +209,25 @@ pub const HYPERPARAMETERS: &[Param] = &[
         },
         show: |h| h.test_fraction.to_string(),
     },
+    Param {
+        name: "REFIT",
+        help: "after the epochs, train again from scratch on train + validation for the epoch count that scored best on validation (ngram-nb true, embedding-bag false)",
+        only: None,
+        read: |h, v| {
+            h.refit = match v {
+                None => !h.original(),
+                Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(Error::Contract(format!(
+                        "REFIT={other:?}: expected true or false"
+                    )));
+                }
+            };
+            Ok(())
+        },
+        show: |h| h.refit.to_string(),
+    },
 ];
 
 /// A whole number ≥ `min`, `default` when unset.
@@ -305,6 +324,8 @@ pub struct Hyperparameters {
     pub validation_fraction: f64,
     /// `TEST_FRACTION`.
     pub test_fraction: f64,
+    /// `REFIT`.
+    pub refit: bool,
 }
 
 impl Hyperparameters {
@@ -327,6 +348,7 @@ impl Hyperparameters {
             seed: 0,
             validation_fraction: 0.0,
             test_fraction: 0.0,
+            refit: false,
         };
         // In the table's order: ARCHITECTURE before the defaults that depend on it.
         for param in HYPERPARAMETERS {
@@ -403,7 +425,10 @@ mod tests {
         );
         assert!(ours.balanced);
         assert_eq!((ours.lr, ours.optimizer_lr(), ours.clip_norm), (5.0, 0.005, 1.0));
-        assert_eq!((ours.min_df, ours.loss), (2, Loss::SquaredHinge));
+        assert_eq!(
+            (ours.min_df, ours.loss, ours.refit),
+            (2, Loss::SquaredHinge, true)
+        );
         let original = parse(&[("ARCHITECTURE", "embedding-bag")]).unwrap();
         assert_eq!(
             (
@@ -416,7 +441,7 @@ mod tests {
         );
         assert!(!original.balanced);
         assert_eq!((original.optimizer_lr(), original.clip_norm), (5.0, 0.1));
-        assert_eq!(original.loss, Loss::CrossEntropy);
+        assert_eq!((original.loss, original.refit), (Loss::CrossEntropy, false));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::contract::{JobConfig, endpoint_url};
 use crate::data::Examples;
 use crate::package::{CODE_VERSION, Provenance, package};
-use crate::train::{EpochReport, describe_epoch, train, training_device};
+use crate::train::{EpochReport, describe_epoch, describe_refit, train, training_device};
 use crate::{Error, Result};
 
 /// Sends the run's token with every call.
@@ -296,6 +296,9 @@ fn run_started(
         ))?;
         Ok(())
     })?;
+    if let Some(refit) = trained.refit {
+        println!("{}", describe_refit(&refit));
+    }
     let provenance = Provenance {
         algorithm: config.algorithm.clone(),
         data: BTreeMap::from([
@@ -335,7 +338,13 @@ fn run_started(
         |mut c, r| async move { c.create_artifact(r).await },
     ))?;
     let message = match (packaged.test, trained.epochs.last().and_then(|e| e.validation)) {
-        (Some(test), _) => format!("test accuracy {:.3}", test.accuracy),
+        (Some(test), _) => match trained.refit {
+            Some(refit) => format!(
+                "test accuracy {:.3} macro-F1 {:.3}, refit on train + validation ({} examples, {} epochs)",
+                test.accuracy, test.macro_f1, refit.examples, refit.epochs
+            ),
+            None => format!("test accuracy {:.3} macro-F1 {:.3}", test.accuracy, test.macro_f1),
+        },
         (None, Some((validation, _))) => format!("validation accuracy {:.3}", validation.accuracy),
         (None, None) => format!("trained {} epochs", trained.epochs.len()),
     };

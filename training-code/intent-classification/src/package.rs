@@ -55,6 +55,9 @@ pub fn package(
     data.insert("trainExamples".into(), split.train.len().to_string());
     data.insert("validationExamples".into(), split.validation.len().to_string());
     data.insert("testExamples".into(), split.test.len().to_string());
+    if let Some(refit) = trained.refit {
+        data.insert("refitExamples".into(), refit.examples.to_string());
+    }
     let mut manifest = Manifest {
         format: String::new(),
         algorithm: provenance.algorithm.clone(),
@@ -66,6 +69,9 @@ pub fn package(
         data,
         files: BTreeMap::new(),
     };
+    if let Some(refit) = trained.refit {
+        manifest.metrics.insert("refitEpochs".into(), refit.epochs as f64);
+    }
     if let Some(last) = trained.epochs.last() {
         manifest.metrics.insert("trainLoss".into(), last.train_loss);
         if let Some((scores, loss)) = last.validation {

@@ -54,6 +54,14 @@ pub fn describe_epoch(report: &EpochReport) -> String {
     line
 }
 
+/// One line for the second pass.
+pub fn describe_refit(refit: &Refit) -> String {
+    format!(
+        "refit on train + validation ({} examples) for {} epochs, the best on validation",
+        refit.examples, refit.epochs
+    )
+}
+
 /// A trained model.
 #[derive(Clone, Debug)]
 pub struct Trained {
@@ -61,8 +69,20 @@ pub struct Trained {
     pub network: Network,
     /// The fitted vocabulary.
     pub vocabulary: Vocabulary,
-    /// Every epoch.
+    /// Every epoch (of the first pass, the one scored on validation).
     pub epochs: Vec<EpochReport>,
+    /// The second pass on train + validation, when `REFIT` made one: the weights and vocabulary
+    /// above are its.
+    pub refit: Option<Refit>,
+}
+
+/// The second pass `REFIT` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refit {
+    /// Its epochs: the first pass's epoch with the best validation macro-F1.
+    pub epochs: usize,
+    /// The examples it trained on (train + validation).
+    pub examples: usize,
 }
 
 /// The tokenizer and weighting each architecture trains with.
@@ -124,6 +144,9 @@ impl Featurized {
 }
 
 /// Trains on `split.train`, calling `on_epoch` after every epoch (an error stops training).
+/// With `REFIT` and a validation split it then trains again, from scratch, on train +
+/// validation for the epoch count that scored best on validation, and returns that model; the
+/// test split stays held out from both passes.
 pub fn train(
     examples: &Examples,
     split: &Split,
@@ -131,14 +154,44 @@ pub fn train(
     device: &Device,
     on_epoch: impl FnMut(&EpochReport) -> Result<()>,
 ) -> Result<Trained> {
-    train_on(
-        examples,
-        split,
-        hyperparameters,
-        device,
-        device.is_cpu(),
-        on_epoch,
-    )
+    let host = device.is_cpu();
+    let first = train_on(examples, split, hyperparameters, device, host, on_epoch)?;
+    let Some(epochs) = best_epoch(&first.epochs).filter(|_| hyperparameters.refit) else {
+        return Ok(first);
+    };
+    let merged = Split {
+        train: [split.train.as_slice(), split.validation.as_slice()].concat(),
+        validation: Vec::new(),
+        test: split.test.clone(),
+    };
+    let again = Hyperparameters {
+        epochs,
+        ..hyperparameters.clone()
+    };
+    let second = train_on(examples, &merged, &again, device, host, |_| Ok(()))?;
+    Ok(Trained {
+        network: second.network,
+        vocabulary: second.vocabulary,
+        epochs: first.epochs,
+        refit: Some(Refit {
+            epochs,
+            examples: merged.train.len(),
+        }),
+    })
+}
+
+/// The epoch with the highest validation macro-F1 (the earliest of equals); `None` without a
+/// validation split.
+pub fn best_epoch(epochs: &[EpochReport]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for report in epochs {
+        if let Some((scores, _)) = report.validation
+            && best.is_none_or(|(_, f1)| scores.macro_f1 > f1)
+        {
+            best = Some((report.epoch, scores.macro_f1));
+        }
+    }
+    best.map(|(epoch, _)| epoch)
 }
 
 /// [`train`], ngram-nb's steps in plain loops when `host`, else in candle tensors on `device`.
@@ -236,6 +289,7 @@ fn train_on(
         network,
         vocabulary,
         epochs,
+        refit: None,
     })
 }
 
@@ -604,6 +658,130 @@ fn nb_ratios(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn weights(trained: &Trained) -> Vec<(String, Vec<f32>)> {
+        trained
+            .network
+            .tensors()
+            .into_iter()
+            .map(|(name, tensor)| (name, tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect()
+    }
+
+    /// Forty short texts of three classes, words shared within a class.
+    fn three_classes() -> Examples {
+        let words = [
+            ["happy", "sunny", "great", "joy", "smile"],
+            ["angry", "furious", "late", "broken", "rage"],
+            ["sad", "tears", "alone", "miss", "gloomy"],
+        ];
+        let (mut texts, mut classes) = (Vec::new(), Vec::new());
+        for i in 0..40 {
+            let class = i % 3;
+            let w = &words[class];
+            texts.push(format!("{} and {} day {}", w[i % 5], w[(i / 3) % 5], i % 7));
+            classes.push(class);
+        }
+        Examples {
+            texts,
+            classes,
+            labels: vec!["joy".into(), "anger".into(), "sadness".into()],
+        }
+    }
+
+    #[test]
+    fn the_refit_trains_on_train_and_validation_for_the_best_epoch_and_never_sees_the_test_rows() {
+        let examples = three_classes();
+        let split = Split::new(examples.len(), 3, 0.25, 0.25).unwrap();
+        let hyperparameters = Hyperparameters::from_lookup(|name| match name {
+            "EPOCHS" => Some("4".into()),
+            "BATCH_SIZE" => Some("4".into()),
+            "MIN_DF" => Some("1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(hyperparameters.refit);
+        let mut reported = 0;
+        let trained = train(&examples, &split, &hyperparameters, &Device::Cpu, |_| {
+            reported += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(reported, 4, "the live epochs are the first pass's");
+        let refit = trained.refit.expect("a refit");
+        assert_eq!(refit.epochs, best_epoch(&trained.epochs).unwrap());
+        assert_eq!(refit.examples, split.train.len() + split.validation.len());
+
+        // The same as training on train + validation for that many epochs.
+        let merged = Split {
+            train: [split.train.clone(), split.validation.clone()].concat(),
+            validation: Vec::new(),
+            test: split.test.clone(),
+        };
+        let direct = train(
+            &examples,
+            &merged,
+            &Hyperparameters {
+                epochs: refit.epochs,
+                ..hyperparameters.clone()
+            },
+            &Device::Cpu,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(
+            direct.refit, None,
+            "no validation split: nothing to choose, no refit"
+        );
+        assert_eq!(weights(&direct), weights(&trained));
+
+        // The test rows' texts and labels change nothing.
+        let mut other = examples.clone();
+        for &i in &split.test {
+            other.texts[i] = format!("unseen words {i} everywhere");
+            other.classes[i] = (other.classes[i] + 1) % 3;
+        }
+        let again = train(&other, &split, &hyperparameters, &Device::Cpu, |_| Ok(())).unwrap();
+        assert_eq!(weights(&again), weights(&trained));
+        assert_eq!(again.refit, trained.refit);
+
+        // REFIT=false keeps the first pass.
+        let once = Hyperparameters {
+            refit: false,
+            ..hyperparameters
+        };
+        let first = train(&examples, &split, &once, &Device::Cpu, |_| Ok(())).unwrap();
+        assert_eq!(first.refit, None);
+        assert_ne!(weights(&first), weights(&trained));
+    }
+
+    #[test]
+    fn the_best_epoch_is_the_earliest_with_the_highest_validation_macro_f1() {
+        let report = |epoch, f1: Option<f64>| EpochReport {
+            epoch,
+            started: SystemTime::UNIX_EPOCH,
+            finished: SystemTime::UNIX_EPOCH,
+            train_loss: 1.0,
+            validation: f1.map(|macro_f1| {
+                (
+                    Scores {
+                        accuracy: 0.5,
+                        macro_f1,
+                    },
+                    1.0,
+                )
+            }),
+            examples_per_second: 1.0,
+        };
+        let curve = [0.5, 0.7, 0.6, 0.7, 0.65].map(Some);
+        let epochs: Vec<_> = curve
+            .iter()
+            .enumerate()
+            .map(|(i, f1)| report(i + 1, *f1))
+            .collect();
+        assert_eq!(best_epoch(&epochs), Some(2));
+        assert_eq!(best_epoch(&[report(1, None), report(2, None)]), None);
+    }
 
     /// ngram-nb's plain-loop step (the CPU's) and its candle step (a GPU's, run here on the
     /// CPU) train the same model.

@@ -322,9 +322,11 @@ async fn a_run_reports_every_step_and_its_artifacts_reproduce_the_test_accuracy(
     assert_eq!((run_id.as_str(), *success), ("17", true));
     let reported: f64 = message
         .strip_prefix("test accuracy ")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("message {message:?}"))
         .parse()
         .unwrap();
+    assert!(message.contains("refit on train + validation"), "{message}");
 
     // Exactly the four artifacts, and they load through the inference library.
     let store = store(cluster);
@@ -348,6 +350,14 @@ async fn a_run_reports_every_step_and_its_artifacts_reproduce_the_test_accuracy(
     let manifest = classifier.manifest().clone();
     assert_eq!(manifest.algorithm, "intent-classification");
     assert_eq!(manifest.hyperparameters["EPOCHS"], "3");
+    assert_eq!(manifest.hyperparameters["REFIT"], "true");
+    let refit_epochs = manifest.metrics["refitEpochs"];
+    assert!((1.0..=3.0).contains(&refit_epochs), "{refit_epochs}");
+    let (train, validation): (usize, usize) = (
+        manifest.data["trainExamples"].parse().unwrap(),
+        manifest.data["validationExamples"].parse().unwrap(),
+    );
+    assert_eq!(manifest.data["refitExamples"], (train + validation).to_string());
     assert_eq!(manifest.data["versionHash"], "hashBg==");
     assert_eq!(classifier.labels(), ["anger", "joy", "sadness", "optimism"]);
 
