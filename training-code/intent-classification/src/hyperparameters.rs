@@ -160,16 +160,7 @@ pub const HYPERPARAMETERS: &[Param] = &[
         help: "balanced (ngram-nb default: classes weigh inversely to their size) or none",
         only: None,
         read: |h, v| {
-            h.balanced = match v {
-                None => !h.original(),
-                Some("balanced") => true,
-                Some("none") => false,
-                Some(other) => {
-                    return Err(Error::Contract(format!(
-                        "CLASS_WEIGHT={other:?}: expected balanced or none"
-                    )));
-                }
-            };
+            h.balanced = two_ways("CLASS_WEIGHT", v, !h.original(), ["balanced", "none"])?;
             Ok(())
         },
         show: |h| if h.balanced { "balanced" } else { "none" }.into(),
@@ -214,21 +205,25 @@ pub const HYPERPARAMETERS: &[Param] = &[
         help: "after the epochs, train again from scratch on train + validation for the epoch count that scored best on validation (ngram-nb true, embedding-bag false)",
         only: None,
         read: |h, v| {
-            h.refit = match v {
-                None => !h.original(),
-                Some("true") => true,
-                Some("false") => false,
-                Some(other) => {
-                    return Err(Error::Contract(format!(
-                        "REFIT={other:?}: expected true or false"
-                    )));
-                }
-            };
+            h.refit = two_ways("REFIT", v, !h.original(), ["true", "false"])?;
             Ok(())
         },
         show: |h| h.refit.to_string(),
     },
 ];
+
+/// `true` for `words[0]`, `false` for `words[1]`, `default` when unset.
+fn two_ways(name: &str, value: Option<&str>, default: bool, words: [&str; 2]) -> Result<bool> {
+    match value {
+        None => Ok(default),
+        Some(v) if v == words[0] => Ok(true),
+        Some(v) if v == words[1] => Ok(false),
+        Some(other) => Err(Error::Contract(format!(
+            "{name}={other:?}: expected {} or {}",
+            words[0], words[1]
+        ))),
+    }
+}
 
 /// A whole number ≥ `min`, `default` when unset.
 fn whole(name: &str, value: Option<&str>, default: usize, min: usize) -> Result<usize> {
@@ -482,6 +477,7 @@ mod tests {
             ("FC_SIZE", "0"),
             ("ARCHITECTURE", "transformer"),
             ("CLASS_WEIGHT", "heavy"),
+            ("REFIT", "yes"),
             ("LOSS", "hinge"),
             ("SEED", "-3"),
             ("TEST_FRACTION", "1.5"),
