@@ -86,7 +86,7 @@ bench-console-cluster: ## The runs table with 500 finished runs in chromium, thr
 	@hack/tools.sh cluster >/dev/null
 	$(CARGO) bench --locked -p miniautoml-operator --bench console
 
-bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) against the Python grpcio baseline: req/s, p50/p99, RSS
+bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) beside the Python grpcio baseline and a no-model tonic server (the framework's ceiling): req/s, p50/p99, RSS
 	hack/bench-predict.sh
 
 bench-training: ## Benchmark 1,000 TrainingJobs on 100 simulated GPU nodes: Job creation time, operator RSS, API requests
