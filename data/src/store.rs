@@ -70,10 +70,6 @@ pub struct Store {
 
 /// Size of a multipart part (S3's smallest is 5 MiB, for all but the last).
 pub const PART_SIZE: usize = 5 << 20;
-/// Size of one ranged read.
-pub const RANGE_SIZE: u64 = 4 << 20;
-/// Ranged reads in flight at once.
-pub const RANGES_IN_FLIGHT: usize = 2;
 
 impl Store {
     /// A store over `bucket`.
@@ -161,51 +157,6 @@ impl Store {
             .await
             .map_err(|e| StorageError::from_sdk(&format!("s3://{bucket}/{key}"), e))?;
         Ok(u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0))
-    }
-
-    /// Streams an object of any bucket as consecutive byte ranges, [`RANGES_IN_FLIGHT`] fetched
-    /// at a time and yielded in order: one S3 stream is often slower than the server can serve
-    /// (the local s3s-fs serves one stream at about half the rate of three), and memory stays at
-    /// a few ranges.
-    pub async fn get_ranges(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static, StorageError> {
-        use futures::StreamExt;
-        let what = format!("s3://{bucket}/{key}");
-        let length = self.head(bucket, key).await?;
-        let (client, bucket, key) = (self.client.clone(), bucket.to_string(), key.to_string());
-        let ranges = (0..length).step_by(RANGE_SIZE as usize).map(move |start| {
-            let end = (start + RANGE_SIZE).min(length) - 1;
-            let (client, bucket, key, what) = (client.clone(), bucket.clone(), key.clone(), what.clone());
-            async move {
-                let part = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .range(format!("bytes={start}-{end}"))
-                    .send()
-                    .await
-                    .map_err(|e| std::io::Error::other(StorageError::from_sdk(&what, e)))?;
-                let data = part
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| std::io::Error::other(format!("{what}: {e}")))?;
-                // The segments as received: concatenating them would double the peak.
-                Ok::<Vec<Bytes>, std::io::Error>(data.into_segments().collect())
-            }
-        });
-        Ok(futures::stream::iter(ranges)
-            .buffered(RANGES_IN_FLIGHT)
-            .flat_map(|range| {
-                let segments: Vec<std::io::Result<Bytes>> = match range {
-                    Ok(segments) => segments.into_iter().map(Ok).collect(),
-                    Err(error) => vec![Err(error)],
-                };
-                futures::stream::iter(segments)
-            }))
     }
 
     /// Reads a small object of this bucket whole.
@@ -400,14 +351,21 @@ impl ObjectWriter {
         format!("s3://{}/{}", self.store.bucket, self.key)
     }
 
-    /// Appends `data`.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+    /// Appends `data`. Each part is filled in a buffer of exactly [`PART_SIZE`], so no part
+    /// holds more memory than its bytes.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
         self.written += data.len() as u64;
-        self.buffer.extend_from_slice(data);
-        while self.buffer.len() >= PART_SIZE {
-            let rest = self.buffer.split_off(PART_SIZE);
-            let part = std::mem::replace(&mut self.buffer, rest);
-            self.upload_part(part).await?;
+        while !data.is_empty() {
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve_exact(PART_SIZE);
+            }
+            let (now, rest) = data.split_at((PART_SIZE - self.buffer.len()).min(data.len()));
+            self.buffer.extend_from_slice(now);
+            data = rest;
+            if self.buffer.len() == PART_SIZE {
+                let part = std::mem::take(&mut self.buffer);
+                self.upload_part(part).await?;
+            }
         }
         Ok(())
     }

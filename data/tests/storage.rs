@@ -141,6 +141,32 @@ async fn large_files_upload_in_parts_and_bad_ones_leave_nothing() {
         store.list(&store.bucket, &prefix).await.unwrap().is_empty(),
         "nothing left behind"
     );
+
+    // An attempt cut short after examples.csv (the store gone before labels.csv) leaves a
+    // finished object; the retry starts from an empty prefix and leaves only its own three.
+    let prefix = layout::commit_prefix("test", &name, 3);
+    store
+        .put(&format!("{prefix}examples.csv"), b"stale".to_vec(), "text/csv")
+        .await
+        .unwrap();
+    store
+        .put(&format!("{prefix}part-0"), b"stale".to_vec(), "text/csv")
+        .await
+        .unwrap();
+    ingest_commit(&store, DatasetType::TextIntent, &source, &prefix)
+        .await
+        .unwrap();
+    let mut left = store.list(&store.bucket, &prefix).await.unwrap();
+    left.sort();
+    assert_eq!(
+        left,
+        ["examples.csv", "labels.csv", "statistics.json"].map(|file| format!("{prefix}{file}"))
+    );
+    assert_eq!(
+        store.read(&format!("{prefix}examples.csv")).await.unwrap(),
+        stored,
+        "the retry's rows, not the stale object"
+    );
     store.delete_prefix(&format!("raw/{name}/")).await.unwrap();
     store
         .delete_prefix(&layout::dataset_prefix("test", &name))

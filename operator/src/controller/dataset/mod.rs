@@ -110,7 +110,7 @@ async fn reconcile_dataset(api: &Api<Dataset>, dataset: &Dataset, ctx: &Context)
     Ok(match found {
         Found::Done => Action::await_change(),
         Found::NotConfigured => Action::requeue(Duration::from_secs(300)),
-        Found::Waiting { .. } => Action::requeue(Duration::from_secs(30)),
+        Found::Waiting { .. } => Action::requeue(Duration::from_secs(10)),
         Found::Ingesting { .. } | Found::Committed { .. } | Found::Rejected { .. } => {
             Action::requeue(Duration::ZERO)
         }
