@@ -70,7 +70,7 @@ run: ## Run the operator as a local process against the current kubeconfig
 		--admin-addr 127.0.0.1:8080 --console-addr 127.0.0.1:8090 --grpc-addr $(GRPC_HOST):51001 --metadata-store-address $(GRPC_HOST):51001 \
 		--grpc-auth $(GRPC_AUTH) --dataset-source '*=mini-automl-dm/upload/'
 
-bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB): MB/s and operator peak RSS
+bench-ingest: ## Benchmark Dataset ingestion (100 MB and 1 GB) beside a raw S3 copy through the same store: MB/s, operator peak RSS, a store restart halfway
 	hack/bench-ingest.sh
 
 bench-train: ## Benchmark the trainer against the scikit-learn baseline on tweet_emotion and 150 generated labels (quality and time)
@@ -86,7 +86,7 @@ bench-console-cluster: ## The runs table with 500 finished runs in chromium, thr
 	@hack/tools.sh cluster >/dev/null
 	$(CARGO) bench --locked -p miniautoml-operator --bench console
 
-bench-predict: ## Benchmark gRPC Predict (concurrency 1, 16, 64) beside the Python grpcio baseline and a no-model tonic server (the framework's ceiling): req/s, p50/p99, RSS
+bench-predict: ## Benchmark the predictor over gRPC and OIP v2 REST, closed and open loop, beside the Python grpcio baseline and a no-model server (the framework's ceiling): req/s, p50/p99, RSS
 	hack/bench-predict.sh
 
 bench-training: ## Benchmark 1,000 TrainingJobs on 100 simulated GPU nodes: Job creation time, operator RSS, API requests
