@@ -30,23 +30,15 @@ async fn main() -> Result<(), Failure> {
     };
     let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let bucket = env("S3_BUCKET")?;
-    let credentials = aws_sdk_s3::config::Credentials::new(
-        env("AWS_ACCESS_KEY_ID")?,
-        env("AWS_SECRET_ACCESS_KEY")?,
-        None,
-        None,
-        "environment",
-    );
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(
-            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        ))
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .endpoint_url(env("S3_ENDPOINT")?)
-        .build();
-    let client = Client::from_conf(config);
+    // The operator's own client settings (static keys, path-style addressing).
+    let client = miniautoml_data::Store::with_credentials(
+        Some(&env("S3_ENDPOINT")?),
+        &std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        &env("AWS_ACCESS_KEY_ID")?,
+        &env("AWS_SECRET_ACCESS_KEY")?,
+        bucket.as_str(),
+    )
+    .client;
 
     let start = Instant::now();
     let bytes = copy_object(&client, &bucket, &source, &copy).await?;
@@ -57,7 +49,13 @@ async fn main() -> Result<(), Failure> {
 }
 
 async fn copy_object(client: &Client, bucket: &str, source: &str, copy: &str) -> Result<u64, Failure> {
-    let head = client.head_object().bucket(bucket).key(source).send().await?;
+    let head = client
+        .head_object()
+        .bucket(bucket)
+        .key(source)
+        .send()
+        .await
+        .map_err(|e| miniautoml_data::StorageError::from_sdk(&format!("s3://{bucket}/{source}"), e))?;
     let length = u64::try_from(head.content_length().unwrap_or(0))?;
     let upload = client
         .create_multipart_upload()
