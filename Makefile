@@ -89,7 +89,7 @@ bench-console-cluster: ## The runs table with 500 finished runs in chromium, thr
 bench-predict: ## Benchmark the predictor over gRPC and OIP v2 REST, closed and open loop, beside the Python grpcio baseline and a no-model server (the framework's ceiling): req/s, p50/p99, RSS
 	hack/bench-predict.sh
 
-bench-training: ## Benchmark 1,000 TrainingJobs on 100 simulated GPU nodes: Job creation time, operator RSS, API requests
+bench-training: ## Benchmark 1,000 then 10,000 TrainingJobs on 100 simulated GPU nodes through the run queue: Job creation time, operator RSS, API requests, queue cost, store CPU
 	@hack/tools.sh cluster >/dev/null
 	$(CARGO) bench --locked -p miniautoml-operator --bench training_jobs
 

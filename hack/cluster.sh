@@ -541,7 +541,8 @@ up() {
   s3_up
 
   "${kubectl[@]}" apply --server-side -f "$NODES" >/dev/null
-  wait_for kwok "${kubectl[@]}" wait --for=condition=Ready --timeout=2s node -l type=kwok
+  # Its own nodes only: simulated nodes a benchmark left (type=kwok too) are no reason to wait.
+  wait_for kwok "${kubectl[@]}" wait --for=condition=Ready --timeout=2s -f "$NODES"
 
   node_up
   storage_up

@@ -22,8 +22,8 @@ use miniautoml_api::{Dataset, ModelDeployment, TrainingJob, labels::RUN_ID_LABEL
 use tracing::warn;
 
 use crate::{
-    Result, ids::Ids, leader::Leadership, metrics::Metrics, pod_keys::PodKeys, run_tokens::RunTokens,
-    snapshots::Snapshots, sources::SourcePolicy,
+    Result, ids::Ids, leader::Leadership, metrics::Metrics, pod_keys::PodKeys, run_queue::RunQueue,
+    run_tokens::RunTokens, snapshots::Snapshots, sources::SourcePolicy,
 };
 
 /// Field manager of everything the operator writes with server-side apply, and the controller
@@ -165,6 +165,8 @@ pub struct Context {
     /// Pending runs' places in Kueue's LocalQueues; `None` where the cluster serves no Kueue
     /// (runs with `spec.queueName` are then refused).
     pub kueue: Option<Arc<crate::kueue::Positions>>,
+    /// The operator's own queue of runs (`--max-concurrent-runs`), over the TrainingJob cache.
+    pub run_queue: RunQueue,
 }
 
 /// What a [`Context`] is built from, every part required: a context is built whole, never
@@ -228,6 +230,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             snapshots: Snapshots::new(client.clone(), store.clone()),
             kueue: kueue.then(|| Arc::new(crate::kueue::Positions::new(client.clone()))),
+            run_queue: RunQueue::new(caches.training_jobs.clone()),
             client,
             metrics,
             algorithm_images,

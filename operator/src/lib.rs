@@ -18,6 +18,7 @@ pub mod names;
 pub(crate) mod pod_keys;
 pub(crate) mod preflight;
 pub mod readiness;
+pub mod run_queue;
 pub mod run_tokens;
 pub(crate) mod snapshots;
 pub(crate) mod sources;

@@ -57,6 +57,8 @@ pub struct Metrics {
     api_requests: Family<ApiRequestLabels, Counter>,
     leader: Gauge,
     late_objects: Counter,
+    queue_lookups: Counter,
+    queue_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,18 @@ impl Default for Metrics {
             "Objects found under a deleted resource's cleared prefixes (written after its clean-up) and deleted",
             late_objects.clone(),
         );
+        let queue_lookups = Counter::default();
+        registry.register(
+            "run_queue_lookups",
+            "Places in the operator's run queue (--max-concurrent-runs) looked up by reconciles",
+            queue_lookups.clone(),
+        );
+        let queue_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "run_queue_seconds",
+            "Time spent looking up places in the run queue, recomputing its order included",
+            queue_seconds.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -104,6 +118,8 @@ impl Default for Metrics {
             api_requests,
             leader,
             late_objects,
+            queue_lookups,
+            queue_seconds,
         }
     }
 }
@@ -123,6 +139,12 @@ impl Metrics {
     /// Counts a request to the Kubernetes API server.
     pub fn api_request(&self, verb: &'static str) {
         self.api_requests.get_or_create(&ApiRequestLabels { verb }).inc();
+    }
+
+    /// Counts a lookup in the run queue that took `seconds`.
+    pub fn run_queue_lookup(&self, seconds: f64) {
+        self.queue_lookups.inc();
+        self.queue_seconds.inc_by(seconds);
     }
 
     /// Records whether this replica leads.

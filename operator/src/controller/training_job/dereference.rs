@@ -13,10 +13,10 @@ use miniautoml_data::SnapshotSelector;
 use super::build::job_name;
 use crate::{
     Result,
-    conditions::{self, ACCEPTED},
     context::Context,
     controller::children::{controlled_by, name_taken},
     kueue::{self, QueueState},
+    run_queue::Place,
     snapshots::SnapshotError,
 };
 
@@ -46,7 +46,9 @@ fn waiting(
 /// The run's Job, from the cache, else (just created, or the cache is still filling) from the
 /// API server: `Ok(None)` when there is none, `Err` with the reason when a Job of its name
 /// exists that this TrainingJob does not control (another's, or one someone made), which is
-/// never adopted.
+/// never adopted. A run the status says was never launched is not looked up at the API server
+/// once the cache is filled (a queue of thousands would cost a GET per waiting run every few
+/// seconds): a Job made a moment ago and not yet cached is applied again, which changes nothing.
 pub async fn existing_run(ctx: &Context, job: &TrainingJob) -> Result<Result<Option<Job>, String>> {
     let namespace = job.namespace().unwrap_or_default();
     let name = job_name(job);
@@ -55,8 +57,10 @@ pub async fn existing_run(ctx: &Context, job: &TrainingJob) -> Result<Result<Opt
         .run_jobs
         .get(&ObjectRef::new(&name).within(&namespace))
         .map(|batch_job| (*batch_job).clone());
+    let never_launched = job.status.as_ref().is_none_or(|s| s.job_name.is_none());
     let found = match cached {
         Some(batch_job) => Some(batch_job),
+        None if never_launched && filled(&ctx.caches.run_jobs) => None,
         None => {
             Api::<Job>::namespaced(ctx.client.clone(), &namespace)
                 .get_opt(&name)
@@ -83,10 +87,7 @@ pub async fn run_pods(ctx: &Context, job: &TrainingJob) -> Result<Vec<Pod>> {
         let labels = pod.labels();
         labels.get("job-name") == Some(&name) && labels.get(TRAINING_JOB_LABEL) == Some(&owner)
     };
-    let ready = |cache: &&reflector::Store<Pod>| {
-        futures::FutureExt::now_or_never(cache.wait_until_ready()).is_some_and(|r| r.is_ok())
-    };
-    if let Some(cache) = Some(&ctx.caches.run_pods).filter(ready) {
+    if let Some(cache) = Some(&ctx.caches.run_pods).filter(|cache| filled(cache)) {
         return Ok(cache
             .state()
             .iter()
@@ -99,6 +100,15 @@ pub async fn run_pods(ctx: &Context, job: &TrainingJob) -> Result<Vec<Pod>> {
     Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
 }
 
+/// Whether a watch cache has been filled (its first list is in).
+fn filled<K>(cache: &reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    futures::FutureExt::now_or_never(cache.wait_until_ready()).is_some_and(|r| r.is_ok())
+}
+
 /// The Dataset and its Ready snapshot for `job`, or why not: the Dataset is missing, still
 /// ingesting the commits a run on its latest data needs, has no matching commits, or the
 /// snapshot is being built or failed. Asking for the snapshot starts its build.
@@ -107,8 +117,14 @@ pub async fn ready_snapshot(
     ctx: &Context,
 ) -> Result<Result<(Dataset, SnapshotStatus), Waiting>> {
     let namespace = job.namespace().unwrap_or_default();
-    let datasets: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
     let dataset_name = &job.spec.dataset.name;
+    // The cached Dataset when its snapshot for the run is Ready there (a queue of thousands
+    // asks for it every few seconds per run); anything else is read at the source, since the
+    // cache may lag a build that just ended.
+    if let Some(ready) = cached_ready_snapshot(job, ctx, &namespace) {
+        return Ok(Ok(ready));
+    }
+    let datasets: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(dataset) = datasets.get_opt(dataset_name).await? else {
         return waiting(
             "DatasetNotFound",
@@ -186,6 +202,38 @@ pub async fn ready_snapshot(
         }
         SnapshotState::Ready => Ok(Ok((dataset, snapshot))),
     }
+}
+
+/// The Dataset and the Ready snapshot `job` trains on, when the watch cache has both and the
+/// Dataset has nothing left to ingest that the run waits for.
+fn cached_ready_snapshot(
+    job: &TrainingJob,
+    ctx: &Context,
+    namespace: &str,
+) -> Option<(Dataset, SnapshotStatus)> {
+    let guard = ctx
+        .caches
+        .datasets
+        .get(&ObjectRef::new(&job.spec.dataset.name).within(namespace))?;
+    let dataset = guard.0.as_ref().ok()?;
+    if job.spec.dataset.commit.is_none() && dataset.next_entry().is_some() {
+        return None;
+    }
+    let selector = SnapshotSelector {
+        up_to: job.spec.dataset.commit,
+        tags: job.spec.dataset.tags.clone(),
+    };
+    let status = dataset.status.as_ref()?;
+    let ids = selector
+        .select(&status.commits)
+        .ok()
+        .filter(|ids| !ids.is_empty())?;
+    let hash = miniautoml_data::version_hash(&ids);
+    let snapshot = status
+        .snapshots
+        .iter()
+        .find(|s| s.version_hash == hash && s.state == SnapshotState::Ready)?;
+    Some((dataset.clone(), snapshot.clone()))
 }
 
 /// The Dataset and the snapshot `job` was launched on (`status.datasetVersionHash`), for the
@@ -267,96 +315,11 @@ pub struct Queued {
     pub position: Option<u32>,
 }
 
-/// `(queued runs ahead of job, runs holding a slot)` among every run the operator watches.
-pub async fn queue(job: &TrainingJob, ctx: &Context) -> Result<(usize, usize)> {
-    let scope: Api<TrainingJob> = ctx.watched();
-    let all = scope.list(&ListParams::default()).await?.items;
-    Ok(queue_position(job, &all))
-}
-
-/// `(queued runs ahead of job, runs holding a slot)` among `all`: runs hold a slot from their
-/// Job's creation to their end; the queue is first created, first served. Runs that Kueue
-/// admits (`queueName`) are not in it.
-pub fn queue_position(job: &TrainingJob, all: &[TrainingJob]) -> (usize, usize) {
-    let key = |j: &TrainingJob| (j.creation_timestamp().map(|t| t.0), j.namespace(), j.name_any());
-    let mine = key(job);
-    let mut ahead = 0;
-    let mut active = 0;
-    for other in all {
-        if other.has_ended()
-            || other.metadata.deletion_timestamp.is_some()
-            || other.uid() == job.uid()
-            || other.spec.queue_name.is_some()
-        {
-            continue;
-        }
-        let status = other.status.as_ref();
-        if status.and_then(|s| s.job_name.as_ref()).is_some() {
-            active += 1;
-        } else if key(other) < mine
-            && !status.is_some_and(|s| {
-                conditions::find(&s.conditions, ACCEPTED).is_some_and(|c| c.status == "False")
-            })
-        {
-            ahead += 1;
-        }
-    }
-    (ahead, active)
-}
-
-#[cfg(test)]
-mod tests {
-    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-    use miniautoml_api::{TrainingJobStatus, training_job::TrainingPhase};
-
-    use super::*;
-
-    fn queued_job(
-        name: &str,
-        second: i64,
-        job_name: Option<&str>,
-        phase: Option<TrainingPhase>,
-    ) -> TrainingJob {
-        let mut job: TrainingJob =
-            serde_yaml::from_str(include_str!("../../../../examples/trainingjob.yaml")).unwrap();
-        job.metadata.name = Some(name.into());
-        job.metadata.uid = Some(name.into());
-        job.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));
-        job.status = Some(TrainingJobStatus {
-            job_name: job_name.map(String::from),
-            phase,
-            ..Default::default()
-        });
-        job
-    }
-
-    #[test]
-    fn the_queue_is_first_created_first_served() {
-        let all = vec![
-            queued_job("running", 1, Some("running-train"), Some(TrainingPhase::Running)),
-            queued_job("done", 0, Some("done-train"), Some(TrainingPhase::Succeeded)),
-            queued_job("a", 2, None, Some(TrainingPhase::Queued)),
-            queued_job("b", 3, None, Some(TrainingPhase::Queued)),
-            queued_job("c", 4, None, None),
-        ];
-        assert_eq!(queue_position(&all[2], &all), (0, 1));
-        assert_eq!(queue_position(&all[3], &all), (1, 1));
-        assert_eq!(queue_position(&all[4], &all), (2, 1));
-        // An invalid run holds no place.
-        let mut invalid = all.clone();
-        invalid[2]
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .push(conditions::condition(
-                ACCEPTED,
-                false,
-                "UnknownAlgorithm",
-                "",
-                None,
-                Time(Timestamp::from_second(0).unwrap()),
-            ));
-        assert_eq!(queue_position(&invalid[3], &invalid), (0, 1));
-    }
+/// `job`'s place in the operator's own queue, from the TrainingJob cache (no API call; the
+/// order is recomputed at most every `run_queue::FRESH`).
+pub fn queue(job: &TrainingJob, ctx: &Context) -> Place {
+    let start = std::time::Instant::now();
+    let place = ctx.run_queue.place(job);
+    ctx.metrics.run_queue_lookup(start.elapsed().as_secs_f64());
+    place
 }

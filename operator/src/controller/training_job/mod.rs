@@ -60,6 +60,7 @@ use crate::{
     context::{Context, TrainingSettings},
     error::{Stage, at},
     kueue::Workload,
+    run_queue,
     status::modify_cached_status,
 };
 
@@ -215,8 +216,10 @@ enum State {
     /// The run waits for a slot of `--max-concurrent-runs`.
     WaitingForSlot {
         version_hash: String,
-        active: usize,
+        /// Runs ahead, as the status is to say it.
         ahead: usize,
+        /// Seconds until it looks again.
+        retry: u64,
     },
     /// Its own storage key cannot be issued.
     NoStorageKey(miniautoml_data::KeyError),
@@ -249,12 +252,9 @@ impl State {
                 message: &waiting.message,
             },
             State::WaitingForSlot {
-                version_hash,
-                active,
-                ahead,
+                version_hash, ahead, ..
             } => Found::WaitingForSlot {
                 version_hash,
-                active: *active,
                 ahead: *ahead,
                 max: settings.map_or(0, |s| s.max_concurrent_runs),
             },
@@ -352,14 +352,22 @@ async fn launch_or_follow(
             let version_hash = snapshot.version_hash.clone();
             // Kueue admits a run with a queueName: the operator's own queue leaves it alone.
             if settings.max_concurrent_runs > 0 && !restarting && job.spec.queue_name.is_none() {
-                let (ahead, active) = dereference::queue(job, ctx)
-                    .await
-                    .map_err(at(Stage::Dereference))?;
-                if active + ahead >= settings.max_concurrent_runs as usize {
+                let max = settings.max_concurrent_runs as usize;
+                let place = dereference::queue(job, ctx);
+                if place.active + place.ahead >= max {
+                    // Deep in a long queue, the place is written as it halves, not at every
+                    // launch ahead.
+                    let written = job.status.as_ref().and_then(|s| s.position_in_queue);
+                    let ahead = match written {
+                        Some(written) if !run_queue::worth_writing(Some(written), place.ahead) => {
+                            written as usize
+                        }
+                        _ => place.ahead,
+                    };
                     return Ok(State::WaitingForSlot {
                         version_hash,
-                        active,
                         ahead,
+                        retry: run_queue::retry_seconds(&place, max),
                     });
                 }
             }
@@ -451,7 +459,8 @@ fn next(state: &State, written: &TrainingJob) -> Action {
         State::NotConfigured => seconds(60),
         State::NameTaken(_) | State::NoStorageKey(_) => seconds(30),
         State::WaitingForDataset(waiting) => seconds(waiting.retry),
-        State::WaitingForSlot { .. } | State::GangStopping { .. } => seconds(2),
+        State::WaitingForSlot { retry, .. } => seconds(*retry),
+        State::GangStopping { .. } => seconds(2),
         State::Launched { restart: Some(_), .. } => seconds(2),
         State::Launched { queued, .. } => match phase(written) {
             Some(TrainingPhase::Succeeded | TrainingPhase::Failed) => Action::await_change(),

@@ -39,9 +39,8 @@ pub enum Found<'a> {
     WaitingForSlot {
         /// The snapshot it will train on.
         version_hash: &'a str,
-        /// Runs holding a slot.
-        active: usize,
-        /// Runs queued ahead of this one.
+        /// Runs queued ahead of this one (as last written, while a new count is not worth a
+        /// write: `run_queue::worth_writing`).
         ahead: usize,
         /// `--max-concurrent-runs`.
         max: u32,
@@ -176,11 +175,10 @@ pub fn record(job: &mut TrainingJob, found: &Found, now: &Time) -> bool {
             set(status, at, DATASET_READY, false, reason, message);
             status.phase = Some(TrainingPhase::Queued);
         }
-        Found::WaitingForSlot {
-            active, ahead, max, ..
-        } => {
-            let message =
-                format!("{active} of at most {max} runs are running; {ahead} queued ahead of this one");
+        Found::WaitingForSlot { ahead, max, .. } => {
+            let message = format!(
+                "every one of the {max} slots for runs at once is taken; {ahead} queued ahead of this one"
+            );
             set(status, at, RUNNING, false, "WaitingForSlot", &message);
             status.phase = Some(TrainingPhase::Queued);
             status.position_in_queue = Some(*ahead as u32);
@@ -483,7 +481,6 @@ mod tests {
         );
         let slot = Found::WaitingForSlot {
             version_hash: "h",
-            active: 2,
             ahead: 1,
             max: 2,
         };
