@@ -48,7 +48,7 @@ fn waiting(
 /// exists that this TrainingJob does not control (another's, or one someone made), which is
 /// never adopted. A run the status says was never launched is not looked up at the API server
 /// once the cache is filled (a queue of thousands would cost a GET per waiting run every few
-/// seconds): a Job made a moment ago and not yet cached is applied again, which changes nothing.
+/// seconds): [`run_at_source`] checks its name just before it launches.
 pub async fn existing_run(ctx: &Context, job: &TrainingJob) -> Result<Result<Option<Job>, String>> {
     let namespace = job.namespace().unwrap_or_default();
     let name = job_name(job);
@@ -58,23 +58,33 @@ pub async fn existing_run(ctx: &Context, job: &TrainingJob) -> Result<Result<Opt
         .get(&ObjectRef::new(&name).within(&namespace))
         .map(|batch_job| (*batch_job).clone());
     let never_launched = job.status.as_ref().is_none_or(|s| s.job_name.is_none());
-    let found = match cached {
-        Some(batch_job) => Some(batch_job),
-        None if never_launched && filled(&ctx.caches.run_jobs) => None,
-        None => {
-            Api::<Job>::namespaced(ctx.client.clone(), &namespace)
-                .get_opt(&name)
-                .await?
-        }
-    };
-    Ok(match found {
+    match cached {
+        Some(batch_job) => Ok(owned(job, Some(batch_job))),
+        None if never_launched && filled(&ctx.caches.run_jobs) => Ok(Ok(None)),
+        None => run_at_source(ctx, job).await,
+    }
+}
+
+/// The run's Job as the API server has it, as [`existing_run`] answers: the cache holds only
+/// the runs' own (labelled) Jobs, so a Job someone made under the run's name is found here.
+pub async fn run_at_source(ctx: &Context, job: &TrainingJob) -> Result<Result<Option<Job>, String>> {
+    let namespace = job.namespace().unwrap_or_default();
+    let found = Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&job_name(job))
+        .await?;
+    Ok(owned(job, found))
+}
+
+/// `found` if `job` controls it, else why not.
+fn owned(job: &TrainingJob, found: Option<Job>) -> Result<Option<Job>, String> {
+    match found {
         Some(batch_job) if !controlled_by(&batch_job.metadata, job.uid().as_deref()) => Err(name_taken(
             "Job",
             &batch_job.metadata,
             &format!("TrainingJob {}", job.name_any()),
         )),
         found => Ok(found),
-    })
+    }
 }
 
 /// The pods of the run's Job: from the pod cache once it is filled, else from the API server.

@@ -371,17 +371,28 @@ async fn launch_or_follow(
                     });
                 }
             }
-            let inputs = run_inputs(job, run_id, image, (&dataset, &snapshot), settings);
-            let credentials = match apply::issue_key(job, &inputs, settings).await {
-                Ok(credentials) => credentials,
-                Err(error) => return Ok(State::NoStorageKey(error)),
-            };
-            let launched = apply::launch(job, ctx, &inputs, (settings, &credentials))
+            // The name at the source, just before launching: a Job someone made under it is
+            // never cached, and one of the run's made a moment ago may not be yet.
+            match dereference::run_at_source(ctx, job)
                 .await
-                .map_err(at(Stage::Apply))?;
-            match launched {
-                Ok(batch_job) => (batch_job, version_hash),
+                .map_err(at(Stage::Dereference))?
+            {
                 Err(taken) => return Ok(State::NameTaken(taken)),
+                Ok(Some(existing)) => (existing, version_hash),
+                Ok(None) => {
+                    let inputs = run_inputs(job, run_id, image, (&dataset, &snapshot), settings);
+                    let credentials = match apply::issue_key(job, &inputs, settings).await {
+                        Ok(credentials) => credentials,
+                        Err(error) => return Ok(State::NoStorageKey(error)),
+                    };
+                    let launched = apply::launch(job, ctx, &inputs, (settings, &credentials))
+                        .await
+                        .map_err(at(Stage::Apply))?;
+                    match launched {
+                        Ok(batch_job) => (batch_job, version_hash),
+                        Err(taken) => return Ok(State::NameTaken(taken)),
+                    }
+                }
             }
         }
     };
