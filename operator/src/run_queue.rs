@@ -109,36 +109,25 @@ impl RunQueue {
     /// `job`'s place, from an order at most [`FRESH`] old.
     pub fn place(&self, job: &TrainingJob) -> Place {
         let mut order = self.order.lock().expect("run queue");
-        let stale = order.as_ref().is_none_or(|(at, _)| at.elapsed() > FRESH);
-        if stale {
+        if order.as_ref().is_none_or(|(at, _)| at.elapsed() > FRESH) {
             let all = self.cache.state();
-            *order = Some((
-                Instant::now(),
-                Order::of(all.iter().filter_map(|guard| guard.0.as_ref().ok())),
-            ));
+            let fresh = Order::of(all.iter().filter_map(|guard| guard.0.as_ref().ok()));
+            *order = Some((Instant::now(), fresh));
         }
-        order
-            .as_ref()
-            .map(|(_, order)| order.place(job))
-            .unwrap_or(Place {
-                ahead: 0,
-                active: 0,
-                waiting: 1,
-            })
+        let (_, order) = order.as_ref().expect("computed above");
+        order.place(job)
     }
 }
 
-/// Whether a waiting run's new place is worth a status write: always near the front (fewer
-/// than [`EXACT`] ahead, where it is about to launch), else once the number ahead has fallen to
-/// half of what the status says, so that a queue of thousands costs a few writes per run, not
-/// one per launch ahead of it (pure).
-pub fn worth_writing(written: Option<u32>, ahead: usize) -> bool {
-    match written {
-        None => true,
-        Some(written) => {
-            let written = written as usize;
-            ahead != written && (ahead < EXACT || ahead > written || ahead * 2 <= written)
-        }
+/// The count of runs ahead a waiting run's status is to say, given what it says now
+/// (`written`) and the true count: the true one near the front (fewer than [`EXACT`] ahead,
+/// where it is about to launch), when nothing is written yet, or when it grew; further back the
+/// written one until the true one has fallen to half of it, so that a queue of thousands costs
+/// a few status writes per run, not one per launch ahead of it (pure).
+pub fn shown_ahead(written: Option<u32>, ahead: usize) -> usize {
+    match written.map(|w| w as usize) {
+        Some(written) if ahead >= EXACT && ahead < written && ahead * 2 > written => written,
+        _ => ahead,
     }
 }
 
@@ -240,14 +229,14 @@ mod tests {
 
     #[test]
     fn a_deep_place_is_written_as_it_halves_and_the_front_exactly() {
-        assert!(worth_writing(None, 5000));
-        assert!(!worth_writing(Some(5000), 5000));
-        assert!(!worth_writing(Some(5000), 2600));
-        assert!(worth_writing(Some(5000), 2500));
-        // Further back (runs created earlier arrived late): written at once.
-        assert!(worth_writing(Some(10), 12));
-        assert!(worth_writing(Some(20), 15));
-        assert!(worth_writing(Some(3), 2));
+        assert_eq!(shown_ahead(None, 5000), 5000);
+        assert_eq!(shown_ahead(Some(5000), 5000), 5000);
+        assert_eq!(shown_ahead(Some(5000), 2600), 5000);
+        assert_eq!(shown_ahead(Some(5000), 2500), 2500);
+        // Further back (runs created earlier arrived late): the true count at once.
+        assert_eq!(shown_ahead(Some(10), 12), 12);
+        assert_eq!(shown_ahead(Some(20), 15), 15);
+        assert_eq!(shown_ahead(Some(3), 2), 2);
     }
 
     #[test]

@@ -355,18 +355,10 @@ async fn launch_or_follow(
                 let max = settings.max_concurrent_runs as usize;
                 let place = dereference::queue(job, ctx);
                 if place.active + place.ahead >= max {
-                    // Deep in a long queue, the place is written as it halves, not at every
-                    // launch ahead.
                     let written = job.status.as_ref().and_then(|s| s.position_in_queue);
-                    let ahead = match written {
-                        Some(written) if !run_queue::worth_writing(Some(written), place.ahead) => {
-                            written as usize
-                        }
-                        _ => place.ahead,
-                    };
                     return Ok(State::WaitingForSlot {
                         version_hash,
-                        ahead,
+                        ahead: run_queue::shown_ahead(written, place.ahead),
                         retry: run_queue::retry_seconds(&place, max),
                     });
                 }

@@ -40,7 +40,7 @@ pub enum Found<'a> {
         /// The snapshot it will train on.
         version_hash: &'a str,
         /// Runs queued ahead of this one (as last written, while a new count is not worth a
-        /// write: `run_queue::worth_writing`).
+        /// write: `run_queue::shown_ahead`).
         ahead: usize,
         /// `--max-concurrent-runs`.
         max: u32,
