@@ -178,9 +178,11 @@ async fn pass(
         "operator API requests per TrainingJob: {:.1}",
         total / runs as f64
     );
-    for (verb, n) in &after {
-        let per_run = (n - before.get(verb).unwrap_or(&0.0)) / runs as f64;
-        println!("  {verb:<8} {per_run:.2}");
+    for (request, n) in &after {
+        let per_run = (n - before.get(request).unwrap_or(&0.0)) / runs as f64;
+        if per_run >= 0.005 {
+            println!("  {request:<28} {per_run:.2}");
+        }
     }
     println!(
         "run queue: {lookups:.0} lookups, {per_lookup_us:.1} µs each on average (the order's recomputation included)"

@@ -23,7 +23,7 @@ use tracing::warn;
 
 use crate::{
     Result, ids::Ids, leader::Leadership, metrics::Metrics, pod_keys::PodKeys, run_queue::RunQueue,
-    run_tokens::RunTokens, snapshots::Snapshots, sources::SourcePolicy,
+    run_tokens::RunTokens, snapshots::Snapshots, sources::SourcePolicy, status::Written,
 };
 
 /// Field manager of everything the operator writes with server-side apply, and the controller
@@ -167,6 +167,9 @@ pub struct Context {
     pub kueue: Option<Arc<crate::kueue::Positions>>,
     /// The operator's own queue of runs (`--max-concurrent-runs`), over the TrainingJob cache.
     pub run_queue: RunQueue,
+    /// The TrainingJobs this process wrote and the cache does not show yet (the controller and
+    /// the metadata store start from them).
+    pub written_runs: Written<TrainingJob>,
 }
 
 /// What a [`Context`] is built from, every part required: a context is built whole, never
@@ -231,6 +234,7 @@ impl Context {
             snapshots: Snapshots::new(client.clone(), store.clone()),
             kueue: kueue.then(|| Arc::new(crate::kueue::Positions::new(client.clone()))),
             run_queue: RunQueue::new(caches.training_jobs.clone()),
+            written_runs: Written::default(),
             client,
             metrics,
             algorithm_images,
@@ -287,6 +291,8 @@ impl Context {
             let job = guard.0.as_ref().ok()?;
             is_it(job).then(|| job.clone())
         });
+        // The cache may lag a status this process wrote a moment ago.
+        let cached = cached.map(|job| self.written_runs.freshest(&job));
         if let Some(job) = cached.filter(|job| fresh_enough(job)) {
             return Ok(Some(job));
         }

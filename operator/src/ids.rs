@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     Error, Result,
-    status::{is_conflict, modify_status, retry_on_conflict},
+    status::{is_conflict, modify_cached_status, retry_on_conflict},
 };
 
 /// ConfigMap (in the gRPC namespace) counting dataset ids.
@@ -207,7 +207,8 @@ impl Ids {
                     Some(id) => id,
                     None => self.allocate(client, namespace, field.counter).await?,
                 };
-                current = modify_status(api, &name, |fresh| {
+                // From the version just read: a second read only after a lost race.
+                current = modify_cached_status(api, &current, |fresh| {
                     (field.get)(fresh).is_none() && {
                         (field.set)(fresh, new);
                         true

@@ -76,7 +76,10 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartupE
     let counted = metrics.clone();
     let counting =
         tower::util::MapRequestLayer::new(move |request: axum::http::Request<kube::client::Body>| {
-            counted.api_request(metrics::api_verb(request.method(), request.uri().query()));
+            counted.api_request(
+                metrics::api_verb(request.method(), request.uri().query()),
+                metrics::api_resource(request.uri().path()),
+            );
             request
         });
     let client = kube::client::ClientBuilder::try_from(kube_config)

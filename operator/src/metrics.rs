@@ -31,6 +31,30 @@ pub struct FailureLabels {
 pub struct ApiRequestLabels {
     /// `get` (a get or a list), `watch`, `create`, `update`, `patch`, `delete` or `other`.
     pub verb: &'static str,
+    /// The resource, and its subresource where there is one: `trainingjobs/status`, `jobs`.
+    pub resource: String,
+}
+
+/// The resource a Kubernetes API path names, with its subresource (`trainingjobs/status`), or
+/// `other` for a path that names none (discovery, `/version`).
+pub fn api_resource(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // `/api/v1/...` or `/apis/<group>/<version>/...`
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return "other".into(),
+    };
+    // A namespaced path (`namespaces/<ns>/<resource>...`), unless it names the namespace itself.
+    let rest = match rest {
+        ["namespaces", _namespace, resource, more @ ..] => [&[*resource][..], more].concat(),
+        other => other.to_vec(),
+    };
+    match rest.as_slice() {
+        [resource] | [resource, _] => (*resource).to_string(),
+        [resource, _name, subresource, ..] => format!("{resource}/{subresource}"),
+        [] => "other".into(),
+    }
 }
 
 /// The verb of a Kubernetes API request, from its method and query.
@@ -137,8 +161,10 @@ impl Metrics {
     }
 
     /// Counts a request to the Kubernetes API server.
-    pub fn api_request(&self, verb: &'static str) {
-        self.api_requests.get_or_create(&ApiRequestLabels { verb }).inc();
+    pub fn api_request(&self, verb: &'static str, resource: String) {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels { verb, resource })
+            .inc();
     }
 
     /// Counts a lookup in the run queue that took `seconds`.
@@ -216,6 +242,32 @@ mod tests {
     }
 
     #[test]
+    fn api_resources_come_from_the_path() {
+        let cases = [
+            (
+                "/apis/miniautoml.io/v1alpha1/namespaces/a/trainingjobs/r1/status",
+                "trainingjobs/status",
+            ),
+            (
+                "/apis/miniautoml.io/v1alpha1/namespaces/a/trainingjobs/r1",
+                "trainingjobs",
+            ),
+            ("/apis/miniautoml.io/v1alpha1/trainingjobs", "trainingjobs"),
+            ("/apis/batch/v1/namespaces/a/jobs", "jobs"),
+            ("/api/v1/namespaces/a/pods/p/log", "pods/log"),
+            ("/api/v1/namespaces/a", "namespaces"),
+            ("/api/v1/namespaces", "namespaces"),
+            ("/api/v1/nodes/n1", "nodes"),
+            ("/apis/coordination.k8s.io/v1/namespaces/a/leases/l", "leases"),
+            ("/version", "other"),
+            ("/apis/batch/v1", "other"),
+        ];
+        for (path, resource) in cases {
+            assert_eq!(api_resource(path), resource, "{path}");
+        }
+    }
+
+    #[test]
     fn reconciles_failures_and_durations_are_exported() {
         let metrics = Metrics::default();
         drop(metrics.reconcile_started("dataset"));
@@ -236,11 +288,9 @@ mod tests {
             text.contains("miniautoml_operator_reconcile_duration_seconds_count{controller=\"dataset\"} 2"),
             "{text}"
         );
-        metrics.api_request("patch");
-        assert!(
-            metrics
-                .encode()
-                .contains("miniautoml_operator_kube_api_requests_total{verb=\"patch\"} 1")
-        );
+        metrics.api_request("patch", "trainingjobs/status".into());
+        assert!(metrics.encode().contains(
+            "miniautoml_operator_kube_api_requests_total{verb=\"patch\",resource=\"trainingjobs/status\"} 1"
+        ));
     }
 }

@@ -252,7 +252,7 @@ impl Simulation {
     }
 }
 
-/// The operator's API request counters, by verb.
+/// The operator's API request counters, by verb and resource (`update trainingjobs/status`).
 pub fn api_requests(operator: &OperatorProcess) -> BTreeMap<String, f64> {
     let mut stream = std::net::TcpStream::connect(operator.admin_addr).unwrap();
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
@@ -260,9 +260,11 @@ pub fn api_requests(operator: &OperatorProcess) -> BTreeMap<String, f64> {
     stream.read_to_string(&mut text).unwrap();
     text.lines()
         .filter_map(|line| {
+            // miniautoml_operator_kube_api_requests_total{verb="update",resource="trainingjobs/status"} 12
             let rest = line.strip_prefix("miniautoml_operator_kube_api_requests_total{verb=\"")?;
-            let (verb, value) = rest.split_once("\"} ")?;
-            Some((verb.to_string(), value.trim().parse().ok()?))
+            let (verb, rest) = rest.split_once("\",resource=\"")?;
+            let (resource, value) = rest.split_once("\"} ")?;
+            Some((format!("{verb} {resource}"), value.trim().parse().ok()?))
         })
         .collect()
 }

@@ -10,8 +10,9 @@
 //! **Coalescing.** Epochs are buffered per run and written to the status at most once a
 //! second, so a trainer reporting hundreds of epochs a second costs a few status writes. Every
 //! epoch is also stored in the bucket (`runs/<ns>/<trainingjob>/<uid>/epochs/<id>.json`): the
-//! status keeps the 32 most recent. LogRunEnd and CreateArtifact flush first, so the status never
-//! shows a run's end before its last epochs.
+//! status keeps the 32 most recent. LogRunEnd and CreateArtifact write the buffered epochs in
+//! their own status write, so the status never shows a run's end before its last epochs, and
+//! a run that reports its last epochs, its model and its end in a second writes them in two.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use super::{
     errors::{self, internal},
     input,
 };
-use crate::{conditions, context::Context, status::modify_cached_status};
+use crate::{conditions, context::Context};
 
 /// The most metrics an epoch records (the status schema's bound).
 const MAX_METRICS: usize = 32;
@@ -249,11 +250,15 @@ impl MetadataStore {
         // The name may have been reused by a new TrainingJob since: never write into another run.
         let uid = job.uid();
         let mut change = change;
-        let written = modify_cached_status(&api, job, |current| {
-            current.uid() == uid && !current.has_ended() && change(current)
-        })
-        .await
-        .map_err(errors::operator)?;
+        // After any write of the run this process has under way, from its result.
+        let written = self
+            .ctx
+            .written_runs
+            .write(&api, job, |current| {
+                current.uid() == uid && !current.has_ended() && change(current)
+            })
+            .await
+            .map_err(errors::operator)?;
         if written.uid() != job.uid() {
             return Err(Status::not_found(format!(
                 "run {} no longer exists",
@@ -265,6 +270,17 @@ impl MetadataStore {
 
     /// Writes the run's buffered epochs now.
     async fn flush(&self, job: &TrainingJob) -> Result<(), Status> {
+        self.update_with_epochs(job, |_| false).await.map(drop)
+    }
+
+    /// [`MetadataStore::update`] with the run's buffered epochs merged in: one write for both
+    /// (none when neither changes anything). Epochs taken here and not written (the write
+    /// failed) are put back for the next write.
+    async fn update_with_epochs(
+        &self,
+        job: &TrainingJob,
+        mut change: impl FnMut(&mut TrainingJob) -> bool,
+    ) -> Result<TrainingJob, Status> {
         let key = (job.namespace().unwrap_or_default(), job.name_any());
         let epochs = self
             .pending
@@ -272,19 +288,27 @@ impl MetadataStore {
             .expect("pending epochs")
             .remove(&key)
             .unwrap_or_default();
-        if epochs.is_empty() {
-            return Ok(());
-        }
         let requested = job.spec.epochs();
-        self.update(job, |current| {
-            current
-                .status
-                .get_or_insert_with(Default::default)
-                .merge_epochs(&epochs, requested);
-            true
-        })
-        .await?;
-        Ok(())
+        let written = self
+            .update(job, |current| {
+                if !epochs.is_empty() {
+                    current
+                        .status
+                        .get_or_insert_with(Default::default)
+                        .merge_epochs(&epochs, requested);
+                }
+                // Both run, whatever the first says.
+                let changed = change(current);
+                changed || !epochs.is_empty()
+            })
+            .await;
+        if written.is_err() && !epochs.is_empty() {
+            let mut pending = self.pending.lock().expect("pending epochs");
+            let entry = pending.entry(key).or_default();
+            let later = std::mem::replace(entry, epochs);
+            entry.extend(later);
+        }
+        written
     }
 
     fn store(&self, bucket: &str) -> Result<Store, Status> {
@@ -475,11 +499,10 @@ impl MetadataStoreService for MetadataStore {
                 run_info: Some(run_info(&job)),
             }));
         }
-        self.flush(&job).await?;
         let request = request.into_inner();
         let message = bounded_message(&request.message);
         let job = self
-            .update(&job, |current| {
+            .update_with_epochs(&job, |current| {
                 let generation = current.metadata.generation;
                 let status = current.status.get_or_insert_with(Default::default);
                 let before = status.clone();
@@ -529,7 +552,6 @@ impl MetadataStoreService for MetadataStore {
         let run_id = request.get_ref().run_id.clone();
         let job = self.authorize(&request, &run_id).await?;
         Self::still_running(&job)?;
-        self.flush(&job).await?;
         let request = request.into_inner();
         let artifact = request
             .artifact
@@ -577,7 +599,7 @@ impl MetadataStoreService for MetadataStore {
             sha256: Some(sha256),
             files,
         };
-        self.update(&job, |current| {
+        self.update_with_epochs(&job, |current| {
             let status = current.status.get_or_insert_with(Default::default);
             let changed = status.artifact.as_ref() != Some(&recorded);
             status.artifact = Some(recorded.clone());

@@ -40,7 +40,7 @@ use kube::{
     core::DeserializeGuard,
     runtime::{
         Controller,
-        controller::Action,
+        controller::{Action, Config},
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::{self, ObjectRef},
@@ -61,8 +61,12 @@ use crate::{
     error::{Stage, at},
     kueue::Workload,
     run_queue,
-    status::modify_cached_status,
 };
+
+/// How long a run's reconcile waits for more of a burst of events (a pod created, scheduled,
+/// started; the run's own status writes): one reconcile for the burst. Epochs are written at
+/// most once a second, so a run's updates never keep it waiting for good.
+const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Finalizer of TrainingJobs whose run objects are deleted with them.
 pub const FINALIZER: &str = "miniautoml.io/trainingjob-artifacts";
@@ -73,7 +77,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<TrainingJob>>, ctx: Arc<Conte
     let _timer = ctx.metrics.reconcile_started("trainingjob");
     let job = match &guard.0 {
         Err(error) => return report_unreadable(&guard, error, &ctx).await,
-        Ok(job) => Arc::new(job.clone()),
+        // The cache may lag a status this process wrote a moment ago.
+        Ok(job) => Arc::new(ctx.written_runs.freshest(job)),
     };
     // Owner references let the garbage collector stop the pods; storage and the pods' own key
     // need the finalizer.
@@ -134,6 +139,7 @@ pub fn controller(
     workloads: Option<(Events<Workload>, reflector::Store<Job>)>,
 ) -> Controller<DeserializeGuard<TrainingJob>> {
     let controller = Controller::for_stream(jobs, cache)
+        .with_config(Config::default().debounce(DEBOUNCE))
         .owns_stream(run_jobs)
         .watches_stream(run_pods, |pod| {
             let name = pod.labels().get(TRAINING_JOB_LABEL)?;
@@ -165,14 +171,21 @@ pub fn needs_finalizer(job: &TrainingJob, own_keys: bool) -> bool {
     own_keys || job.spec.artifact_retain_policy == RetainPolicy::Delete
 }
 
-/// Writes the status `found` makes of `job`: the reconcile's one status write.
-async fn report(api: &Api<TrainingJob>, job: &TrainingJob, found: &Found<'_>) -> Result<TrainingJob> {
+/// Writes the status `found` makes of `job`: the reconcile's one status write (after any
+/// metadata-store write of the run under way, from its result).
+async fn report(
+    ctx: &Context,
+    api: &Api<TrainingJob>,
+    job: &TrainingJob,
+    found: &Found<'_>,
+) -> Result<TrainingJob> {
     let now = Time(Timestamp::now());
-    modify_cached_status(api, job, |current: &mut TrainingJob| {
-        status::record(current, found, &now)
-    })
-    .await
-    .map_err(at(Stage::Status))
+    ctx.written_runs
+        .write(api, job, |current: &mut TrainingJob| {
+            status::record(current, found, &now)
+        })
+        .await
+        .map_err(at(Stage::Status))
 }
 
 /// Reconciles a run: its writes besides the status ([`advance`]), then what they found as the
@@ -182,10 +195,12 @@ async fn reconcile_run(job: &TrainingJob, ctx: &Context) -> Result<Action> {
     if job.has_ended() {
         return finished(job, ctx, &api).await;
     }
-    let (job, state) = advance(job, ctx, &api).await?;
+    let (advanced, state) = advance(job, ctx, &api).await?;
     let found = state.found(ctx.training.as_ref());
-    let written = report(&api, &job, &found).await?;
-    announce(ctx, &job, &written, &found).await;
+    let written = report(ctx, &api, &advanced, &found).await?;
+    // The version the reconcile started from is older too (the id's writes came between).
+    ctx.written_runs.record(&[job], &written);
+    announce(ctx, &advanced, &written, &found).await;
     Ok(next(&state, &written))
 }
 
@@ -197,7 +212,7 @@ async fn finished(job: &TrainingJob, ctx: &Context, api: &Api<TrainingJob>) -> R
     }
     if holds_own_key(job) {
         apply::revoke_key(job, ctx).await.map_err(at(Stage::Apply))?;
-        report(api, job, &Found::KeyRevoked).await?;
+        report(ctx, api, job, &Found::KeyRevoked).await?;
     }
     Ok(Action::await_change())
 }

@@ -14,7 +14,7 @@ pub enum Observed {
         /// Details for the user.
         message: String,
     },
-    /// At least one worker runs.
+    /// At least one worker runs (or exited 0 before the Job says Complete).
     Running,
     /// Every worker exited 0.
     Completed,
@@ -286,10 +286,14 @@ pub fn observe(batch_job: &Job, pods: &[Pod], reported: Option<u32>) -> Observed
             disrupted: false,
         };
     }
-    if pods
-        .iter()
-        .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    {
+    // A worker that exited 0 ran: the Job says Complete a moment later (its controller lags
+    // the pods), and until then the run is still running, not starting again.
+    if pods.iter().any(|p| {
+        matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Running" | "Succeeded")
+        )
+    }) {
         return Observed::Running;
     }
     match pods.iter().find_map(pending_reason) {
@@ -410,6 +414,13 @@ mod tests {
         assert!(message.contains("Insufficient nvidia.com/gpu"), "{message}");
         let running = pod(json!({"phase": "Running"}));
         assert_eq!(observe(&active, &[running], None), Observed::Running);
+    }
+
+    #[test]
+    fn a_worker_that_exited_0_before_the_job_says_complete_still_runs() {
+        let active = batch_job(json!([{"type": "SuccessCriteriaMet", "status": "True"}]));
+        let exited = pod(json!({"phase": "Succeeded"}));
+        assert_eq!(observe(&active, &[exited], None), Observed::Running);
     }
 
     fn ranked(name: &str, rank: u32, status: serde_json::Value) -> Pod {
