@@ -178,6 +178,23 @@ impl Ids {
     where
         K: Resource + Clone + DeserializeOwned + Serialize + Debug,
     {
+        self.assign_telling(client, namespace, (api, object), field, |_, _| {})
+            .await
+    }
+
+    /// As [`Ids::assign`], telling `wrote` of each write it makes (the version it wrote over,
+    /// the version written).
+    pub async fn assign_telling<K>(
+        &self,
+        client: &Client,
+        namespace: &str,
+        (api, object): (&Api<K>, &K),
+        field: &IdField<K>,
+        mut wrote: impl FnMut(&K, &K),
+    ) -> Result<(u64, K)>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    {
         if let Some(id) = (field.get)(object)
             && object.labels().get(field.label) == Some(&id.to_string())
         {
@@ -208,22 +225,26 @@ impl Ids {
                     None => self.allocate(client, namespace, field.counter).await?,
                 };
                 // From the version just read: a second read only after a lost race.
-                current = modify_cached_status(api, &current, |fresh| {
+                let read = current;
+                current = modify_cached_status(api, &read, |fresh| {
                     (field.get)(fresh).is_none() && {
                         (field.set)(fresh, new);
                         true
                     }
                 })
                 .await?;
+                wrote(&read, &current);
                 (field.get)(&current).ok_or_else(|| Error::IdConflict(field.counter.to_string()))?
             }
         };
         let shown = id.to_string();
         if current.labels().get(field.label) != Some(&shown) {
             let patch = serde_json::json!({"metadata": {"labels": {field.label: shown}}});
+            let read = current;
             current = api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
+            wrote(&read, &current);
         }
         Ok((id, current))
     }

@@ -102,8 +102,10 @@ pub fn watch(client: &Client, namespace: Option<&str>, kueue: bool) -> (Caches, 
     (caches, triggers)
 }
 
-/// A controller's own resource, cached as the API server stores it (an object the types cannot
-/// read is kept as such and reported, not dropped).
+/// A controller's own resource, cached as the API server stores it but for its managed fields
+/// (an object the types cannot read is kept as such and reported, not dropped). A status
+/// written from a cached object without them keeps the server's: the API server takes the
+/// stored object's managed fields for an update that sends none.
 fn resource_cache<K>(
     api: Api<DeserializeGuard<K>>,
 ) -> (Store<DeserializeGuard<K>>, Events<DeserializeGuard<K>>)
@@ -113,6 +115,11 @@ where
     let (cache, writer) = reflector::store();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(|guard| {
+            if let Ok(object) = &mut guard.0 {
+                object.meta_mut().managed_fields = None;
+            }
+        })
         .reflect(writer)
         .applied_objects()
         .boxed();

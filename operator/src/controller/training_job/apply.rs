@@ -27,14 +27,21 @@ use crate::{
 };
 
 /// The run's id: the one the operator gave it (`status.runId`), else a new one; the label is made
-/// to mirror it. Costs no API call when the id is given and the label mirrors it.
+/// to mirror it. Costs no API call when the id is given and the label mirrors it. Its writes
+/// are recorded for reconciles that start from a lagging cache (`Context::written_runs`).
 pub async fn assign_run_id(
     job: &TrainingJob,
     ctx: &Context,
     api: &Api<TrainingJob>,
 ) -> Result<(u64, TrainingJob)> {
     ctx.ids
-        .assign(&ctx.client, &ctx.id_namespace, (api, job), &RUN_ID)
+        .assign_telling(
+            &ctx.client,
+            &ctx.id_namespace,
+            (api, job),
+            &RUN_ID,
+            |read, written| ctx.written_runs.record(&[read], written),
+        )
         .await
 }
 
