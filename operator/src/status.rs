@@ -223,12 +223,7 @@ impl<K: Resource + Clone> Written<K> {
             }
             _ => Vec::new(),
         };
-        replaced.extend(
-            bases
-                .iter()
-                .filter_map(|b| b.meta().resource_version.clone())
-                .filter(|v| *v != version),
-        );
+        replaced.extend(bases.iter().filter_map(|b| b.meta().resource_version.clone()));
         replaced.retain(|v| *v != version);
         if replaced.is_empty() {
             return;
